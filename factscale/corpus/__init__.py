@@ -1,0 +1,53 @@
+"""Corpus layer: three sources -> one corpus directory (facts.parquet, tokenizer/, manifest.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from factscale.corpus.build import CorpusError, build_corpus, file_sha256, load_corpus
+from factscale.corpus.synthetic import SyntheticSpec, generate
+from factscale.corpus.triples import read_triples, templates_for
+from factscale.corpus.wikidata import DumpOptions, dump_to_raw, load_label_table
+
+__all__ = ["CorpusError", "SyntheticSpec", "DumpOptions", "build_synthetic", "build_from_dump", "build_from_triples", "load_corpus"]
+
+
+def build_synthetic(out_dir, spec: SyntheticSpec, heldout_frac=0.1, vocab_size=1024, **kw) -> dict:
+    raw, bits = generate(spec)
+    return build_corpus(
+        raw, out_dir, source_info={"kind": "synthetic", "spec": spec.__dict__},
+        options={"synthetic": spec.__dict__}, heldout_frac=heldout_frac, vocab_size=vocab_size,
+        seed=spec.seed, entropy_bits=bits, **kw,
+    )
+
+
+def _files_info(paths) -> list[dict]:
+    out = []
+    for p in paths:
+        p = Path(p)
+        out.append({"path": str(p), "bytes": p.stat().st_size, "sha256": file_sha256(p)})
+    return out
+
+
+def build_from_dump(out_dir, dumps, opts: DumpOptions, label_files=(), templates_path=None, workers=1,
+                    progress=False, **kw) -> dict:
+    templates = templates_for([], templates_path)[0] if templates_path else {}
+    raw, counts, errors = dump_to_raw(dumps, opts, label_files=label_files, workers=workers,
+                                      progress=progress, templates=templates)
+    info = {"kind": "wikidata-dump", "files": _files_info(dumps), "label_files": _files_info(label_files),
+            "templates": templates_path, "parse_errors": [list(e) for e in errors]}
+    options = {"language": opts.language, "allow_properties": sorted(opts.allow_properties or []) or None,
+               "deny_properties": sorted(opts.deny_properties), "subject_filter": opts.subject_filter,
+               "dump_max_facts": opts.max_facts}
+    return build_corpus(raw, out_dir, source_info=info, counts=counts, options=options, **kw)
+
+
+def build_from_triples(out_dir, paths, label_files=(), templates_path=None, **kw) -> dict:
+    templates, tpath = templates_for(paths, templates_path)
+    labels: dict = {}
+    for lf in label_files:
+        labels.update(load_label_table(lf))
+    raw, counts, errors, files = read_triples(paths, templates=templates, labels=labels)
+    info = {"kind": "triples", "files": _files_info(files), "label_files": _files_info(label_files),
+            "templates": tpath, "parse_errors": [list(e) for e in errors]}
+    return build_corpus(raw, out_dir, source_info=info, counts=counts, **kw)

@@ -1,0 +1,107 @@
+"""Facts -> text with an exact value span, and a byte-level BPE tokenizer trained on the corpus.
+
+Every fact renders as ``<bos> PROMPT + " " + VALUE <eos>``: the prompt is the relation template up to
+the value slot (key substituted), the value follows after one space and nothing follows the value but
+the end-of-fact token. With a GPT-2 style byte-level pre-tokenizer a space-prefixed word always starts
+a new pre-token, so the value starts at a token boundary; the end-of-fact token closes it. Each fact is
+still checked (tokens(prompt) + tokens(" " + value) == tokens(text)) and dropped, counted, if not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+SPECIALS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>"}
+GENERIC_TEMPLATE = "The [R] of [X] is [Y]"
+
+
+def load_lama_templates(path: str | Path) -> dict[str, dict]:
+    """LAMA/T-REx ``relations.jsonl``: relation -> {template, label, type}."""
+    out = {}
+    with open(path) as fh:
+        for line in fh:
+            if line.strip():
+                r = json.loads(line)
+                out[r["relation"]] = r
+    return out
+
+
+def prompt_template(template: str | None) -> str:
+    """The usable prefix of a template: text before [Y], which must contain [X] before it.
+
+    Templates where the value comes before the key (``[Y] is the capital of [X]``) cannot be probed
+    by "everything before the value", so they fall back to the generic template.
+    """
+    if template and "[X]" in template and "[Y]" in template and template.index("[X]") < template.index("[Y]"):
+        return template[: template.index("[Y]")].rstrip()
+    return GENERIC_TEMPLATE[: GENERIC_TEMPLATE.index("[Y]")].rstrip()
+
+
+def render(facts: pl.DataFrame) -> pl.DataFrame:
+    """Add prompt, text and character span of the value. Needs key, relation_label, value, template."""
+    prompts = [
+        prompt_template(t).replace("[R]", r).replace("[X]", k)
+        for t, r, k in zip(facts["template"], facts["relation_label"], facts["key"])
+    ]
+    return facts.with_columns(
+        pl.Series("prompt", prompts, dtype=pl.String),
+    ).with_columns(
+        text=pl.col("prompt") + " " + pl.col("value"),
+        value_char_start=pl.col("prompt").str.len_chars() + 1,
+    ).with_columns(value_char_end=pl.col("text").str.len_chars())
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, out_dir: str | Path):
+    """Train a byte-level BPE on the rendered facts; save it in Hugging Face format."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIALS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=SPECIALS["bos"],
+        eos_token=SPECIALS["eos"],
+        pad_token=SPECIALS["pad"],
+    )
+    hf.save_pretrained(str(out_dir))
+    return hf
+
+
+def tokenize(facts: pl.DataFrame, tokenizer) -> tuple[pl.DataFrame, int]:
+    """Add input_ids (bos + text + eos) and value_start; drop facts whose value is not token-aligned.
+
+    Returns (facts, number dropped for misalignment).
+    """
+    tok = tokenizer.backend_tokenizer
+    full = [e.ids for e in tok.encode_batch(facts["text"].to_list(), add_special_tokens=False)]
+    pre = [e.ids for e in tok.encode_batch(facts["prompt"].to_list(), add_special_tokens=False)]
+    val = [e.ids for e in tok.encode_batch((" " + facts["value"]).to_list(), add_special_tokens=False)]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    ok, ids, starts = [], [], []
+    for f, p, v in zip(full, pre, val):
+        aligned = f == p + v and len(v) > 0
+        ok.append(aligned)
+        ids.append([bos] + f + [eos])
+        starts.append(1 + len(p))
+    out = facts.with_columns(
+        pl.Series("input_ids", ids, dtype=pl.List(pl.Int32)),
+        pl.Series("value_start", starts, dtype=pl.Int32),
+        pl.Series("_aligned", ok),
+    )
+    n_bad = out.height - int(out["_aligned"].sum())
+    out = out.filter(pl.col("_aligned")).drop("_aligned")
+    # value tokens plus the end-of-fact token: what the memorization probe must reproduce
+    out = out.with_columns(n_value_tokens=(pl.col("input_ids").list.len() - pl.col("value_start")).cast(pl.Int32))
+    return out, n_bad
