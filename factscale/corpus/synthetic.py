@@ -38,6 +38,8 @@ class SyntheticSpec:
     """For predictable attributes: probability that the value is drawn at random instead."""
     first_names: int = 64
     """Number of distinct first names (the rule's input for predictable attributes)."""
+    template: str = "[X]'s [R]: [Y]"
+    """Short on purpose: prompt tokens cost compute but carry no fact."""
     seed: int = 0
 
     def __post_init__(self):
@@ -110,7 +112,7 @@ def generate(spec: SyntheticSpec) -> tuple[pl.DataFrame, float]:
     n = len(cols["value"])
     cols.update(
         value_id=[None] * n, value_type=["synthetic"] * n, source=["synthetic"] * n,
-        popularity=[None] * n, template=[None] * n,
+        popularity=[None] * n, template=[spec.template] * n,
         cardinality=["N-1"] * n,
     )
     df = raw_frame(cols)

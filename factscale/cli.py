@@ -1,0 +1,273 @@
+"""``factscale`` command line: thin wrappers that parse arguments and call library functions.
+
+Expected bad input (a bad config field, a missing file, an unfit law) prints ``error: ...`` and exits 2,
+without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _kv(text: str | None) -> dict:
+    out = {}
+    for part in filter(None, (text or "").split(",")):
+        if "=" not in part:
+            from factscale.config import ConfigError
+
+            raise ConfigError(f"expected key=value, got {part!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def cmd_corpus_build(a):
+    from factscale import corpus
+    from factscale.corpus import CorpusError
+
+    sources = [bool(a.dump), bool(a.triples), a.synthetic]
+    if sum(sources) != 1:
+        raise CorpusError("give exactly one source: --dump PATH..., --triples PATH... or --synthetic")
+    common = dict(multi_value=a.multi_value, ambiguous_keys=a.ambiguous_keys, heldout_frac=a.heldout_frac,
+                  vocab_size=a.vocab_size)
+    if a.synthetic:
+        spec = corpus.SyntheticSpec(n_keys=a.n_keys, vocab_sizes=[int(x) for x in a.value_vocab.split(",")],
+                                    seed=a.seed)
+        m = corpus.build_synthetic(a.out, spec, **common)
+    elif a.dump:
+        opts = corpus.DumpOptions(
+            language=a.language,
+            allow_properties=set(a.properties.split(",")) if a.properties else None,
+            deny_properties=set(a.deny_properties.split(",")) if a.deny_properties else set(),
+            subject_filter=list(_kv(a.subject_filter).items()),
+            max_facts=a.max_facts,
+        )
+        m = corpus.build_from_dump(a.out, a.dump, opts, label_files=a.labels or [], templates_path=a.templates,
+                                   workers=a.workers, progress=sys.stderr.isatty(), seed=a.seed, **common)
+    else:
+        m = corpus.build_from_triples(a.out, a.triples, label_files=a.labels or [], templates_path=a.templates,
+                                      seed=a.seed, max_facts=a.max_facts, **common)
+    c = m["counts"]
+    print(f"corpus {a.out}: {c['kept_facts']} facts ({c.get('kept_train', 0)} train, {c.get('kept_heldout', 0)} "
+          f"held-out), {len(m['facts_per_relation'])} relations, {m['entropy_bits']['all']:.0f} bits "
+          f"({m['entropy_bits']['kind']}), vocab {m['tokens']['vocab_size']}")
+    dropped = {k: v for k, v in c.items() if (k.startswith("dropped") or "malformed" in k) and v}
+    if dropped:
+        print("  dropped/skipped: " + ", ".join(f"{k}={v}" for k, v in dropped.items()))
+    print(f"  manifest: {Path(a.out) / 'manifest.json'}")
+
+
+def cmd_sizes(a):
+    from factscale.models import size_table
+
+    print(f"{'size':>6} {'arch':>6} {'layers':>6} {'hidden':>6} {'heads':>5} {'ffn':>6} {'non-emb':>13} {'total':>13}"
+          f"   (vocab {a.vocab})")
+    for r in size_table(a.arch, a.vocab, tie=not a.untied):
+        print(f"{r['size']:>6} {r['arch']:>6} {r['layers']:>6} {r['hidden']:>6} {r['heads']:>5} {r['ffn']:>6} "
+              f"{r['non_embedding']:>13,} {r['total']:>13,}")
+
+
+def cmd_train(a):
+    from factscale.config import load_run_config
+    from factscale.train import run
+
+    cfg = load_run_config(a.config, a.overrides)
+    print(json.dumps(run(cfg), indent=1, default=str))
+
+
+def cmd_sweep(a):
+    from factscale import sweep
+
+    spec = sweep.load_spec(a.spec)
+    if a.action == "plan":
+        rows = sweep.plan(spec)
+        print(f"{'run':<44} {'non-emb':>11} {'epochs':>6} {'tokens':>12} {'FLOPs':>10}  state")
+        for r in rows:
+            tok = f"{r['tokens']:,}" if r["tokens"] else "?"
+            fl = f"{r['flops']:.2e}" if r["flops"] else "?"
+            print(f"{r['run_id']:<44} {r['non_embedding_params']:>11,} {r['epochs']:>6} {tok:>12} {fl:>10}  {r['state']}")
+        total = sum(r["flops"] or 0 for r in rows)
+        print(f"{len(rows)} runs, {sum(r['state'] == 'done' for r in rows)} done; total {total:.3g} FLOPs (6·N·tokens)")
+    elif a.action == "launch":
+        recs = sweep.launch(spec, cluster=a.cluster, wait=not a.no_wait)
+        failed = [r for r in recs if r["state"] == "failed"]
+        for r in failed:
+            print(f"FAILED {r['run_id']}: {r.get('error')}")
+        if failed:
+            sys.exit(1)
+    else:
+        rows = sweep.sweep_status(spec)
+        for r in rows:
+            extra = f" requeues={r['requeues']}" if r.get("requeues") else ""
+            extra += f" job={r['job_id']}" if r.get("job_id") else ""
+            extra += f" ({r['job_state']})" if r.get("job_state") else ""
+            print(f"{r['state']:>11}  {r['run_id']}{extra}")
+            if r["state"] == "failed":
+                print(f"             error: {r.get('error')}\n             log: {r.get('log')}")
+                for line in (r.get("traceback_tail") or [])[-4:]:
+                    print(f"             | {line}")
+        counts = {}
+        for r in rows:
+            counts[r["state"]] = counts.get(r["state"], 0) + 1
+        print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+
+
+def cmd_collect(a):
+    from factscale.results import collect, write_parquet_atomic
+
+    df, rep = collect(a.runs_dir, allow_mixed_corpora=a.allow_mixed_corpora)
+    Path(a.output).parent.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(df, Path(a.output))
+    print(f"{a.output}: {df.height} rows from {len(rep['done'])} runs")
+    for k in ("failed", "missing", "duplicates"):
+        if rep[k]:
+            print(f"  {k}: {json.dumps(rep[k])}")
+
+
+def cmd_fit(a):
+    import polars as pl
+
+    from factscale import fit
+
+    df = pl.read_parquet(a.results)
+    fixed = {"c": 0.0} if a.no_intercept and a.law in ("linear-size", "joint") else {}
+    if a.no_offset and a.law == "power-gen":
+        fixed["linf"] = 0.0
+    r = fit.fit_law(df, a.law, _kv(a.where), fixed=fixed, robust=a.robust, n_boot=a.bootstrap)
+    print(fit.format_table(r))
+    if a.holdout_largest:
+        r["holdout_largest"] = fit.holdout_largest(df, a.law, _kv(a.where), fixed=fixed)
+        print(f"  held out the largest size: mean relative error of its prediction "
+              f"{r['holdout_largest']['mean_rel_error']:.1%}")
+    if a.solve:
+        q = {k: float(v) for k, v in _kv(a.solve).items()}
+        s = fit.params_needed(r, q["facts"], q.get("epochs"))
+        r["solve"] = s
+        ci = f" (95% CI {s['ci_low']:.3g} - {s['ci_high']:.3g})" if s["ci_low"] is not None else ""
+        print(f"  to memorize {s['facts']:.3g} facts at {s['epochs']} epochs: "
+              f"{s['non_embedding_params']:.3g} non-embedding params{ci}")
+    name = a.name or a.law + "".join(f"-{k}{v}" for k, v in _kv(a.where).items())
+    print(f"  wrote {fit.save_fit(r, Path(a.out_dir) / f'{name}.json')}")
+
+
+def cmd_plot(a):
+    import polars as pl
+
+    from factscale import plots
+
+    df = pl.read_parquet(a.results)
+    if a.name == "all":
+        rep = plots.plot_all(df, a.out_dir)
+        for n, p in rep["drawn"].items():
+            print(f"drew {n}: {p[0]}")
+        for n, why in rep["skipped"].items():
+            print(f"skipped {n}: {why}")
+    else:
+        print("\n".join(str(p) for p in plots.plot(a.name, df, a.out_dir)))
+
+
+def cmd_demo(a):
+    from factscale.demo import demo
+
+    demo(a.out, quick=a.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="factscale", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    c = sub.add_parser("corpus", help="build fact corpora").add_subparsers(dest="corpus_cmd", required=True)
+    b = c.add_parser("build", help="dump / triples / synthetic -> corpus directory")
+    b.add_argument("--dump", nargs="+", help="Wikidata JSON dump(s): .json, .json.gz, .json.bz2")
+    b.add_argument("--triples", nargs="+", help="T-REx/LAMA or BEAR jsonl files or directories")
+    b.add_argument("--synthetic", action="store_true", help="generate facts with exactly known entropy")
+    b.add_argument("-o", "--out", required=True)
+    b.add_argument("--labels", nargs="+", help="label tables (TSV or JSON) for values/properties not in the data")
+    b.add_argument("--templates", help="LAMA relations.jsonl with [X]/[Y] templates")
+    b.add_argument("--properties", help="allow-list, e.g. P36,P569")
+    b.add_argument("--deny-properties", help="deny-list, e.g. P18,P373")
+    b.add_argument("--subject-filter", help="e.g. P31=Q5 (instance of human)")
+    b.add_argument("--language", default="en")
+    b.add_argument("--max-facts", type=int)
+    b.add_argument("--multi-value", default="drop", choices=["drop", "first"])
+    b.add_argument("--ambiguous-keys", default="disambiguate", choices=["disambiguate", "drop"])
+    b.add_argument("--heldout-frac", type=float, default=0.1)
+    b.add_argument("--vocab-size", type=int, default=2048)
+    b.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    b.add_argument("--n-keys", type=int, default=1000)
+    b.add_argument("--value-vocab", default="16,64,256,1024", help="synthetic: values per attribute")
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(fn=cmd_corpus_build)
+
+    s = sub.add_parser("sizes", help="print the model size registry")
+    s.add_argument("--arch", default="qwen2", choices=["qwen2", "llama", "gpt2"])
+    s.add_argument("--vocab", type=int, default=2048)
+    s.add_argument("--untied", action="store_true")
+    s.set_defaults(fn=cmd_sizes)
+
+    t = sub.add_parser("train", help="train one run from a YAML config")
+    t.add_argument("config", nargs="?")
+    t.add_argument("overrides", nargs="*", help="dotted.key=value")
+    t.set_defaults(fn=cmd_train)
+
+    w = sub.add_parser("sweep", help="plan / launch / status of a sweep spec")
+    w.add_argument("action", choices=["plan", "launch", "status"])
+    w.add_argument("spec")
+    w.add_argument("--cluster", default="local", choices=["local", "slurm", "debug"])
+    w.add_argument("--no-wait", action="store_true", help="slurm: submit and return")
+    w.set_defaults(fn=cmd_sweep)
+
+    col = sub.add_parser("collect", help="concatenate a runs directory into one results table")
+    col.add_argument("runs_dir")
+    col.add_argument("-o", "--output", required=True)
+    col.add_argument("--allow-mixed-corpora", action="store_true")
+    col.set_defaults(fn=cmd_collect)
+
+    f = sub.add_parser("fit", help="fit a scaling law to a results table")
+    f.add_argument("results")
+    f.add_argument("--law", required=True, choices=["linear-size", "exp-epochs", "joint", "power-gen", "bits-epochs"])
+    f.add_argument("--where", help="filters, e.g. epochs=100,size=1m")
+    f.add_argument("--solve", help="e.g. facts=1.5e10,epochs=100")
+    f.add_argument("--no-intercept", action="store_true")
+    f.add_argument("--no-offset", action="store_true", help="power-gen without L_inf")
+    f.add_argument("--robust", action="store_true", help="soft-L1 loss")
+    f.add_argument("--bootstrap", type=int, default=200)
+    f.add_argument("--holdout-largest", action="store_true")
+    f.add_argument("--name")
+    f.add_argument("--out-dir", default="fits/out")
+    f.set_defaults(fn=cmd_fit)
+
+    pp = sub.add_parser("plot", help="draw a figure (or all) from a results table")
+    pp.add_argument("name")
+    pp.add_argument("results")
+    pp.add_argument("--out-dir", default="figures/out")
+    pp.set_defaults(fn=cmd_plot)
+
+    d = sub.add_parser("demo", help="the whole loop, small, on this machine's CPU")
+    d.add_argument("--out", default="factscale-demo")
+    d.add_argument("--quick", action="store_true", help="a smaller grid (about a minute), for smoke tests")
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv=None):
+    from factscale.config import ConfigError
+    from factscale.corpus import CorpusError
+    from factscale.fit import FitError
+    from factscale.plots import PlotError
+    from factscale.results import CollectError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ConfigError, CorpusError, FitError, PlotError, CollectError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""``factscale demo``: the whole loop, small enough for a 2-core laptop CPU in under 10 minutes.
+
+synthetic corpus -> grid of model sizes (each probed every few epochs, so one run gives its whole
+capacity-vs-epochs curve) on the local executor -> collect -> fit the size, epoch, joint and bits laws
+-> figures -> summary. The grid is the same as ``sweeps/demo.yaml``.
+
+Choices that make the toy scale show the phenomenon (all recorded in every result row): a constant LR
+after warmup, so capacity at epoch E inside a run approximates a run trained for E epochs; loss on
+value tokens only, so capacity goes to facts rather than to the random names; a corpus larger than the
+largest model can hold, so capacity is limited by size, not by the corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from factscale import fit, plots
+from factscale.config import ConfigError
+from factscale.results import collect, write_parquet_atomic
+from factscale.sweep import _spec_from_dict, launch
+
+
+def demo_spec(out: Path, quick: bool = False) -> dict:
+    sizes = ["2k", "5k", "10k"] if quick else ["2k", "5k", "10k", "20k"]
+    return {
+        "name": "demo",
+        "description": "toy capacity study: 4 sizes x 100 epochs on 2,400 synthetic facts",
+        "runs_dir": str(out / "runs"),
+        "corpus_build": {
+            "synthetic": {"n_keys": 600 if quick else 2400, "vocab_sizes": [64], "seed": 0},
+            "heldout_frac": 0.1,
+            "vocab_size": 512,
+        },
+        "base": {
+            "corpus": {"path": str(out / "corpus")},
+            "model": {"arch": "qwen2"},
+            "optim": {"lr": 3e-3, "schedule": "constant", "warmup_frac": 0.02},
+            "train": {"batch_size": 8, "seq_len": 64, "loss_on": "value"},
+            "probe": {"every_epochs": 5},
+        },
+        "grid": {"model.size": sizes, "train.epochs": [30 if quick else 100], "seed": [0]},
+        "resources": {"local": {"max_parallel": min(len(sizes), os.cpu_count() or 1), "threads_per_run": 1}},
+    }
+
+
+def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> dict:
+    t0 = time.time()
+    out = Path(out)
+    spec = _spec_from_dict(demo_spec(out, quick), "demo")
+    log(f"[1/4] corpus + training: {len(spec.grid['model.size'])} model sizes x "
+        f"{spec.grid['train.epochs'][0]} epochs on the local executor (runs under {spec.runs_dir})")
+    recs = launch(spec, cluster="local", log=log)
+    failed = [r for r in recs if r["state"] == "failed"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} demo runs failed: {failed}")
+
+    log("[2/4] collect")
+    df, rep = collect(spec.runs_dir)
+    results = out / "results.parquet"
+    write_parquet_atomic(df, results)
+
+    log("[3/4] fit laws")
+    fits_dir = out / "fits"
+    final_epoch = spec.grid["train.epochs"][0]
+    summary: dict = {"results": str(results), "fits": {}, "figures": {}}
+    jobs = [("linear-size", {"epoch": final_epoch})] + [("exp-epochs", {"size": s}) for s in spec.grid["model.size"]]
+    jobs += [("joint", {}), ("bits-epochs", {"size": spec.grid["model.size"][-1]})]
+    for law, where in jobs:
+        name = law + "".join(f"-{k}{v}" for k, v in where.items())
+        try:
+            r = fit.fit_law(df, law, where, n_boot=200)
+        except fit.FitError as e:
+            log(f"  {name}: not fitted: {e}")
+            continue
+        if law == "joint":
+            r["solve"] = fit.params_needed(r, 10 * float(df["n_facts"].max()), final_epoch)
+        fit.save_fit(r, fits_dir / f"{name}.json")
+        summary["fits"][name] = r
+        log(fit.format_table(r))
+
+    log("[4/4] figures")
+    summary["figures"] = plots.plot_all(df, out / "figures")
+
+    final = df.filter((df["split"] == "train") & (df["group_by"] == "all") & (df["epoch"] == final_epoch))
+    log("\n=== factscale demo summary ===")
+    for row in final.sort("non_embedding_params").iter_rows(named=True):
+        log(f"  {row['cfg.model.size']:>5} ({row['non_embedding_params']:>6,} non-emb params): "
+            f"{row['capacity']:>5} / {row['n_facts']} facts memorized (MR {row['mr']:.3f}), "
+            f"{row['bits_per_param']:.3f} bits/param")
+    lin = summary["fits"].get(f"linear-size-epoch{final_epoch}")
+    if lin:
+        k = lin["params"]["k"]
+        log(f"  linear law at {final_epoch} epochs: {k['value']:.4f} facts per non-emb param "
+            f"(95% CI {k['ci_low']:.4f}-{k['ci_high']:.4f}), R^2 = {lin['r2']:.3f}")
+    for name, r in summary["fits"].items():
+        if name.startswith("exp-epochs"):
+            c = r["params"]["cstar"]
+            log(f"  {name}: C* = {c['value']:.0f} facts, R^2 = {r['r2']:.3f}")
+    if "joint" in summary["fits"] and summary["fits"]["joint"].get("solve"):
+        s = summary["fits"]["joint"]["solve"]
+        ci = f" (95% CI {s['ci_low']:.3g}-{s['ci_high']:.3g})" if s["ci_low"] else ""
+        log(f"  joint law: {s['facts']:.3g} facts at {s['epochs']} epochs need {s['non_embedding_params']:.3g} "
+            f"non-emb params{ci}")
+    log(f"  results: {results}\n  fits:    {fits_dir}/\n  figures: {out / 'figures'}/")
+    log(f"  total time {time.time() - t0:.0f} s")
+    summary["seconds"] = time.time() - t0
+    (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "fits"}, default=str))
+    if not summary["fits"]:
+        raise ConfigError("demo produced no fit")
+    return summary

@@ -1,0 +1,80 @@
+"""Result rows: one per (run, probe step, split, breakdown group), config flattened into columns.
+
+Every row records the full resolved config, seed, git sha, library versions, device and wall time.
+Each run writes its own ``results.parquet`` atomically; ``collect`` concatenates a runs directory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import polars as pl
+
+from factscale.config import flatten, to_dict
+from factscale.corpus.build import versions
+from factscale.rundir import status, write_atomic
+
+
+class CollectError(ValueError):
+    pass
+
+
+def git_sha() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        sha = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def build_rows(probe_rows: list[dict], cfg, meta: dict) -> pl.DataFrame:
+    if not probe_rows:
+        raise CollectError("no probe rows: the run produced no measurement")
+    cfg_cols = {f"cfg.{k}": v for k, v in flatten(to_dict(cfg)).items()}
+    ver_cols = {f"version.{k}": v for k, v in versions().items()}
+    rows = [{**meta, **r, **cfg_cols, **ver_cols} for r in probe_rows]
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
+    buf = io.BytesIO()
+    df.write_parquet(buf)
+    write_atomic(path, buf.getvalue())
+
+
+def collect(runs_dir: str | Path, allow_mixed_corpora: bool = False) -> tuple[pl.DataFrame, dict]:
+    """Concatenate every finished run's results; report missing, failed and duplicate runs."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise CollectError(f"runs directory not found: {runs_dir}")
+    report = {"done": [], "failed": [], "missing": [], "duplicates": []}
+    frames = []
+    for d in sorted(p for p in runs_dir.iterdir() if (p / "config.yaml").exists()):
+        st = status(d)
+        if st["state"] == "done":
+            frames.append(pl.read_parquet(d / "results.parquet"))
+            report["done"].append(d.name)
+        elif st["state"] == "failed":
+            report["failed"].append({"run": d.name, "error": st.get("error")})
+        else:
+            report["missing"].append({"run": d.name, "state": st["state"]})
+    if not frames:
+        raise CollectError(f"no finished runs under {runs_dir}: {json.dumps(report)}")
+    df = pl.concat(frames, how="diagonal_relaxed")
+    hashes = df["corpus_hash"].unique().to_list()
+    if len(hashes) > 1 and not allow_mixed_corpora:
+        raise CollectError(f"runs under {runs_dir} come from {len(hashes)} different corpora {sorted(hashes)}; "
+                           "pass --allow-mixed-corpora to combine them anyway")
+    key = ["run_id", "epoch", "split", "group_by", "group"]
+    dup = df.filter(df.select(key).is_duplicated())
+    if dup.height:
+        report["duplicates"] = sorted(dup["run_id"].unique().to_list())
+        df = df.unique(subset=key, keep="first", maintain_order=True)
+    return df, report

@@ -1,0 +1,225 @@
+"""Training core: a LightningModule over a from-scratch ``transformers`` decoder, and ``run()``.
+
+``run(cfg)`` is everything one run does: claim the run directory, resume from ``last.ckpt`` if there is
+one, train with probes every K epochs, save the model with ``save_pretrained`` and write the results
+atomically. An exception leaves ``error.json`` (the run is failed, never done) and is re-raised.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+
+import polars as pl
+import torch
+
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger
+
+from factscale.config import ConfigError, RunConfig
+from factscale.corpus.build import load_corpus
+from factscale.data import FactDataModule
+from factscale.models import build_model, count_instantiated, non_embedding_params, resolve_shape
+from factscale.probes import ProbeCallback, frequency_buckets
+from factscale.results import build_rows, git_sha, write_parquet_atomic
+from factscale.rundir import RunLock, prepare, record_attempt, run_id, write_atomic
+
+
+class RunBusy(RuntimeError):
+    """Another process holds this run's lock (a concurrent launch); this one does nothing."""
+
+
+def lr_lambda(cfg, total_steps: int):
+    o = cfg.optim
+    warm = max(1, math.ceil(o.warmup_frac * total_steps)) if o.warmup_frac > 0 else 0
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if o.schedule == "constant":
+            return 1.0
+        if o.schedule == "cosine":
+            p = min(1.0, (step - warm) / max(1, total_steps - warm))
+            return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+        decay_start = total_steps * (1 - o.decay_frac)  # wsd: warmup, stable, linear decay
+        if step < decay_start:
+            return 1.0
+        p = min(1.0, (step - decay_start) / max(1, total_steps - decay_start))
+        return 1.0 - (1 - o.min_lr_ratio) * p
+
+    return f
+
+
+class FactLM(L.LightningModule):
+    def __init__(self, cfg: RunConfig, vocab_size: int, bos_id: int, eos_id: int, pad_id: int):
+        super().__init__()
+        self.cfg = cfg
+        self.model = build_model(cfg.model, vocab_size, bos_id, eos_id, pad_id)
+        # real (non-pad) tokens trained on; a buffer so it is saved in and restored from checkpoints
+        self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long))
+
+    def training_step(self, batch, batch_idx):
+        ids, labels = batch
+        loss = self.model(input_ids=ids, labels=labels).loss
+        self.tokens_seen += (ids != self.model.config.pad_token_id).sum()
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]  # norms and biases
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.cfg, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class AtomicLastCheckpoint(L.Callback):
+    """``last.ckpt`` at every epoch end, written to a temp file and renamed.
+
+    Lightning's ModelCheckpoint overwrites in place, so a SIGKILL mid-write could leave a truncated
+    ``last.ckpt`` and lose the run; a rename is atomic. Listed after the probe callback so the probe
+    rows of this epoch are inside the checkpoint.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        tmp = self.path.with_name(".last.ckpt.tmp")
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+
+def resolve_device(cfg: RunConfig) -> tuple[str, str]:
+    acc = cfg.train.accelerator
+    if acc == "auto":
+        acc = "gpu" if torch.cuda.is_available() else "cpu"
+    if acc == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("train.accelerator=gpu but no CUDA device is visible")
+    prec = cfg.train.precision
+    if prec == "auto":
+        prec = "bf16-mixed" if acc == "gpu" else "32-true"
+    return acc, prec
+
+
+def make_trainer(cfg: RunConfig, d: Path, callbacks: list) -> L.Trainer:
+    acc, prec = resolve_device(cfg)
+    plugins = []
+    if "SLURM_JOB_ID" in os.environ:
+        # submitit owns requeue (checkpoint() + resubmit); Lightning must not grab the signal too
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    world = cfg.train.devices * cfg.train.num_nodes
+    return L.Trainer(
+        accelerator=acc, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
+        strategy="ddp" if world > 1 else "auto", precision=prec, max_epochs=cfg.train.epochs,
+        gradient_clip_val=cfg.optim.grad_clip or None, reload_dataloaders_every_n_epochs=1,
+        logger=CSVLogger(str(d), name="logs", version=0), callbacks=callbacks, plugins=plugins,
+        enable_checkpointing=False, enable_progress_bar=cfg.train.progress_bar, enable_model_summary=False,
+        log_every_n_steps=cfg.train.log_every_n_steps, num_sanity_val_steps=0,
+    )
+
+
+def probe_sets(cfg: RunConfig, dm: FactDataModule) -> dict[str, pl.DataFrame]:
+    sets = {}
+    if "train" in cfg.probe.splits:
+        t = dm.train_facts
+        if cfg.probe.max_train_facts is not None and t.height > cfg.probe.max_train_facts:
+            t = t.sample(cfg.probe.max_train_facts, seed=cfg.seed)
+        sets["train"] = t
+    if "heldout" in cfg.probe.splits:
+        sets["heldout"] = dm.heldout_facts
+    return sets
+
+
+def run(cfg: RunConfig) -> dict:
+    """Train one run to completion (resuming if possible) and write its results. Returns a summary."""
+    corpus_path = Path(cfg.corpus.path)
+    facts, manifest = load_corpus(corpus_path)  # clear error before anything is created
+    d = prepare(cfg)
+    lock = RunLock(d)
+    if not lock.acquire():
+        raise RunBusy(f"run {d.name} is already running in another process (lock {lock.path})")
+    t0 = time.time()
+    try:
+        if (d / "results.parquet").exists():
+            return {"run_id": d.name, "state": "done", "skipped": True}
+        (d / "error.json").unlink(missing_ok=True)
+        record_attempt(d)
+        summary = _train(cfg, d, facts, manifest, corpus_path)
+        record_attempt(d, time.time() - t0)
+        return summary
+    except BaseException as e:
+        if not isinstance(e, (KeyboardInterrupt, SystemExit)):
+            record_attempt(d, time.time() - t0)
+            tb = traceback.format_exc()
+            write_atomic(d / "error.json", json.dumps({
+                "error": f"{type(e).__name__}: {e}", "traceback_tail": tb.strip().splitlines()[-15:],
+                "log": str(d / "logs"), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        raise
+    finally:
+        lock.release()
+
+
+def _train(cfg: RunConfig, d: Path, facts: pl.DataFrame, manifest: dict, corpus_path: Path) -> dict:
+    from transformers import AutoTokenizer
+
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    tok = AutoTokenizer.from_pretrained(str(corpus_path / "tokenizer"))
+    if cfg.probe.freq_column and cfg.probe.freq_column in facts.columns:
+        facts = facts.with_columns(frequency_buckets(facts[cfg.probe.freq_column]))
+    dm = FactDataModule(cfg, facts, tok.pad_token_id)
+    module = FactLM(cfg, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    non_emb, total = count_instantiated(module.model)
+    assert non_emb == non_embedding_params(cfg.model.arch, resolve_shape(cfg.model)), "param count drifted"
+    groups = [c for c in ["freq_bucket", *cfg.probe.group_columns] if c in facts.columns]
+    probe_cb = ProbeCallback(probe_sets(cfg, dm), cfg.probe.every_epochs, cfg.probe.batch_size,
+                             tok.pad_token_id, non_emb, groups)
+    ckpt = d / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(exist_ok=True)
+    trainer = make_trainer(cfg, d, [probe_cb, AtomicLastCheckpoint(ckpt)])
+    resumed_from_epoch = None
+    if ckpt.exists():
+        resumed_from_epoch = torch.load(ckpt, map_location="cpu", weights_only=False).get("epoch")
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.exists() else None)
+    if trainer.current_epoch < cfg.train.epochs or trainer.interrupted:
+        raise RuntimeError(f"training stopped at epoch {trainer.current_epoch} of {cfg.train.epochs}")
+    if not trainer.is_global_zero:
+        return {"run_id": d.name, "state": "done", "rank": trainer.global_rank}
+
+    module.model.save_pretrained(str(d / "model"))
+    tok.save_pretrained(str(d / "model"))
+    acc, prec = resolve_device(cfg)
+    meta = {
+        "run_id": d.name, "corpus_hash": manifest["corpus_hash"], "corpus_kind": manifest["source"]["kind"],
+        "non_embedding_params": non_emb, "total_params": total, "vocab_size": len(tok),
+        "train_facts": dm.train_facts.height, "heldout_facts": dm.heldout_facts.height,
+        "tokens_per_epoch": dm.tokens_per_epoch, "real_token_fraction": dm.real_fraction,
+        "git_sha": git_sha(), "device": torch.cuda.get_device_name(0) if acc == "gpu" else "cpu",
+        "precision": prec, "train_wall_s": time.time() - t0, "resumed_from_epoch": resumed_from_epoch,
+    }
+    df = build_rows(probe_cb.rows, cfg, meta)
+    if probe_cb.last_tables:
+        per_fact = pl.concat([t.select("fact_id", "split", "relation", "correct", "code_bits", "memorized_bits")
+                              for t in probe_cb.last_tables.values()])
+        write_parquet_atomic(per_fact, d / "fact_probe.parquet")
+    write_parquet_atomic(df, d / "results.parquet")  # last: its presence marks the run done
+    final = df.filter((pl.col("epoch") == df["epoch"].max()) & (pl.col("group_by") == "all"))
+    return {"run_id": run_id(cfg), "state": "done", "run_dir": str(d),
+            **{f"{r['split']}_mr": r["mr"] for r in final.iter_rows(named=True)},
+            "capacity": final.filter(pl.col("split") == "train")["capacity"].sum(),
+            "non_embedding_params": non_emb}
