@@ -194,6 +194,11 @@ def _check_type(value, tp, where: str):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -212,7 +217,7 @@ def from_dict(cls, data: dict | None, prefix: str = ""):
     unknown = set(data) - names
     if unknown:
         key = sorted(unknown)[0]
-        raise ConfigError(f"unknown config key {prefix}{key!r}; allowed keys here: {sorted(names)}")
+        raise ConfigError(f"unknown config key '{prefix}{key}'; allowed keys here: {sorted(names)}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:

@@ -1,0 +1,120 @@
+"""Training throughput: factscale's Lightning path beside a plain PyTorch loop, same model/data/batch.
+
+    python benchmarks/bench_train.py [--size 1m] [--steps 40] [--batch 16] [--seq 128]
+
+Both loops train the same transformers model (same init), on the same packed batches, with AdamW, the
+same LR schedule and gradient clipping. Prints tokens/s of each, the ratio, and achieved FLOP/s
+(6 * non-embedding params * tokens, plus the attention and output-layer terms) against this machine's
+measured fp32 matmul peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import lightning as L
+
+from factscale.config import load_run_config
+from factscale.corpus import SyntheticSpec, build_synthetic
+from factscale.corpus.build import load_corpus
+from factscale.data import FactDataModule
+from factscale.models import non_embedding_params, resolve_shape
+from factscale.train import FactLM, lr_lambda
+
+
+def matmul_peak(n=1024, reps=20) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+class StepTimer(L.Callback):
+    def __init__(self, warmup):
+        self.warmup, self.t0, self.steps = warmup, None, 0
+
+    def on_train_batch_end(self, trainer, *a):
+        if trainer.global_step == self.warmup:
+            self.t0 = time.perf_counter()
+        elif trainer.global_step > self.warmup:
+            self.steps += 1
+            self.t1 = time.perf_counter()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="1m")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=128)
+    a = ap.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    tmp = Path(tempfile.mkdtemp(prefix="factscale-bench-train-"))
+    build_synthetic(tmp / "c", SyntheticSpec(n_keys=3000, vocab_sizes=[64, 256, 1024]), vocab_size=1024)
+    facts, _ = load_corpus(tmp / "c")
+    warm = 5
+    cfg = load_run_config(None, {"corpus.path": str(tmp / "c"), "runs_dir": str(tmp / "r"), "model.size": a.size,
+                                 "train.batch_size": a.batch, "train.seq_len": a.seq, "train.epochs": 1,
+                                 "train.progress_bar": False})
+    dm = FactDataModule(cfg, facts, pad_id=0)
+    ids, labels = dm.epoch_tensors(0)
+    n_batches = ids.shape[0] // a.batch
+    steps = min(a.steps, n_batches - warm)
+    tokens_per_step = int((ids[: a.batch] != 0).sum())  # real tokens in a typical batch
+    L.seed_everything(0, verbose=False)
+    module = FactLM(cfg, 1024, 1, 2, 0)
+    init = copy.deepcopy(module.model.state_dict())
+
+    # --- plain PyTorch loop
+    model = module.model
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, n_batches))
+    model.train()
+    for i in range(warm + steps):
+        if i == warm:
+            t = time.perf_counter()
+        b = slice(i * a.batch, (i + 1) * a.batch)
+        loss = model(input_ids=ids[b], labels=labels[b]).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        sched.step()
+    t_plain = (time.perf_counter() - t) / steps
+
+    # --- factscale's path: Lightning Trainer over FactLM + FactDataModule, same init, same batches
+    module.model.load_state_dict(init)
+    timer = StepTimer(warm)
+    trainer = L.Trainer(accelerator="cpu", max_steps=warm + steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+                        gradient_clip_val=cfg.optim.grad_clip, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=dm)
+    t_fs = (timer.t1 - timer.t0) / timer.steps
+
+    s = resolve_shape(cfg.model)
+    n = non_embedding_params(cfg.model.arch, s)
+    # per token: 6N for the weights, attention scores/values 6*L*T*h (causal: ~half), output layer 6*h*V
+    flops_tok = 6 * n + 6 * s.n_layers * a.seq * s.hidden + 6 * s.hidden * 1024
+    peak = matmul_peak()
+    print(f"model {a.size}: {n:,} non-emb params; batch {a.batch} x {a.seq}; {tokens_per_step} real tokens/step; "
+          f"{torch.get_num_threads()} threads")
+    for name, dt in (("plain PyTorch loop", t_plain), ("factscale (Lightning)", t_fs)):
+        tps = tokens_per_step / dt
+        print(f"{name:<24} {dt * 1000:8.1f} ms/step {tps:10,.0f} tokens/s  "
+              f"{tps * flops_tok / 1e9:6.2f} GFLOP/s ({tps * flops_tok / peak:.0%} of matmul peak)")
+    print(f"measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    print(f"factscale / plain: {t_plain / t_fs:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

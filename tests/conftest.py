@@ -1,0 +1,54 @@
+"""Shared fixtures: real data from ../shared (skipped with a reason where absent), tiny corpora and runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FACTSCALE_SHARED", ROOT.parent / "shared")) / "data" / "wikidata"
+
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+@pytest.fixture(scope="session")
+def shared():
+    if not SHARED.exists():
+        pytest.skip(f"real Wikidata sample data not found at {SHARED} (set FACTSCALE_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """100 keys x 2 attributes (16 and 64 values): 200 facts, ~20 held out."""
+    from factscale.corpus import SyntheticSpec, build_synthetic
+
+    out = tmp_path_factory.mktemp("corpus") / "tiny"
+    build_synthetic(out, SyntheticSpec(n_keys=100, vocab_sizes=[16, 64], seed=0), vocab_size=384)
+    return out
+
+
+def tiny_run_config(corpus, runs_dir, **over):
+    from factscale.config import load_run_config
+
+    base = {
+        "corpus.path": str(corpus), "runs_dir": str(runs_dir), "model.size": "30k", "train.epochs": 60,
+        "train.batch_size": 4, "train.seq_len": 64, "train.loss_on": "value", "train.progress_bar": False,
+        "optim.lr": 1e-2, "optim.schedule": "constant", "probe.every_epochs": 20, "train.num_threads": 1,
+    }
+    base.update(over)
+    return load_run_config(None, base)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_corpus, tmp_path_factory):
+    """One trained tiny run (shared by probe tests): its summary and config."""
+    from factscale.train import run
+
+    cfg = tiny_run_config(tiny_corpus, tmp_path_factory.mktemp("runs"))
+    return run(cfg), cfg

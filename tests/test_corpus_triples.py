@@ -1,0 +1,96 @@
+"""T-REx/LAMA and BEAR fact sets from ../shared/data/wikidata: counts kept and dropped per reason."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+from transformers import AutoTokenizer
+
+from factscale.corpus import build_from_triples
+
+
+@pytest.fixture(scope="module")
+def trex(shared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trex") / "c"
+    m = build_from_triples(out, [shared / "trex" / "mTRExf", shared / "trex" / "mTREx"])
+    return out, m
+
+
+def test_trex_counts(shared, trex):
+    _, m = trex
+    c = m["counts"]
+    # README: 92,000 rows, 86,928 unique (subject, relation, object)
+    assert c["rows_read"] == 92_000
+    assert c["raw_facts"] == 86_928
+    assert c["rows_read"] - c["merged_duplicate_rows"] == 86_928
+    # recount multi-valued (subject, relation) pairs the slow way
+    pairs: dict = {}
+    for f in (shared / "trex" / "mTREx").glob("P*.jsonl"):
+        for line in open(f):
+            r = json.loads(line)
+            pairs.setdefault((r["sub_uri"], r["predicate_id"]), set()).add(r["obj_label"])
+    for f in (shared / "trex" / "mTRExf").glob("P*.jsonl"):
+        for line in open(f):
+            r = json.loads(line)
+            pairs.setdefault((r["sub_uri"], r["predicate_id"]), set()).add(r["obj_label"])
+    multi = sum(len(v) > 1 for v in pairs.values())
+    assert c["multi_valued_pairs"] == multi
+    assert c["kept_facts"] == sum(len(v) == 1 for v in pairs.values()) - c["dropped_ambiguous_key"]
+    assert m["source"]["templates"].endswith("relations.jsonl")
+    assert len(m["facts_per_relation"]) == 46
+
+
+def test_trex_rendering_uses_lama_templates_and_counts(trex):
+    out, _ = trex
+    df = pl.read_parquet(out / "facts.parquet")
+    row = df.filter(pl.col("relation") == "P19").row(0, named=True)
+    assert row["text"] == f"{row['key']} was born in {row['value']}"
+    assert row["cardinality"] == "N-1"
+    assert df["popularity"].max() == 40205  # T-REx alignment count kept from mTRExf
+    assert df.filter(pl.col("popularity").is_not_null()).height > 0
+
+
+def test_value_is_token_aligned_for_every_real_fact(trex):
+    """Tokenizing the full text and tokenizing prompt + value separately agree, fact by fact."""
+    out, m = trex
+    assert m["counts"]["dropped_value_not_token_aligned"] == 0
+    tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    df = pl.read_parquet(out / "facts.parquet")
+    full = tok(df["text"].to_list(), add_special_tokens=False)["input_ids"]
+    pre = tok(df["prompt"].to_list(), add_special_tokens=False)["input_ids"]
+    val = tok((" " + df["value"]).to_list(), add_special_tokens=False)["input_ids"]
+    ids = df["input_ids"].to_list()
+    starts = df["value_start"].to_list()
+    for f, p, v, i, s in zip(full, pre, val, ids, starts):
+        assert f == p + v
+        assert i == [tok.bos_token_id] + f + [tok.eos_token_id]
+        assert i[s:-1] == v
+
+
+def test_bear_counts(shared, tmp_path):
+    labels = [shared / "properties" / "wikidata-predicates.json", shared / "properties" / "pid2name.json"]
+    m = build_from_triples(tmp_path / "bear", [shared / "bear" / "BEAR-big"], label_files=labels)
+    c = m["counts"]
+    n_lines = sum(1 for f in (shared / "bear" / "BEAR-big").glob("*.jsonl") for _ in open(f))
+    assert n_lines == 40_916
+    assert c["rows_read"] + c["lines_malformed"] == n_lines
+    assert c["lines_malformed"] == 1  # P291.jsonl line 41 has an empty object label
+    assert m["source"]["parse_errors"][0][1:] == [41, "ValueError: empty id or label"]
+    assert c["dropped_property_no_label"] == 0
+    assert c["kept_facts"] + c["dropped_ambiguous_key"] + c["dropped_multi_valued"] + c["dropped_exact_duplicate"] \
+        == c["rows_read"] - c["merged_duplicate_rows"]
+
+
+def test_ambiguous_keys_rules(shared, tmp_path):
+    path = [shared / "bear" / "BEAR-big" / "P19.jsonl"]
+    labels = [shared / "properties" / "pid2name.json"]
+    m1 = build_from_triples(tmp_path / "a", path, label_files=labels, ambiguous_keys="disambiguate")
+    m2 = build_from_triples(tmp_path / "b", path, label_files=labels, ambiguous_keys="drop")
+    amb = m1["counts"]["ambiguous_key_subjects"]
+    assert amb > 0
+    assert m2["counts"]["dropped_ambiguous_key"] >= amb
+    df = pl.read_parquet(tmp_path / "a" / "facts.parquet")
+    assert df["key"].n_unique() == df["subject_id"].n_unique()  # every key names one subject
+    assert df.filter(pl.col("key").str.ends_with(")")).height >= amb

@@ -1,0 +1,173 @@
+"""Sweep specs, the local executor, collect, and the generated SLURM parameters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from conftest import ROOT
+from factscale.config import ConfigError
+from factscale.results import CollectError, collect
+from factscale.sweep import SlurmResources, _spec_from_dict, expand, launch, load_spec, slurm_parameters, sweep_status
+
+SHIPPED = sorted((ROOT / "sweeps").glob("*.yaml"))
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "factscale.cli", *map(str, args)], capture_output=True, text=True, **kw)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_sweep_loads_and_plans_through_the_cli(path, tmp_path):
+    spec = load_spec(path)
+    n = len(expand(spec))
+    r = cli("sweep", "plan", path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"{n} runs" in r.stdout
+    assert len(SHIPPED) >= 3
+
+
+def test_demo_yaml_matches_the_demo_command():
+    from factscale.demo import demo_spec
+
+    shipped = yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())
+    code = demo_spec(Path("x"))
+    for k in ("grid", "corpus_build"):
+        assert shipped[k] == code[k], k
+    for k in ("optim", "train", "probe", "model"):
+        assert shipped["base"][k] == code["base"][k], k
+
+
+def _spec(tmp_path, corpus, **over):
+    d = {
+        "name": "t", "runs_dir": str(tmp_path / "runs"),
+        "base": {"corpus": {"path": str(corpus)}, "train": {"batch_size": 4, "seq_len": 64, "loss_on": "value",
+                                                          "epochs": 2},
+                 "optim": {"lr": 0.01, "schedule": "constant"}, "probe": {"every_epochs": 1}},
+        "grid": {"model.size": ["2k", "5k"]},
+        "resources": {"local": {"max_parallel": 2, "threads_per_run": 1}},
+    }
+    d.update(over)
+    return d
+
+
+def test_bad_specs_name_the_key(tmp_path, tiny_corpus):
+    bad = _spec(tmp_path, tiny_corpus, grid={"train.epoch": [1]})
+    with pytest.raises(ConfigError, match="unknown config key 'train.epoch'"):
+        expand(_spec_from_dict(bad, "x"))
+    bad = _spec(tmp_path, tiny_corpus, grid={"model.size": ["2k", "7b"]})
+    with pytest.raises(ConfigError, match=r"model.size '7b' is not in the registry; allowed values"):
+        expand(_spec_from_dict(bad, "x"))
+    bad = _spec(tmp_path, tiny_corpus, resources={"slurm": {"gpus": 1}})
+    with pytest.raises(ConfigError, match="unknown config key 'resources.slurm.gpus'"):
+        _spec_from_dict(bad, "x")
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({**_spec(tmp_path, tiny_corpus), "grid": {"seed": 3}}))
+    r = cli("sweep", "plan", p)
+    assert r.returncode == 2 and "grid.seed must be a non-empty list" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_local_launch_skips_done_runs_and_collects(tmp_path, tiny_corpus):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(_spec(tmp_path, tiny_corpus)))
+    r = cli("sweep", "launch", p, "--cluster", "local")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "launching 2 on local" in r.stdout
+    again = cli("sweep", "launch", p)
+    assert "2 done or running, launching 0" in again.stdout
+    st = cli("sweep", "status", p)
+    assert st.stdout.count("done") >= 2 and "done: 2" in st.stdout
+    out = tmp_path / "results.parquet"
+    c = cli("collect", tmp_path / "runs", "-o", out)
+    assert c.returncode == 0, c.stderr
+    df = pl.read_parquet(out)
+    assert df["run_id"].n_unique() == 2
+    assert set(df["epoch"].unique()) == {1, 2}
+    assert df["cfg.model.size"].unique().sort().to_list() == ["2k", "5k"]
+    for rid in df["run_id"].unique():
+        attempts = json.loads((tmp_path / "runs" / rid / "attempts.json").read_text())["attempts"]
+        assert attempts == 1
+
+
+def test_two_concurrent_launches_run_each_run_once(tmp_path, tiny_corpus):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(_spec(tmp_path, tiny_corpus, resources={"local": {"max_parallel": 1,
+                                                                                 "threads_per_run": 1}})))
+    procs = [subprocess.Popen([sys.executable, "-m", "factscale.cli", "sweep", "launch", str(p)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [pr.communicate(timeout=600) for pr in procs]
+    assert all(pr.returncode == 0 for pr in procs), outs
+    runs = [d for d in (tmp_path / "runs").iterdir() if d.name.startswith("qwen2")]
+    assert len(runs) == 2
+    for d in runs:
+        assert (d / "results.parquet").exists()
+        assert json.loads((d / "attempts.json").read_text())["attempts"] == 1  # never trained twice
+    df, rep = collect(tmp_path / "runs")
+    assert not rep["duplicates"] and df["run_id"].n_unique() == 2
+
+
+def test_failed_run_shows_as_failed_and_collect_reports_it(tmp_path, tiny_corpus):
+    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, grid={"train.seq_len": [64, 4]}), "x")
+    recs = launch(spec, cluster="debug", log=lambda *_: None)
+    states = sorted(r["state"] for r in recs)
+    assert states == ["done", "failed"]
+    st = {r["run_id"]: r for r in sweep_status(spec)}
+    failed = [r for r in st.values() if r["state"] == "failed"]
+    assert len(failed) == 1 and "train.seq_len=4" in failed[0]["error"]
+    df, rep = collect(spec.runs_dir)
+    assert len(rep["failed"]) == 1 and df["run_id"].n_unique() == 1
+
+
+def test_collect_refuses_mixed_corpora(tmp_path, tiny_corpus):
+    from factscale.corpus import SyntheticSpec, build_synthetic
+
+    other = tmp_path / "other"
+    build_synthetic(other, SyntheticSpec(n_keys=60, vocab_sizes=[8], seed=5), vocab_size=300)
+    for corpus in (tiny_corpus, other):
+        spec = _spec_from_dict(_spec(tmp_path, corpus, grid={"model.size": ["2k"]}), "x")
+        launch(spec, cluster="debug", log=lambda *_: None)
+    with pytest.raises(CollectError, match="different corpora"):
+        collect(tmp_path / "runs")
+    df, _ = collect(tmp_path / "runs", allow_mixed_corpora=True)
+    assert df["corpus_hash"].n_unique() == 2
+
+
+def test_unwritable_run_directory_fails_before_training(tmp_path, tiny_corpus):
+    import os
+
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"  # root ignores permissions: make runs_dir a path under a regular file
+        blocker.write_text("x")
+        runs_dir = blocker / "runs"
+    else:
+        runs_dir = tmp_path / "ro"
+        runs_dir.mkdir(mode=0o500)
+    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, runs_dir=str(runs_dir), grid={"model.size": ["2k"]}), "x")
+    from factscale.train import run
+
+    with pytest.raises(OSError, match="not writable"):
+        run(expand(spec)[0])
+
+
+def test_slurm_parameters_and_sbatch_lines_for_ddp(tmp_path):
+    import submitit
+
+    r = SlurmResources(partition="gpu", time_min=90, gpus_per_node=4, nodes=2, cpus_per_task=8, mem_gb=64,
+                       account="proj", qos="high", array_parallelism=8)
+    params = slurm_parameters(r, "factscale-x")
+    assert params["tasks_per_node"] == 4 and params["nodes"] == 2 and params["gpus_per_node"] == 4
+    ex = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
+    ex.update_parameters(**params)
+    text = ex._executor._make_submission_file_text("python -c pass", "uid")
+    for line in ("#SBATCH --gpus-per-node=4", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --partition=gpu", "#SBATCH --time=90",
+                 "#SBATCH --account=proj", "#SBATCH --qos=high", "#SBATCH --signal=USR2@60", "#SBATCH --mem=64GB"):
+        assert line in text, line
+    single = slurm_parameters(SlurmResources(gpus_per_node=1), "x")
+    assert single["tasks_per_node"] == 1 and single["nodes"] == 1

@@ -1,0 +1,157 @@
+"""Training core and memorization probes on a tiny synthetic corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import tiny_run_config
+from factscale.corpus.build import load_corpus
+from factscale.probes import probe_batched, probe_generate
+from factscale.rundir import run_dir
+from factscale.train import run
+
+
+def test_teacher_forced_probe_equals_generate(trained_run):
+    """Fact by fact, the batched teacher-forced exact match equals greedy generate() on a trained model."""
+    summary, cfg = trained_run
+    d = run_dir(cfg)
+    model = AutoModelForCausalLM.from_pretrained(d / "model")  # opens with transformers alone
+    tok = AutoTokenizer.from_pretrained(d / "model")
+    facts, _ = load_corpus(cfg.corpus.path)
+    ids, vs = facts["input_ids"].to_list(), facts["value_start"].to_numpy()
+    fast, bits = probe_batched(model, ids, vs, tok.pad_token_id, batch_size=37)  # odd batch: padding exercised
+    slow = probe_generate(model, ids, vs, tok.pad_token_id)
+    assert (fast == slow).all()
+    assert 0.2 < fast.mean() < 1.0 or fast.mean() == 1.0  # a mix or all: either way the comparison is informative
+    assert fast.sum() > 50 and (~fast).sum() > 0, "need both memorized and unmemorized facts to compare"
+    # code length: a memorized fact's value is cheaper than an unmemorized one's, on average
+    assert bits[fast].mean() < bits[~fast].mean()
+
+
+def test_results_rows_record_everything(trained_run):
+    summary, cfg = trained_run
+    df = pl.read_parquet(run_dir(cfg) / "results.parquet")
+    assert set(df["epoch"].unique()) == {20, 40, 60}
+    for col in ("run_id", "epoch", "step", "tokens_seen", "split", "group_by", "group", "mr", "capacity",
+                "capacity_bits", "bits_per_param", "value_loss", "cfg.seed", "cfg.train.epochs", "cfg.model.size",
+                "git_sha", "version.torch", "version.transformers", "device", "non_embedding_params", "corpus_hash"):
+        assert col in df.columns, col
+    all_rows = df.filter(pl.col("group_by") == "all")
+    final = all_rows.filter((pl.col("epoch") == 60) & (pl.col("split") == "train")).row(0, named=True)
+    assert final["capacity"] == summary["capacity"]
+    assert final["n_facts"] == final["capacity"] / final["mr"]
+    # the per-relation breakdown adds up to the overall capacity
+    rel = df.filter((pl.col("group_by") == "relation") & (pl.col("epoch") == 60) & (pl.col("split") == "train"))
+    assert rel["capacity"].sum() == final["capacity"] and set(rel["group"]) == {"S1", "S2"}
+    # tokens seen grows linearly with epochs (one pass = tokens_per_epoch)
+    t = all_rows.filter(pl.col("split") == "train").sort("epoch")["tokens_seen"].to_list()
+    assert t == [final["tokens_per_epoch"] * e for e in (20, 40, 60)]
+    # memorized bits never exceed the facts' information, and bits/param is capacity_bits / N
+    assert final["capacity_bits"] <= final["prior_bits"] + 1e-6
+    assert final["bits_per_param"] == pytest.approx(final["capacity_bits"] / final["non_embedding_params"])
+
+
+def test_capacity_is_real_bigger_model_memorizes_smaller_cannot(tiny_corpus, tmp_path):
+    """The 30k model reaches MR = 1.0 on 180 facts; a 2k model trained the same way stays far below."""
+    big = run(tiny_run_config(tiny_corpus, tmp_path, **{"train.epochs": 120, "probe.every_epochs": 120}))
+    small = run(tiny_run_config(tiny_corpus, tmp_path, **{"train.epochs": 120, "probe.every_epochs": 120,
+                                                          "model.size": "2k"}))
+    assert big["train_mr"] == 1.0
+    assert small["train_mr"] < 0.5
+    assert big["heldout_mr"] < 0.3  # unseen keys with random values cannot be recalled
+
+
+def _kill_when_checkpoint_has(cfg_args, ckpt, epoch_min, env):
+    proc = subprocess.Popen([sys.executable, "-m", "factscale.cli", "train", *cfg_args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists():
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+            if state["epoch"] + 1 >= epoch_min:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"training did not reach epoch {epoch_min}: {proc.stderr.read().decode()[-2000:]}")
+
+
+def test_sigkilled_run_resumes_to_identical_result(tiny_corpus, tmp_path):
+    """Killed mid-run (SIGKILL), then started again: resumes from last.ckpt and ends exactly like an
+    uninterrupted run (same per-fact results and the same metrics at every probe)."""
+    over = {"train.epochs": 12, "probe.every_epochs": 3, "model.size": "10k"}
+    ref = run(tiny_run_config(tiny_corpus, tmp_path / "ref", **over))
+    cfg = tiny_run_config(tiny_corpus, tmp_path / "killed", **over)
+    args = [f"{k}={v}" for k, v in {**over, "corpus.path": tiny_corpus, "runs_dir": tmp_path / "killed",
+                                    "model.size": "10k", "train.batch_size": 4, "train.seq_len": 64,
+                                    "train.loss_on": "value", "train.progress_bar": False, "optim.lr": 1e-2,
+                                    "optim.schedule": "constant", "train.num_threads": 1}.items()]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    _kill_when_checkpoint_has(args, run_dir(cfg) / "checkpoints" / "last.ckpt", 5, env)
+    assert not (run_dir(cfg) / "results.parquet").exists()
+    resumed = subprocess.run([sys.executable, "-m", "factscale.cli", "train", *args], env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = pl.read_parquet(run_dir(tiny_run_config(tiny_corpus, tmp_path / "ref", **over)) / "results.parquet")
+    b = pl.read_parquet(run_dir(cfg) / "results.parquet")
+    assert b["resumed_from_epoch"][0] is not None and b["resumed_from_epoch"][0] >= 4
+    cols = ["epoch", "split", "group_by", "group", "mr", "capacity", "code_bits_mean", "tokens_seen"]
+    sa, sb = a.select(cols).sort(cols[:4]), b.select(cols).sort(cols[:4])
+    assert sa["capacity"].to_list() == sb["capacity"].to_list()
+    assert np.allclose(sa["code_bits_mean"].to_numpy(), sb["code_bits_mean"].to_numpy(), rtol=1e-4, atol=1e-5)
+    assert sa["tokens_seen"].to_list() == sb["tokens_seen"].to_list()
+    att = json.loads((run_dir(cfg) / "attempts.json").read_text())
+    assert att["attempts"] == 2
+    assert ref["capacity"] == sb.filter((pl.col("epoch") == 12) & (pl.col("split") == "train")
+                                        & (pl.col("group_by") == "all"))["capacity"][0]
+
+
+def test_failed_run_is_never_done(tiny_corpus, tmp_path):
+    cfg = tiny_run_config(tiny_corpus, tmp_path, **{"train.seq_len": 4})  # shorter than any fact
+    with pytest.raises(Exception, match="train.seq_len=4 is shorter than the longest fact"):
+        run(cfg)
+    d = run_dir(cfg)
+    assert not (d / "results.parquet").exists()
+    err = json.loads((d / "error.json").read_text())
+    assert "train.seq_len" in err["error"]
+
+
+def test_schedules():
+    from factscale.train import lr_lambda
+
+    for sched in ("cosine", "constant", "wsd"):
+        cfg = tiny_run_config("/x", "/y", **{"optim.schedule": sched, "optim.warmup_frac": 0.1})
+        f = lr_lambda(cfg, 100)
+        assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+        end = f(100)
+        assert end == pytest.approx(1.0 if sched == "constant" else cfg.optim.min_lr_ratio)
+    wsd = lr_lambda(tiny_run_config("/x", "/y", **{"optim.schedule": "wsd"}), 100)
+    assert wsd(70) == 1.0 and wsd(90) < 1.0
+
+
+def test_packing_is_dense_and_epoch_seeded(tiny_corpus):
+    from factscale.data import FactDataModule
+
+    facts, _ = load_corpus(tiny_corpus)
+    cfg = tiny_run_config(tiny_corpus, "/tmp/unused")
+    dm = FactDataModule(cfg, facts, pad_id=0)
+    ids0, lab0 = dm.epoch_tensors(0)
+    ids0b, _ = dm.epoch_tensors(0)
+    ids1, _ = dm.epoch_tensors(1)
+    assert torch.equal(ids0, ids0b) and not torch.equal(ids0, ids1)
+    assert dm.real_fraction > 0.8
+    assert int((ids0 != 0).sum()) == dm.tokens_per_epoch  # every fact exactly once per epoch
+    # value-only loss: targets are exactly the value tokens and <eos> of each fact
+    n_targets = int((lab0 != -100).sum())
+    assert n_targets == int(dm.train_facts["n_value_tokens"].sum())
