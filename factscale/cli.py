@@ -25,6 +25,18 @@ def _kv(text: str | None) -> dict:
     return out
 
 
+def _variants(items: list[str] | None) -> dict | None:
+    """``compatibility:n=200`` / ``frequency:mode=signal,levels=1/2/4/8`` / ``phases:n=2,by=relation``."""
+    out = {}
+    for item in items or []:
+        name, _, rest = item.partition(":")
+        opts = {}
+        for k, v in _kv(rest).items():
+            opts[k] = [int(x) for x in v.split("/")] if k == "levels" else (int(v) if v.isdigit() else v)
+        out[name] = opts
+    return out or None
+
+
 def cmd_corpus_build(a):
     from factscale import corpus
     from factscale.corpus import CorpusError
@@ -33,7 +45,7 @@ def cmd_corpus_build(a):
     if sum(sources) != 1:
         raise CorpusError("give exactly one source: --dump PATH..., --triples PATH... or --synthetic")
     common = dict(multi_value=a.multi_value, ambiguous_keys=a.ambiguous_keys, heldout_frac=a.heldout_frac,
-                  vocab_size=a.vocab_size)
+                  vocab_size=a.vocab_size, variants=_variants(a.variant))
     if a.synthetic:
         spec = corpus.SyntheticSpec(n_keys=a.n_keys, vocab_sizes=[int(x) for x in a.value_vocab.split(",")],
                                     seed=a.seed)
@@ -75,7 +87,10 @@ def cmd_train(a):
     from factscale.config import load_run_config
     from factscale.train import run
 
-    cfg = load_run_config(a.config, a.overrides)
+    overrides = list(a.overrides)
+    if a.config and "=" in a.config and not Path(a.config).exists():  # no config file, only overrides
+        a.config, overrides = None, [a.config, *overrides]
+    cfg = load_run_config(a.config, overrides)
     print(json.dumps(run(cfg), indent=1, default=str))
 
 
@@ -201,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n-keys", type=int, default=1000)
     b.add_argument("--value-vocab", default="16,64,256,1024", help="synthetic: values per attribute")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--variant", action="append", metavar="NAME:k=v,...",
+                   help="compatibility:n=200 | frequency:mode=assigned|signal,levels=1/2/4/8 | phases:n=2,by=relation")
     b.set_defaults(fn=cmd_corpus_build)
 
     s = sub.add_parser("sizes", help="print the model size registry")

@@ -101,6 +101,11 @@ class TrainConfig:
     """Train on every token, or only on value tokens (and the end-of-fact token)."""
     repeat_by: Optional[str] = None
     """Column of facts.parquet holding a per-fact repeat count per epoch (e.g. ``repeats``)."""
+    phase_column: Optional[str] = None
+    """Column of facts.parquet naming each fact's phase (e.g. ``phase``), for order studies."""
+    order: Literal["interleaved", "blocked"] = "interleaved"
+    """With phase_column: ``blocked`` trains phase 1 for epochs/n epochs, then phase 2, ...;
+    ``interleaved`` trains a random 1/n of all facts each epoch (same steps, same exposures per fact)."""
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     """auto = fp32 on CPU, bf16-mixed on GPU."""
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"

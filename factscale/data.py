@@ -102,9 +102,28 @@ class FactDataModule(L.LightningDataModule):
         self.real_fraction: float | None = None
         self.tokens_per_epoch = int(sum(len(s) * r for s, r in zip(self.seqs, self.repeats)))
 
+    def epoch_facts(self, epoch: int) -> np.ndarray:
+        """Indices of the facts trained in this epoch (all of them, unless phases are in play)."""
+        col = self.cfg.train.phase_column
+        if col is None:
+            return self.index
+        if col not in self.train_facts.columns:
+            raise ConfigError(f"train.phase_column: column {col!r} is not in facts.parquet")
+        phase = self.train_facts[col].cast(pl.String).to_numpy()
+        names = sorted(set(phase))
+        n, E = len(names), self.cfg.train.epochs
+        if self.cfg.train.order == "blocked":
+            keep = phase == names[min(n - 1, epoch * n // E)]
+        else:  # a fresh random partition of all facts into n slots every n epochs
+            perm = np.random.default_rng([self.cfg.seed, epoch // n, 7]).permutation(len(phase))
+            keep = np.zeros(len(phase), dtype=bool)
+            keep[perm[epoch % n::n]] = True
+        return self.index[keep[self.index]]
+
     def epoch_tensors(self, epoch: int):
         rng = np.random.default_rng([self.cfg.seed, epoch])
-        order = self.index[rng.permutation(len(self.index))]
+        facts = self.epoch_facts(epoch)
+        order = facts[rng.permutation(len(facts))]
         ids, labels, real = pack(self.seqs, self.value_starts, order, self.cfg.train.seq_len, self.pad_id,
                                  self.cfg.train.loss_on == "value")
         self.real_fraction = real / ids.numel()

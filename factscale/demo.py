@@ -24,24 +24,24 @@ from factscale.sweep import _spec_from_dict, launch
 
 
 def demo_spec(out: Path, quick: bool = False) -> dict:
-    sizes = ["2k", "5k", "10k"] if quick else ["2k", "5k", "10k", "20k"]
+    sizes = ["2k", "5k", "10k"]
     return {
         "name": "demo",
-        "description": "toy capacity study: 4 sizes x 100 epochs on 2,400 synthetic facts",
+        "description": "toy capacity study: 3 sizes x 200 epochs on 2,700 synthetic training facts",
         "runs_dir": str(out / "runs"),
         "corpus_build": {
-            "synthetic": {"n_keys": 600 if quick else 2400, "vocab_sizes": [64], "seed": 0},
+            "synthetic": {"n_keys": 600 if quick else 3000, "vocab_sizes": [64], "seed": 0},
             "heldout_frac": 0.1,
             "vocab_size": 512,
         },
         "base": {
             "corpus": {"path": str(out / "corpus")},
             "model": {"arch": "qwen2"},
-            "optim": {"lr": 3e-3, "schedule": "constant", "warmup_frac": 0.02},
-            "train": {"batch_size": 8, "seq_len": 64, "loss_on": "value"},
-            "probe": {"every_epochs": 5},
+            "optim": {"lr": 0.01, "schedule": "constant", "warmup_frac": 0.02},
+            "train": {"batch_size": 16 if quick else 32, "seq_len": 64, "loss_on": "value"},
+            "probe": {"every_epochs": 5 if quick else 10},
         },
-        "grid": {"model.size": sizes, "train.epochs": [30 if quick else 100], "seed": [0]},
+        "grid": {"model.size": sizes, "train.epochs": [60 if quick else 200], "seed": [0]},
         "resources": {"local": {"max_parallel": min(len(sizes), os.cpu_count() or 1), "threads_per_run": 1}},
     }
 
@@ -98,7 +98,9 @@ def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> 
     for name, r in summary["fits"].items():
         if name.startswith("exp-epochs"):
             c = r["params"]["cstar"]
-            log(f"  {name}: C* = {c['value']:.0f} facts, R^2 = {r['r2']:.3f}")
+            reached = r["points"]["capacity"][-1] / c["value"]
+            log(f"  {name}: C* = {c['value']:.0f} facts, R^2 = {r['r2']:.3f}; after {final_epoch} epochs the run "
+                f"holds {reached:.0%} of C*" + (" (far from saturation: C* is an extrapolation)" if reached < 0.6 else ""))
     if "joint" in summary["fits"] and summary["fits"]["joint"].get("solve"):
         s = summary["fits"]["joint"]["solve"]
         ci = f" (95% CI {s['ci_low']:.3g}-{s['ci_high']:.3g})" if s["ci_low"] else ""

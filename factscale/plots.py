@@ -81,7 +81,8 @@ def fig_capacity_vs_size(df: pl.DataFrame):
     fig, ax = plt.subplots(figsize=(6, 4))
     budgets = sorted(d["epoch"].unique().to_list())
     pal = dict(zip(budgets, sns.color_palette("rocket", len(budgets))))
-    sns.scatterplot(d.to_pandas(), x="non_embedding_params", y="capacity", hue="epoch", palette=pal, ax=ax, s=50)
+    sns.scatterplot(d.to_pandas(), x="non_embedding_params", y="capacity", hue="epoch", palette=pal, ax=ax, s=50,
+                    legend=False)
     xs = np.linspace(0, d["non_embedding_params"].max() * 1.05, 100)
     for e in budgets:
         try:
@@ -218,17 +219,36 @@ FIGURES = {
 }
 
 
+def _all_figures() -> dict:
+    from factscale.studies import STUDY_FIGURES  # studies builds on this module's helpers
+
+    return {**FIGURES, **STUDY_FIGURES}
+
+
 def plot(name: str, df: pl.DataFrame, out_dir: str | Path) -> list[Path]:
-    if name not in FIGURES:
-        raise PlotError(f"unknown figure {name!r}; allowed values: {list(FIGURES) + ['all']}")
-    return save(FIGURES[name](df), out_dir, name)
+    figures = _all_figures()
+    if name not in figures:
+        raise PlotError(f"unknown figure {name!r}; allowed values: {list(figures) + ['all']}")
+    return save(figures[name](df), out_dir, name)
 
 
 def plot_all(df: pl.DataFrame, out_dir: str | Path) -> dict:
     done, skipped = {}, {}
-    for name in FIGURES:
+    for name in _all_figures():
         try:
             done[name] = [str(p) for p in plot(name, df, out_dir)]
         except PlotError as e:
             skipped[name] = str(e)
     return {"drawn": done, "skipped": skipped}
+
+
+def script_main(name: str) -> None:
+    """Entry point of the one-figure scripts under figures/: ``python figures/X.py RESULTS [--out-dir D]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=f"draw the '{name}' figure from a factscale results table")
+    ap.add_argument("results")
+    ap.add_argument("--out-dir", default="figures/out")
+    a = ap.parse_args()
+    for path in plot(name, pl.read_parquet(a.results), a.out_dir):
+        print(path)

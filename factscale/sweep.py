@@ -60,10 +60,17 @@ class Resources:
 
 @dataclass
 class CorpusBuild:
-    """Build the corpus at base.corpus.path if it does not exist yet (synthetic only)."""
+    """Build the corpus at base.corpus.path if it does not exist yet: synthetic, or from triple files."""
     synthetic: Optional[dict] = None
+    triples: list[str] = field(default_factory=list)
+    """T-REx/LAMA or BEAR jsonl files/directories (relative paths are relative to the working directory)."""
+    labels: list[str] = field(default_factory=list)
+    variants: dict = field(default_factory=dict)
+    """Corpus variants for the behaviour studies (compatibility / frequency / phases), see corpus.variants."""
+    max_facts: Optional[int] = None
     heldout_frac: float = 0.1
     vocab_size: int = 1024
+    seed: int = 0
 
 
 @dataclass
@@ -133,14 +140,18 @@ def ensure_corpus(spec: SweepSpec) -> None:
     path = Path(spec.base.get("corpus", {}).get("path", ""))
     if (path / "manifest.json").exists() or spec.corpus_build is None:
         return
-    from factscale.corpus import SyntheticSpec, build_synthetic
+    from factscale.corpus import SyntheticSpec, build_from_triples, build_synthetic
 
     cb = spec.corpus_build
-    if cb.synthetic is None:
-        raise ConfigError(f"corpus {path} does not exist and corpus_build has no recipe; "
+    common = dict(heldout_frac=cb.heldout_frac, vocab_size=cb.vocab_size, variants=cb.variants or None,
+                  max_facts=cb.max_facts)
+    if cb.synthetic is not None:
+        build_synthetic(path, from_dict(SyntheticSpec, cb.synthetic, "corpus_build.synthetic."), **common)
+    elif cb.triples:
+        build_from_triples(path, cb.triples, label_files=cb.labels, seed=cb.seed, **common)
+    else:
+        raise ConfigError(f"corpus {path} does not exist and corpus_build has no recipe (synthetic or triples); "
                           "build it with `factscale corpus build`")
-    build_synthetic(path, from_dict(SyntheticSpec, cb.synthetic, "corpus_build.synthetic."),
-                    heldout_frac=cb.heldout_frac, vocab_size=cb.vocab_size)
 
 
 def plan(spec: SweepSpec) -> list[dict]:

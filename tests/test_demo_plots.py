@@ -29,10 +29,10 @@ def test_quick_demo_end_to_end(quick_demo):
     df = pl.read_parquet(out / "results.parquet")
     assert df["run_id"].n_unique() == 3
     fits = {p.stem: json.loads(p.read_text()) for p in (out / "fits").glob("*.json")}
-    assert "linear-size-epoch30" in fits and "joint" in fits
-    lin = fits["linear-size-epoch30"]
+    assert "linear-size-epoch60" in fits and "joint" in fits
+    lin = fits["linear-size-epoch60"]
     assert lin["n_points"] == 3 and lin["params"]["k"]["value"] > 0  # bigger models memorize more
-    final = df.filter((pl.col("split") == "train") & (pl.col("group_by") == "all") & (pl.col("epoch") == 30))
+    final = df.filter((pl.col("split") == "train") & (pl.col("group_by") == "all") & (pl.col("epoch") == 60))
     caps = final.sort("non_embedding_params")["capacity"].to_list()
     assert caps == sorted(caps) and caps[-1] > caps[0]
     summary = json.loads((out / "summary.json").read_text())

@@ -115,8 +115,9 @@ def test_holdout_largest_reports_extrapolation_error():
 
 def test_degenerate_inputs_give_clear_errors():
     df = simulate("linear", {"k": 0.05, "c": 0.0}, np.random.default_rng(6))
-    with pytest.raises(FitError, match="fixed epochs but the runs have epochs|choose one with --where"):
-        fit_law(df.with_columns(pl.col("cfg.train.epochs") * pl.col("non_embedding_params") // 10**4), "linear-size")
+    mixed = df.with_columns(pl.when(pl.col("cfg.model.size") == "s1").then(160).otherwise(320).alias("cfg.train.epochs"))
+    with pytest.raises(FitError, match=r"fixed epochs but the runs have epochs \[160, 320\]; choose one with --where"):
+        fit_law(mixed, "linear-size")
     two = df.filter(pl.col("cfg.model.size") == "s1").filter(pl.col("run_id") == "s1-s0")
     with pytest.raises(FitError, match="non_embedding_params is constant|need more points"):
         fit_law(two, "linear-size", {"epochs": 320})

@@ -27,6 +27,7 @@ from pathlib import Path
 import polars as pl
 
 from factscale.corpus.render import render, tokenize, train_tokenizer
+from factscale.corpus.variants import apply_variants, difficulty_columns
 
 RAW_SCHEMA = {
     "subject_id": pl.String,
@@ -167,6 +168,7 @@ def build_corpus(
     max_facts: int | None = None,
     entropy_bits: float | None = None,
     extra_columns: pl.DataFrame | None = None,
+    variants: dict | None = None,
 ) -> dict:
     """Run the rules, write the corpus directory atomically enough (manifest last), return the manifest."""
     t0 = time.time()
@@ -178,6 +180,12 @@ def build_corpus(
         df = df.head(max_facts)
     if df.height == 0:
         raise CorpusError(f"no facts left after filtering; counts: {json.dumps(counts)}")
+    if variants and "compatibility" in variants and heldout_frac > 0:
+        raise CorpusError("the compatibility variant pairs facts across keys: build it with heldout_frac=0")
+    try:
+        df = apply_variants(df, variants, seed, counts)
+    except ValueError as e:
+        raise CorpusError(str(e)) from None
     df = add_statistics(df)
     df = assign_split(df, heldout_frac, seed)
     df = render(df)
@@ -189,6 +197,7 @@ def build_corpus(
     counts["dropped_value_not_token_aligned"] = n_bad
     if df.height == 0:
         raise CorpusError("no facts left after tokenization")
+    df = difficulty_columns(df)
     df = df.with_row_index("fact_id").with_columns(pl.col("fact_id").cast(pl.Int64))
     if extra_columns is not None:
         df = df.join(extra_columns, on=["subject_id", "relation"], how="left")
@@ -213,9 +222,12 @@ def build_corpus(
             "vocab_size": vocab_size,
             "seed": seed,
             "max_facts": max_facts,
+            "variants": variants or {},
         },
         "counts": {**counts, "kept_facts": df.height, **{f"kept_{k}": v for k, v in split_counts.items()}},
         "facts_per_relation": {r: n for r, _, n in per_rel.iter_rows()},
+        "facts_per_group": {c: dict(df.group_by(c).len().sort(c).iter_rows())
+                            for c in ("variant", "freq_level", "phase", "rarity_bucket", "value_len") if c in df.columns},
         "relation_labels": {r: lab for r, lab, _ in per_rel.iter_rows()},
         "entropy_bits": {
             # exact for synthetic corpora; for real ones the sum of empirical value surprisals

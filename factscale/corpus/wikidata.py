@@ -238,7 +238,7 @@ def stream_dump(path, opts: DumpOptions, workers: int = 1, chunk_lines: int = 25
             results = pool.imap(_process_chunk, chunks) if pool else map(_process_chunk, chunks)
             for fs, labs, c, errs in results:
                 counts.update(c)
-                errors.extend((path, n, msg) for n, msg in errs[: max(0, MAX_ERRORS_KEPT - len(errors))])
+                errors.extend((str(path), n, msg) for n, msg in errs[: max(0, MAX_ERRORS_KEPT - len(errors))])
                 for f in fs:
                     if opts.max_facts is not None and len(facts) >= opts.max_facts:
                         counts["facts_over_max_facts"] += 1

@@ -1,0 +1,174 @@
+"""Corpus variants for the behaviour studies (Lu et al. 2024, sections on compatibility, preference and
+overwriting). Each variant adds columns to every fact row and is recorded in the manifest.
+
+- ``compatibility``: redundant facts beside matched controls. From base facts whose value names one
+  subject only (so the inverse is one fact, not a contradiction), five disjoint groups of n are drawn:
+
+  ==================  =====================================================  ==================
+  group (``variant``)  facts in the corpus                                  what it tests
+  ==================  =====================================================  ==================
+  inverse             fact (s, r, o) + its inverse (o, r^-1, s)             other direction
+  paraphrase          fact + the same fact in other words (same direction)  same direction/structure
+  control-forward     fact only                                              -
+  control-inverse     an inverse fact whose forward fact is absent           -
+  control-paraphrase  a paraphrase whose original is absent                  -
+  ==================  =====================================================  ==================
+
+  A redundant group holds 2n facts with n facts' information; its control holds the same 2n fact
+  shapes (n forward + n inverse/paraphrase) with 2n facts' information. If a model stored redundant
+  facts for free, the redundant group would be memorized better than its control at equal budget.
+  Known Wikidata inverse pairs (capital <-> capital of, part of <-> has part, symmetric relations)
+  keep their property ids; other relations get a generic inverse ``r~inv`` ("o is the r of s").
+
+- ``frequency``: per-fact exposure counts per epoch (``repeats``), either ``assigned`` uniformly at
+  random from ``levels`` or from the ``signal`` (popularity: T-REx count, sitelinks) by quantile.
+- ``phases``: a ``phase`` per fact (by relation, or random) for blocked-vs-interleaved training.
+
+Difficulty columns (``rarity_bucket`` from the value's surprisal within its relation, ``value_len`` in
+tokens) are added to every corpus by the builder.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+# Wikidata inverse property pairs present in T-REx/BEAR (symmetric ones map to themselves)
+INVERSE_PROPERTIES = {
+    "P36": ("P1376", "capital of", "[X] is the capital of [Y]"),
+    "P1376": ("P36", "capital", "The capital of [X] is [Y]"),
+    "P361": ("P527", "has part", "[X] has the part [Y]"),
+    "P527": ("P361", "part of", "[X] is part of [Y]"),
+    "P47": ("P47", "shares border with", "[X] shares a border with [Y]"),
+    "P190": ("P190", "twinned administrative body", "[X] is twinned with [Y]"),
+    "P530": ("P530", "diplomatic relation", "[X] maintains diplomatic relations with [Y]"),
+    "P26": ("P26", "spouse", "[X] is married to [Y]"),
+    "P3373": ("P3373", "sibling", "[X] is a sibling of [Y]"),
+}
+PARAPHRASE_TEMPLATE = "As for [X], the [R] is [Y]"
+GENERIC_INVERSE_TEMPLATE = "[X] is the [R] of [Y]"
+GROUPS = ["inverse", "paraphrase", "control-forward", "control-inverse", "control-paraphrase"]
+
+
+def _invert(df: pl.DataFrame) -> pl.DataFrame:
+    known = {r: v for r, v in INVERSE_PROPERTIES.items()}
+    rel = df["relation"].to_list()
+    new_rel = [known[r][0] if r in known else f"{r}~inv" for r in rel]
+    new_label = [known[r][1] if r in known else lab for r, lab in zip(rel, df["relation_label"].to_list())]
+    new_tpl = [known[r][2] if r in known else GENERIC_INVERSE_TEMPLATE for r in rel]
+    return df.with_columns(
+        subject_id=pl.col("value_id").fill_null(pl.col("value")),
+        subject_label=pl.col("value"),
+        key=pl.col("value"),
+        value=pl.col("key"),  # the forward key, disambiguated if it had to be
+        value_id=pl.col("subject_id"),
+        value_type=pl.lit("item"),
+        relation=pl.Series(new_rel),
+        relation_label=pl.Series(new_label),
+        template=pl.Series(new_tpl),
+        cardinality=pl.lit("1-1"),
+        prior_bits=pl.lit(None, dtype=pl.Float64),
+    )
+
+
+def _paraphrase(df: pl.DataFrame) -> pl.DataFrame:
+    return df.with_columns(relation=pl.col("relation") + "~para", template=pl.lit(PARAPHRASE_TEMPLATE))
+
+
+def compatibility(df: pl.DataFrame, n: int, seed: int, counts: dict) -> pl.DataFrame:
+    """Five disjoint groups of ``n`` base facts -> the compatibility corpus (see module docstring)."""
+    one_subject = pl.col("subject_id").n_unique().over(["relation", "value"]) == 1
+    cand = df.filter(one_subject & (pl.col("value") != pl.col("key")))
+    # a value may name one subject in one relation but appear in another: keep each value once overall
+    cand = cand.unique(subset=["value"], keep="first", maintain_order=True)
+    cand = cand.unique(subset=["subject_id"], keep="first", maintain_order=True)  # one base fact per subject
+    # keys and values must not collide either (an inverse key equal to a forward key would be ambiguous)
+    cand = cand.filter(~pl.col("value").is_in(cand["key"].implode()))
+    counts["compatibility_candidates"] = cand.height
+    # stratify by relation so the five groups have the same size and the same relation mix
+    cand = cand.sample(fraction=1.0, shuffle=True, seed=seed)
+    per_rel = cand.group_by("relation").len()
+    usable = {r: c // 5 for r, c in per_rel.iter_rows()}
+    total = sum(usable.values())
+    if total < n:
+        raise ValueError(f"compatibility variant needs 5 x {n} invertible base facts, the corpus has {5 * total}")
+    take = {r: k * n // total for r, k in usable.items()}
+    cand = cand.with_columns(_i=pl.int_range(pl.len()).over("relation"))
+    g = [cand.filter(pl.col("_i") // pl.col("relation").replace_strict(take, return_dtype=pl.Int64) == i)
+         .filter(pl.col("_i") < 5 * pl.col("relation").replace_strict(take, return_dtype=pl.Int64)).drop("_i")
+         for i in range(5)]
+    counts["compatibility_group_size"] = g[0].height
+    parts = [
+        g[0].with_columns(variant=pl.lit("inverse"), role=pl.lit("forward")),
+        _invert(g[0]).with_columns(variant=pl.lit("inverse"), role=pl.lit("inverse")),
+        g[1].with_columns(variant=pl.lit("paraphrase"), role=pl.lit("forward")),
+        _paraphrase(g[1]).with_columns(variant=pl.lit("paraphrase"), role=pl.lit("paraphrase")),
+        g[2].with_columns(variant=pl.lit("control-forward"), role=pl.lit("forward")),
+        _invert(g[3]).with_columns(variant=pl.lit("control-inverse"), role=pl.lit("inverse")),
+        _paraphrase(g[4]).with_columns(variant=pl.lit("control-paraphrase"), role=pl.lit("paraphrase")),
+    ]
+    out = pl.concat(parts, how="vertical_relaxed")
+    counts["compatibility_facts"] = out.height
+    return out
+
+
+def frequency(df: pl.DataFrame, mode: str, levels: list[int], seed: int, signal: str = "popularity") -> pl.DataFrame:
+    """Per-fact repeats per epoch: ``assigned`` (uniform over levels) or from a ``signal`` by quantile."""
+    levels = sorted(int(x) for x in levels)
+    if mode == "assigned":
+        rng = np.random.default_rng(seed)
+        reps = np.asarray(levels)[rng.integers(len(levels), size=df.height)]
+    elif mode == "signal":
+        if signal not in df.columns or df[signal].null_count() == df.height:
+            raise ValueError(f"frequency variant mode=signal: column {signal!r} is missing or empty")
+        ranks = (df[signal].rank("average") / df[signal].drop_nulls().len()).fill_null(0.0).to_numpy()
+        idx = np.clip(np.ceil(ranks * len(levels)).astype(int) - 1, 0, len(levels) - 1)
+        reps = np.asarray(levels)[idx]
+    else:
+        raise ValueError(f"frequency variant mode={mode!r}; allowed values: ['assigned', 'signal']")
+    return df.with_columns(repeats=pl.Series(reps, dtype=pl.Int64)).with_columns(
+        freq_level=pl.format("x{}", pl.col("repeats")))
+
+
+def phases(df: pl.DataFrame, n: int, by: str, seed: int) -> pl.DataFrame:
+    """Assign each fact a phase p1..pn: whole relations per phase (``relation``) or at random."""
+    if n < 2:
+        raise ValueError(f"phases variant needs n >= 2, got {n}")
+    if by == "relation":
+        rels = sorted(df["relation"].unique().to_list())
+        if len(rels) < n:
+            raise ValueError(f"phases by relation: {len(rels)} relations for {n} phases")
+        rng = np.random.default_rng(seed)
+        order = [rels[i] for i in rng.permutation(len(rels))]
+        phase_of = {r: f"p{i * n // len(order) + 1}" for i, r in enumerate(order)}
+        return df.with_columns(phase=pl.col("relation").replace_strict(phase_of, return_dtype=pl.String))
+    if by == "random":
+        rng = np.random.default_rng(seed)
+        return df.with_columns(phase=pl.Series([f"p{i + 1}" for i in rng.integers(n, size=df.height)]))
+    raise ValueError(f"phases variant by={by!r}; allowed values: ['random', 'relation']")
+
+
+def apply_variants(df: pl.DataFrame, variants: dict | None, seed: int, counts: dict) -> pl.DataFrame:
+    """Apply the requested variants in a fixed order: compatibility, frequency, phases."""
+    variants = variants or {}
+    unknown = set(variants) - {"compatibility", "frequency", "phases"}
+    if unknown:
+        raise ValueError(f"unknown corpus variant(s) {sorted(unknown)}; allowed: compatibility, frequency, phases")
+    if "compatibility" in variants:
+        df = compatibility(df, int(variants["compatibility"].get("n", 200)), seed, counts)
+    if "frequency" in variants:
+        v = variants["frequency"]
+        df = frequency(df, v.get("mode", "assigned"), v.get("levels", [1, 2, 4, 8]), seed, v.get("signal", "popularity"))
+    if "phases" in variants:
+        v = variants["phases"]
+        df = phases(df, int(v.get("n", 2)), v.get("by", "relation"), seed)
+    return df
+
+
+def difficulty_columns(df: pl.DataFrame) -> pl.DataFrame:
+    """rarity_bucket: quartile of the value's surprisal in its relation (q1 common .. q4 rare);
+    value_len: value length in tokens (1, 2, 3, 4+), the end-of-fact token not counted."""
+    r = df["prior_bits"].rank("average") / df.height
+    q = np.clip(np.ceil(r.to_numpy() * 4).astype(int), 1, 4)
+    vlen = (df["n_value_tokens"] - 1).clip(upper_bound=4).cast(pl.String).replace({"4": "4+"})
+    return df.with_columns(rarity_bucket=pl.Series([f"q{x}" for x in q]), value_len=vlen)

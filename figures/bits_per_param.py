@@ -1,0 +1,6 @@
+"""Paper figure 'bits-per-param' from a results table: python figures/bits_per_param.py RESULTS [--out-dir figures/out]"""
+
+from factscale.plots import script_main
+
+if __name__ == "__main__":
+    script_main("bits-per-param")

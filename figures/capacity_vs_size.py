@@ -1,0 +1,6 @@
+"""Paper figure 'capacity-vs-size' from a results table: python figures/capacity_vs_size.py RESULTS [--out-dir figures/out]"""
+
+from factscale.plots import script_main
+
+if __name__ == "__main__":
+    script_main("capacity-vs-size")

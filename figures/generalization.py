@@ -1,0 +1,6 @@
+"""Paper figure 'generalization' from a results table: python figures/generalization.py RESULTS [--out-dir figures/out]"""
+
+from factscale.plots import script_main
+
+if __name__ == "__main__":
+    script_main("generalization")

@@ -1,0 +1,6 @@
+"""Paper figure 'mr-vs-facts' from a results table: python figures/mr_vs_facts.py RESULTS [--out-dir figures/out]"""
+
+from factscale.plots import script_main
+
+if __name__ == "__main__":
+    script_main("mr-vs-facts")

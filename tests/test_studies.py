@@ -1,0 +1,113 @@
+"""Corpus variants for the behaviour studies on real data, and one tiny end-to-end run per study."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from conftest import tiny_run_config
+from factscale.corpus import SyntheticSpec, build_from_triples, build_synthetic
+from factscale.rundir import run_dir
+from factscale.studies import compatibility_table
+from factscale.train import run
+
+
+@pytest.fixture(scope="module")
+def compat(shared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compat") / "c"
+    m = build_from_triples(out, [shared / "trex" / "mTRExf"], heldout_frac=0.0,
+                           variants={"compatibility": {"n": 30}}, vocab_size=512)
+    return out, m, pl.read_parquet(out / "facts.parquet")
+
+
+def test_inverse_facts_really_invert_facts_in_the_corpus(compat):
+    _, m, df = compat
+    fwd = df.filter((pl.col("variant") == "inverse") & (pl.col("role") == "forward"))
+    inv = df.filter((pl.col("variant") == "inverse") & (pl.col("role") == "inverse"))
+    assert fwd.height == inv.height == m["counts"]["compatibility_group_size"] > 0
+    pairs = {(r["key"], r["value"]) for r in fwd.iter_rows(named=True)}
+    for r in inv.iter_rows(named=True):
+        assert (r["value"], r["key"]) in pairs  # (o, r^-1, s) for a (s, r, o) in the corpus
+    # known Wikidata inverse properties keep their ids: capital (P36) <-> capital of (P1376)
+    capitals = fwd.filter(pl.col("relation") == "P36")
+    if capitals.height:
+        assert set(inv.filter(pl.col("value").is_in(capitals["key"].implode()))["relation"]) == {"P1376"}
+    # the control inverses are inverses of facts that are NOT in the corpus
+    ctrl = df.filter(pl.col("variant") == "control-inverse")
+    all_pairs = {(r["key"], r["value"]) for r in df.iter_rows(named=True)}
+    assert not any((r["value"], r["key"]) in all_pairs for r in ctrl.iter_rows(named=True))
+
+
+def test_control_sets_match_in_size_and_relation_mix(compat):
+    _, _, df = compat
+
+    def rels(variant, role):
+        g = df.filter((pl.col("variant") == variant) & (pl.col("role") == role))
+        return sorted(g["relation"].str.replace(r"~para$", "").to_list())
+
+    forward = rels("inverse", "forward")
+    assert forward == rels("paraphrase", "forward") == rels("control-forward", "forward")
+    assert forward == rels("control-paraphrase", "paraphrase")
+    assert rels("inverse", "inverse") == rels("control-inverse", "inverse")  # same inverse relations too
+    assert df.select("key", "relation").is_duplicated().sum() == 0  # still unambiguous
+
+
+def test_frequency_from_signal_and_difficulty(shared, tmp_path):
+    build_from_triples(tmp_path / "f", [shared / "trex" / "mTRExf" / "P36.jsonl"], heldout_frac=0.0,
+                       variants={"frequency": {"mode": "signal", "levels": [1, 2, 4, 8]}}, vocab_size=512)
+    df = pl.read_parquet(tmp_path / "f" / "facts.parquet")
+    assert set(df["repeats"].unique()) == {1, 2, 4, 8}
+    by = df.group_by("repeats").agg(pl.col("popularity").min().alias("lo"), pl.col("popularity").max().alias("hi")) \
+        .sort("repeats")
+    assert (by["lo"].to_numpy()[1:] >= by["hi"].to_numpy()[:-1]).all()  # more popular -> more exposures
+    b = df.group_by("rarity_bucket").agg(pl.col("prior_bits").min().alias("lo"), pl.col("prior_bits").max().alias("hi")) \
+        .sort("rarity_bucket")
+    assert set(b["rarity_bucket"]) <= {"q1", "q2", "q3", "q4"} and b.height >= 2
+    assert (b["lo"].to_numpy()[1:] >= b["hi"].to_numpy()[:-1]).all()  # higher bucket = rarer value
+    assert df.filter(pl.col("value_len") == "1")["n_value_tokens"].max() == 2  # one token + <eos>
+
+
+def test_compatibility_study_end_to_end(compat, tmp_path):
+    corpus, _, _ = compat
+    cfg = tiny_run_config(corpus, tmp_path, **{"model.size": "5k", "train.epochs": 6, "probe.every_epochs": 3,
+                                               "train.batch_size": 16, "train.seq_len": 128,
+                                               "probe.group_columns": ["variant"], "probe.splits": ["train"]})
+    run(cfg)
+    t = compatibility_table(pl.read_parquet(run_dir(cfg) / "results.parquet"))
+    assert set(t["redundancy"]) == {"inverse", "paraphrase"} and set(t["epoch"]) == {3, 6}
+    assert (t["set_size"] == 2 * t["set_size"][0] // 2).all()
+
+
+def test_preference_study_end_to_end(tmp_path):
+    build_synthetic(tmp_path / "c", SyntheticSpec(n_keys=80, vocab_sizes=[16, 16]), heldout_frac=0.0, vocab_size=300,
+                    variants={"frequency": {"mode": "assigned", "levels": [1, 8]}})
+    cfg = tiny_run_config(tmp_path / "c", tmp_path, **{"train.epochs": 12, "train.repeat_by": "repeats",
+                                                      "probe.every_epochs": 12, "probe.group_columns": ["freq_level"],
+                                                      "probe.splits": ["train"]})
+    run(cfg)
+    df = pl.read_parquet(run_dir(cfg) / "results.parquet")
+    g = {r["group"]: r["mr"] for r in df.filter(pl.col("group_by") == "freq_level").iter_rows(named=True)}
+    assert g["x8"] > g["x1"]  # facts seen 8x per epoch are memorized first
+    facts = pl.read_parquet(tmp_path / "c" / "facts.parquet")
+    expected = int((facts["input_ids"].list.len() * facts["repeats"]).sum())
+    assert df["tokens_per_epoch"][0] == expected
+
+
+def test_overwriting_study_end_to_end(tmp_path):
+    build_synthetic(tmp_path / "c", SyntheticSpec(n_keys=60, vocab_sizes=[16, 16]), heldout_frac=0.0, vocab_size=300,
+                    variants={"phases": {"n": 2, "by": "relation"}})
+    facts = pl.read_parquet(tmp_path / "c" / "facts.parquet")
+    assert facts.group_by("relation").agg(pl.col("phase").n_unique())["phase"].max() == 1
+    res = {}
+    for order in ("blocked", "interleaved"):
+        cfg = tiny_run_config(tmp_path / "c", tmp_path, **{"train.epochs": 80, "train.phase_column": "phase",
+                                                          "train.order": order, "probe.every_epochs": 10,
+                                                          "probe.group_columns": ["phase"], "probe.splits": ["train"]})
+        run(cfg)
+        d = pl.read_parquet(run_dir(cfg) / "results.parquet").filter(pl.col("group_by") == "phase")
+        res[order] = {(r["epoch"], r["group"]): r["mr"] for r in d.iter_rows(named=True)}
+    b = res["blocked"]
+    assert b[(40, "p1")] > 0.5 and b[(40, "p2")] < 0.3  # phase 1 learnt, phase 2 not yet seen
+    assert b[(80, "p2")] > 0.5
+    assert b[(80, "p1")] < b[(40, "p1")] - 0.2  # learning phase 2 overwrote phase 1
+    assert res["interleaved"][(80, "p1")] > b[(80, "p1")]
