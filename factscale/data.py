@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
 
 import lightning as L
 
@@ -132,5 +132,7 @@ class FactDataModule(L.LightningDataModule):
     def train_dataloader(self):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         ids, labels = self.epoch_tensors(epoch)
-        # order is already shuffled by epoch_tensors; a fixed order here keeps resume exact
-        return DataLoader(TensorDataset(ids, labels), batch_size=self.cfg.train.batch_size, shuffle=False)
+        # order is already shuffled by epoch_tensors; a fixed order here keeps resume exact. Whole batches
+        # are sliced out at once (a batch sampler, no per-row collate): tiny models are overhead-bound.
+        batches = BatchSampler(SequentialSampler(range(len(ids))), self.cfg.train.batch_size, drop_last=False)
+        return DataLoader(TensorDataset(ids, labels), sampler=batches, batch_size=None)
