@@ -103,7 +103,7 @@ def main():
     results = {"plain json.loads loop": (t_plain, m0.delta_mb)}
     for workers in (1, os.cpu_count() or 1):
         with PeakRSS() as m:
-            dt, (facts, _, _, c, _) = best_of(lambda: stream_dump(path, opts, workers=workers, chunk_lines=64),
+            dt, (facts, _, _, c, _) = best_of(lambda w=workers: stream_dump(path, opts, workers=w, chunk_lines=64),
                                               a.reps)
         assert c["entities_seen"] == n and len(facts) == len(facts_plain), "fast path disagrees with the baseline"
         results[f"factscale, {workers} process(es)"] = (dt, m.delta_mb)

@@ -261,15 +261,21 @@ def set_dotted(d: dict, key: str, value) -> None:
     d[parts[-1]] = value
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file not found: {p}")
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{what} not found: {p}")
+    try:
         data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return data
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    data: dict = read_yaml_mapping(path) if path is not None else {}
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
     for k, v in items:
         set_dotted(data, k, v)

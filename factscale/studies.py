@@ -111,7 +111,8 @@ def fig_generalization_by_relation(df: pl.DataFrame):
     if d.height == 0 or d["train_facts"].n_unique() < 2:
         raise PlotError("needs held-out probes at >= 2 corpus sizes (grid over corpus.max_facts)")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, y, lab in ((axes[0], "mr", "held-out MR (unseen keys)"), (axes[1], "value_loss", "held-out value loss (nats/token)")):
+    panels = ((axes[0], "mr", "held-out MR (unseen keys)"), (axes[1], "value_loss", "held-out value loss (nats/token)"))
+    for ax, y, lab in panels:
         sns.lineplot(d.to_pandas(), x="train_facts", y=y, hue="group", marker="o", ax=ax, errorbar=None)
         ax.set(xscale="log", xlabel="training facts", ylabel=lab)
     axes[0].set_title("Generalization to unseen keys by relation")

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import submitit
-import yaml
 
-from factscale.config import ConfigError, RunConfig, from_dict, set_dotted, to_dict
+from factscale.config import ConfigError, RunConfig, from_dict, read_yaml_mapping, set_dotted, to_dict
 from factscale.models import non_embedding_params, resolve_shape
 from factscale.rundir import run_dir, run_id, status
 
@@ -105,13 +104,7 @@ def _spec_from_dict(data: dict, where: str) -> SweepSpec:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"sweep spec not found: {p}")
-    data = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: top level must be a mapping")
-    spec = _spec_from_dict(data, str(p))
+    spec = _spec_from_dict(read_yaml_mapping(path, "sweep spec"), str(path))
     expand(spec)  # every grid point must make a valid run config: fail now, naming the key
     return spec
 

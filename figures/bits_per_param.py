@@ -1,4 +1,7 @@
-"""Paper figure 'bits-per-param' from a results table: python figures/bits_per_param.py RESULTS [--out-dir figures/out]"""
+"""Paper figure 'bits-per-param' from a results table.
+
+    python figures/bits_per_param.py RESULTS [--out-dir figures/out]
+"""
 
 from factscale.plots import script_main
 

@@ -1,4 +1,7 @@
-"""Paper figure 'capacity-vs-size' from a results table: python figures/capacity_vs_size.py RESULTS [--out-dir figures/out]"""
+"""Paper figure 'capacity-vs-size' from a results table.
+
+    python figures/capacity_vs_size.py RESULTS [--out-dir figures/out]
+"""
 
 from factscale.plots import script_main
 

@@ -1,4 +1,7 @@
-"""Paper figure 'extrapolation' from a results table: python figures/extrapolation.py RESULTS [--out-dir figures/out]"""
+"""Paper figure 'extrapolation' from a results table.
+
+    python figures/extrapolation.py RESULTS [--out-dir figures/out]
+"""
 
 from factscale.plots import script_main
 

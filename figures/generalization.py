@@ -1,4 +1,7 @@
-"""Paper figure 'generalization' from a results table: python figures/generalization.py RESULTS [--out-dir figures/out]"""
+"""Paper figure 'generalization' from a results table.
+
+    python figures/generalization.py RESULTS [--out-dir figures/out]
+"""
 
 from factscale.plots import script_main
 

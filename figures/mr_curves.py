@@ -1,4 +1,7 @@
-"""Paper figure 'mr-curves' from a results table: python figures/mr_curves.py RESULTS [--out-dir figures/out]"""
+"""Paper figure 'mr-curves' from a results table.
+
+    python figures/mr_curves.py RESULTS [--out-dir figures/out]
+"""
 
 from factscale.plots import script_main
 

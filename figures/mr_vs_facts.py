@@ -1,4 +1,7 @@
-"""Paper figure 'mr-vs-facts' from a results table: python figures/mr_vs_facts.py RESULTS [--out-dir figures/out]"""
+"""Paper figure 'mr-vs-facts' from a results table.
+
+    python figures/mr_vs_facts.py RESULTS [--out-dir figures/out]
+"""
 
 from factscale.plots import script_main
 

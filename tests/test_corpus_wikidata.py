@@ -124,7 +124,7 @@ def test_corrupted_dump_builds_and_counts_bad_lines(shared, tmp_path):
 def test_filters_and_empty_result(shared, tmp_path):
     src = shared / "dump-sample" / "latest-all.head50.json"  # items100 has no humans; head50 has Q23
     labels = [shared / "properties" / "wikidata-predicates.json"]
-    m = build_from_dump(tmp_path / "h", [src], DumpOptions(subject_filter=[("P31", "Q5")],
+    build_from_dump(tmp_path / "h", [src], DumpOptions(subject_filter=[("P31", "Q5")],
                                                           allow_properties={"P569", "P570", "P19"}),
                         label_files=labels, heldout_frac=0.0)
     df = pl.read_parquet(tmp_path / "h" / "facts.parquet")

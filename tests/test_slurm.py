@@ -73,7 +73,7 @@ def test_job_array_through_the_cli_and_collect(tmp_path, tiny_corpus):
     df = pl.read_parquet(out)
     assert df["run_id"].n_unique() == 4
     overall = df.filter((pl.col("group_by") == "all") & (pl.col("split") == "train"))
-    for rid, g in overall.group_by("run_id"):
+    for _, g in overall.group_by("run_id"):
         epochs = g["cfg.train.epochs"][0]
         assert sorted(g["epoch"].to_list()) == list(range(2, epochs + 1, 2))
         assert g["mr"].is_between(0, 1).all() and (g["capacity"] <= g["n_facts"]).all()

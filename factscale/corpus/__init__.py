@@ -9,7 +9,8 @@ from factscale.corpus.synthetic import SyntheticSpec, generate
 from factscale.corpus.triples import read_triples, templates_for
 from factscale.corpus.wikidata import DumpOptions, dump_to_raw, load_label_table
 
-__all__ = ["CorpusError", "SyntheticSpec", "DumpOptions", "build_synthetic", "build_from_dump", "build_from_triples", "load_corpus"]
+__all__ = ["CorpusError", "SyntheticSpec", "DumpOptions", "build_synthetic", "build_from_dump", "build_from_triples",
+           "load_corpus"]
 
 
 def build_synthetic(out_dir, spec: SyntheticSpec, heldout_frac=0.1, vocab_size=1024, **kw) -> dict:
