@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -180,6 +181,7 @@ def fig_generalization(df: pl.DataFrame):
         pass
     ax.set(xscale="log", xlabel="training facts D", ylabel="held-out value loss (nats/token)",
            title="Generalization to unseen keys")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     return fig
 
 
@@ -194,6 +196,7 @@ def fig_mr_vs_facts(df: pl.DataFrame):
                  palette=_size_palette(sizes), ax=ax)
     ax.set(xscale="log", xlabel="training facts", ylabel="memorization rate", ylim=(-0.02, 1.02),
            title="MR falls once facts exceed capacity")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     return fig
 
 

@@ -7,6 +7,7 @@ figure; ``plots.FIGURES`` exposes them as ``study-*`` so ``factscale plot study-
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 import polars as pl
 import seaborn as sns
 
@@ -62,7 +63,7 @@ def fig_compatibility(df: pl.DataFrame):
     ])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     sns.barplot(long.to_pandas(), x="redundancy", y="facts", hue="set", ax=axes[0], errorbar=None)
-    axes[0].set(xlabel="kind of redundancy (same set size)", ylabel="facts memorized (final epoch)",
+    axes[0].set(xlabel="kind of redundancy (same set size)", ylabel="facts memorized (final epoch, mean of sizes)",
                 title="Redundant facts vs matched controls")
     sns.lineplot(t.to_pandas(), x="epoch", y="extra_facts", hue="redundancy", style="size", ax=axes[1])
     axes[1].axhline(0, color="grey", lw=1)
@@ -115,6 +116,8 @@ def fig_generalization_by_relation(df: pl.DataFrame):
     for ax, y, lab in panels:
         sns.lineplot(d.to_pandas(), x="train_facts", y=y, hue="group", marker="o", ax=ax, errorbar=None)
         ax.set(xscale="log", xlabel="training facts", ylabel=lab)
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
+        ax.legend(title="relation", fontsize=8)
     axes[0].set_title("Generalization to unseen keys by relation")
     fig.tight_layout()
     return fig

@@ -111,3 +111,17 @@ def test_overwriting_study_end_to_end(tmp_path):
     assert b[(80, "p2")] > 0.5
     assert b[(80, "p1")] < b[(40, "p1")] - 0.2  # learning phase 2 overwrote phase 1
     assert res["interleaved"][(80, "p1")] > b[(80, "p1")]
+
+
+def test_generalization_study_end_to_end(tmp_path):
+    """Unseen keys: a value predictable from the key's first name generalizes, a random one cannot."""
+    build_synthetic(tmp_path / "c", SyntheticSpec(n_keys=240, vocab_sizes=[8, 64], predictable=[True, False],
+                                                  first_names=6, seed=1), heldout_frac=0.2, vocab_size=300)
+    cfg = tiny_run_config(tmp_path / "c", tmp_path, **{"train.epochs": 40, "probe.every_epochs": 40,
+                                                      "probe.group_columns": ["predictable"]})
+    run(cfg)
+    df = pl.read_parquet(run_dir(cfg) / "results.parquet")
+    held = {r["group"]: r for r in df.filter((pl.col("split") == "heldout") & (pl.col("group_by") == "predictable"))
+            .iter_rows(named=True)}
+    assert held["true"]["mr"] > 0.6 and held["false"]["mr"] < 0.2
+    assert held["true"]["value_loss"] < held["false"]["value_loss"]
