@@ -98,6 +98,8 @@ class AtomicLastCheckpoint(L.Callback):
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
+            # what a restart needs to know without loading the whole checkpoint
+            write_atomic(self.path.with_suffix(".json"), json.dumps({"epochs_done": trainer.current_epoch + 1}))
 
 
 def resolve_device(cfg: RunConfig) -> tuple[str, str]:
@@ -192,8 +194,8 @@ def _train(cfg: RunConfig, d: Path, facts: pl.DataFrame, manifest: dict, corpus_
     ckpt.parent.mkdir(exist_ok=True)
     trainer = make_trainer(cfg, d, [probe_cb, AtomicLastCheckpoint(ckpt)])
     resumed_from_epoch = None
-    if ckpt.exists():
-        resumed_from_epoch = torch.load(ckpt, map_location="cpu", weights_only=False).get("epoch")
+    if ckpt.exists() and ckpt.with_suffix(".json").exists():
+        resumed_from_epoch = json.loads(ckpt.with_suffix(".json").read_text())["epochs_done"] - 1
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.exists() else None)
     if trainer.current_epoch < cfg.train.epochs or trainer.interrupted:
