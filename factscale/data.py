@@ -44,43 +44,95 @@ def repeats_of(train: pl.DataFrame, column: str | None) -> np.ndarray:
     return r
 
 
-def pack(seqs: list[np.ndarray], value_starts: np.ndarray, order: np.ndarray, seq_len: int, pad_id: int,
-         value_only: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Greedy packing of facts (in ``order``) into windows. Returns (input_ids, labels, real tokens)."""
-    rows_ids, rows_lab = [], []
-    cur_ids: list[np.ndarray] = []
-    cur_lab: list[np.ndarray] = []
-    used = 0
+def flat_tokens(col: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A list column of token ids as (flat int32 ids, int64 offsets of length n + 1).
 
-    def flush():
-        ids = np.full(seq_len, pad_id, dtype=np.int64)
-        lab = np.full(seq_len, IGNORE, dtype=np.int64)
-        if cur_ids:
-            a = np.concatenate(cur_ids)
-            ids[: len(a)] = a
-            lab[: len(a)] = np.concatenate(cur_lab)
-        rows_ids.append(ids)
-        rows_lab.append(lab)
+    Arrow already stores a list column this way; this is one copy, never a Python object per fact.
+    """
+    lengths = col.list.len().to_numpy().astype(np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = col.cast(pl.List(pl.Int32)).explode().to_numpy()
+    if len(flat) != offsets[-1] or (lengths == 0).any():
+        raise ValueError("input_ids has empty or null rows; rebuild the corpus with `factscale corpus build`")
+    return np.ascontiguousarray(flat, dtype=np.int32), offsets
 
-    real = 0
-    for i in order:
-        s = seqs[i]
-        if used + len(s) > seq_len:
-            flush()
-            cur_ids, cur_lab, used = [], [], 0
-        cur_ids.append(s)
+
+class Packer:
+    """Greedy packing of facts into ``seq_len`` windows, vectorized, into buffers reused across epochs.
+
+    Same semantics as the per-fact loop ``factscale.reference.pack_reference`` (proven equal in the tests):
+    facts are taken in ``order``; a fact that does not fit in the current window starts a new one; a fact
+    is never split. Window boundaries come from one ``searchsorted`` over the cumulative lengths (the
+    window starting at fact p ends before the first fact whose cumulative end passes start(p) + seq_len)
+    and a walk along those jumps (one Python step per *window*, not per fact); tokens are then moved by
+    one gather/scatter of the flat arrays.
+    """
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray, value_starts: np.ndarray, seq_len: int,
+                 pad_id: int, value_only: bool, pin_memory: bool = False):
+        self.flat, self.offsets = flat, offsets
+        self.lengths = np.diff(offsets)
+        self.seq_len, self.pad_id, self.pin_memory = seq_len, pad_id, pin_memory
+        # per-token labels, once: the packed labels of every epoch are a gather of these
+        lab = flat.astype(np.int64)
         if value_only:
-            lab = np.full(len(s), IGNORE, dtype=np.int64)
-            lab[value_starts[i]:] = s[value_starts[i]:]
+            within = np.arange(len(flat)) - np.repeat(offsets[:-1], self.lengths)
+            lab[within < np.repeat(np.asarray(value_starts, dtype=np.int64), self.lengths)] = IGNORE
         else:
-            lab = s.copy()
-            lab[0] = IGNORE  # <bos> is not a target: which fact comes next is noise, not a fact
-        cur_lab.append(lab)
-        used += len(s)
-        real += len(s)
-    if cur_ids:
-        flush()
-    return torch.from_numpy(np.stack(rows_ids)), torch.from_numpy(np.stack(rows_lab)), real
+            lab[offsets[:-1]] = IGNORE  # <bos> is not a target: which fact comes next is noise, not a fact
+        self.flat_labels = lab
+        self._ids: torch.Tensor | None = None
+        self._lab: torch.Tensor | None = None
+
+    def _buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._ids is None or self._ids.shape[0] < rows:
+            cap = int(rows * 1.05) + 1  # a little slack: the row count varies a little with the shuffle
+            self._ids = torch.empty((cap, self.seq_len), dtype=torch.long, pin_memory=self.pin_memory)
+            self._lab = torch.empty((cap, self.seq_len), dtype=torch.long, pin_memory=self.pin_memory)
+        elif self.pin_memory:
+            # an asynchronous host->device copy of the last epoch may still read these pages
+            torch.cuda.current_stream().synchronize()
+        return self._ids[:rows], self._lab[:rows]
+
+    def pack(self, order: np.ndarray, reuse: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(input_ids, labels, real tokens) for facts in ``order``. With ``reuse`` the tensors are views
+        of buffers that the next call overwrites; without, they are fresh."""
+        L = self.lengths[order]
+        cs = np.cumsum(L)
+        first = cs - L  # token offset of each fact in the epoch stream
+        nxt = np.searchsorted(cs, first + self.seq_len, side="right").tolist()
+        n, p, starts = len(L), 0, []
+        while p < n:
+            starts.append(p)
+            p = nxt[p]
+        starts = np.asarray(starts, dtype=np.int64)
+        win = np.zeros(n, dtype=np.int64)
+        win[starts[1:]] = 1
+        np.cumsum(win, out=win)
+        # destination of each fact's first token in the (rows, seq_len) buffer, minus its stream offset
+        shift_dst = win * self.seq_len + (first - first[starts][win]) - first
+        shift_src = self.offsets[:-1][order] - first
+        tok = np.arange(int(cs[-1]) if n else 0, dtype=np.int64)
+        dst = tok + np.repeat(shift_dst, L)
+        src = np.add(tok, np.repeat(shift_src, L), out=tok)
+        if reuse:
+            ids, lab = self._buffers(len(starts))
+        else:
+            ids = torch.empty((len(starts), self.seq_len), dtype=torch.long)
+            lab = torch.empty((len(starts), self.seq_len), dtype=torch.long)
+        ids_np, lab_np = ids.numpy(), lab.numpy()
+        ids_np.fill(self.pad_id)
+        lab_np.fill(IGNORE)
+        ids_np.reshape(-1)[dst] = self.flat[src]
+        lab_np.reshape(-1)[dst] = self.flat_labels[src]
+        return ids, lab, len(src)
+
+
+def pack(seqs_flat: np.ndarray, offsets: np.ndarray, value_starts: np.ndarray, order: np.ndarray, seq_len: int,
+         pad_id: int, value_only: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One-shot greedy packing (fresh tensors); see ``Packer``."""
+    return Packer(seqs_flat, offsets, value_starts, seq_len, pad_id, value_only).pack(order, reuse=False)
 
 
 class FactDataModule(L.LightningDataModule):
@@ -91,16 +143,22 @@ class FactDataModule(L.LightningDataModule):
         self.train_facts, self.heldout_facts = select_facts(facts, cfg)
         if self.train_facts.height == 0:
             raise ConfigError(f"corpus.path {cfg.corpus.path}: no training facts")
-        self.seqs = [np.asarray(x, dtype=np.int64) for x in self.train_facts["input_ids"].to_list()]
-        self.value_starts = self.train_facts["value_start"].to_numpy()
-        longest = max(len(s) for s in self.seqs)
+        self.flat, self.offsets = flat_tokens(self.train_facts["input_ids"])
+        self.lengths = np.diff(self.offsets)
+        self.value_starts = self.train_facts["value_start"].to_numpy().astype(np.int64)
+        longest = int(self.lengths.max())
         if longest > cfg.train.seq_len:
             raise ConfigError(f"train.seq_len={cfg.train.seq_len} is shorter than the longest fact "
                               f"({longest} tokens); raise train.seq_len")
         self.repeats = repeats_of(self.train_facts, cfg.train.repeat_by)
-        self.index = np.repeat(np.arange(len(self.seqs)), self.repeats)
+        self.index = np.repeat(np.arange(self.train_facts.height), self.repeats)
         self.real_fraction: float | None = None
-        self.tokens_per_epoch = int(sum(len(s) * r for s, r in zip(self.seqs, self.repeats)))
+        self.tokens_per_epoch = int((self.lengths * self.repeats).sum())
+        # pinned host batches let the host->device copy run asynchronously on a GPU
+        pin = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
+        self.packer = Packer(self.flat, self.offsets, self.value_starts, cfg.train.seq_len, pad_id,
+                             cfg.train.loss_on == "value", pin_memory=pin)
+        self._phase: tuple[np.ndarray, int] | None = None
 
     def epoch_facts(self, epoch: int) -> np.ndarray:
         """Indices of the facts trained in this epoch (all of them, unless phases are in play)."""
@@ -109,29 +167,35 @@ class FactDataModule(L.LightningDataModule):
             return self.index
         if col not in self.train_facts.columns:
             raise ConfigError(f"train.phase_column: column {col!r} is not in facts.parquet")
-        phase = self.train_facts[col].cast(pl.String).to_numpy()
-        names = sorted(set(phase))
-        n, E = len(names), self.cfg.train.epochs
+        if self._phase is None:  # phase codes 0..n-1 in sorted name order, once (not per epoch)
+            codes = self.train_facts[col].cast(pl.String).fill_null("").rank("dense").to_numpy() - 1
+            self._phase = (codes.astype(np.int64), int(codes.max()) + 1)
+        phase, n = self._phase
+        E = self.cfg.train.epochs
         if self.cfg.train.order == "blocked":
-            keep = phase == names[min(n - 1, epoch * n // E)]
+            keep = phase == min(n - 1, epoch * n // E)
         else:  # a fresh random partition of all facts into n slots every n epochs
             perm = np.random.default_rng([self.cfg.seed, epoch // n, 7]).permutation(len(phase))
             keep = np.zeros(len(phase), dtype=bool)
             keep[perm[epoch % n::n]] = True
         return self.index[keep[self.index]]
 
-    def epoch_tensors(self, epoch: int):
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The facts of this epoch in training order; a function of (seed, epoch) only."""
         rng = np.random.default_rng([self.cfg.seed, epoch])
         facts = self.epoch_facts(epoch)
-        order = facts[rng.permutation(len(facts))]
-        ids, labels, real = pack(self.seqs, self.value_starts, order, self.cfg.train.seq_len, self.pad_id,
-                                 self.cfg.train.loss_on == "value")
+        return facts[rng.permutation(len(facts))]
+
+    def epoch_tensors(self, epoch: int, reuse: bool = False):
+        """Packed (input_ids, labels) of this epoch. ``reuse``: views of buffers the next call overwrites
+        (the training loop's choice: no allocation per epoch); else fresh tensors the caller owns."""
+        ids, labels, real = self.packer.pack(self.epoch_order(epoch), reuse=reuse)
         self.real_fraction = real / ids.numel()
         return ids, labels
 
     def train_dataloader(self):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        ids, labels = self.epoch_tensors(epoch)
+        ids, labels = self.epoch_tensors(epoch, reuse=True)
         # order is already shuffled by epoch_tensors; a fixed order here keeps resume exact. Whole batches
         # are sliced out at once (a batch sampler, no per-row collate): tiny models are overhead-bound.
         batches = BatchSampler(SequentialSampler(range(len(ids))), self.cfg.train.batch_size, drop_last=False)
