@@ -1,28 +1,35 @@
 """Stream a Wikidata JSON dump into raw facts, in constant memory per entity.
 
-Reads ``.json``, ``.json.gz`` and ``.json.bz2``, in the dump's array layout (``[``, one entity per line
-ending in ``,``, possibly truncated without ``]``) or newline-delimited. Lines are parsed in a process
-pool (``workers``); the reader, the label table and the kept facts are the only state in the main
-process. Value entities' labels come from the dump itself (a second, cheap pass picks up entities that
-appeared before anything referred to them) or from a label table; what stays unresolved is counted.
+Reads ``.json``, ``.json.gz`` and ``.json.bz2`` (decompressed on all cores, see ``dumpio``), in the
+dump's array layout (``[``, one entity per line ending in ``,``, possibly truncated without ``]``) or
+newline-delimited. Lines are parsed in a process pool (``workers``); the reader, the label table and the
+kept facts are the only state in the main process. Value entities' labels come from the dump itself (a
+second, cheap pass picks up entities that appeared before anything referred to them) or from a label
+table; property labels from the dump's property entities (a full dump has them) or ``--labels``.
 
-Statement rules: deprecated statements are skipped; if any statement of a property is preferred, only
-preferred ones are kept; ``somevalue``/``novalue`` snaks are skipped; value types item, time (by
-precision: year / month / day, decade as "1950s"), quantity (amount + unit label), string and
-monolingual text in the chosen language are supported; everything else is counted and skipped.
+Statement rules: statements are selected by the mainsnak datatype (``datatypes`` module: by default
+items, times, quantities, monolingual texts and non-identifier strings); deprecated statements are
+skipped; if any statement of a property is preferred, only preferred ones are kept;
+``somevalue``/``novalue`` snaks are skipped; times render at their precision (year / month / day, decade
+as "1950s"), quantities as amount + unit label, monolingual text only in the chosen language.
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import itertools
 import json
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
+
+from factscale.corpus.build import CorpusError
+from factscale.corpus.datatypes import (DEFAULT_DATATYPES, PLAIN_STRING_TYPES, STRING_ID, format_coordinate,
+                                        snak_datatype, string_label_is_identifier, string_value_is_identifier)
+from factscale.corpus.dumpio import file_size, open_dump, safe_lines
+from factscale.corpus.tsv import load_label_table
 
 try:  # orjson parses dump lines ~2x faster; the json module is the fallback
     import orjson
@@ -36,6 +43,8 @@ MONTHS = ["January", "February", "March", "April", "May", "June", "July", "Augus
           "October", "November", "December"]
 _ID_RE = re.compile(rb'"id"\s*:\s*"([PQL]\d+)"')
 MAX_ERRORS_KEPT = 20
+EXPECTED_DUMP = ("a Wikidata JSON dump: .json, .json.gz or .json.bz2, in the dump's array layout "
+                 "or one entity object per line")
 
 
 @dataclass
@@ -45,19 +54,12 @@ class DumpOptions:
     deny_properties: set[str] = field(default_factory=set)
     subject_filter: list[tuple[str, str]] = field(default_factory=list)
     """Keep subjects having every (property, item) claim, e.g. [("P31", "Q5")] = humans."""
+    subject_exclude: list[tuple[str, str]] = field(default_factory=list)
+    """Skip subjects having any (property, item) claim, e.g. [("P31", "Q13442814")] = scholarly articles."""
+    datatypes: frozenset = DEFAULT_DATATYPES
+    """Mainsnak datatypes to keep (``datatypes.parse_datatypes``)."""
     max_facts: int | None = None
     json_backend: str = "orjson"
-
-
-def open_dump(path: str | Path):
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"dump file not found: {p}")
-    if p.suffix == ".gz":
-        return gzip.open(p, "rb")
-    if p.suffix == ".bz2":
-        return bz2.open(p, "rb")
-    return open(p, "rb")
 
 
 def parse_line(line: bytes, loads=_loads):
@@ -111,8 +113,42 @@ def _label(ent: dict, lang: str) -> str | None:
     return lab.get("value") if isinstance(lab, dict) else None
 
 
+def _item_values(claims: dict, pid: str) -> set:
+    return {((s.get("mainsnak") or {}).get("datavalue") or {}).get("value", {}).get("id")
+            for s in claims.get(pid, []) if isinstance(s, dict) and isinstance(
+                ((s.get("mainsnak") or {}).get("datavalue") or {}).get("value"), dict)}
+
+
+def _value(snak: dict, dtype: str, lang: str, counts: Counter):
+    """(value text, value id, unit id) of a value snak, or None (counted) when it cannot be a fact."""
+    dv = snak.get("datavalue") or {}
+    vtype, v = dv.get("type"), dv.get("value")
+    if vtype == "wikibase-entityid" and isinstance(v, dict) and v.get("id"):
+        return None, v["id"], None
+    if vtype == "time" and isinstance(v, dict):
+        value, reason = format_time(v)
+        if value is None:
+            counts[reason] += 1
+            return None
+        return value, None, None
+    if vtype == "quantity" and isinstance(v, dict) and "amount" in v:
+        unit = v.get("unit", "1")
+        return format_amount(v["amount"]), None, (unit.rsplit("/", 1)[-1] if unit != "1" else None)
+    if vtype == "string" and isinstance(v, str):
+        return v, None, None
+    if vtype == "monolingualtext" and isinstance(v, dict):
+        if v.get("language") != lang:
+            counts["monolingual_other_language"] += 1
+            return None
+        return v.get("text"), None, None
+    if vtype == "globecoordinate" and isinstance(v, dict) and (c := format_coordinate(v)):
+        return c, None, None
+    counts[f"value_type_unsupported:{vtype}:{dtype}"] += 1
+    return None
+
+
 def extract_entity(ent: dict, opts: DumpOptions, counts: Counter) -> tuple[str | None, list[tuple]]:
-    """Facts of one entity as tuples (sid, slabel, pid, value, value_id, unit_id, vtype, sitelinks)."""
+    """Facts of one entity as tuples (sid, slabel, pid, value, value_id, unit_id, datatype, sitelinks)."""
     lang = opts.language
     label = _label(ent, lang)
     if ent.get("type") != "item":
@@ -127,13 +163,15 @@ def extract_entity(ent: dict, opts: DumpOptions, counts: Counter) -> tuple[str |
         counts["entities_bad_claims"] += 1
         return label, []
     for pid, qid in opts.subject_filter:
-        vals = {((s.get("mainsnak") or {}).get("datavalue") or {}).get("value", {}).get("id")
-                for s in claims.get(pid, []) if isinstance(s, dict)}
-        if qid not in vals:
+        if qid not in _item_values(claims, pid):
             counts["entities_filtered_subject"] += 1
             return label, []
+    for pid, qid in opts.subject_exclude:
+        if qid in _item_values(claims, pid):
+            counts[f"entities_excluded_subject:{pid}={qid}"] += 1
+            return label, []
     sid, sitelinks = ent["id"], len(ent.get("sitelinks") or {})
-    facts = []
+    keep, facts = opts.datatypes, []
     for pid, statements in claims.items():
         if opts.allow_properties is not None and pid not in opts.allow_properties or pid in opts.deny_properties:
             counts["statements_filtered_property"] += len(statements)
@@ -146,39 +184,25 @@ def extract_entity(ent: dict, opts: DumpOptions, counts: Counter) -> tuple[str |
             live = preferred
         for st in live:
             snak = st.get("mainsnak") or {}
+            dtype = snak_datatype(snak)
+            if dtype not in keep:
+                counts[f"dropped_datatype:{dtype}"] += 1
+                continue
             stype = snak.get("snaktype")
             if stype != "value":
                 counts[f"snak_{stype}"] += 1
                 continue
-            dv = snak.get("datavalue") or {}
-            vtype, v = dv.get("type"), dv.get("value")
-            value = value_id = unit_id = None
-            if vtype == "wikibase-entityid" and isinstance(v, dict) and v.get("id"):
-                vtype, value_id = "item", v["id"]
-            elif vtype == "time" and isinstance(v, dict):
-                value, reason = format_time(v)
-                if value is None:
-                    counts[reason] += 1
-                    continue
-            elif vtype == "quantity" and isinstance(v, dict) and "amount" in v:
-                value = format_amount(v["amount"])
-                unit = v.get("unit", "1")
-                if unit != "1":
-                    unit_id = unit.rsplit("/", 1)[-1]
-            elif vtype == "string" and isinstance(v, str):
-                value = v
-            elif vtype == "monolingualtext" and isinstance(v, dict):
-                if v.get("language") != lang:
-                    counts["monolingual_other_language"] += 1
-                    continue
-                value = v.get("text")
-            else:
-                counts[f"value_type_unsupported:{vtype}"] += 1
+            got = _value(snak, dtype, lang, counts)
+            if got is None:
                 continue
+            value, value_id, unit_id = got
             if value is not None and not value.strip():
                 counts["value_empty"] += 1
                 continue
-            facts.append((sid, label, pid, value, value_id, unit_id, vtype, sitelinks))
+            if dtype == "string" and STRING_ID not in keep and string_value_is_identifier(value):
+                counts[f"dropped_datatype:{STRING_ID}"] += 1
+                continue
+            facts.append((sid, label, pid, value, value_id, unit_id, dtype, sitelinks))
     return label, facts
 
 
@@ -206,33 +230,57 @@ def _process_chunk(args):
     return facts, labels, counts, errors
 
 
-def _chunks(fh, size: int, opts):
+def _chunks(lines, size: int, opts):
     n = 1
     while True:
-        lines = list(itertools.islice(fh, size))
-        if not lines:
+        chunk = list(itertools.islice(lines, size))
+        if not chunk:
             return
-        yield n, lines, opts
-        n += len(lines)
+        yield n, chunk, opts
+        n += len(chunk)
 
 
-def stream_dump(path, opts: DumpOptions, workers: int = 1, chunk_lines: int = 256, progress: bool = False):
-    """Pass 1 over the dump. Returns (facts, labels of referenced or property entities, counts, errors).
+class _Progress:
+    """tqdm over compressed bytes (so the ETA is real), with entities/s beside it."""
+
+    def __init__(self, path, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc=f"parsing {Path(path).name}", total=file_size(path), unit="B", unit_scale=True,
+                        disable=not enabled, smoothing=0.05)
+        self.t0, self.entities, self.last = time.time(), 0, 0
+
+    def update(self, pos: int, entities: int):
+        self.entities += entities
+        if pos > self.last:
+            self.bar.update(pos - self.last)
+            self.last = pos
+        self.bar.set_postfix_str(f"{self.entities:,} entities, "
+                                 f"{self.entities / max(time.time() - self.t0, 1e-9):,.0f} entities/s", refresh=False)
+
+    def close(self):
+        self.bar.close()
+
+
+def stream_dump(path, opts: DumpOptions, workers: int = 1, chunk_lines: int = 256, progress: bool = False,
+                threads: int | None = None):
+    """Pass 1 over the dump. Returns (facts, labels of referenced or property entities, needed ids, counts, errors).
 
     Only labels of entities that some kept fact already refers to, and of properties, are kept, so
-    memory grows with the kept facts, not with the dump.
+    memory grows with the kept facts, not with the dump. ``threads`` decompression threads (default:
+    ``workers``). A broken compressed stream keeps what was read and is reported in ``errors`` and
+    ``counts["malformed_compressed_stream"]``; a file with no entity at all is a CorpusError.
     """
-    from tqdm import tqdm
-
     counts: Counter = Counter()
     errors: list = []
     facts: list[tuple] = []
     needed: set[str] = set()
     labels: dict[str, str] = {}
     pending: dict[str, str] = {}  # labels of entities seen before anything referred to them (bounded below)
-    bar = tqdm(desc=f"parsing {Path(path).name}", unit=" lines", unit_scale=True, disable=not progress)
-    with open_dump(path) as fh:
-        chunks = _chunks(fh, chunk_lines, opts)
+    broken: list = []
+    with open_dump(path, threads or workers) as (fh, pos):
+        bar = _Progress(path, progress)
+        chunks = _chunks(safe_lines(fh, broken), chunk_lines, opts)
         pool = Pool(workers) if workers > 1 else None
         try:
             results = pool.imap(_process_chunk, chunks) if pool else map(_process_chunk, chunks)
@@ -250,22 +298,32 @@ def stream_dump(path, opts: DumpOptions, workers: int = 1, chunk_lines: int = 25
                         labels[eid] = lab
                     elif len(pending) < 1_000_000:
                         pending[eid] = lab
-                bar.update(c["entities_seen"] + c["lines_malformed"])
+                bar.update(pos(), c["entities_seen"])
         finally:
             if pool:
                 pool.terminate()
     bar.close()
+    if broken:
+        line, msg = broken[0]
+        if counts["entities_seen"] == 0:
+            raise CorpusError(f"{path}: cannot decompress at line {line} ({msg}); expected {EXPECTED_DUMP}")
+        counts["malformed_compressed_stream"] += 1
+        errors.append((str(path), line, f"compressed stream broken, the rest of the file is skipped: {msg}"))
+    if counts["entities_seen"] == 0 and counts["lines_malformed"]:
+        first = errors[0] if errors else (str(path), 1, "unreadable")
+        raise CorpusError(f"{path}: line {first[1]}: {first[2]}: no entity could be read; expected {EXPECTED_DUMP}")
     for eid in needed - labels.keys():
         if eid in pending:
             labels[eid] = pending[eid]
     return facts, labels, needed, counts, errors
 
 
-def scan_labels(path, wanted: set[str], language: str) -> dict[str, str]:
+def scan_labels(path, wanted: set[str], language: str, threads: int = 1) -> dict[str, str]:
     """Second pass: labels of the wanted entities only (an id regex skips every other line unparsed)."""
-    found = {}
-    with open_dump(path) as fh:
-        for line in fh:
+    found: dict[str, str] = {}
+    broken: list = []
+    with open_dump(path, threads) as (fh, _):
+        for line in safe_lines(fh, broken):
             m = _ID_RE.search(line, 0, 400)
             if m and m.group(1).decode() in wanted:
                 try:
@@ -277,24 +335,10 @@ def scan_labels(path, wanted: set[str], language: str) -> dict[str, str]:
     return found
 
 
-def load_label_table(path: str | Path) -> dict[str, str]:
-    """Labels for ids: TSV ``ID<TAB>label[<TAB>...]``, or JSON ``{id: label}``, ``{id: [label, desc]}``,
-    or a query result ``{"rows": [[id, label], ...]}`` (both files in ../shared/data/wikidata/properties)."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"label file not found: {p}")
-    text = p.read_text(encoding="utf-8")
-    if p.suffix == ".json":
-        data = json.loads(text)
-        if isinstance(data, dict) and "rows" in data:
-            return {r[0]: r[1] for r in data["rows"] if len(r) >= 2}
-        return {k: (v[0] if isinstance(v, list) else v) for k, v in data.items()}
-    out = {}
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 2 and parts[1]:
-            out[parts[0]] = parts[1]
-    return out
+def _missing_labels_error(kind: str, ids: set[str], lang: str, flag_hint: str) -> CorpusError:
+    some = ", ".join(sorted(ids, key=lambda x: (len(x), x))[:5])
+    return CorpusError(f"no '{lang}' labels for {len(ids)} {kind} ({some}{', ...' if len(ids) > 5 else ''}), "
+                       f"so no fact can be written: {flag_hint}")
 
 
 def dump_to_raw(paths, opts: DumpOptions, label_files=(), workers: int = 1, progress: bool = False,
@@ -318,7 +362,7 @@ def dump_to_raw(paths, opts: DumpOptions, label_files=(), workers: int = 1, prog
         labels.setdefault(k, v)
     missing = needed - labels.keys()
     for path in paths if missing else []:
-        labels.update(scan_labels(path, missing, opts.language))
+        labels.update(scan_labels(path, missing, opts.language, threads=workers))
     pids = {f[2] for f in facts}
     counts["value_labels_unresolved"] = len(needed - labels.keys())
     counts["property_labels_unresolved"] = len(pids - labels.keys())
@@ -326,10 +370,14 @@ def dump_to_raw(paths, opts: DumpOptions, label_files=(), workers: int = 1, prog
     rows = {k: [] for k in ("subject_id", "subject_label", "relation", "relation_label", "value", "value_id",
                             "value_type", "popularity", "template")}
     templates = templates or {}
-    for sid, slabel, pid, value, value_id, unit_id, vtype, sitelinks in facts:
+    keep_string_ids = STRING_ID in opts.datatypes
+    for sid, slabel, pid, value, value_id, unit_id, dtype, sitelinks in facts:
         plabel = labels.get(pid)
         if plabel is None:
             counts["dropped_property_no_label"] += 1
+            continue
+        if dtype == "string" and not keep_string_ids and string_label_is_identifier(plabel):
+            counts[f"dropped_datatype:{STRING_ID}"] += 1  # "Commons category", "postal code", "... ID"
             continue
         if value_id is not None:
             value = labels.get(value_id)
@@ -342,9 +390,19 @@ def dump_to_raw(paths, opts: DumpOptions, label_files=(), workers: int = 1, prog
                 counts["dropped_unit_label_unresolved"] += 1
                 continue
             value = f"{value} {unit}"
+        vtype = "item" if value_id is not None else "string" if dtype in PLAIN_STRING_TYPES else dtype
         for k, v in zip(rows, (sid, slabel, pid, plabel, value, value_id, vtype, float(sitelinks),
                                templates.get(pid, {}).get("template"))):
             rows[k].append(v)
+    if facts and not rows["value"]:
+        hint = ("the dump has no property entities with labels in this language; pass --labels FILE with "
+                "property labels (TSV 'P17<TAB>country' or JSON like properties/pid2name.json)")
+        if counts["dropped_property_no_label"] == len(facts):
+            raise _missing_labels_error("properties", pids - labels.keys(), opts.language, hint)
+        if counts["dropped_value_label_unresolved"] + counts["dropped_unit_label_unresolved"]:
+            raise _missing_labels_error("value entities", needed - labels.keys(), opts.language,
+                                        "the dump does not contain those entities; pass --labels FILE "
+                                        "(TSV 'Q142<TAB>France') or build from a dump that includes them")
     n = len(rows["value"])
     rows["source"] = ["wikidata-dump"] * n
     return raw_frame(rows), dict(counts), errors
