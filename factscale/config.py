@@ -113,6 +113,9 @@ class TrainConfig:
     num_nodes: int = 1
     num_threads: Optional[int] = None
     """torch intra-op threads on CPU; None = torch's default."""
+    compile: bool = False
+    """``torch.compile`` the decoder body (in place; checkpoints unchanged). Off by default: on this
+    project's 2-core CPU it did not pay for small models (README, Throughput); try it on a GPU."""
     log_every_n_steps: int = 10
     progress_bar: bool = True
 

@@ -55,7 +55,8 @@ def flat_tokens(col: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     flat = col.cast(pl.List(pl.Int32)).explode().to_numpy()
     if len(flat) != offsets[-1] or (lengths == 0).any():
         raise ValueError("input_ids has empty or null rows; rebuild the corpus with `factscale corpus build`")
-    return np.ascontiguousarray(flat, dtype=np.int32), offsets
+    flat = np.ascontiguousarray(flat, dtype=np.int32)
+    return (flat if flat.flags.writeable else flat.copy()), offsets  # torch wants writable memory
 
 
 class Packer:

@@ -22,37 +22,78 @@ import torch.nn.functional as F
 import lightning as L
 
 
+class ProbeTokens:
+    """A probe set's token ids, prepared once per set (not per probe): flat ids + offsets, facts sorted
+    by length so a batch needs little padding. Padding, masks and per-fact sums are then tensor ops."""
+
+    def __init__(self, input_ids, value_starts):
+        from factscale.data import flat_tokens
+
+        col = input_ids if isinstance(input_ids, pl.Series) else pl.Series(input_ids, dtype=pl.List(pl.Int32))
+        flat, offsets = flat_tokens(col)
+        lengths = torch.from_numpy(np.diff(offsets))
+        self.n = len(lengths)
+        self.order = torch.argsort(lengths, stable=True)  # similar lengths together: little padding
+        self.flat = torch.from_numpy(flat)
+        self.starts = torch.from_numpy(offsets[:-1])[self.order]
+        self.lengths = lengths[self.order]
+        self.value_starts = torch.as_tensor(np.asarray(value_starts, dtype=np.int64))[self.order]
+
+    def batch(self, b: int, size: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(padded ids, lengths, value starts) of sorted facts [b, b + size)."""
+        st, ln = self.starts[b:b + size], self.lengths[b:b + size]
+        ar = torch.arange(int(ln.max()))
+        pos = (st[:, None] + ar).clamp_(max=len(self.flat) - 1)
+        ids = torch.where(ar < ln[:, None], self.flat[pos], pad_id).long()
+        return ids, ln, self.value_starts[b:b + size]
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 @torch.no_grad()
-def probe_batched(model, input_ids: list[list[int]], value_starts, pad_id: int, batch_size: int = 512,
+def probe_batched(model, input_ids, value_starts=None, pad_id: int = 0, batch_size: int = 512,
                   device=None) -> tuple[np.ndarray, np.ndarray]:
-    """Per fact: (exact match of value + <eos> under greedy decoding, code length in bits)."""
+    """Per fact: (exact match of value + <eos> under greedy decoding, code length in bits).
+
+    ``input_ids``: a ``ProbeTokens`` (prepared once; ``value_starts`` unused), a list column or lists.
+    The output head runs only at the scored (value) positions, and under DDP each rank probes every
+    world-th batch and the results are summed across ranks: every rank returns all facts' results.
+    """
+    tokens = input_ids if isinstance(input_ids, ProbeTokens) else ProbeTokens(input_ids, value_starts)
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    n = len(input_ids)
-    correct = np.zeros(n, dtype=bool)
-    bits = np.zeros(n, dtype=np.float64)
-    lengths = np.array([len(x) for x in input_ids])
-    order = np.argsort(lengths, kind="stable")  # similar lengths together: little padding
-    for b in range(0, n, batch_size):
-        idx = order[b:b + batch_size]
-        T = int(lengths[idx].max())
-        ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids[r, : lengths[i]] = torch.as_tensor(input_ids[i])
-        ids = ids.to(device)
-        pos = torch.arange(T - 1, device=device)
-        vs = torch.as_tensor(np.asarray(value_starts)[idx], device=device)
-        ln = torch.as_tensor(lengths[idx], device=device)
-        # target position t (predicted from logits at t-1) is in the value span [value_start, length)
-        mask = (pos[None, :] + 1 >= vs[:, None]) & (pos[None, :] + 1 < ln[:, None])
-        logits = model(input_ids=ids).logits[:, :-1].float()
-        targets = ids[:, 1:]
-        hit = (logits.argmax(-1) == targets) | ~mask
-        nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * mask
-        correct[idx] = hit.all(-1).cpu().numpy()
-        bits[idx] = (nll.sum(-1) / math.log(2)).double().cpu().numpy()
+    rank, world = _rank_world()
+    head = model.get_output_embeddings()
+    wrong = torch.zeros(tokens.n, dtype=torch.long, device=device)
+    nats = torch.zeros(tokens.n, dtype=torch.float64, device=device)
+    for k, b in enumerate(range(0, tokens.n, batch_size)):
+        if k % world != rank:
+            continue
+        ids, ln, vs = (t.to(device, non_blocking=True) for t in tokens.batch(b, batch_size, pad_id))
+        pos = torch.arange(1, ids.shape[1], device=device)
+        # target position t (predicted from the state at t-1) is in the value span [value_start, length)
+        mask = (pos >= vs[:, None]) & (pos < ln[:, None])
+        rows, cols = mask.nonzero(as_tuple=True)
+        hidden = model.base_model(input_ids=ids).last_hidden_state[:, :-1][rows, cols]
+        logits = head(hidden).float()
+        targets = ids[:, 1:][rows, cols]
+        fact = rows + b
+        wrong.index_add_(0, fact, (logits.argmax(-1) != targets).long())
+        nats.index_add_(0, fact, F.cross_entropy(logits, targets, reduction="none").double())
+    if world > 1:  # each fact was probed on exactly one rank; zeros elsewhere
+        torch.distributed.all_reduce(wrong)
+        torch.distributed.all_reduce(nats)
     model.train(was_training)
+    correct = np.zeros(tokens.n, dtype=bool)
+    bits = np.zeros(tokens.n, dtype=np.float64)
+    order = tokens.order.numpy()
+    correct[order] = (wrong == 0).cpu().numpy()
+    bits[order] = (nats / math.log(2)).cpu().numpy()
     return correct, bits
 
 
@@ -119,14 +160,16 @@ class ProbeCallback(L.Callback):
         self.group_columns = group_columns
         self.rows: list[dict] = []
         self.last_tables: dict[str, pl.DataFrame] = {}
+        self.tokens: dict[str, ProbeTokens] = {}
 
     def probe(self, model, epoch: int, step: int, tokens_seen: int) -> list[dict]:
         rows = []
         for split, facts in self.sets.items():
             if facts.height == 0:
                 continue
-            correct, bits = probe_batched(model, facts["input_ids"].to_list(), facts["value_start"].to_numpy(),
-                                          self.pad_id, self.batch_size)
+            if split not in self.tokens:  # token arrays prepared once per probe set, not every probe
+                self.tokens[split] = ProbeTokens(facts["input_ids"], facts["value_start"].to_numpy())
+            correct, bits = probe_batched(model, self.tokens[split], None, self.pad_id, self.batch_size)
             table = fact_table(facts, correct, bits)
             self.last_tables[split] = table
             for by in [None, "relation", *self.group_columns]:

@@ -89,3 +89,115 @@ def test_flat_tokens_of_a_slice():
     col = facts["input_ids"][7:19]
     flat, offsets = flat_tokens(col)
     assert [flat[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])] == col.to_list()
+
+
+def greedy_facts(model, n: int, seed: int) -> tuple[list[list[int]], np.ndarray]:
+    """Facts whose value is the model's own greedy continuation (memorized by construction), half of them
+    with one value token changed (not memorized). The value ends where the model says <eos> (id 2) or
+    after a random 1-4 tokens, so ``generate()`` stops exactly where the fact does."""
+    rng = np.random.default_rng(seed)
+    ids, starts = [], []
+    for i in range(n):
+        seq = [1, *rng.integers(3, 60, size=int(rng.integers(2, 7))).tolist()]
+        vs = len(seq)
+        for _ in range(int(rng.integers(1, 5))):
+            with torch.no_grad():
+                nxt = int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax())
+            seq.append(nxt)
+            if nxt == 2:
+                break
+        if i % 2:
+            j = int(rng.integers(vs, len(seq)))
+            seq[j] = 3 + (seq[j] - 3 + 1 + int(rng.integers(50))) % 57  # any other token
+        ids.append(seq)
+        starts.append(vs)
+    return ids, np.array(starts)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_probe_equals_reference_and_generate(arch):
+    """Batched probe (prepared flat arrays, head at value positions only) == per-fact references:
+    exact match equals generate() and the full-logits per-row-padded probe; bits equal the latter's."""
+    from factscale.config import ModelConfig
+    from factscale.models import build_model
+    from factscale.probes import ProbeTokens, probe_batched, probe_generate
+    from factscale.reference import probe_reference
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, size="30k"), vocab_size=64).eval()
+    ids, vs = greedy_facts(model, 90, seed=1)
+    tokens = ProbeTokens(pl.Series(ids, dtype=pl.List(pl.Int32)), vs)
+    fast, bits = probe_batched(model, tokens, None, pad_id=0, batch_size=16)  # many batches, padding exercised
+    ref_correct, ref_bits = probe_reference(model, ids, vs, pad_id=0, batch_size=16)
+    slow = probe_generate(model, ids, vs, pad_id=0)
+    assert fast.sum() >= 40 and (~fast).sum() >= 40, "need both memorized and unmemorized facts"
+    assert (fast == slow).all() and (fast == ref_correct).all()
+    np.testing.assert_allclose(bits, ref_bits, rtol=1e-5)
+    again = probe_batched(model, ids, vs, pad_id=0, batch_size=1000)  # lists in, one batch: same answer
+    assert (again[0] == fast).all()
+    np.testing.assert_allclose(again[1], bits, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "gpt2"])
+def test_head_only_loss_equals_full_logits_loss(arch):
+    """The loss with the head at scored positions only == transformers' loss over full logits, and so
+    are its gradients, on value-only labels packed by the data module."""
+    from factscale.config import ModelConfig
+    from factscale.models import build_model
+    from factscale.train import scored_loss
+
+    facts = random_facts(200, 4)
+    dm = FactDataModule(tiny_run_config("/unused", "/unused", **{"train.loss_on": "value"}), facts, pad_id=0)
+    ids, labels = dm.epoch_tensors(0)
+    ids, labels = ids[:8], labels[:8]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, size="30k"), vocab_size=512)
+    full = model(input_ids=ids, labels=labels).loss
+    g_full = torch.autograd.grad(full, list(model.parameters()))
+    fast = scored_loss(model, ids, labels)
+    g_fast = torch.autograd.grad(fast, list(model.parameters()))
+    torch.testing.assert_close(fast, full, rtol=1e-6, atol=1e-6)
+    for a, b in zip(g_fast, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _ddp_probe(rank: int, world: int, init: str, out: str):
+    from factscale.config import ModelConfig
+    from factscale.models import build_model
+    from factscale.probes import probe_batched
+
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(size="30k"), vocab_size=64).eval()
+    ids, vs = greedy_facts(model, 40, seed=2) if rank == 0 else (None, None)
+    batches = []
+    model.base_model.register_forward_hook(lambda m, a, k: batches.append(1))
+    shared = [ids, vs]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    correct, bits = probe_batched(model, shared[0], shared[1], pad_id=0, batch_size=8)
+    torch.save({"correct": correct, "bits": bits, "batches": len(batches)}, f"{out}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # two processes importing torch + transformers: ~30 s on 2 cores
+def test_probe_under_ddp_shards_and_gathers(tmp_path):
+    """Two gloo ranks: each runs half of the batches, and both return every fact's result, equal to a
+    single-process probe."""
+    import torch.multiprocessing as mp
+
+    from factscale.config import ModelConfig
+    from factscale.models import build_model
+    from factscale.probes import probe_batched
+
+    out = str(tmp_path / "r")
+    mp.spawn(_ddp_probe, args=(2, f"file://{tmp_path / 'init'}", out), nprocs=2)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(size="30k"), vocab_size=64).eval()
+    ids, vs = greedy_facts(model, 40, seed=2)
+    correct, bits = probe_batched(model, ids, vs, pad_id=0, batch_size=8)
+    for rank in (0, 1):
+        r = torch.load(f"{out}.{rank}", weights_only=False)
+        assert (r["correct"] == correct).all()
+        np.testing.assert_allclose(r["bits"], bits, rtol=1e-6)
+    assert [torch.load(f"{out}.{k}", weights_only=False)["batches"] for k in (0, 1)] == [3, 2]  # 5 batches
