@@ -14,6 +14,8 @@ from pathlib import Path
 
 import polars as pl
 
+from factscale.corpus.verbalize import relation_template
+
 SPECIALS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>"}
 GENERIC_TEMPLATE = "The [R] of [X] is [Y]"
 
@@ -29,23 +31,27 @@ def load_lama_templates(path: str | Path) -> dict[str, dict]:
     return out
 
 
-def prompt_template(template: str | None) -> str:
+def prompt_template(template: str | None, relation_label: str | None = None) -> str:
     """The usable prefix of a template: text before [Y], which must contain [X] before it.
 
-    Templates where the value comes before the key (``[Y] is the capital of [X]``) cannot be probed
-    by "everything before the value", so they fall back to the generic template.
+    Templates where the value comes before the key (``[Y] is the capital of [X]``) cannot be probed by
+    "everything before the value": they, and relations without a template, use a sentence built from the
+    relation label (``verbalize.relation_template``: "[X] shares border with [Y]", "The capital of [X] is
+    [Y]"); without a label, the generic template with ``[R]`` for the relation.
     """
-    if template and "[X]" in template and "[Y]" in template and template.index("[X]") < template.index("[Y]"):
-        return template[: template.index("[Y]")].rstrip()
-    return GENERIC_TEMPLATE[: GENERIC_TEMPLATE.index("[Y]")].rstrip()
+    if not (template and "[X]" in template and "[Y]" in template and template.index("[X]") < template.index("[Y]")):
+        template = relation_template(relation_label) if relation_label else GENERIC_TEMPLATE
+    return template[: template.index("[Y]")].rstrip()
 
 
 def render(facts: pl.DataFrame) -> pl.DataFrame:
     """Add prompt, text and character span of the value. Needs key, relation_label, value, template."""
-    prompts = [
-        prompt_template(t).replace("[R]", r).replace("[X]", k)
-        for t, r, k in zip(facts["template"], facts["relation_label"], facts["key"])
-    ]
+    cache: dict = {}  # one template per (template, label): millions of facts share a few thousand relations
+    prompts = []
+    for t, r, k in zip(facts["template"], facts["relation_label"], facts["key"]):
+        if (t, r) not in cache:
+            cache[t, r] = prompt_template(t, r).replace("[R]", r or "")
+        prompts.append(cache[t, r].replace("[X]", k))
     return facts.with_columns(
         pl.Series("prompt", prompts, dtype=pl.String),
     ).with_columns(
