@@ -50,6 +50,14 @@ def open_dump(path: str | Path, threads: int = 1):
         raise FileNotFoundError(f"dump file not found: {p}")
     if p.is_dir():
         raise IsADirectoryError(f"{p} is a directory; give dump files (.json, .json.gz, .json.bz2)")
+    magic = {".bz2": b"BZh", ".gz": b"\x1f\x8b"}.get(p.suffix)
+    if magic:
+        with open(p, "rb") as fh:
+            if fh.read(len(magic)) != magic:
+                from factscale.corpus.build import CorpusError
+
+                raise CorpusError(f"{p}: line 1: not {p.suffix[1:]} data (the file does not start like one); expected "
+                                  "a Wikidata JSON dump: .json, .json.gz or .json.bz2")
     mod = _parallel_module(p.suffix) if threads > 1 else None
     if mod is not None:
         fh = mod.open(str(p), parallelization=threads)

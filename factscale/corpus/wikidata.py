@@ -309,8 +309,8 @@ def stream_dump(path, opts: DumpOptions, workers: int = 1, chunk_lines: int = 25
             raise CorpusError(f"{path}: cannot decompress at line {line} ({msg}); expected {EXPECTED_DUMP}")
         counts["malformed_compressed_stream"] += 1
         errors.append((str(path), line, f"compressed stream broken, the rest of the file is skipped: {msg}"))
-    if counts["entities_seen"] == 0 and counts["lines_malformed"]:
-        first = errors[0] if errors else (str(path), 1, "unreadable")
+    if counts["entities_seen"] == 0:
+        first = errors[0] if errors else (str(path), 1, "no entity object in the file")
         raise CorpusError(f"{path}: line {first[1]}: {first[2]}: no entity could be read; expected {EXPECTED_DUMP}")
     for eid in needed - labels.keys():
         if eid in pending:
@@ -371,10 +371,17 @@ def dump_to_raw(paths, opts: DumpOptions, label_files=(), workers: int = 1, prog
                             "value_type", "popularity", "template")}
     templates = templates or {}
     keep_string_ids = STRING_ID in opts.datatypes
+    # a multi-valued attribute with a value we cannot name is dropped whole: keeping only its named values
+    # would make it look single-valued (Belgium "shares border with" France only) and pass the multi-value rule
+    n_values: Counter = Counter((f[0], f[2]) for f in facts)
+    unnamed = {(f[0], f[2]) for f in facts if (f[4] and f[4] not in labels) or (f[5] and f[5] not in labels)}
     for sid, slabel, pid, value, value_id, unit_id, dtype, sitelinks in facts:
         plabel = labels.get(pid)
         if plabel is None:
             counts["dropped_property_no_label"] += 1
+            continue
+        if (sid, pid) in unnamed and n_values[sid, pid] > 1:
+            counts["dropped_multi_valued_with_unnamed_value"] += 1
             continue
         if dtype == "string" and not keep_string_ids and string_label_is_identifier(plabel):
             counts[f"dropped_datatype:{STRING_ID}"] += 1  # "Commons category", "postal code", "... ID"
@@ -399,7 +406,8 @@ def dump_to_raw(paths, opts: DumpOptions, label_files=(), workers: int = 1, prog
                 "property labels (TSV 'P17<TAB>country' or JSON like properties/pid2name.json)")
         if counts["dropped_property_no_label"] == len(facts):
             raise _missing_labels_error("properties", pids - labels.keys(), opts.language, hint)
-        if counts["dropped_value_label_unresolved"] + counts["dropped_unit_label_unresolved"]:
+        if (counts["dropped_value_label_unresolved"] + counts["dropped_unit_label_unresolved"]
+                + counts["dropped_multi_valued_with_unnamed_value"]):
             raise _missing_labels_error("value entities", needed - labels.keys(), opts.language,
                                         "the dump does not contain those entities; pass --labels FILE "
                                         "(TSV 'Q142<TAB>France') or build from a dump that includes them")
