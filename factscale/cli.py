@@ -47,15 +47,23 @@ def cmd_corpus_build(a):
     common = dict(multi_value=a.multi_value, ambiguous_keys=a.ambiguous_keys, heldout_frac=a.heldout_frac,
                   vocab_size=a.vocab_size, variants=_variants(a.variant))
     if a.synthetic:
-        spec = corpus.SyntheticSpec(n_keys=a.n_keys, vocab_sizes=[int(x) for x in a.value_vocab.split(",")],
-                                    seed=a.seed)
+        try:
+            vocab = [int(x) for x in a.value_vocab.split(",")]
+        except ValueError:
+            raise CorpusError(f"--value-vocab {a.value_vocab!r}: expected comma-separated integers, e.g. 16,64,256") \
+                from None
+        spec = corpus.SyntheticSpec(n_keys=a.n_keys, vocab_sizes=vocab, seed=a.seed)
         m = corpus.build_synthetic(a.out, spec, **common)
     elif a.dump:
+        from factscale.corpus.datatypes import parse_datatypes, parse_subject_exclude
+
         opts = corpus.DumpOptions(
             language=a.language,
             allow_properties=set(a.properties.split(",")) if a.properties else None,
             deny_properties=set(a.deny_properties.split(",")) if a.deny_properties else set(),
             subject_filter=list(_kv(a.subject_filter).items()),
+            subject_exclude=parse_subject_exclude(a.exclude_subjects),
+            datatypes=parse_datatypes(a.datatypes),
             max_facts=a.max_facts,
         )
         m = corpus.build_from_dump(a.out, a.dump, opts, label_files=a.labels or [], templates_path=a.templates,
@@ -143,12 +151,44 @@ def cmd_collect(a):
             print(f"  {k}: {json.dumps(rep[k])}")
 
 
-def cmd_fit(a):
+def _read_results(path: str):
+    """A results table from ``factscale collect``, or one clear error."""
     import polars as pl
 
+    from factscale.results import CollectError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CollectError(f"results table not found: {p} (make one with `factscale collect RUNS_DIR -o {p}`)")
+    try:
+        df = pl.read_parquet(p)
+    except Exception as e:  # polars raises several types for a non-parquet file
+        raise CollectError(f"{p}: not a parquet results table ({type(e).__name__}); "
+                           "make one with `factscale collect`") from None
+    if df.height == 0 or "run_id" not in df.columns:
+        raise CollectError(f"{p}: no result rows (empty or not made by `factscale collect`)")
+    return df
+
+
+def _solve_query(text: str) -> dict:
+    from factscale.fit import FitError
+
+    q = _kv(text)
+    if "facts" not in q or set(q) - {"facts", "epochs"}:
+        raise FitError(f"--solve {text!r}: expected facts=F[,epochs=E], e.g. facts=1.5e10,epochs=100")
+    try:
+        return {k: float(v) for k, v in q.items()}
+    except ValueError:
+        raise FitError(f"--solve {text!r}: facts and epochs must be numbers, e.g. facts=1.5e10,epochs=100") from None
+
+
+def cmd_fit(a):
     from factscale import fit
 
-    df = pl.read_parquet(a.results)
+    if a.name and (Path(a.name).name != a.name or a.name in (".", "..")):
+        raise fit.FitError(f"--name {a.name!r}: a plain file name, without directories (the file goes to --out-dir)")
+    q = _solve_query(a.solve) if a.solve else None
+    df = _read_results(a.results)
     fixed = {"c": 0.0} if a.no_intercept and a.law in ("linear-size", "joint") else {}
     if a.no_offset and a.law == "power-gen":
         fixed["linf"] = 0.0
@@ -158,8 +198,7 @@ def cmd_fit(a):
         r["holdout_largest"] = fit.holdout_largest(df, a.law, _kv(a.where), fixed=fixed)
         print(f"  held out the largest size: mean relative error of its prediction "
               f"{r['holdout_largest']['mean_rel_error']:.1%}")
-    if a.solve:
-        q = {k: float(v) for k, v in _kv(a.solve).items()}
+    if q:
         s = fit.params_needed(r, q["facts"], q.get("epochs"))
         r["solve"] = s
         ci = f" (95% CI {s['ci_low']:.3g} - {s['ci_high']:.3g})" if s["ci_low"] is not None else ""
@@ -170,11 +209,9 @@ def cmd_fit(a):
 
 
 def cmd_plot(a):
-    import polars as pl
-
     from factscale import plots
 
-    df = pl.read_parquet(a.results)
+    df = _read_results(a.results)
     if a.name == "all":
         rep = plots.plot_all(df, a.out_dir)
         for n, p in rep["drawn"].items():
@@ -198,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("corpus", help="build fact corpora").add_subparsers(dest="corpus_cmd", required=True)
     b = c.add_parser("build", help="dump / triples / synthetic -> corpus directory")
     b.add_argument("--dump", nargs="+", help="Wikidata JSON dump(s): .json, .json.gz, .json.bz2")
-    b.add_argument("--triples", nargs="+", help="T-REx/LAMA or BEAR jsonl files or directories")
+    b.add_argument("--triples", nargs="+", help="T-REx/LAMA or BEAR jsonl, or ID-triple TSV (Q1<TAB>P17<TAB>Q2, "
+                   "plain or .gz, labels via --labels), files or directories")
     b.add_argument("--synthetic", action="store_true", help="generate facts with exactly known entropy")
     b.add_argument("-o", "--out", required=True)
     b.add_argument("--labels", nargs="+", help="label tables (TSV or JSON) for values/properties not in the data")
@@ -206,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--properties", help="allow-list, e.g. P36,P569")
     b.add_argument("--deny-properties", help="deny-list, e.g. P18,P373")
     b.add_argument("--subject-filter", help="e.g. P31=Q5 (instance of human)")
+    b.add_argument("--exclude-subjects", action="append", metavar="PRESET|P=Q",
+                   help="skip subjects with this claim: scholarly-articles (P31=Q13442814) or e.g. P31=Q4167836")
+    b.add_argument("--datatypes", help="dump: mainsnak datatypes to keep (default: wikibase-item,time,quantity,"
+                   "monolingualtext,string without identifiers); e.g. default,external-id | all | default,-quantity")
     b.add_argument("--language", default="en")
     b.add_argument("--max-facts", type=int)
     b.add_argument("--multi-value", default="drop", choices=["drop", "first"])
@@ -278,12 +320,17 @@ def main(argv=None):
     from factscale.plots import PlotError
     from factscale.results import CollectError
 
+    from factscale.train import RunBusy
+
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ConfigError, CorpusError, FitError, PlotError, CollectError, OSError) as e:
+    except (ConfigError, CorpusError, FitError, PlotError, CollectError, RunBusy, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): runs resume from their last checkpoint when launched again", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

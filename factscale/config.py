@@ -8,8 +8,8 @@ The resolved config is written next to every run, and its stable hash names the 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -81,8 +81,18 @@ class OptimConfig:
     grad_clip: float = 1.0
 
     def __post_init__(self):
-        if not self.lr > 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        for name in ("lr", "eps"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"optim.{name} must be a finite number > 0, got {v}")
+        for name in ("weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"optim.{name} must be a finite number >= 0 (0 = off), got {v}")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            if not 0 <= v < 1:
+                raise ConfigError(f"optim.{name} must be in [0, 1), got {v}")
         for name in ("warmup_frac", "min_lr_ratio", "decay_frac"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
@@ -118,6 +128,9 @@ class TrainConfig:
     project's 2-core CPU it did not pay for small models (README, Throughput); try it on a GPU."""
     log_every_n_steps: int = 10
     progress_bar: bool = True
+    logger: Literal["csv", "tensorboard", "wandb"] = "csv"
+    """Training-loss logger under the run directory (continues across resumes); tensorboard and wandb
+    need their packages installed."""
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "seq_len", "devices", "num_nodes", "log_every_n_steps"):
@@ -163,6 +176,8 @@ class RunConfig:
     def __post_init__(self):
         if not self.corpus.path:
             raise ConfigError("corpus.path is required: a directory made by `factscale corpus build`")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed}")
 
 
 # ---------------------------------------------------------------- building from dicts
@@ -269,9 +284,13 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     if not p.exists():
         raise ConfigError(f"{what} not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file (binary content); a {what} is YAML") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory; a {what} is a YAML file") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
     return data
@@ -301,13 +320,3 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v
     return out
-
-
-# Fields that do not change what a run computes, so they do not enter its identity hash.
-_NON_IDENTITY = {"runs_dir", "name", "train.progress_bar", "train.log_every_n_steps", "train.num_threads"}
-
-
-def config_hash(cfg: RunConfig) -> str:
-    flat = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in _NON_IDENTITY}
-    blob = json.dumps(flat, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]

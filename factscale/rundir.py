@@ -1,39 +1,54 @@
-"""A run's identity and its directory: name and hash from the resolved config, never from a job id.
+"""The run-directory protocol: one object owns a run's identity, lock, attempts, checkpoints, errors,
+job records, results and status. ``train``, ``sweep`` and ``collect`` ask it; nothing else writes here.
+
+Identity: ``<runs_dir>/<readable name>-<hash>``, the hash covering the resolved config (minus fields
+that do not change what is computed) *and* the corpus content hash from its manifest, so a rebuilt or
+edited corpus gives new runs instead of silently reusing results trained on other data.
 
 Layout of ``<runs_dir>/<run_id>/``::
 
-    config.yaml          resolved config (written before training)
-    checkpoints/last.ckpt  written atomically at every epoch end; a restart resumes from it
-    logs/                CSV logger (fixed version, so a requeued attempt appends to the same place)
-    attempts.json        attempt count (requeues = attempts - 1), cumulative wall time
-    error.json           written when an attempt raised: the run is "failed", never "done"
-    results.parquet      probe rows, written atomically last: its presence means "done"
-    model/               save_pretrained model + tokenizer (opens with transformers alone)
-    .lock                flock held by the process running it: two launches never run it twice
+    config.yaml            resolved config (written before training), identity.json (what the id hashes)
+    checkpoints/last.ckpt  written atomically at every epoch end; prev.ckpt is the one before it, kept
+                           so a torn or corrupt last.ckpt falls back to it instead of losing the run
+    logs/                  training logger output (appended across resumes)
+    attempts.json          attempts (requeues = attempts - 1), wall time, recovery events
+    jobs.json              every submission (local pid or SLURM job id), checked before resubmitting
+    error.json             written when an attempt raised: the run is "failed", never "done"
+    fact_probe.parquet     per-fact results of the final probe
+    results.parquet        probe rows, written atomically last: its presence means "done"
+    model/                 save_pretrained model + tokenizer (opens with transformers alone)
+    .lock                  flock held by the process running it: two launches never run it twice
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 import time
+import traceback
 from pathlib import Path
 
 import yaml
 
-from factscale.config import RunConfig, config_hash, to_dict
+from factscale.config import RunConfig, flatten, to_dict
+from factscale.fsio import write_atomic, write_json_atomic, write_parquet_atomic
+
+__all__ = ["RunDir", "RunLock", "run_dir", "run_id", "status", "write_atomic"]
+
+# Fields that do not change what a run computes, so they do not enter its identity hash.
+_NON_IDENTITY = {"runs_dir", "name", "train.progress_bar", "train.log_every_n_steps", "train.num_threads",
+                 "train.logger"}
 
 
 def _short(n: int | None) -> str:
-    if n is None:
-        return "all"
     for unit, div in (("m", 1_000_000), ("k", 1_000)):
         if n >= div and n % (div // 10 or 1) == 0:
-            v = n / div
-            return f"{v:g}{unit}"
+            return f"{n / div:g}{unit}"
     return str(n)
 
 
@@ -48,36 +63,14 @@ def run_name(cfg: RunConfig) -> str:
     return "-".join(parts)
 
 
-def run_id(cfg: RunConfig) -> str:
-    return f"{run_name(cfg)}-{config_hash(cfg)}"
+def identity(cfg: RunConfig, corpus_hash: str) -> dict:
+    flat = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in _NON_IDENTITY}
+    return {"config": flat, "corpus_hash": corpus_hash}
 
 
-def run_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.runs_dir) / run_id(cfg)
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def prepare(cfg: RunConfig, min_free_mb: int = 50) -> Path:
-    """Create the run directory and write the resolved config; fail loudly if it cannot be written."""
-    d = run_dir(cfg)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        write_atomic(d / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    except OSError as e:
-        raise OSError(e.errno, f"run directory {d} is not writable: {e.strerror}") from e
-    free = shutil.disk_usage(d).free / 2**20
-    if free < min_free_mb:
-        raise OSError(errno.ENOSPC, f"only {free:.0f} MiB free under {d}; need at least {min_free_mb} MiB")
-    return d
+def identity_hash(cfg: RunConfig, corpus_hash: str) -> str:
+    blob = json.dumps(identity(cfg, corpus_hash), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 class RunLock:
@@ -116,31 +109,211 @@ class RunLock:
         return True
 
 
-def record_attempt(d: Path, seconds: float | None = None) -> dict:
-    """Start of an attempt (seconds=None) increments ``attempts``; the end adds its wall time."""
-    p = Path(d) / "attempts.json"
-    state = json.loads(p.read_text()) if p.exists() else {"attempts": 0, "wall_s": 0.0}
-    if seconds is None:
-        state["attempts"] += 1
-        state["started"] = time.time()
-    else:
-        state["wall_s"] += seconds
-    write_atomic(p, json.dumps(state))
-    return state
+def _read_json(p: Path, default):
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return default
 
 
-def status(d: Path) -> dict:
-    """done / failed / running / pending for one run directory, with requeues and the error's tail."""
-    d = Path(d)
-    att = json.loads((d / "attempts.json").read_text()) if (d / "attempts.json").exists() else {"attempts": 0}
-    info = {"run_dir": str(d), "requeues": max(0, att["attempts"] - 1)}
-    if (d / "results.parquet").exists():
-        return {**info, "state": "done"}
-    if RunLock(d).held_by_other():
-        return {**info, "state": "running"}
-    if (d / "error.json").exists():
-        err = json.loads((d / "error.json").read_text())
-        return {**info, "state": "failed", "error": err.get("error"), "traceback_tail": err.get("traceback_tail"),
-                "log": err.get("log")}
-    state = "interrupted" if (d / "checkpoints" / "last.ckpt").exists() else "pending"
-    return {**info, "state": state}
+def slurm_job_state(job_id: str) -> str | None:
+    """The job's state while SLURM still holds it (PENDING, RUNNING, REQUEUED, ...), else None."""
+    try:
+        r = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
+                           timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    states = [s for s in r.stdout.split() if s]
+    return states[0] if r.returncode == 0 and states else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunDir:
+    """One run's directory. ``RunDir(cfg)`` reads the corpus manifest for the content hash."""
+
+    def __init__(self, cfg: RunConfig, corpus_hash: str | None = None):
+        from factscale.corpus.build import corpus_hash_of
+
+        self.cfg = cfg
+        self.corpus_hash = corpus_hash or corpus_hash_of(cfg.corpus.path)
+        self.id = f"{run_name(cfg)}-{identity_hash(cfg, self.corpus_hash)}"
+        self.path = Path(cfg.runs_dir) / self.id
+        self.__init_paths()
+
+    def __init_paths(self):
+        ck = self.path / "checkpoints"
+        self.last_ckpt, self.prev_ckpt = ck / "last.ckpt", ck / "prev.ckpt"
+        self.results, self.fact_probe = self.path / "results.parquet", self.path / "fact_probe.parquet"
+        self.error, self.attempts_file = self.path / "error.json", self.path / "attempts.json"
+        self.jobs_file, self.logs, self.model = self.path / "jobs.json", self.path / "logs", self.path / "model"
+        self.lock = RunLock(self.path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        """The run living in an existing directory (from its config.yaml and identity.json)."""
+        from factscale.config import from_dict
+
+        path = Path(path)
+        cfg = from_dict(RunConfig, yaml.safe_load((path / "config.yaml").read_text()))
+        cfg.runs_dir = str(path.parent)
+        ident = _read_json(path / "identity.json", {})
+        rd = cls(cfg, corpus_hash=ident.get("corpus_hash") or "unknown")
+        rd.path, rd.id = path, path.name  # trust the directory we were given (its name is the id it was created under)
+        rd.__init_paths()
+        return rd
+
+    # ------------------------------------------------------------------ creation, attempts, errors
+    def create(self, min_free_mb: int = 50) -> Path:
+        """Create the directory and write the resolved config; fail loudly if it cannot be written."""
+        d = self.path
+        try:
+            (d / "checkpoints").mkdir(parents=True, exist_ok=True)
+            write_atomic(d / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+            write_json_atomic(d / "identity.json", identity(self.cfg, self.corpus_hash), indent=1, default=str)
+        except OSError as e:
+            raise OSError(e.errno, f"run directory {d} is not writable: {e.strerror}") from e
+        free = shutil.disk_usage(d).free / 2**20
+        if free < min_free_mb:
+            raise OSError(errno.ENOSPC, f"only {free:.0f} MiB free under {d}; need at least {min_free_mb} MiB")
+        return d
+
+    def attempts(self) -> dict:
+        return _read_json(self.attempts_file, {"attempts": 0, "wall_s": 0.0, "events": []})
+
+    def start_attempt(self) -> dict:
+        st = self.attempts()
+        st["attempts"] += 1
+        st["started"] = time.time()
+        write_json_atomic(self.attempts_file, st)
+        self.error.unlink(missing_ok=True)
+        return st
+
+    def end_attempt(self, seconds: float) -> None:
+        st = self.attempts()
+        st["wall_s"] = st.get("wall_s", 0.0) + seconds
+        write_json_atomic(self.attempts_file, st)
+
+    def note(self, event: str) -> None:
+        """A recovery event (corrupt checkpoint, restart) kept in attempts.json and shown by status."""
+        st = self.attempts()
+        st.setdefault("events", []).append({"attempt": st["attempts"], "time": time.time(), "event": event})
+        write_json_atomic(self.attempts_file, st)
+
+    def write_error(self, exc: BaseException) -> None:
+        tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        write_json_atomic(self.error, {
+            "error": f"{type(exc).__name__}: {exc}", "traceback_tail": "".join(tb).strip().splitlines()[-15:],
+            "log": str(self.logs), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    # ------------------------------------------------------------------ checkpoints
+    def commit_checkpoint(self, tmp: Path) -> None:
+        """Make a freshly written checkpoint ``last``, keeping the previous one as ``prev``."""
+        if self.last_ckpt.exists():
+            os.replace(self.last_ckpt, self.prev_ckpt)
+        os.replace(tmp, self.last_ckpt)
+
+    def resume_checkpoint(self) -> tuple[Path | None, int | None]:
+        """(checkpoint to resume from, epochs it completed); falls back from a corrupt last to prev,
+        and moves unreadable checkpoints aside (``*.corrupt``) so the run restarts cleanly."""
+        import torch
+
+        for p in (self.last_ckpt, self.prev_ckpt):
+            if not p.exists():
+                continue
+            try:
+                state = torch.load(p, map_location="cpu", weights_only=True)
+                return p, int(state["epoch"]) + 1
+            except Exception as e:  # truncated zip, unpickling error, missing key: all mean unusable
+                why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+                os.replace(p, p.with_name(p.name + ".corrupt"))
+                self.note(f"checkpoint {p} is unreadable ({why}); moved to {p.name}.corrupt")
+        if list(self.last_ckpt.parent.glob("*.corrupt")) and not self.last_ckpt.exists():
+            self.note("no readable checkpoint left: restarting from epoch 0")
+        return None, None
+
+    # ------------------------------------------------------------------ results
+    def write_results(self, df, per_fact=None) -> None:
+        if per_fact is not None:
+            write_parquet_atomic(per_fact, self.fact_probe)
+        write_parquet_atomic(df, self.results)  # last: its presence marks the run done
+
+    # ------------------------------------------------------------------ jobs
+    def jobs(self) -> list[dict]:
+        return _read_json(self.jobs_file, [])
+
+    def record_job(self, job_id: str, cluster: str, folder: Path) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        jobs = self.jobs() + [{"job_id": str(job_id), "cluster": cluster, "folder": str(folder), "time": time.time()}]
+        write_json_atomic(self.jobs_file, jobs)
+
+    def queued_job(self) -> dict | None:
+        """The last submission if its scheduler still holds it (pending/running/requeued), else None."""
+        jobs = self.jobs()
+        if not jobs:
+            return None
+        last = jobs[-1]
+        if last["cluster"] == "slurm":
+            state = slurm_job_state(last["job_id"])
+            return {**last, "job_state": state} if state else None
+        if last["cluster"] == "local" and str(last["job_id"]).isdigit() and _pid_alive(int(last["job_id"])):
+            return {**last, "job_state": "RUNNING"}
+        return None
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        """done / failed / running / queued / interrupted / pending, with requeues, events and errors."""
+        att = self.attempts()
+        info = {"run_id": self.id, "run_dir": str(self.path), "requeues": max(0, att["attempts"] - 1)}
+        if att.get("events"):
+            info["events"] = [e["event"] for e in att["events"]]
+        if not self.path.exists():
+            return {**info, "state": "pending"}
+        if self.results.exists():
+            return {**info, "state": "done"}
+        if self.lock.held_by_other():
+            return {**info, "state": "running"}
+        if self.error.exists():
+            err = _read_json(self.error, {})
+            return {**info, "state": "failed", "error": err.get("error"), "traceback_tail": err.get("traceback_tail"),
+                    "log": err.get("log")}
+        queued = self.queued_job()
+        if queued:
+            return {**info, "state": "queued", "job_id": queued["job_id"], "job_state": queued["job_state"]}
+        jobs = self.jobs()
+        if jobs and att["attempts"] == 0 and jobs[-1]["cluster"] == "slurm":
+            return {**info, "state": "failed", "job_id": jobs[-1]["job_id"],
+                    "error": f"SLURM job {jobs[-1]['job_id']} ended before the run started (cancelled?); "
+                             f"its log is under {jobs[-1]['folder']}"}
+        if jobs and att["attempts"] > 0:
+            # an attempt started, left no error and holds no lock: killed (SIGKILL, OOM, scancel, timeout)
+            last = jobs[-1]
+            state = "interrupted" if self.last_ckpt.exists() or self.prev_ckpt.exists() else "failed"
+            return {**info, "state": state, "job_id": last["job_id"],
+                    "error": f"{last['cluster']} job {last['job_id']} ended without results or an error "
+                             f"(killed?); relaunch to resume; its log is under {last['folder']}"}
+        state = "interrupted" if self.last_ckpt.exists() else "pending"
+        return {**info, "state": state}
+
+
+# ---------------------------------------------------------------- conveniences (the id of a config)
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    return RunDir(cfg).path
+
+
+def run_id(cfg: RunConfig) -> str:
+    return RunDir(cfg).id
+
+
+def status(cfg: RunConfig) -> dict:
+    return RunDir(cfg).status()

@@ -19,8 +19,16 @@ from typing import Literal, Optional
 import submitit
 
 from factscale.config import ConfigError, RunConfig, from_dict, read_yaml_mapping, set_dotted, to_dict
+from factscale.corpus.build import read_manifest
 from factscale.models import non_embedding_params, resolve_shape
-from factscale.rundir import run_dir, run_id, status
+from factscale.rundir import RunDir, identity_hash, run_name
+
+
+def _at_least(obj, section: str, minimum: int | float, *names):
+    for name in names:
+        v = getattr(obj, name)
+        if v is not None and not v >= minimum:
+            raise ConfigError(f"{section}.{name} must be >= {minimum}, got {v!r}")
 
 
 @dataclass
@@ -40,6 +48,12 @@ class SlurmResources:
     """Seconds before the limit that SLURM sends USR2 (must leave time to requeue)."""
     max_requeues: int = 5
 
+    def __post_init__(self):
+        _at_least(self, "resources.slurm", 1, "time_min", "cpus_per_task", "nodes", "array_parallelism")
+        _at_least(self, "resources.slurm", 0, "gpus_per_node", "signal_delay_s", "max_requeues")
+        if not self.mem_gb > 0:
+            raise ConfigError(f"resources.slurm.mem_gb must be > 0, got {self.mem_gb!r}")
+
 
 @dataclass
 class LocalResources:
@@ -47,6 +61,9 @@ class LocalResources:
     """Runs at once on this machine."""
     threads_per_run: Optional[int] = None
     timeout_min: int = 24 * 60
+
+    def __post_init__(self):
+        _at_least(self, "resources.local", 1, "max_parallel", "threads_per_run", "timeout_min")
 
 
 @dataclass
@@ -59,8 +76,10 @@ class Resources:
 
 @dataclass
 class CorpusBuild:
-    """Build the corpus at base.corpus.path if it does not exist yet: synthetic, or from triple files."""
+    """Build the corpus at base.corpus.path (if it is missing or was built from another recipe): synthetic,
+    or from triple files. Recorded in the corpus manifest, so an edited recipe rebuilds the corpus."""
     synthetic: Optional[dict] = None
+    """Fields of factscale.corpus.SyntheticSpec (n_keys, vocab_sizes, seed, ...)."""
     triples: list[str] = field(default_factory=list)
     """T-REx/LAMA or BEAR jsonl files/directories (relative paths are relative to the working directory)."""
     labels: list[str] = field(default_factory=list)
@@ -70,6 +89,21 @@ class CorpusBuild:
     heldout_frac: float = 0.1
     vocab_size: int = 1024
     seed: int = 0
+
+    def __post_init__(self):
+        from factscale.corpus import SyntheticSpec
+
+        if self.synthetic is not None:
+            try:
+                from_dict(SyntheticSpec, self.synthetic, "corpus_build.synthetic.")
+            except ValueError as e:
+                raise ConfigError(f"corpus_build.synthetic: {e}") from None
+        if (self.synthetic is None) == (not self.triples):
+            raise ConfigError("corpus_build: give exactly one recipe, synthetic: {...} or triples: [...]")
+        if not 0 <= self.heldout_frac < 1:
+            raise ConfigError(f"corpus_build.heldout_frac must be in [0, 1), got {self.heldout_frac}")
+        _at_least(self, "corpus_build", 1, "max_facts")
+        _at_least(self, "corpus_build", 64, "vocab_size")
 
 
 @dataclass
@@ -89,13 +123,19 @@ def _spec_from_dict(data: dict, where: str) -> SweepSpec:
     for required in ("name", "runs_dir"):
         if required not in data:
             raise ConfigError(f"{where}: missing required key {required!r}")
+    for key in ("base", "grid", "resources", "corpus_build"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ConfigError(f"{where}: {key} must be a mapping (key: value lines), got {type(data[key]).__name__}")
     res = data.pop("resources", None) or {}
     cb = data.pop("corpus_build", None)
-    spec = from_dict(SweepSpec, {k: v for k, v in data.items()}, prefix="")
+    spec = from_dict(SweepSpec, data, prefix="")
     spec.resources = from_dict(Resources, {k: v for k, v in res.items() if k != "slurm_by_size"}, "resources.")
-    for size, over in (res.get("slurm_by_size") or {}).items():
-        from_dict(SlurmResources, over, f"resources.slurm_by_size.{size}.")  # validate keys now
-    spec.resources.slurm_by_size = res.get("slurm_by_size") or {}
+    by_size = res.get("slurm_by_size") or {}
+    if not isinstance(by_size, dict):
+        raise ConfigError(f"{where}: resources.slurm_by_size must be a mapping size -> resources")
+    for size, over in by_size.items():
+        from_dict(SlurmResources, {**to_dict(spec.resources.slurm), **(over or {})}, f"resources.slurm_by_size.{size}.")
+    spec.resources.slurm_by_size = by_size
     spec.corpus_build = from_dict(CorpusBuild, cb, "corpus_build.") if cb else None
     for k, v in spec.grid.items():
         if not isinstance(v, list) or not v:
@@ -105,7 +145,12 @@ def _spec_from_dict(data: dict, where: str) -> SweepSpec:
 
 def load_spec(path: str | Path) -> SweepSpec:
     spec = _spec_from_dict(read_yaml_mapping(path, "sweep spec"), str(path))
-    expand(spec)  # every grid point must make a valid run config: fail now, naming the key
+    cfgs = expand(spec)  # every grid point must make a valid run config: fail now, naming the key
+    sizes = {c.model.size for c in cfgs}
+    unused = sorted(set(map(str, spec.resources.slurm_by_size)) - {str(s) for s in sizes})
+    if unused:
+        raise ConfigError(f"{path}: resources.slurm_by_size has sizes {unused} that no run uses; "
+                          f"sizes in this sweep: {sorted(map(str, sizes))}")
     return spec
 
 
@@ -123,51 +168,80 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
         except ConfigError as e:
             raise ConfigError(f"sweep {spec.name}, grid point {dict(zip(keys, values))}: {e}") from None
         cfgs.append(cfg)
-    ids = [run_id(c) for c in cfgs]
+    ids = [identity_hash(c, "") for c in cfgs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"sweep {spec.name}: grid produces duplicate runs")
     return cfgs
 
 
-def ensure_corpus(spec: SweepSpec) -> None:
+def ensure_corpus(spec: SweepSpec, log=print) -> None:
+    """Build the sweep's corpus unless one built from the same recipe is there (concurrent launches
+    serialize on the corpus lock; the second finds it built)."""
     path = Path(spec.base.get("corpus", {}).get("path", ""))
-    if (path / "manifest.json").exists() or spec.corpus_build is None:
+    if spec.corpus_build is None:
         return
     from factscale.corpus import SyntheticSpec, build_from_triples, build_synthetic
 
     cb = spec.corpus_build
+    recipe = to_dict(cb)
+    m = read_manifest(path)
+    if m is not None and m.get("recipe") == recipe:
+        return
+    log(f"building corpus {path} from the sweep's corpus_build" + (" (its recipe changed)" if m else ""))
     common = dict(heldout_frac=cb.heldout_frac, vocab_size=cb.vocab_size, variants=cb.variants or None,
-                  max_facts=cb.max_facts)
+                  max_facts=cb.max_facts, recipe=recipe, reuse=True)
     if cb.synthetic is not None:
         build_synthetic(path, from_dict(SyntheticSpec, cb.synthetic, "corpus_build.synthetic."), **common)
-    elif cb.triples:
-        build_from_triples(path, cb.triples, label_files=cb.labels, seed=cb.seed, **common)
     else:
-        raise ConfigError(f"corpus {path} does not exist and corpus_build has no recipe (synthetic or triples); "
-                          "build it with `factscale corpus build`")
+        build_from_triples(path, cb.triples, label_files=cb.labels, seed=cb.seed, **common)
+
+
+def _run_dirs(spec: SweepSpec, cfgs: list[RunConfig], validate_runs: bool = False) -> list[RunDir | None]:
+    """The run directory of each config (None where its corpus is not built yet); with ``validate_runs``
+    every config is checked against its corpus first, so a bad one fails before anything is submitted."""
+    from factscale.corpus.build import load_corpus
+    from factscale.train import validate
+
+    corpora: dict = {}
+    out = []
+    for cfg in cfgs:
+        path = cfg.corpus.path
+        if path not in corpora:
+            corpora[path] = load_corpus(path) if validate_runs else (None, read_manifest(path))
+        facts, manifest = corpora[path]
+        if manifest is None:
+            out.append(None)
+            continue
+        if validate_runs:
+            try:
+                validate(cfg, facts)
+            except ConfigError as e:
+                raise ConfigError(f"sweep {spec.name}, run {run_name(cfg)}: {e}") from None
+        out.append(RunDir(cfg, manifest["corpus_hash"]))
+    return out
 
 
 def plan(spec: SweepSpec) -> list[dict]:
     """What a launch would do, without launching: params, tokens, FLOPs (6 N D) and current state."""
     from factscale.corpus.build import load_corpus
+    from factscale.data import repeats_of, select_facts
 
     rows = []
     tokens_by_corpus: dict = {}
-    for cfg in expand(spec):
+    cfgs = expand(spec)
+    for cfg, rd in zip(cfgs, _run_dirs(spec, cfgs)):
         n = non_embedding_params(cfg.model.arch, resolve_shape(cfg.model))
         tokens = None
-        if Path(cfg.corpus.path, "facts.parquet").exists():
+        if rd is not None:
             key = (cfg.corpus.path, cfg.corpus.max_facts, cfg.train.repeat_by)
             if key not in tokens_by_corpus:
-                from factscale.data import repeats_of, select_facts
-
                 train, _ = select_facts(load_corpus(cfg.corpus.path)[0], cfg)
                 reps = repeats_of(train, cfg.train.repeat_by)
                 tokens_by_corpus[key] = int((train["input_ids"].list.len().to_numpy() * reps).sum())
             tokens = tokens_by_corpus[key] * cfg.train.epochs
-        rows.append({"run_id": run_id(cfg), "non_embedding_params": n, "epochs": cfg.train.epochs,
-                     "tokens": tokens, "flops": 6 * n * tokens if tokens else None,
-                     "state": status(run_dir(cfg))["state"] if run_dir(cfg).exists() else "pending"})
+        rows.append({"run_id": rd.id if rd else f"{run_name(cfg)}-?", "non_embedding_params": n,
+                     "epochs": cfg.train.epochs, "tokens": tokens, "flops": 6 * n * tokens if tokens else None,
+                     "state": rd.status()["state"] if rd else "pending (corpus not built yet)"})
     return rows
 
 
@@ -185,7 +259,7 @@ class RunJob(submitit.helpers.Checkpointable):
         try:
             return run(cfg)
         except RunBusy as e:
-            return {"run_id": run_id(cfg), "state": "busy", "message": str(e)}
+            return {"run_id": RunDir(cfg).id, "state": "busy", "message": str(e)}
 
 
 def slurm_parameters(r: SlurmResources, job_name: str, num_nodes: int = 1, devices: int = 1) -> dict:
@@ -205,120 +279,118 @@ def slurm_parameters(r: SlurmResources, job_name: str, num_nodes: int = 1, devic
     return params
 
 
-def _slurm_groups(spec: SweepSpec, cfgs: list[RunConfig]) -> dict[str, tuple[SlurmResources, list]]:
+def _slurm_groups(spec: SweepSpec, todo: list) -> dict[str, tuple[SlurmResources, list]]:
     groups: dict[str, tuple[SlurmResources, list]] = {}
     base = to_dict(spec.resources.slurm)
-    for cfg in cfgs:
+    for cfg, rd in todo:
         over = spec.resources.slurm_by_size.get(cfg.model.size, {})
         r = from_dict(SlurmResources, {**base, **over})
         key = json.dumps(to_dict(r), sort_keys=True)
-        groups.setdefault(key, (r, []))[1].append(cfg)
+        groups.setdefault(key, (r, []))[1].append((cfg, rd))
     return groups
 
 
-def _record_job(cfg: RunConfig, job, folder: Path, cluster: str) -> None:
-    d = run_dir(cfg)
-    d.mkdir(parents=True, exist_ok=True)
-    p = d / "jobs.json"
-    jobs = json.loads(p.read_text()) if p.exists() else []
-    jobs.append({"job_id": job.job_id, "cluster": cluster, "folder": str(folder), "time": time.time()})
-    p.write_text(json.dumps(jobs))
+_SKIP = ("done", "running", "queued")
 
 
 def launch(spec: SweepSpec, cluster: Literal["local", "slurm", "debug"] = "local", wait: bool = True,
            log=print) -> list[dict]:
-    """Submit every run that is not done; returns one record per run (state, job id, result)."""
-    ensure_corpus(spec)
+    """Submit every run that is not done, running or still queued; returns one record per run."""
+    if cluster not in ("local", "slurm", "debug"):
+        raise ConfigError(f"--cluster {cluster!r}; allowed values: ['debug', 'local', 'slurm']")
+    ensure_corpus(spec, log)
     cfgs = expand(spec)
     todo, out = [], []
-    for cfg in cfgs:
-        st = status(run_dir(cfg))["state"] if run_dir(cfg).exists() else "pending"
-        if st == "done":
-            out.append({"run_id": run_id(cfg), "state": "done", "skipped": True})
-        elif st == "running":
-            out.append({"run_id": run_id(cfg), "state": "running", "skipped": True})
+    for cfg, rd in zip(cfgs, _run_dirs(spec, cfgs, validate_runs=True)):
+        st = rd.status()
+        if st["state"] in _SKIP:
+            out.append({"run_id": rd.id, "state": st["state"], "skipped": True, "job_id": st.get("job_id")})
         else:
-            todo.append(cfg)
-    log(f"sweep {spec.name}: {len(cfgs)} runs, {len(cfgs) - len(todo)} done or running, launching {len(todo)} "
-        f"on {cluster}")
+            todo.append((cfg, rd))
+    log(f"sweep {spec.name}: {len(cfgs)} runs, {len(cfgs) - len(todo)} done, running or queued, launching "
+        f"{len(todo)} on {cluster}")
     if not todo:
         return out
     folder = Path(spec.runs_dir) / "_submitit" / time.strftime("%Y%m%d-%H%M%S")
+    if cluster == "local":
+        return out + _launch_local(spec, todo, folder, log)
     if cluster == "slurm":
         jobs = []
         for r, group in _slurm_groups(spec, todo).values():
             ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=r.max_requeues)
-            ex.update_parameters(**slurm_parameters(r, f"factscale-{spec.name}", group[0].train.num_nodes))
+            ex.update_parameters(**slurm_parameters(r, f"factscale-{spec.name}", group[0][0].train.num_nodes))
             with ex.batch():
-                group_jobs = [ex.submit(RunJob(), to_dict(c)) for c in group]
-            for c, j in zip(group, group_jobs):
-                _record_job(c, j, folder, "slurm")
-            jobs += list(zip(group, group_jobs))
+                group_jobs = [ex.submit(RunJob(), to_dict(c)) for c, _ in group]
+            for (_, rd), j in zip(group, group_jobs):
+                rd.record_job(j.job_id, "slurm", folder)
+            jobs += [(rd, j) for (_, rd), j in zip(group, group_jobs)]
             log(f"  submitted array {group_jobs[0].job_id.split('_')[0]} ({len(group)} runs)")
-    elif cluster == "debug":
-        ex = submitit.DebugExecutor(folder=folder)
-        jobs = [(c, ex.submit(RunJob(), to_dict(c))) for c in todo]
-    elif cluster == "local":
-        return out + _launch_local(spec, todo, folder, log)
     else:
-        raise ConfigError(f"--cluster {cluster!r}; allowed values: ['debug', 'local', 'slurm']")
-    for c, j in jobs:
-        rec = {"run_id": run_id(c), "job_id": j.job_id, "state": "submitted"}
+        ex = submitit.DebugExecutor(folder=folder)
+        jobs = [(rd, ex.submit(RunJob(), to_dict(c))) for c, rd in todo]
+    for rd, j in jobs:
+        rec = {"run_id": rd.id, "job_id": j.job_id, "state": "submitted"}
         if wait:
-            rec.update(_wait(j))
+            rec.update(_wait(j, rd))
         out.append(rec)
     return out
 
 
-def _wait(job) -> dict:
+def _wait(job, rd: RunDir) -> dict:
     try:
         res = job.result()
         return {"state": res.get("state", "done"), "result": res}
     except Exception as e:  # submitit.core.utils.FailedJobError and friends: a failure, never a success
-        return {"state": "failed", "error": str(e).strip().splitlines()[-1][:300]}
+        st = rd.status()
+        err = st.get("error") or (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
+        return {"state": "failed" if st["state"] != "done" else "done", "error": err}
 
 
-def _launch_local(spec: SweepSpec, todo: list[RunConfig], folder: Path, log) -> list[dict]:
+def _launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
     """Run on this machine through submitit's LocalExecutor, at most ``max_parallel`` at a time."""
     r = spec.resources.local
     ex = submitit.LocalExecutor(folder=folder)
     ex.update_parameters(timeout_min=r.timeout_min)
     pending, running, out = list(todo), [], []
-    while pending or running:
-        while pending and len(running) < r.max_parallel:
-            cfg = pending.pop(0)
-            d = to_dict(cfg)
-            if r.threads_per_run:
-                d["train"]["num_threads"] = r.threads_per_run
-            d["train"]["progress_bar"] = False
-            job = ex.submit(RunJob(), d)
-            _record_job(cfg, job, folder, "local")
-            running.append((cfg, job))
-            log(f"  started {run_id(cfg)} (pid job {job.job_id})")
-        time.sleep(0.5)
-        for cfg, job in [x for x in running if x[1].done()]:
-            running.remove((cfg, job))
-            rec = {"run_id": run_id(cfg), "job_id": job.job_id, **_wait(job)}
-            res = rec.get("result", {})
-            log(f"  {rec['state']:>6} {run_id(cfg)}" + (f"  train MR {res['train_mr']:.3f}" if "train_mr" in res
-                                                        else f"  {rec.get('error', '')}"))
-            out.append(rec)
+    try:
+        while pending or running:
+            while pending and len(running) < r.max_parallel:
+                cfg, rd = pending.pop(0)
+                d = to_dict(cfg)
+                if r.threads_per_run:
+                    d["train"]["num_threads"] = r.threads_per_run
+                d["train"]["progress_bar"] = False
+                job = ex.submit(RunJob(), d)
+                rd.record_job(job.job_id, "local", folder)
+                running.append((rd, job))
+                log(f"  started {rd.id} (pid {job.job_id})")
+            time.sleep(0.5)  # polling cadence only; no result depends on it
+            for rd, job in [x for x in running if x[1].done()]:
+                running.remove((rd, job))
+                rec = {"run_id": rd.id, "job_id": job.job_id, **_wait(job, rd)}
+                res = rec.get("result", {})
+                log(f"  {rec['state']:>6} {rd.id}" + (f"  train MR {res['train_mr']:.3f}" if "train_mr" in res
+                                                      else f"  {rec.get('error', '')}"))
+                out.append(rec)
+    except KeyboardInterrupt:
+        for _, job in running:
+            job.cancel(check=False)
+        log(f"interrupted: stopped {len(running)} running run(s), {len(pending)} not started; "
+            "launch again to resume them from their last checkpoint")
+        raise
     return out
 
 
 def sweep_status(spec: SweepSpec) -> list[dict]:
+    cfgs = expand(spec)
     rows = []
-    for cfg in expand(spec):
-        d = run_dir(cfg)
-        st = status(d) if d.exists() else {"state": "pending", "requeues": 0}
-        jobs_file = d / "jobs.json"
-        if jobs_file.exists() and st["state"] not in ("done",):
-            last = json.loads(jobs_file.read_text())[-1]
-            st["job_id"] = last["job_id"]
-            if last.get("cluster") == "slurm":
-                try:  # SLURM's view of the job (sacct), when the job is a SLURM one
-                    st["job_state"] = submitit.SlurmJob(folder=last["folder"], job_id=last["job_id"]).state
-                except Exception:
-                    pass
-        rows.append({"run_id": run_id(cfg), **st})
+    for cfg, rd in zip(cfgs, _run_dirs(spec, cfgs)):
+        if rd is None:
+            rows.append({"run_id": f"{run_name(cfg)}-?", "state": "pending", "requeues": 0})
+            continue
+        st = rd.status()
+        jobs = rd.jobs()
+        if jobs and "job_id" not in st and st["state"] != "done":
+            st["job_id"] = jobs[-1]["job_id"]
+        rows.append(st)
     return rows

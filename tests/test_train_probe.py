@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import polars as pl
@@ -18,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import tiny_run_config
 from factscale.corpus.build import load_corpus
 from factscale.probes import probe_batched, probe_generate
-from factscale.rundir import run_dir
+from factscale.rundir import RunDir, run_dir
 from factscale.train import run
 
 
@@ -72,59 +71,123 @@ def test_capacity_is_real_bigger_model_memorizes_smaller_cannot(tiny_corpus, tmp
     assert big["heldout_mr"] < 0.3  # unseen keys with random values cannot be recalled
 
 
-def _kill_when_checkpoint_has(cfg_args, ckpt, epoch_min, env):
-    proc = subprocess.Popen([sys.executable, "-m", "factscale.cli", "train", *cfg_args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists():
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
-            if state["epoch"] + 1 >= epoch_min:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"training did not reach epoch {epoch_min}: {proc.stderr.read().decode()[-2000:]}")
+def _cli_args(corpus, runs_dir, over):
+    base = {"corpus.path": corpus, "runs_dir": runs_dir, "train.batch_size": 4, "train.seq_len": 64,
+            "train.loss_on": "value", "train.progress_bar": False, "optim.lr": 1e-2, "optim.schedule": "constant",
+            "train.num_threads": 1, "model.size": "30k", "train.epochs": 60, "probe.every_epochs": 20, **over}
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def _train_cli(args, fault=None):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("FACTSCALE_FAULT", None)
+    if fault:
+        env["FACTSCALE_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "factscale.cli", "train", *args], env=env, capture_output=True,
+                          text=True)
 
 
 def test_sigkilled_run_resumes_to_identical_result(tiny_corpus, tmp_path):
-    """Killed mid-run (SIGKILL), then started again: resumes from last.ckpt and ends exactly like an
-    uninterrupted run (same per-fact results and the same metrics at every probe)."""
+    """SIGKILLed right after epoch 5 (a fault injected at that training event, whatever the machine's speed),
+    then started again: resumes from last.ckpt and ends exactly like an uninterrupted run (same metrics at
+    every probe), with the training-loss log of the first attempt kept."""
     over = {"train.epochs": 12, "probe.every_epochs": 3, "model.size": "10k"}
     ref = run(tiny_run_config(tiny_corpus, tmp_path / "ref", **over))
     cfg = tiny_run_config(tiny_corpus, tmp_path / "killed", **over)
-    args = [f"{k}={v}" for k, v in {**over, "corpus.path": tiny_corpus, "runs_dir": tmp_path / "killed",
-                                    "model.size": "10k", "train.batch_size": 4, "train.seq_len": 64,
-                                    "train.loss_on": "value", "train.progress_bar": False, "optim.lr": 1e-2,
-                                    "optim.schedule": "constant", "train.num_threads": 1}.items()]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    _kill_when_checkpoint_has(args, run_dir(cfg) / "checkpoints" / "last.ckpt", 5, env)
-    assert not (run_dir(cfg) / "results.parquet").exists()
-    resumed = subprocess.run([sys.executable, "-m", "factscale.cli", "train", *args], env=env,
-                             capture_output=True, text=True)
+    args = _cli_args(tiny_corpus, tmp_path / "killed", over)
+    killed = _train_cli(args, fault="kill@5")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    d = run_dir(cfg)
+    assert not (d / "results.parquet").exists() and (d / "checkpoints" / "last.ckpt").exists()
+    assert RunDir(cfg).status()["state"] == "interrupted"
+    resumed = _train_cli(args, fault="kill@5")  # armed for attempt 1 only: attempt 2 runs through
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a = pl.read_parquet(run_dir(tiny_run_config(tiny_corpus, tmp_path / "ref", **over)) / "results.parquet")
-    b = pl.read_parquet(run_dir(cfg) / "results.parquet")
-    assert b["resumed_from_epoch"][0] is not None and b["resumed_from_epoch"][0] >= 4
+    b = pl.read_parquet(d / "results.parquet")
+    assert b["resumed_from_epoch"][0] == 5
     cols = ["epoch", "split", "group_by", "group", "mr", "capacity", "code_bits_mean", "tokens_seen"]
     sa, sb = a.select(cols).sort(cols[:4]), b.select(cols).sort(cols[:4])
     assert sa["capacity"].to_list() == sb["capacity"].to_list()
     assert np.allclose(sa["code_bits_mean"].to_numpy(), sb["code_bits_mean"].to_numpy(), rtol=1e-4, atol=1e-5)
     assert sa["tokens_seen"].to_list() == sb["tokens_seen"].to_list()
-    att = json.loads((run_dir(cfg) / "attempts.json").read_text())
-    assert att["attempts"] == 2
+    assert json.loads((d / "attempts.json").read_text())["attempts"] == 2
     assert ref["capacity"] == sb.filter((pl.col("epoch") == 12) & (pl.col("split") == "train")
                                         & (pl.col("group_by") == "all"))["capacity"][0]
+    # the loss history survives the resume: one epoch-level row per epoch 1..12, none twice
+    log = pl.read_csv(d / "logs" / "version_0" / "metrics.csv")
+    epochs = log.filter(pl.col("train/epoch_loss").is_not_null())["epoch"].to_list()
+    assert sorted(epochs) == list(range(12)), epochs  # Lightning's 0-based epoch column
 
 
-def test_failed_run_is_never_done(tiny_corpus, tmp_path):
-    cfg = tiny_run_config(tiny_corpus, tmp_path, **{"train.seq_len": 4})  # shorter than any fact
-    with pytest.raises(Exception, match="train.seq_len=4 is shorter than the longest fact"):
-        run(cfg)
+def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(tiny_corpus, tmp_path):
+    """A truncated last.ckpt (torn write, full disk) is moved aside and the run resumes from prev.ckpt."""
+    over = {"train.epochs": 6, "probe.every_epochs": 3, "model.size": "2k"}
+    args = _cli_args(tiny_corpus, tmp_path, over)
+    assert _train_cli(args, fault="kill@4").returncode == -signal.SIGKILL
+    cfg = tiny_run_config(tiny_corpus, tmp_path, **over)
     d = run_dir(cfg)
-    assert not (d / "results.parquet").exists()
-    err = json.loads((d / "error.json").read_text())
-    assert "train.seq_len" in err["error"]
+    last = d / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    r = _train_cli(args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = pl.read_parquet(d / "results.parquet")
+    assert res["resumed_from_epoch"][0] == 3  # prev.ckpt: the epoch before the torn one
+    assert (d / "checkpoints" / "last.ckpt.corrupt").exists()
+    assert any("unreadable" in e for e in RunDir(cfg).status()["events"])
+    ref = run(tiny_run_config(tiny_corpus, tmp_path / "ref", **over))
+    assert ref["capacity"] == res.filter((pl.col("epoch") == 6) & (pl.col("split") == "train")
+                                         & (pl.col("group_by") == "all"))["capacity"][0]
+
+
+def test_unreadable_checkpoints_restart_from_scratch_with_a_note(tiny_corpus, tmp_path):
+    over = {"train.epochs": 3, "probe.every_epochs": 3, "model.size": "2k"}
+    args = _cli_args(tiny_corpus, tmp_path, over)
+    assert _train_cli(args, fault="kill@2").returncode == -signal.SIGKILL
+    cfg = tiny_run_config(tiny_corpus, tmp_path, **over)
+    ck = run_dir(cfg) / "checkpoints"
+    for p in ck.glob("*.ckpt"):
+        p.write_bytes(b"not a checkpoint")
+    r = _train_cli(args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert pl.read_parquet(run_dir(cfg) / "results.parquet")["resumed_from_epoch"][0] is None
+    events = RunDir(cfg).status()["events"]
+    assert any("restarting from epoch 0" in e for e in events), events
+
+
+def test_raising_run_is_failed_and_a_rerun_clears_it(tiny_corpus, tmp_path):
+    over = {"train.epochs": 3, "probe.every_epochs": 3, "model.size": "2k"}
+    args = _cli_args(tiny_corpus, tmp_path, over)
+    r = _train_cli(args, fault="raise@2")
+    assert r.returncode != 0 and "injected fault" in r.stderr
+    cfg = tiny_run_config(tiny_corpus, tmp_path, **over)
+    st = RunDir(cfg).status()
+    assert st["state"] == "failed" and "injected fault" in st["error"]
+    assert _train_cli(args).returncode == 0
+    assert RunDir(cfg).status()["state"] == "done"
+
+
+def test_diverging_run_fails_instead_of_finishing(tiny_corpus, tmp_path):
+    cfg = tiny_run_config(tiny_corpus, tmp_path, **{"train.epochs": 2, "probe.every_epochs": 2, "model.size": "2k",
+                                                    "optim.lr": 1e30, "optim.grad_clip": 0})
+    with pytest.raises(FloatingPointError, match="diverged"):
+        run(cfg)
+    assert RunDir(cfg).status()["state"] == "failed"
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"train.seq_len": 4}, "train.seq_len=4 is shorter than the longest fact"),
+    ({"train.repeat_by": "nope"}, "train.repeat_by: column 'nope' is not in facts.parquet"),
+    ({"train.accelerator": "gpu"}, "train.accelerator=gpu but no CUDA device"),
+])
+def test_bad_run_config_fails_before_anything_is_created(tiny_corpus, tmp_path, over, match):
+    if over.get("train.accelerator") == "gpu" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    from factscale.config import ConfigError
+
+    cfg = tiny_run_config(tiny_corpus, tmp_path / "runs", **over)
+    with pytest.raises(ConfigError, match=match):
+        run(cfg)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_schedules():

@@ -17,14 +17,21 @@ Output: ``facts.parquet``, ``tokenizer/`` (``AutoTokenizer.from_pretrained``), `
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+
+from factscale.fsio import write_json_atomic
 
 from factscale.corpus.render import render, tokenize, train_tokenizer
 from factscale.corpus.variants import apply_variants, difficulty_columns
@@ -44,6 +51,7 @@ RAW_SCHEMA = {
     "prior_bits": pl.Float64,  # known value entropy (synthetic) or null (empirical prior)
 }
 
+CORPUS_FORMAT = "factscale-corpus/2"  # /2: corpus_hash covers the content (facts + tokenizer)
 MULTI_VALUE_RULES = ("drop", "first")
 AMBIGUOUS_KEY_RULES = ("disambiguate", "drop")
 
@@ -60,9 +68,15 @@ def raw_frame(rows: list[dict] | dict[str, list]) -> pl.DataFrame:
     return df.select([pl.col(c).cast(dt) for c, dt in RAW_SCHEMA.items()])
 
 
-def _stable_unit(s: pl.Expr, seed: int) -> pl.Expr:
-    """A deterministic pseudo-random number in [0, 1) per string, independent of row order."""
-    return (s.hash(seed=seed) % 1_000_003).cast(pl.Float64) / 1_000_003
+def stable_unit(values: pl.Series, seed: int) -> pl.Series:
+    """A pseudo-random number in [0, 1) per string from blake2b(seed, string): independent of row order,
+    of the polars version and of the machine (polars' own ``hash`` is not stable across versions)."""
+    uniq = values.unique()
+    salt = f"{seed}|".encode()
+    u = np.fromiter((int.from_bytes(hashlib.blake2b(salt + v.encode(), digest_size=8).digest(), "little")
+                     for v in uniq.to_list()), dtype=np.uint64, count=len(uniq))
+    table = pl.DataFrame({"v": uniq, "u": (u >> np.uint64(11)).astype(np.float64) / float(1 << 53)})
+    return pl.DataFrame({"v": values}).join(table, on="v", how="left", maintain_order="left")["u"]
 
 
 def resolve(raw: pl.DataFrame, multi_value: str, ambiguous_keys: str, counts: dict) -> pl.DataFrame:
@@ -125,11 +139,12 @@ def assign_split(df: pl.DataFrame, heldout_frac: float, seed: int) -> pl.DataFra
     """Held-out facts have unseen keys: the split is drawn per subject, not per fact."""
     if not 0 <= heldout_frac < 1:
         raise CorpusError(f"heldout_frac must be in [0, 1), got {heldout_frac}")
-    u = _stable_unit(pl.col("subject_id"), seed)
+    u = stable_unit(df["subject_id"], seed)
+    o = stable_unit(df["subject_id"] + "|" + df["relation"], seed + 1)
     return df.with_columns(
-        split=pl.when(u < heldout_frac).then(pl.lit("heldout")).otherwise(pl.lit("train")),
+        split=pl.when(pl.lit(u) < heldout_frac).then(pl.lit("heldout")).otherwise(pl.lit("train")),
         # seeded order used to take "the first N training facts" for corpus-size sweeps
-        order=_stable_unit(pl.col("subject_id") + "|" + pl.col("relation"), seed + 1).rank("ordinal").cast(pl.Int64),
+        order=pl.lit(o).rank("ordinal").cast(pl.Int64),
     )
 
 
@@ -153,7 +168,92 @@ def versions() -> dict:
     return out
 
 
-def build_corpus(
+def corpus_hash_of(path: str | Path) -> str:
+    """The content hash a corpus directory's manifest records (what run identities hash)."""
+    m = Path(path) / "manifest.json"
+    if not m.exists():
+        raise CorpusError(f"corpus.path {path} is not a corpus directory (no manifest.json); "
+                          "make one with `factscale corpus build`")
+    try:
+        manifest = json.loads(m.read_text())
+    except ValueError as e:
+        raise CorpusError(f"{m}: not valid JSON ({e}); rebuild the corpus") from None
+    if manifest.get("format") != CORPUS_FORMAT:
+        raise CorpusError(f"{path} was built by an older factscale (format {manifest.get('format')!r}, "
+                          f"need {CORPUS_FORMAT!r}); rebuild it with `factscale corpus build`")
+    return manifest["corpus_hash"]
+
+
+def content_hash(d: Path) -> str:
+    """sha256 over facts.parquet and every tokenizer file: two corpora with this hash train identically."""
+    h = hashlib.sha256()
+    for p in [d / "facts.parquet", *sorted((d / "tokenizer").rglob("*"))]:
+        if p.is_file():
+            h.update(str(p.relative_to(d)).encode() + b"\0" + file_sha256(p).encode())
+    return h.hexdigest()[:16]
+
+
+def read_manifest(path: str | Path) -> dict | None:
+    try:
+        return json.loads((Path(path) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def building(out_dir: str | Path, reuse_recipe: dict | None = None):
+    """Build a corpus into a private temporary directory and rename it into place on success.
+
+    Readers see the old corpus or the new one, never a mix (a killed build leaves only a temp directory,
+    removed by the next build). Concurrent builds of one target serialize on a lock beside it. With
+    ``reuse_recipe``, a corpus already built (maybe meanwhile, by a concurrent build) from exactly that
+    recipe is kept: the context yields None and nothing is built.
+    """
+    out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise CorpusError(f"-o {out_dir}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").exists() \
+            and not (out / "facts.parquet").exists():
+        raise CorpusError(f"-o {out_dir}: exists and is not a corpus directory; choose a new or empty path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS if this process dies
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # a killed build's leftovers (we hold the lock)
+        existing = read_manifest(out)
+        if reuse_recipe is not None and existing and existing.get("format") == CORPUS_FORMAT \
+                and existing.get("recipe") == reuse_recipe:
+            yield None
+            return
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            yield tmp
+            old = None
+            if out.exists():
+                old = out.parent / f".{out.name}.old-{os.getpid()}"
+                os.replace(out, old)
+            os.replace(tmp, out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_corpus(raw: pl.DataFrame, out_dir: str | Path, *, recipe: dict | None = None, reuse: bool = False,
+                 **kw) -> dict:
+    """Run the rules into a private directory, rename it into place (see ``building``), return the manifest.
+
+    ``recipe`` (what was asked for, e.g. a sweep's corpus_build) is stored in the manifest; with ``reuse``
+    an existing corpus built from the same recipe is returned as it is.
+    """
+    with building(out_dir, reuse_recipe=recipe if reuse else None) as tmp:
+        if tmp is None:
+            return read_manifest(out_dir)
+        return _build_into(raw, tmp, recipe=recipe, **kw)
+
+
+def _build_into(
     raw: pl.DataFrame,
     out_dir: str | Path,
     *,
@@ -167,10 +267,9 @@ def build_corpus(
     seed: int = 0,
     max_facts: int | None = None,
     entropy_bits: float | None = None,
-    extra_columns: pl.DataFrame | None = None,
     variants: dict | None = None,
+    recipe: dict | None = None,
 ) -> dict:
-    """Run the rules, write the corpus directory atomically enough (manifest last), return the manifest."""
     t0 = time.time()
     counts = dict(counts or {})
     counts["raw_facts"] = raw.height
@@ -199,19 +298,14 @@ def build_corpus(
         raise CorpusError("no facts left after tokenization")
     df = difficulty_columns(df)
     df = df.with_row_index("fact_id").with_columns(pl.col("fact_id").cast(pl.Int64))
-    if extra_columns is not None:
-        df = df.join(extra_columns, on=["subject_id", "relation"], how="left")
     df = df.drop("template")
-
-    tmp = out / "facts.parquet.tmp"
-    df.write_parquet(tmp)
-    os.replace(tmp, out / "facts.parquet")
+    df.write_parquet(out / "facts.parquet")  # out is this build's private directory
 
     per_rel = df.group_by("relation", "relation_label").agg(pl.len().alias("facts")).sort("facts", descending=True)
     split_counts = dict(df.group_by("split").len().iter_rows())
     train = df.filter(pl.col("split") == "train")
     manifest = {
-        "format": "factscale-corpus/1",
+        "format": CORPUS_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": source_info,
         "options": {
@@ -241,20 +335,19 @@ def build_corpus(
             "mean_value_tokens": float(df["n_value_tokens"].mean()),
             "train_tokens_per_epoch": int(train["input_ids"].list.len().sum()),
         },
+        "recipe": recipe,
         "versions": versions(),
         "build_seconds": round(time.time() - t0, 3),
     }
-    manifest["corpus_hash"] = hashlib.sha256(
-        json.dumps({k: manifest[k] for k in ("source", "options", "counts")}, sort_keys=True).encode()
-    ).hexdigest()[:12]
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    manifest["corpus_hash"] = content_hash(out)
+    write_json_atomic(out / "manifest.json", manifest, indent=2)
     return manifest
 
 
 def load_corpus(path: str | Path) -> tuple[pl.DataFrame, dict]:
     p = Path(path)
-    if not (p / "facts.parquet").exists() or not (p / "manifest.json").exists():
-        raise CorpusError(f"{p} is not a corpus directory (need facts.parquet and manifest.json); "
-                          "make one with `factscale corpus build`")
+    corpus_hash_of(p)  # a clear error for a missing, foreign or outdated directory
+    if not (p / "facts.parquet").exists():
+        raise CorpusError(f"{p} is not a corpus directory (no facts.parquet); make one with `factscale corpus build`")
     return pl.read_parquet(p / "facts.parquet"), json.loads((p / "manifest.json").read_text())
 

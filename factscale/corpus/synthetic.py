@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from factscale.corpus.build import raw_frame
+from factscale.corpus.build import CorpusError, raw_frame
 
 _ONSETS = ["b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z",
            "br", "ch", "dr", "gr", "kl", "pr", "sh", "st", "th", "tr"]
@@ -44,13 +44,13 @@ class SyntheticSpec:
 
     def __post_init__(self):
         if self.n_keys < 1:
-            raise ValueError(f"synthetic n_keys must be >= 1, got {self.n_keys}")
+            raise CorpusError(f"synthetic n_keys (--n-keys) must be >= 1, got {self.n_keys}")
         if not self.vocab_sizes or min(self.vocab_sizes) < 2:
-            raise ValueError(f"synthetic vocab_sizes must be a non-empty list of integers >= 2, got {self.vocab_sizes}")
+            raise CorpusError(f"synthetic vocab_sizes (--value-vocab) must be a non-empty list of integers >= 2, got {self.vocab_sizes}")
         if len(self.vocab_sizes) > len(ATTRIBUTE_NAMES):
-            raise ValueError(f"at most {len(ATTRIBUTE_NAMES)} synthetic attributes")
+            raise CorpusError(f"at most {len(ATTRIBUTE_NAMES)} synthetic attributes")
         if self.predictable and len(self.predictable) != len(self.vocab_sizes):
-            raise ValueError("synthetic predictable must have one entry per vocab_sizes entry")
+            raise CorpusError("synthetic predictable must have one entry per vocab_sizes entry")
 
 
 def _words(rng: np.random.Generator, n: int, syllables: tuple[int, int], taken: set[str]) -> list[str]:
@@ -96,11 +96,11 @@ def generate(spec: SyntheticSpec) -> tuple[pl.DataFrame, float]:
             idx = rule[key_first]
             noisy = rng.random(spec.n_keys) < spec.noise
             idx = np.where(noisy, rng.integers(v, size=spec.n_keys), idx)
-            # given the rule, a fact carries only the noise's information; without it, log2 V
-            bits = math.log2(v)
         else:
             idx = rng.integers(v, size=spec.n_keys)
-            bits = math.log2(v)
+        # the prior is log2 V either way: what a model knowing only the relation needs (for a predictable
+        # attribute the rule, once learned, makes the fact cheaper - that is the generalization measured)
+        bits = math.log2(v)
         rel = f"S{a + 1}"
         cols["subject_id"] += [f"K{i}" for i in range(spec.n_keys)]
         cols["subject_label"] += keys

@@ -1,0 +1,53 @@
+"""Atomic file writes: the one helper every file factscale writes goes through.
+
+A reader (or a process killed mid-write) sees the old file or the new one, never a torn one: the data
+goes to a private temporary name in the same directory, is fsynced, then renamed over the target.
+Files get the ordinary umask-derived mode (``mkstemp`` alone would leave them 0600).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> Path:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | Path, obj, **kw) -> Path:
+    return write_atomic(path, json.dumps(obj, **kw))
+
+
+def write_parquet_atomic(df, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    df.write_parquet(buf)
+    return write_atomic(path, buf.getvalue())
+
+
+def fix_mode(path: str | Path) -> None:
+    """Give files written by other libraries through private temp files (safetensors: 0600) the umask mode."""
+    for p in [Path(path), *Path(path).rglob("*")] if Path(path).is_dir() else [Path(path)]:
+        if p.is_file():
+            os.chmod(p, 0o666 & ~_umask())
