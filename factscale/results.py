@@ -15,7 +15,8 @@ import polars as pl
 
 from factscale.config import flatten, to_dict
 from factscale.corpus.build import versions
-from factscale.rundir import status, write_atomic
+from factscale.fsio import write_atomic
+from factscale.rundir import RunDir
 
 
 class CollectError(ValueError):
@@ -57,7 +58,7 @@ def collect(runs_dir: str | Path, allow_mixed_corpora: bool = False) -> tuple[pl
     report = {"done": [], "failed": [], "missing": [], "duplicates": []}
     frames = []
     for d in sorted(p for p in runs_dir.iterdir() if (p / "config.yaml").exists()):
-        st = status(d)
+        st = RunDir.open(d).status()
         if st["state"] == "done":
             frames.append(pl.read_parquet(d / "results.parquet"))
             report["done"].append(d.name)

@@ -7,26 +7,25 @@ atomically. An exception leaves ``error.json`` (the run is failed, never done) a
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-import traceback
 from pathlib import Path
 
 import polars as pl
 import torch
 
 import lightning as L
-from lightning.pytorch.loggers import CSVLogger
 
+from factscale.callbacks import AtomicLastCheckpoint, EpochLoss, fault_callbacks, make_logger
 from factscale.config import ConfigError, RunConfig
 from factscale.corpus.build import load_corpus
-from factscale.data import FactDataModule
+from factscale.data import FactDataModule, select_facts
+from factscale.fsio import fix_mode
 from factscale.models import build_model, count_instantiated, non_embedding_params, resolve_shape
 from factscale.probes import ProbeCallback, frequency_buckets
-from factscale.results import build_rows, git_sha, write_parquet_atomic
-from factscale.rundir import RunLock, prepare, record_attempt, run_id, write_atomic
+from factscale.results import build_rows, git_sha
+from factscale.rundir import RunDir
 
 
 class RunBusy(RuntimeError):
@@ -106,26 +105,6 @@ class FactLM(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-class AtomicLastCheckpoint(L.Callback):
-    """``last.ckpt`` at every epoch end, written to a temp file and renamed.
-
-    Lightning's ModelCheckpoint overwrites in place, so a SIGKILL mid-write could leave a truncated
-    ``last.ckpt`` and lose the run; a rename is atomic. Listed after the probe callback so the probe
-    rows of this epoch are inside the checkpoint.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        tmp = self.path.with_name(".last.ckpt.tmp")
-        trainer.save_checkpoint(tmp)
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
-            # what a restart needs to know without loading the whole checkpoint
-            write_atomic(self.path.with_suffix(".json"), json.dumps({"epochs_done": trainer.current_epoch + 1}))
-
-
 def resolve_device(cfg: RunConfig) -> tuple[str, str]:
     acc = cfg.train.accelerator
     if acc == "auto":
@@ -138,7 +117,7 @@ def resolve_device(cfg: RunConfig) -> tuple[str, str]:
     return acc, prec
 
 
-def make_trainer(cfg: RunConfig, d: Path, callbacks: list) -> L.Trainer:
+def make_trainer(cfg: RunConfig, logger, callbacks: list) -> L.Trainer:
     acc, prec = resolve_device(cfg)
     plugins = []
     if "SLURM_JOB_ID" in os.environ:
@@ -151,7 +130,7 @@ def make_trainer(cfg: RunConfig, d: Path, callbacks: list) -> L.Trainer:
         accelerator=acc, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
         strategy="ddp" if world > 1 else "auto", precision=prec, max_epochs=cfg.train.epochs,
         gradient_clip_val=cfg.optim.grad_clip or None, reload_dataloaders_every_n_epochs=1,
-        logger=CSVLogger(str(d), name="logs", version=0), callbacks=callbacks, plugins=plugins,
+        logger=logger, callbacks=callbacks, plugins=plugins,
         enable_checkpointing=False, enable_progress_bar=cfg.train.progress_bar, enable_model_summary=False,
         log_every_n_steps=cfg.train.log_every_n_steps, num_sanity_val_steps=0,
     )
@@ -169,42 +148,59 @@ def probe_sets(cfg: RunConfig, dm: FactDataModule) -> dict[str, pl.DataFrame]:
     return sets
 
 
+def validate(cfg: RunConfig, facts: pl.DataFrame) -> None:
+    """Everything about a run that can be checked before its directory exists (ConfigError names the field)."""
+    resolve_shape(cfg.model)
+    resolve_device(cfg)
+    for field in ("repeat_by", "phase_column"):
+        col = getattr(cfg.train, field)
+        if col is not None and col not in facts.columns:
+            raise ConfigError(f"train.{field}: column {col!r} is not in facts.parquet; available: {sorted(facts.columns)}")
+    train, _ = select_facts(facts, cfg)
+    if train.height == 0:
+        raise ConfigError(f"corpus.path {cfg.corpus.path}: no training facts")
+    longest = int(train["input_ids"].list.len().max())
+    if longest > cfg.train.seq_len:
+        raise ConfigError(f"train.seq_len={cfg.train.seq_len} is shorter than the longest fact ({longest} tokens); "
+                          "raise train.seq_len")
+
+
 def run(cfg: RunConfig) -> dict:
-    """Train one run to completion (resuming if possible) and write its results. Returns a summary."""
-    corpus_path = Path(cfg.corpus.path)
-    facts, manifest = load_corpus(corpus_path)  # clear error before anything is created
-    d = prepare(cfg)
-    lock = RunLock(d)
-    if not lock.acquire():
-        raise RunBusy(f"run {d.name} is already running in another process (lock {lock.path})")
+    """Train one run to completion (resuming if possible) and write its results. Returns a summary.
+
+    Bad configs fail before anything is created; an attempt that raises leaves ``error.json`` (failed, never
+    done); a process killed mid-run resumes from its last good checkpoint when run again.
+    """
+    facts, manifest = load_corpus(cfg.corpus.path)
+    validate(cfg, facts)
+    rd = RunDir(cfg, manifest["corpus_hash"])
+    rd.create()
+    if not rd.lock.acquire():
+        raise RunBusy(f"run {rd.id} is already running in another process (lock {rd.lock.path})")
     t0 = time.time()
     try:
-        if (d / "results.parquet").exists():
-            return {"run_id": d.name, "state": "done", "skipped": True}
-        (d / "error.json").unlink(missing_ok=True)
-        record_attempt(d)
-        summary = _train(cfg, d, facts, manifest, corpus_path)
-        record_attempt(d, time.time() - t0)
+        if rd.results.exists():
+            return {"run_id": rd.id, "state": "done", "skipped": True, "run_dir": str(rd.path)}
+        attempt = rd.start_attempt()["attempts"]
+        summary = _train(cfg, rd, facts, manifest, attempt)
+        rd.end_attempt(time.time() - t0)
         return summary
     except BaseException as e:
-        if not isinstance(e, (KeyboardInterrupt, SystemExit)):
-            record_attempt(d, time.time() - t0)
-            tb = traceback.format_exc()
-            write_atomic(d / "error.json", json.dumps({
-                "error": f"{type(e).__name__}: {e}", "traceback_tail": tb.strip().splitlines()[-15:],
-                "log": str(d / "logs"), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        if not isinstance(e, (KeyboardInterrupt, SystemExit)):  # preemption/Ctrl-C: resumable, not failed
+            rd.end_attempt(time.time() - t0)
+            rd.write_error(e)
         raise
     finally:
-        lock.release()
+        rd.lock.release()
 
 
-def _train(cfg: RunConfig, d: Path, facts: pl.DataFrame, manifest: dict, corpus_path: Path) -> dict:
+def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, attempt: int) -> dict:
     from transformers import AutoTokenizer
 
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    tok = AutoTokenizer.from_pretrained(str(corpus_path / "tokenizer"))
+    tok = AutoTokenizer.from_pretrained(str(Path(cfg.corpus.path) / "tokenizer"))
     if cfg.probe.freq_column and cfg.probe.freq_column in facts.columns:
         facts = facts.with_columns(frequency_buckets(facts[cfg.probe.freq_column]))
     dm = FactDataModule(cfg, facts, tok.pad_token_id)
@@ -214,38 +210,37 @@ def _train(cfg: RunConfig, d: Path, facts: pl.DataFrame, manifest: dict, corpus_
     groups = [c for c in ["freq_bucket", *cfg.probe.group_columns] if c in facts.columns]
     probe_cb = ProbeCallback(probe_sets(cfg, dm), cfg.probe.every_epochs, cfg.probe.batch_size,
                              tok.pad_token_id, non_emb, groups)
-    ckpt = d / "checkpoints" / "last.ckpt"
-    ckpt.parent.mkdir(exist_ok=True)
-    trainer = make_trainer(cfg, d, [probe_cb, AtomicLastCheckpoint(ckpt)])
-    resumed_from_epoch = None
-    if ckpt.exists() and ckpt.with_suffix(".json").exists():
-        resumed_from_epoch = json.loads(ckpt.with_suffix(".json").read_text())["epochs_done"] - 1
+    ckpt, epochs_done = rd.resume_checkpoint()
+    callbacks = [EpochLoss(), probe_cb, AtomicLastCheckpoint(rd), *fault_callbacks(attempt)]
+    trainer = make_trainer(cfg, make_logger(cfg.train.logger, rd, epochs_done), callbacks)
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.exists() else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     if trainer.current_epoch < cfg.train.epochs or trainer.interrupted:
         raise RuntimeError(f"training stopped at epoch {trainer.current_epoch} of {cfg.train.epochs}")
     if not trainer.is_global_zero:
-        return {"run_id": d.name, "state": "done", "rank": trainer.global_rank}
+        return {"run_id": rd.id, "state": "done", "rank": trainer.global_rank}
 
-    module.model.save_pretrained(str(d / "model"))
-    tok.save_pretrained(str(d / "model"))
+    module.model.save_pretrained(str(rd.model))
+    tok.save_pretrained(str(rd.model))
+    fix_mode(rd.model)  # safetensors writes 0600 through a temp file
     acc, prec = resolve_device(cfg)
     meta = {
-        "run_id": d.name, "corpus_hash": manifest["corpus_hash"], "corpus_kind": manifest["source"]["kind"],
+        "run_id": rd.id, "corpus_hash": manifest["corpus_hash"], "corpus_kind": manifest["source"]["kind"],
         "non_embedding_params": non_emb, "total_params": total, "vocab_size": len(tok),
         "train_facts": dm.train_facts.height, "heldout_facts": dm.heldout_facts.height,
         "tokens_per_epoch": dm.tokens_per_epoch, "real_token_fraction": dm.real_fraction,
         "git_sha": git_sha(), "device": torch.cuda.get_device_name(0) if acc == "gpu" else "cpu",
-        "precision": prec, "train_wall_s": time.time() - t0, "resumed_from_epoch": resumed_from_epoch,
+        "precision": prec, "train_wall_s": time.time() - t0, "resumed_from_epoch": epochs_done,
+        "attempts": attempt,
     }
     df = build_rows(probe_cb.rows, cfg, meta)
+    per_fact = None
     if probe_cb.last_tables:
         per_fact = pl.concat([t.select("fact_id", "split", "relation", "correct", "code_bits", "memorized_bits")
                               for t in probe_cb.last_tables.values()])
-        write_parquet_atomic(per_fact, d / "fact_probe.parquet")
-    write_parquet_atomic(df, d / "results.parquet")  # last: its presence marks the run done
+    rd.write_results(df, per_fact)
     final = df.filter((pl.col("epoch") == df["epoch"].max()) & (pl.col("group_by") == "all"))
-    return {"run_id": run_id(cfg), "state": "done", "run_dir": str(d),
+    return {"run_id": rd.id, "state": "done", "run_dir": str(rd.path),
             **{f"{r['split']}_mr": r["mr"] for r in final.iter_rows(named=True)},
             "capacity": final.filter(pl.col("split") == "train")["capacity"].sum(),
             "non_embedding_params": non_emb}
