@@ -90,3 +90,19 @@ def probe_reference(model, input_ids: list[list[int]], value_starts, pad_id: int
         bits[idx] = (nll.sum(-1) / math.log(2)).double().numpy()
     model.train(was_training)
     return correct, bits
+
+
+def tokenize_reference(facts, tokenizer):
+    """Every fact encoded three times (text, prompt, " " + value): aligned iff tokens(text) ==
+    tokens(prompt) + tokens(" " + value). Returns (input_ids, value_start, aligned) as lists."""
+    tok = tokenizer.backend_tokenizer
+    full = [e.ids for e in tok.encode_batch(facts["text"].to_list(), add_special_tokens=False)]
+    pre = [e.ids for e in tok.encode_batch(facts["prompt"].to_list(), add_special_tokens=False)]
+    val = [e.ids for e in tok.encode_batch((" " + facts["value"]).to_list(), add_special_tokens=False)]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    ok, ids, starts = [], [], []
+    for f, p, v in zip(full, pre, val):
+        ok.append(f == p + v and len(v) > 0)
+        ids.append([bos] + f + [eos])
+        starts.append(1 + len(p))
+    return ids, starts, ok

@@ -201,3 +201,37 @@ def test_probe_under_ddp_shards_and_gathers(tmp_path):
         assert (r["correct"] == correct).all()
         np.testing.assert_allclose(r["bits"], bits, rtol=1e-6)
     assert [torch.load(f"{out}.{k}", weights_only=False)["batches"] for k in (0, 1)] == [3, 2]  # 5 batches
+
+
+def test_tokenize_once_equals_three_encodings(tmp_path):
+    """One encoding per fact (value start from offsets) == the three-encoding reference, alignment
+    decisions included, on synthetic facts and on awkward strings; the tokenizer trains the same from
+    a Series fed in chunks as from a list."""
+    from factscale.corpus import SyntheticSpec
+    from factscale.corpus.render import tokenize, train_tokenizer
+    from factscale.corpus.synthetic import generate
+    from factscale.reference import tokenize_reference
+
+    raw, _ = generate(SyntheticSpec(n_keys=300, vocab_sizes=[16, 64]))
+    prompts = (raw["subject_label"] + "'s " + raw["relation_label"] + ":").to_list()
+    values = raw["value"].to_list()
+    odd = [("The capital of Zürich is", "Bern"), ("X was born in", "1990"), ("Temp of Y:", "-5 °C"),
+           ("Key ends in space ", "value"), ("Empty value:", ""), ("Two spaces", " lead"), ("Emoji", "😀x"),
+           ("東京の人口は", "1400万"), ("Tab", "\tv"), ("Quote", "'s end"), ("Digits2", "2"), ("Newline\n", "v"),
+           ("Ends with hyphen-", "x"), ("Combining e\u0301", "\u0301accent")]
+    prompts += [p for p, _ in odd] * 3
+    values += [v for _, v in odd] * 3
+    facts = pl.DataFrame({"prompt": prompts, "value": values}).with_columns(text=pl.col("prompt") + " " + pl.col("value"))
+    # texts that break the render contract (no space; something after the value) must be dropped
+    facts = facts.with_columns(text=pl.when(pl.int_range(pl.len()) % 50 == 7).then(pl.col("prompt") + pl.col("value"))
+                               .when(pl.int_range(pl.len()) % 50 == 9).then(pl.col("text") + ".")
+                               .otherwise(pl.col("text")))
+    tok = train_tokenizer(facts["text"], 300, tmp_path / "a")
+    assert tok.get_vocab() == train_tokenizer(facts["text"].to_list(), 300, tmp_path / "b").get_vocab()
+    ref_ids, ref_starts, ref_ok = tokenize_reference(facts, tok)
+    out, n_bad = tokenize(facts, tok, batch_size=97)  # several batches
+    assert n_bad == len(ref_ok) - sum(ref_ok) and n_bad > 0  # some awkward strings are not aligned
+    keep = [i for i, ok in enumerate(ref_ok) if ok]
+    assert out["input_ids"].to_list() == [ref_ids[i] for i in keep]
+    assert out["value_start"].to_list() == [ref_starts[i] for i in keep]
+    assert out["text"].to_list() == [facts["text"][i] for i in keep]
