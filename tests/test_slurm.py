@@ -12,15 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 import polars as pl
 import pytest
-import torch
 import yaml
 
-from factscale.rundir import run_dir
+from factscale.rundir import RunDir, run_dir
 from factscale.sweep import _spec_from_dict, expand, launch, sweep_status
 
 pytestmark = [pytest.mark.slurm]
@@ -98,67 +96,98 @@ def _same_metrics(a: pl.DataFrame, b: pl.DataFrame):
     assert (a.sort(cols[:4])["code_bits_mean"] - b.sort(cols[:4])["code_bits_mean"]).abs().max() < 1e-4
 
 
-def _wait_for_epoch(ckpt, epoch, job, timeout=300):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if ckpt.exists():
-            try:
-                if torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"] + 1 >= epoch:
-                    return
-            except Exception:
-                pass
-        if job.done():
-            raise AssertionError(f"job ended before epoch {epoch}: {job.state}")
-        time.sleep(0.5)
-    raise AssertionError(f"no checkpoint at epoch {epoch} after {timeout}s")
+def _submit(spec, monkeypatch, fault=None, wait=False):
+    """Launch on SLURM with FACTSCALE_FAULT in the submitted jobs' environment only (sbatch exports the
+    submitter's environment); the test process itself never runs with a fault armed."""
+    if fault:
+        monkeypatch.setenv("FACTSCALE_FAULT", fault)
+    try:
+        return launch(spec, cluster="slurm", wait=wait, log=lambda *_: None)
+    finally:
+        monkeypatch.delenv("FACTSCALE_FAULT", raising=False)
 
 
-def test_preempted_job_requeues_and_resumes_to_the_same_result(tmp_path, tiny_corpus):
-    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, {"model.size": ["10k"], "train.epochs": [24]}), "x")
-    cfg = expand(spec)[0]
-    recs = {}
-    t = threading.Thread(target=lambda: recs.update(ref=_reference(cfg, tmp_path)))
-    t.start()  # the uninterrupted reference trains on the other core meanwhile
-    [rec] = launch(spec, cluster="slurm", wait=False, log=lambda *_: None)
+def _job(cfg, rec):
     import submitit
 
-    job = submitit.SlurmJob(folder=json.loads((run_dir(cfg) / "jobs.json").read_text())[-1]["folder"],
-                            job_id=rec["job_id"])
-    _wait_for_epoch(run_dir(cfg) / "checkpoints" / "last.ckpt", 6, job)
-    job._interrupt()  # preemption: SIGTERM then USR2; submitit checkpoints and requeues
-    res = job.result()
-    t.join()
+    return submitit.SlurmJob(folder=RunDir(cfg).jobs()[-1]["folder"], job_id=rec["job_id"])
+
+
+def test_preempted_job_requeues_and_resumes_to_the_same_result(tmp_path, tiny_corpus, monkeypatch):
+    """SLURM's preemption signal (USR2) arrives right after epoch 6 - injected at that training event, so the
+    outcome does not depend on the machine's speed: submitit requeues, the new attempt resumes from epoch 6
+    and ends exactly like an uninterrupted run."""
+    # time_min > 10: submitit then classifies an early USR2 as a preemption, not a time-out
+    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, {"model.size": ["10k"], "train.epochs": [12]},
+                                 time_min=30), "x")
+    cfg = expand(spec)[0]
+    [rec] = _submit(spec, monkeypatch, fault="usr2@6")
+    ref = _reference(cfg, tmp_path)  # trains here while the job runs
+    res = _job(cfg, rec).result()
     assert res["state"] == "done"
-    att = json.loads((run_dir(cfg) / "attempts.json").read_text())
-    assert att["attempts"] >= 2
+    assert json.loads((run_dir(cfg) / "attempts.json").read_text())["attempts"] == 2
     got = pl.read_parquet(run_dir(cfg) / "results.parquet")
-    assert got["resumed_from_epoch"][0] >= 6
-    _same_metrics(got, recs["ref"])
+    assert got["resumed_from_epoch"][0] == 6
+    _same_metrics(got, ref)
     st = sweep_status(spec)[0]
-    assert st["state"] == "done" and st["requeues"] >= 1
+    assert st["state"] == "done" and st["requeues"] == 1
 
 
 @pytest.mark.slow
-def test_real_time_limit_requeues_and_resumes(tmp_path, tiny_corpus):
-    """A 1-minute SLURM limit on a run that needs longer: USR2 before the limit, requeue, resume, finish."""
-    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, {"model.size": ["5k"], "train.epochs": [120]},
+def test_real_time_limit_requeues_and_resumes(tmp_path, tiny_corpus, monkeypatch):
+    """A real 1-minute SLURM limit. The first attempt stalls after epoch 3 (an injected fault), so it cannot
+    finish inside the limit on any machine: SLURM sends USR2 before the limit, submitit requeues, the next
+    attempt resumes and finishes with the metrics of an uninterrupted run."""
+    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, {"model.size": ["5k"], "train.epochs": [8]},
                                  time_min=1, signal_delay_s=30, max_requeues=6), "x")
     cfg = expand(spec)[0]
-    recs = {}
-    t = threading.Thread(target=lambda: recs.update(ref=_reference(cfg, tmp_path)))
-    t.start()
-    [rec] = launch(spec, cluster="slurm", wait=True, log=lambda *_: None)
-    t.join()
-    assert rec["state"] == "done", rec
-    att = json.loads((run_dir(cfg) / "attempts.json").read_text())
-    assert att["attempts"] >= 2, "the run finished inside one limit: make it longer"
-    _same_metrics(pl.read_parquet(run_dir(cfg) / "results.parquet"), recs["ref"])
+    [rec] = _submit(spec, monkeypatch, fault="stall@3")
+    ref = _reference(cfg, tmp_path)
+    res = _job(cfg, rec).result()
+    assert res["state"] == "done", res
+    assert json.loads((run_dir(cfg) / "attempts.json").read_text())["attempts"] >= 2
+    _same_metrics(pl.read_parquet(run_dir(cfg) / "results.parquet"), ref)
 
 
-def test_raising_run_is_failed_with_its_error(tmp_path, tiny_corpus):
-    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, {"train.seq_len": [4], "train.epochs": [1]}), "x")
-    [rec] = launch(spec, cluster="slurm", wait=True, log=lambda *_: None)
-    assert rec["state"] == "failed"
+def test_raising_run_is_failed_with_its_error(tmp_path, tiny_corpus, monkeypatch):
+    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, {"train.epochs": [2]}), "x")
+    [rec] = _submit(spec, monkeypatch, fault="raise@1", wait=True)
+    assert rec["state"] == "failed" and "injected fault" in rec["error"]
     [st] = sweep_status(spec)
-    assert st["state"] == "failed" and "train.seq_len=4" in st["error"]
+    assert st["state"] == "failed" and "injected fault" in st["error"]
     assert st["traceback_tail"] and st["log"]
+
+
+def test_relaunch_never_submits_a_queued_or_running_run_twice(tmp_path, tiny_corpus):
+    """Whatever state the first job is in when the second launch looks (pending, running or done), the run
+    is submitted once and trained once."""
+    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, {"train.epochs": [4]}), "x")
+    cfg = expand(spec)[0]
+    [first] = launch(spec, cluster="slurm", wait=False, log=lambda *_: None)
+    [second] = launch(spec, cluster="slurm", wait=False, log=lambda *_: None)
+    assert second.get("skipped") and second["state"] in ("queued", "running", "done"), second
+    assert _job(cfg, first).result()["state"] == "done"
+    assert len(RunDir(cfg).jobs()) == 1
+    assert RunDir(cfg).attempts()["attempts"] == 1
+
+
+def test_cancelled_job_shows_as_interrupted_with_its_job(tmp_path, tiny_corpus, monkeypatch):
+    """scancel of a running job: status says the run was interrupted, by which job, and that a relaunch
+    resumes it (no submitit warning, no 'pending')."""
+    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, {"train.epochs": [4]}), "x")
+    cfg = expand(spec)[0]
+    [rec] = _submit(spec, monkeypatch, fault="stall@1")
+    rd = RunDir(cfg)
+    deadline = time.time() + 600  # a bound on waiting for an event, not a timing assumption
+    while not rd.last_ckpt.exists():
+        assert time.time() < deadline and not _job(cfg, rec).done(), "the job never finished epoch 1"
+        time.sleep(0.5)
+    subprocess.run(["scancel", rec["job_id"]], check=True)
+    while rd.queued_job() is not None or rd.lock.held_by_other():
+        assert time.time() < deadline, "scancel did not end the job"
+        time.sleep(0.5)
+    st = rd.status()
+    assert st["state"] == "interrupted" and rec["job_id"] in st["error"], st
+    [again] = launch(spec, cluster="slurm", wait=True, log=lambda *_: None)
+    assert again["state"] == "done"
+    assert pl.read_parquet(rd.results)["resumed_from_epoch"][0] == 1
