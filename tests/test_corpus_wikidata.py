@@ -140,3 +140,176 @@ def test_cli_missing_dump_is_a_clear_error(tmp_path):
                         "-o", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2
     assert "dump file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+# --- datatypes, subject presets, labels from the dump, broken streams (issue 12) ---
+
+def _cli_error(capsys, *args) -> str:
+    """Run the CLI in this process (a subprocess costs ~10 s of imports); return stderr, asserting exit 2."""
+    from factscale.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["corpus", "build", *map(str, args)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def _entities(path):
+    opener = bz2.open if str(path).endswith(".bz2") else open
+    with opener(path, "rt") as fh:
+        return [json.loads(s) for s in (ln.strip().rstrip(",") for ln in fh) if s not in ("[", "]", "")]
+
+
+def _live_statements(ent):
+    """The rank rules, the slow obvious way: no deprecated; only preferred where a property has one."""
+    for sts in ent["claims"].values():
+        live = [s for s in sts if s["rank"] != "deprecated"]
+        pref = [s for s in live if s["rank"] == "preferred"]
+        yield from (pref or live)
+
+
+def test_dropped_datatypes_match_a_hand_recount(shared, dump_corpus):
+    df, m = dump_corpus
+    by_type: dict = {}
+    for f in ("latest-all.head50.json", "items100.json.bz2"):
+        for ent in _entities(shared / "dump-sample" / f):
+            for st in _live_statements(ent):
+                dt = st["mainsnak"]["datatype"]
+                by_type[dt] = by_type.get(dt, 0) + 1
+    dropped = {"external-id", "commonsMedia", "url", "globe-coordinate", "math", "geo-shape"}
+    assert dropped <= set(by_type)  # the real samples have every one of them
+    for dt in dropped:
+        assert m["counts"][f"dropped_datatype:{dt}"] == by_type[dt], dt
+    assert set(df["value_type"].unique()) <= {"item", "time", "quantity", "monolingualtext", "string"}
+    # Belgium keeps its knowledge, none of its identifiers, file names or website
+    bel = df.filter(pl.col("subject_id") == "Q31")
+    assert bel.height > 0
+    for pid in ("P227", "P214", "P646", "P268", "P41", "P94", "P856", "P373", "P474"):  # GND VIAF Freebase BnF flag ...
+        assert pid not in bel["relation"].to_list()
+    assert not df["value"].str.contains(r"(?i)\.(svg|png|jpe?g)$").any()
+
+
+def test_datatypes_option_and_string_identifiers(shared):
+    from factscale.corpus.datatypes import parse_datatypes
+
+    src = shared / "dump-sample" / "latest-all.head50.json"
+    base = {f[:3] + (f[6],) for f in stream_dump(src, DumpOptions())[0]}
+    more = {f[:3] + (f[6],) for f in stream_dump(src, DumpOptions(datatypes=parse_datatypes("default,external-id")))[0]}
+    assert base < more and {f[3] for f in more - base} == {"external-id"}
+    assert ("Q31", "Belgium", "P214", "external-id") in more  # VIAF ID, only when asked for
+    items = {f[:3] for f in stream_dump(src, DumpOptions(datatypes=parse_datatypes("wikibase-item")))[0]}
+    assert items and all(f[3] == "wikibase-item" for f in base if f[:3] in items)
+    with pytest.raises(CorpusError, match="unknown or unrenderable datatype 'bogus'"):
+        parse_datatypes("default,bogus")
+    assert parse_datatypes("default,-quantity") == parse_datatypes("wikibase-item,time,monolingualtext,string")
+    # identifier-like strings: by their value ("LEM201014753") or their property's label ("postal code")
+    from factscale.corpus.datatypes import string_label_is_identifier, string_value_is_identifier
+
+    assert string_value_is_identifier("LEM201014753") and string_value_is_identifier("2--411")
+    assert not string_value_is_identifier("20, place des Terreaux") and not string_value_is_identifier("C₂H₆O")
+    assert string_label_is_identifier("postal code") and string_label_is_identifier("Commons category")
+    assert not string_label_is_identifier("chemical formula")
+
+
+def test_scholarly_article_preset_skips_papers(shared, tmp_path):
+    from factscale.corpus.datatypes import parse_subject_exclude
+
+    ents = _entities(shared / "dump-sample" / "latest-all.head50.json")
+    paper = json.loads(json.dumps(ents[1]))  # a real entity turned into a paper: P31 = scholarly article
+    paper["id"] = "Q99999999"
+    paper["claims"]["P31"] = [{**paper["claims"]["P31"][0], "mainsnak": {
+        **paper["claims"]["P31"][0]["mainsnak"],
+        "datavalue": {"type": "wikibase-entityid", "value": {"entity-type": "item", "numeric-id": 13442814,
+                                                             "id": "Q13442814"}}}}]
+    path = tmp_path / "with-paper.json"
+    path.write_text("\n".join(json.dumps(e) for e in [*ents, paper]) + "\n")
+    opts = DumpOptions(subject_exclude=parse_subject_exclude(["scholarly-articles"]))
+    facts, _, _, c, _ = stream_dump(path, opts)
+    assert c["entities_excluded_subject:P31=Q13442814"] == 1
+    assert "Q99999999" not in {f[0] for f in facts}
+    assert "Q99999999" in {f[0] for f in stream_dump(path, DumpOptions())[0]}
+    with pytest.raises(CorpusError, match="neither a preset"):
+        parse_subject_exclude(["papers"])
+
+
+def _ndjson(shared, tmp_path, with_properties: bool):
+    """The head50 sample as newline-delimited entities, optionally with property entities (real JSON model)."""
+    ents = _entities(shared / "dump-sample" / "latest-all.head50.json")
+    lines = [json.dumps(e) for e in ents]
+    if with_properties:
+        names = json.loads((shared / "properties" / "pid2name.json").read_text())
+        used = sorted({p for e in ents for p in e["claims"]} & set(names))
+        lines += [json.dumps({"type": "property", "datatype": "wikibase-item", "id": p, "claims": {},
+                              "labels": {"en": {"language": "en", "value": names[p][0]}}}) for p in used]
+    path = tmp_path / ("props.ndjson" if with_properties else "plain.ndjson")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_property_labels_come_from_the_dump(shared, tmp_path):
+    m = build_from_dump(tmp_path / "c", [_ndjson(shared, tmp_path, True)], DumpOptions(), heldout_frac=0.0)
+    assert m["relation_labels"]["P36"] == "capital" and m["counts"]["kept_facts"] > 0
+    assert m["source"]["label_files"] == []
+
+
+def test_missing_property_labels_name_the_flag(shared, tmp_path, capsys):
+    path = _ndjson(shared, tmp_path, False)
+    with pytest.raises(CorpusError, match=r"no 'en' labels for \d+ properties \(P.*pass --labels FILE"):
+        build_from_dump(tmp_path / "c", [path], DumpOptions())
+    assert "--labels" in _cli_error(capsys, "--dump", path, "-o", tmp_path / "o", "--workers", 1)
+
+
+def test_unnamed_value_does_not_make_a_pair_single_valued(shared, tmp_path):
+    """Belgium borders 4 countries; only France is in the sample: the pair must not become 'borders France'."""
+    path = _ndjson(shared, tmp_path, True)
+    m = build_from_dump(tmp_path / "c", [path], DumpOptions(), heldout_frac=0.0)
+    df = pl.read_parquet(tmp_path / "c" / "facts.parquet")
+    assert df.filter((pl.col("subject_id") == "Q31") & (pl.col("relation") == "P47")).height == 0
+    assert m["counts"]["dropped_multi_valued_with_unnamed_value"] > 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_broken_bz2_keeps_what_it_read_and_says_where(shared, tmp_path, workers, capsys):
+    data = (shared / "dump-sample" / "items100.json.bz2").read_bytes()
+    broken = tmp_path / "broken.json.bz2"
+    broken.write_bytes(data[: len(data) // 2])  # a truncated download
+    facts, _, _, c, errors = stream_dump(broken, DumpOptions(), workers=workers)
+    assert 0 < c["entities_seen"] < 100 and len(facts) > 0
+    assert c["malformed_compressed_stream"] == 1
+    path, line, msg = errors[-1]
+    assert path == str(broken) and line == c["entities_seen"] + 2 and "compressed stream broken" in msg
+    bad = tmp_path / "bad.json.bz2"
+    bad.write_bytes(data[:4] + bytes(200) + data[204:])  # the first block's header destroyed
+    try:  # the serial reader stops there; the parallel one reads the blocks after it and says so
+        facts, _, _, c, errors = stream_dump(bad, DumpOptions(), workers=workers)
+        assert workers > 1 and c["malformed_compressed_stream"] == 1 and errors[-1][1] == 1
+        assert "first bz2 block is unreadable" in errors[-1][2]
+    except CorpusError as e:
+        assert workers == 1 and "bad.json.bz2: cannot decompress at line 1" in str(e)
+    cut = tmp_path / "cut.json.bz2"
+    cut.write_bytes(data[:3000])  # nothing complete to read: one clear line from the CLI
+    assert "cut.json.bz2" in _cli_error(capsys, "--dump", cut, "-o", tmp_path / "o", "--workers", workers)
+
+
+def test_not_a_dump_is_one_clear_error(tmp_path):
+    fake = tmp_path / "fake.json.bz2"
+    fake.write_bytes(b"hello\n" * 10)
+    with pytest.raises(CorpusError, match="fake.json.bz2: line 1: not bz2 data"):
+        stream_dump(fake, DumpOptions(), workers=2)
+    binary = tmp_path / "image.json"
+    binary.write_bytes(bytes(range(256)) * 64)
+    with pytest.raises(CorpusError, match=r"image.json: line 1: invalid JSON.*expected a Wikidata JSON dump"):
+        stream_dump(binary, DumpOptions())
+
+
+@pytest.mark.parametrize("suffix", [".bz2", ".gz"])
+def test_parallel_decompression_gives_the_same_facts(shared, tmp_path, suffix):
+    pytest.importorskip("indexed_bzip2" if suffix == ".bz2" else "rapidgzip")
+    src = shared / "dump-sample" / "items100.json.bz2"
+    path = src if suffix == ".bz2" else tmp_path / "items100.json.gz"
+    if suffix == ".gz":
+        path.write_bytes(gzip.compress(bz2.decompress(src.read_bytes())))
+    one = stream_dump(path, DumpOptions(), workers=1)[0]
+    many = stream_dump(path, DumpOptions(), workers=2, threads=2)[0]
+    assert one == many and len(one) > 5000

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,9 +43,33 @@ def decompressor_name(path: str | Path, threads: int) -> str:
     return f"{mod.__name__} ({threads} threads)" if mod else {".bz2": "bz2", ".gz": "gzip"}[suffix]
 
 
+class DumpReader:
+    """Binary lines of one dump file plus its compressed position; see ``open_dump``."""
+
+    def __init__(self, fh, pos, first_block_check=None):
+        self.fh, self.pos, self._check = fh, pos, first_block_check
+        self.broken: list[tuple[int, str]] = []  # (line, message) where the stream broke
+
+    def lines(self):
+        """Lines; a decompression error ends the iteration and is recorded in ``broken``."""
+        n = 0
+        try:
+            for line in self.fh:
+                n += 1
+                yield line
+        except STREAM_ERRORS as e:
+            self.broken.append((n + 1, f"{type(e).__name__}: {str(e)[:120]}; the rest of the file is skipped"))
+            return
+        if self._check is not None and n and not self._check():
+            # indexed_bzip2 finds blocks by their magic bytes, so a first block whose header is destroyed is
+            # skipped without an error (later broken blocks do raise): the lines read are those after it
+            self.broken.append((1, "the first bz2 block is unreadable (corrupted header); the lines read "
+                                   "are those after it"))
+
+
 @contextmanager
 def open_dump(path: str | Path, threads: int = 1):
-    """Yield (binary line reader, position()) where position() is compressed bytes consumed so far."""
+    """Yield a DumpReader: ``.lines()``, ``.pos()`` (compressed bytes consumed so far), ``.broken``."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"dump file not found: {p}")
@@ -61,15 +86,19 @@ def open_dump(path: str | Path, threads: int = 1):
     mod = _parallel_module(p.suffix) if threads > 1 else None
     if mod is not None:
         fh = mod.open(str(p), parallelization=threads)
-        inner = fh.raw.bz2reader if hasattr(fh, "raw") and hasattr(fh.raw, "bz2reader") else fh
+        bz = fh.raw.bz2reader if hasattr(fh, "raw") and hasattr(fh.raw, "bz2reader") else None
+        inner = bz or fh
+        if bz is None:  # RapidgzipFile iterates lines byte by byte (~1000x slower): buffer it
+            fh = io.BufferedReader(fh, buffer_size=1 << 22)
         seen = [0]
 
         def pos():  # tell_compressed() counts bits and reads 0 once the stream is done
             seen[0] = max(seen[0], inner.tell_compressed() // 8)
             return seen[0]
 
+        check = (lambda: min(bz.block_offsets(), default=32) == 32) if bz is not None else None
         try:
-            yield fh, pos
+            yield DumpReader(fh, pos, check)
         finally:
             fh.close()
         return
@@ -81,20 +110,9 @@ def open_dump(path: str | Path, threads: int = 1):
             fh = bz2.open(raw, "rb")
         else:
             fh = raw
-        yield fh, raw.tell
+        yield DumpReader(fh, raw.tell)
     finally:
         raw.close()
-
-
-def safe_lines(fh, broken: list):
-    """Lines of ``fh``; a decompression error ends the iteration and is appended to ``broken``."""
-    n = 0
-    try:
-        for line in fh:
-            n += 1
-            yield line
-    except STREAM_ERRORS as e:
-        broken.append((n + 1, f"{type(e).__name__}: {str(e)[:120]}"))
 
 
 def file_size(path) -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 from factscale.corpus.build import CorpusError
 from factscale.corpus.datatypes import (DEFAULT_DATATYPES, PLAIN_STRING_TYPES, STRING_ID, format_coordinate,
                                         snak_datatype, string_label_is_identifier, string_value_is_identifier)
-from factscale.corpus.dumpio import file_size, open_dump, safe_lines
+from factscale.corpus.dumpio import file_size, open_dump
 from factscale.corpus.tsv import load_label_table
 
 try:  # orjson parses dump lines ~2x faster; the json module is the fallback
@@ -277,10 +277,9 @@ def stream_dump(path, opts: DumpOptions, workers: int = 1, chunk_lines: int = 25
     needed: set[str] = set()
     labels: dict[str, str] = {}
     pending: dict[str, str] = {}  # labels of entities seen before anything referred to them (bounded below)
-    broken: list = []
-    with open_dump(path, threads or workers) as (fh, pos):
+    with open_dump(path, threads or workers) as reader:
         bar = _Progress(path, progress)
-        chunks = _chunks(safe_lines(fh, broken), chunk_lines, opts)
+        chunks = _chunks(reader.lines(), chunk_lines, opts)
         pool = Pool(workers) if workers > 1 else None
         try:
             results = pool.imap(_process_chunk, chunks) if pool else map(_process_chunk, chunks)
@@ -298,17 +297,17 @@ def stream_dump(path, opts: DumpOptions, workers: int = 1, chunk_lines: int = 25
                         labels[eid] = lab
                     elif len(pending) < 1_000_000:
                         pending[eid] = lab
-                bar.update(pos(), c["entities_seen"])
+                bar.update(reader.pos(), c["entities_seen"])
         finally:
             if pool:
                 pool.terminate()
     bar.close()
-    if broken:
-        line, msg = broken[0]
+    if reader.broken:
+        line, msg = reader.broken[0]
         if counts["entities_seen"] == 0:
             raise CorpusError(f"{path}: cannot decompress at line {line} ({msg}); expected {EXPECTED_DUMP}")
         counts["malformed_compressed_stream"] += 1
-        errors.append((str(path), line, f"compressed stream broken, the rest of the file is skipped: {msg}"))
+        errors.append((str(path), line, f"compressed stream broken: {msg}"))
     if counts["entities_seen"] == 0:
         first = errors[0] if errors else (str(path), 1, "no entity object in the file")
         raise CorpusError(f"{path}: line {first[1]}: {first[2]}: no entity could be read; expected {EXPECTED_DUMP}")
@@ -321,9 +320,8 @@ def stream_dump(path, opts: DumpOptions, workers: int = 1, chunk_lines: int = 25
 def scan_labels(path, wanted: set[str], language: str, threads: int = 1) -> dict[str, str]:
     """Second pass: labels of the wanted entities only (an id regex skips every other line unparsed)."""
     found: dict[str, str] = {}
-    broken: list = []
-    with open_dump(path, threads) as (fh, _):
-        for line in safe_lines(fh, broken):
+    with open_dump(path, threads) as reader:
+        for line in reader.lines():
             m = _ID_RE.search(line, 0, 400)
             if m and m.group(1).decode() in wanted:
                 try:
