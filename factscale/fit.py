@@ -3,15 +3,23 @@
 Laws (N = non-embedding params, E = epochs, D = training facts, C = capacity in facts):
 
 - ``linear-size``:  C(N) = k*N + c            (Lu et al.'s linear law at fixed epochs; c=0 optional)
-- ``exp-epochs``:   C(E) = C* - a*exp(-b*E)   (their negative exponential at fixed size)
+- ``power-size``:   C(N) = k*N^s              (the same points in log-log: s = 1 means linear in N)
+- ``exp-epochs``:   C(E) = C* - a*exp(-b*E)   (their negative exponential at fixed size; C* <= facts)
 - ``joint``:        C(N, E) = N*(k* - a*exp(-b*E)) + c   (one fit over the whole grid)
 - ``power-gen``:    L(D) = Dc * D^alpha (+ L_inf)        (held-out value loss vs training facts)
 - ``bits-epochs``:  bits/param(E) = B* - a*exp(-b*E)     (beside Allen-Zhu & Li's ~1 and ~2 bits)
 
-Each fit: several starting points (best kept), a sum-reduced loss (``least_squares``; ``robust`` =
-soft-L1), standard errors from the Jacobian, and percentile intervals from a bootstrap that resamples
-whole runs - points of one run (an MR-vs-epoch curve) are not independent, so resampling them would
-make the intervals too narrow.
+A ``Law`` carries everything about itself: formula, bounds (some from the data: C* cannot exceed the
+facts trained on), which rows it fits, starting points and how to solve it for N. Every law fits the
+final probe of each completed run by default; probes in the middle of a schedule (unannealed) only
+with ``include_unannealed``, and the result says so.
+
+Each fit: several starting points (best kept), a sum-reduced loss (``robust`` = soft-L1), standard
+errors from the Jacobian, and percentile intervals from a bootstrap over whole runs, stratified by the
+run's design point (size, epoch budget ...): points of one run are not independent. No interval is
+given - and the result says why - with fewer than 8 runs or fewer than 2 runs at some design point;
+a resample counts only with enough distinct design points; an interval that misses its own point
+estimate is withheld, never printed.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,9 +35,28 @@ import lmfit
 import numpy as np
 import polars as pl
 
+from factscale.vocab import BUDGET, SIZE, apply_where, label_annealed, overall, where_alias
+
+MIN_RUNS = 8  # below this many runs a bootstrap interval is not worth printing
+MIN_RUNS_PER_POINT = 2  # runs (seeds) at each design point
+
 
 class FitError(ValueError):
     """The data cannot support this fit; the message says why."""
+
+
+def _col_max(sel: pl.DataFrame, expr: pl.Expr, needs: tuple[str, ...]) -> float | None:
+    if any(c not in sel.columns for c in needs):
+        return None
+    v = sel.select(expr.max()).item()
+    return float(v) if v is not None and np.isfinite(v) else None
+
+
+def _col_min(sel: pl.DataFrame, expr: pl.Expr, needs: tuple[str, ...]) -> float | None:
+    if any(c not in sel.columns for c in needs):
+        return None
+    v = sel.select(expr.min()).item()
+    return float(v) if v is not None and np.isfinite(v) else None
 
 
 @dataclass(frozen=True)
@@ -39,11 +66,46 @@ class Law:
     params: tuple[str, ...]
     xs: tuple[str, ...]  # result columns feeding the independent variables
     y: str
-    split: str
     fn: Callable
-    guess: Callable  # (x arrays, y, rng) -> dict of starting values
-    bounds: dict
+    guess: Callable  # (x arrays, y, rng) -> starting values
+    bounds: dict  # param -> (lo, hi); None = unbounded
+    split: str = "train"
     log_space: bool = False  # residuals in log y (laws spanning decades)
+    relative: bool = False  # residuals relative to y: sizes spanning decades each count, not just the largest
+    upper: Callable | None = None  # (selected rows) -> {param: upper bound from the data}
+    fixed_over: tuple[tuple[str, str], ...] = ()  # (column, what) that must be constant over the points
+    design: tuple[str, ...] = ()  # run-level columns naming a run's design point (bootstrap strata)
+    min_distinct: dict = field(default_factory=dict)  # x column -> distinct values the law needs
+    solve: Callable | None = None  # (param values, facts, epochs) -> non-embedding params
+    companion: str | None = None  # a law fitted beside this one on the same points (its log-log test)
+
+    def select(self, df: pl.DataFrame, where: dict | None = None, include_unannealed: bool = False) -> pl.DataFrame:
+        """The rows this law is fitted on: its split's overall rows, ``where``, end-of-schedule probes."""
+        for col in ("split", "group_by", "epoch", BUDGET, self.y, *self.xs):
+            if col not in df.columns:
+                raise FitError(f"results table has no column {col!r}; is it a factscale results table?")
+        sel = label_annealed(apply_where(overall(df, self.split), where, FitError))
+        if not include_unannealed:
+            ends = sel.filter(pl.col("annealed"))
+            if ends.height == 0 and sel.height:
+                raise FitError(f"{self.name}: none of the {sel.height} selected probes is the final probe of a "
+                               f"completed schedule (epochs {sorted(sel['epoch'].unique().to_list())}); "
+                               "fit intermediate probes with --include-unannealed")
+            sel = ends
+        for col, what in self.fixed_over:
+            vals = sel[SIZE if col == "non_embedding_params" and SIZE in sel.columns else col].unique().sort()
+            if len(vals) > 1:
+                alias = where_alias(SIZE if col == "non_embedding_params" else col)
+                raise FitError(f"{self.name} is a law at fixed {what} but the runs have {what} "
+                               f"{vals.to_list()}; choose one with --where {alias}=...")
+        return sel
+
+    def limits(self, sel: pl.DataFrame) -> dict:
+        lim = dict(self.bounds)
+        for p, hi in (self.upper(sel) if self.upper else {}).items():
+            if hi is not None:
+                lim[p] = (lim[p][0], hi)
+        return lim
 
 
 def _exp_guess(x, y, rng):
@@ -52,88 +114,85 @@ def _exp_guess(x, y, rng):
     return {"cstar": top, "a": top * rng.uniform(0.5, 1.5), "b": rng.uniform(0.1, 3.0) / max(np.median(e), 1e-9)}
 
 
-LAWS: dict[str, Law] = {
-    "linear-size": Law(
-        "linear-size", "C(N) = k*N + c", ("k", "c"), ("non_embedding_params",), "capacity", "train",
+def _solve_linear(v, facts, epochs):
+    return (facts - v["c"]) / v["k"] if v["k"] > 0 else float("inf")
+
+
+def _solve_power(v, facts, epochs):
+    return (facts / v["k"]) ** (1 / v["s"]) if v["k"] > 0 and v["s"] > 0 else float("inf")
+
+
+def _solve_joint(v, facts, epochs):
+    if epochs is None:
+        raise FitError("--solve for the joint law needs epochs=E")
+    per_param = v["kstar"] - v["a"] * math.exp(-v["b"] * epochs)
+    return (facts - v["c"]) / per_param if per_param > 0 else float("inf")
+
+
+_FACTS = pl.col("n_facts").cast(pl.Float64)
+_N = pl.col("non_embedding_params").cast(pl.Float64)
+_AT_FIXED_EPOCHS = (("epoch", "epochs"),)
+_AT_FIXED_SIZE = (("non_embedding_params", "size"),)
+
+LAWS: dict[str, Law] = {law.name: law for law in [
+    Law("linear-size", "C(N) = k*N + c", ("k", "c"), ("non_embedding_params",), "capacity",
         lambda x, k, c: k * x[0] + c,
         lambda x, y, rng: {"k": float(np.max(y) / np.max(x[0])) * rng.uniform(0.3, 3), "c": rng.normal(0, 1) * np.std(y)},
-        {"k": (None, None), "c": (None, None)},
-    ),
-    "exp-epochs": Law(
-        "exp-epochs", "C(E) = cstar - a*exp(-b*E)", ("cstar", "a", "b"), ("epoch",), "capacity", "train",
-        lambda x, cstar, a, b: cstar - a * np.exp(-b * x[0]),
-        _exp_guess, {"cstar": (0, None), "a": (None, None), "b": (0, None)},
-    ),
-    "joint": Law(
-        "joint", "C(N, E) = N*(kstar - a*exp(-b*E)) + c", ("kstar", "a", "b", "c"),
-        ("non_embedding_params", "epoch"), "capacity", "train",
+        {"k": (None, None), "c": (None, None)}, relative=True, fixed_over=_AT_FIXED_EPOCHS,
+        design=("non_embedding_params",),
+        min_distinct={"non_embedding_params": 2}, solve=_solve_linear, companion="power-size"),
+    Law("power-size", "C(N) = k*N^s", ("k", "s"), ("non_embedding_params",), "capacity",
+        lambda x, k, s: k * np.power(x[0], s),
+        lambda x, y, rng: {"s": rng.uniform(0.5, 1.5), "k": float(np.median(y / x[0])) * rng.uniform(0.5, 2)},
+        {"k": (0, None), "s": (None, None)}, log_space=True, fixed_over=_AT_FIXED_EPOCHS,
+        design=("non_embedding_params",), min_distinct={"non_embedding_params": 2}, solve=_solve_power),
+    Law("exp-epochs", "C(E) = cstar - a*exp(-b*E)", ("cstar", "a", "b"), ("epoch",), "capacity",
+        lambda x, cstar, a, b: cstar - a * np.exp(-b * x[0]), _exp_guess,
+        {"cstar": (0, None), "a": (None, None), "b": (0, None)},
+        upper=lambda sel: {"cstar": _col_max(sel, _FACTS, ("n_facts",))},  # C* <= the facts trained on
+        fixed_over=_AT_FIXED_SIZE, design=(BUDGET,), min_distinct={"epoch": 4}),
+    Law("joint", "C(N, E) = N*(kstar - a*exp(-b*E)) + c", ("kstar", "a", "b", "c"),
+        ("non_embedding_params", "epoch"), "capacity",
         lambda x, kstar, a, b, c: x[0] * (kstar - a * np.exp(-b * x[1])) + c,
         lambda x, y, rng: {"kstar": float(np.max(y / x[0])) * rng.uniform(1, 2),
                            "a": float(np.max(y / x[0])) * rng.uniform(0.5, 2),
                            "b": rng.uniform(0.1, 3.0) / max(np.median(x[1]), 1e-9), "c": 0.0},
-        {"kstar": (0, None), "a": (None, None), "b": (0, None), "c": (None, None)},
-    ),
-    "power-gen": Law(
-        "power-gen", "L(D) = Dc * D^alpha + linf", ("dc", "alpha", "linf"), ("train_facts",), "value_loss",
-        "heldout",
+        {"kstar": (0, None), "a": (None, None), "b": (0, None), "c": (None, None)}, relative=True,
+        # N*kstar (C* without the intercept) of every fitted size <= the facts it trained on
+        upper=lambda sel: {"kstar": _col_min(sel, _FACTS / _N, ("n_facts",))},
+        design=("non_embedding_params", BUDGET), min_distinct={"non_embedding_params": 2, "epoch": 3},
+        solve=_solve_joint),
+    Law("power-gen", "L(D) = Dc * D^alpha + linf", ("dc", "alpha", "linf"), ("train_facts",), "value_loss",
         lambda x, dc, alpha, linf: dc * np.power(x[0], alpha) + linf,
         lambda x, y, rng: {"dc": float(np.max(y)) * rng.uniform(0.5, 5), "alpha": -rng.uniform(0.02, 0.8), "linf": 0.0},
-        {"dc": (0, None), "alpha": (-5, 5), "linf": (0, None)}, log_space=True,
-    ),
-    "bits-epochs": Law(
-        "bits-epochs", "bits/param(E) = cstar - a*exp(-b*E)", ("cstar", "a", "b"), ("epoch",), "bits_per_param",
-        "train", lambda x, cstar, a, b: cstar - a * np.exp(-b * x[0]),
-        _exp_guess, {"cstar": (0, None), "a": (None, None), "b": (0, None)},
-    ),
-}
-ALIASES = {"epochs": "epoch", "size": "cfg.model.size", "arch": "cfg.model.arch", "seed": "cfg.seed",
-           "facts": "train_facts", "params": "non_embedding_params"}
+        {"dc": (0, None), "alpha": (-5, 5), "linf": (0, None)}, split="heldout", log_space=True,
+        fixed_over=_AT_FIXED_EPOCHS, design=("train_facts",), min_distinct={"train_facts": 3}),
+    Law("bits-epochs", "bits/param(E) = cstar - a*exp(-b*E)", ("cstar", "a", "b"), ("epoch",), "bits_per_param",
+        lambda x, cstar, a, b: cstar - a * np.exp(-b * x[0]), _exp_guess,
+        {"cstar": (0, None), "a": (None, None), "b": (0, None)},
+        upper=lambda sel: {"cstar": _col_max(sel, pl.col("prior_bits") / _N, ("prior_bits",))},  # <= all the bits
+        fixed_over=_AT_FIXED_SIZE, design=(BUDGET,), min_distinct={"epoch": 4}),
+]}
 
 
-def select_points(df: pl.DataFrame, law: Law, where: dict | None = None) -> pl.DataFrame:
-    """The rows a law is fitted on: its split, the overall group, the ``where`` filters."""
-    for col in ("split", "group_by", law.y, *law.xs):
-        if col not in df.columns:
-            raise FitError(f"results table has no column {col!r}; is it a factscale results table?")
-    sel = df.filter((pl.col("split") == law.split) & (pl.col("group_by") == "all"))
-    for k, v in (where or {}).items():
-        col = ALIASES.get(k, k)
-        if col not in sel.columns:
-            raise FitError(f"--where {k}: no such column; try one of {sorted(ALIASES)} or a results column")
-        sel = sel.filter(pl.col(col).cast(pl.String) == str(v))
-    if law.name in ("linear-size", "power-gen") and "epoch" not in (where or {}) and "epochs" not in (where or {}):
-        # default: each run's final probe (its full epoch budget)
-        sel = sel.filter(pl.col("epoch") == pl.col("cfg.train.epochs"))
-        if sel["epoch"].n_unique() > 1:
-            raise FitError(f"{law.name} is a law at fixed epochs but the runs have epochs "
-                           f"{sorted(sel['epoch'].unique().to_list())}; choose one with --where epochs=E")
-    if law.name in ("exp-epochs", "bits-epochs") and sel["non_embedding_params"].n_unique() > 1:
-        raise FitError(f"{law.name} is a law at fixed size but the rows span sizes "
-                       f"{sorted(sel['cfg.model.size'].unique().to_list())}; choose one with --where size=NAME")
-    return sel
-
-
-def _arrays(sel: pl.DataFrame, law: Law):
-    x = [sel[c].cast(pl.Float64).to_numpy() for c in law.xs]
-    y = sel[law.y].cast(pl.Float64).to_numpy()
-    return x, y
-
-
-def _fit_once(law: Law, x, y, start: dict, fixed: dict, robust: bool):
+def _fit_once(law: Law, x, y, start: dict, fixed: dict, robust: bool, limits: dict):
     params = lmfit.Parameters()
     for p in law.params:
-        lo, hi = law.bounds[p]
-        params.add(p, value=fixed.get(p, start[p]), min=-np.inf if lo is None else lo,
-                   max=np.inf if hi is None else hi, vary=p not in fixed)
-        if p not in fixed and lo is not None and params[p].value <= lo:
-            params[p].value = lo + 1e-9 + abs(start[p]) * 1e-3
+        lo, hi = limits[p]
+        lo, hi = -np.inf if lo is None else lo, np.inf if hi is None else hi
+        v = fixed.get(p, start[p])
+        if p not in fixed:  # a start strictly inside the bounds
+            span = (hi - lo) if np.isfinite(hi - lo) else abs(v) + 1.0
+            v = min(max(v, lo + 1e-9 * span), hi - 1e-9 * span)
+        params.add(p, value=v, min=lo, max=hi, vary=p not in fixed)
+
+    scale = np.maximum(np.abs(y), 1e-3 * np.max(np.abs(y)))  # relative residuals; zeros do not explode
 
     def residual(pars):
-        v = pars.valuesdict()
-        pred = law.fn(x, **v)
+        pred = law.fn(x, **pars.valuesdict())
         if law.log_space:
             return np.log(np.clip(pred, 1e-12, None)) - np.log(y)
-        return pred - y
+        return (pred - y) / scale if law.relative else pred - y
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -141,11 +200,11 @@ def _fit_once(law: Law, x, y, start: dict, fixed: dict, robust: bool):
                               loss="soft_l1" if robust else "linear", nan_policy="raise")
 
 
-def _best_fit(law, x, y, n_starts, fixed, robust, rng):
+def _best_fit(law, x, y, n_starts, fixed, robust, rng, limits):
     best = None
     for _ in range(n_starts):
         try:
-            r = _fit_once(law, x, y, law.guess(x, y, rng), fixed, robust)
+            r = _fit_once(law, x, y, law.guess(x, y, rng), fixed, robust, limits)
         except (ValueError, FloatingPointError):
             continue
         if np.isfinite(r.chisqr) and (best is None or r.chisqr < best.chisqr):
@@ -153,30 +212,64 @@ def _best_fit(law, x, y, n_starts, fixed, robust, rng):
     return best
 
 
+def _shortfall(law: Law, x, n_free: int) -> str | None:
+    """Why these points cannot determine the law (None if they can)."""
+    for name, xi in zip(law.xs, x):
+        need = law.min_distinct.get(name, 2)
+        if len(np.unique(xi)) < need:
+            return f"{name} takes {len(np.unique(xi))} distinct values; the law needs >= {need}"
+    if len({tuple(v) for v in np.column_stack(x)}) <= n_free:
+        return f"{len({tuple(v) for v in np.column_stack(x)})} distinct design points for {n_free} free parameters"
+    return None
+
+
+def _interval_refusal(run_keys: dict, n_boot: int) -> str | None:
+    """Why no bootstrap interval is given (None if one is)."""
+    if n_boot <= 0:
+        return "no bootstrap requested"
+    per_point: dict = {}
+    for key in run_keys.values():
+        per_point[key] = per_point.get(key, 0) + 1
+    if len(run_keys) < MIN_RUNS:
+        return f"{len(run_keys)} runs; an interval needs >= {MIN_RUNS} runs (add seeds)"
+    thin = sum(n < MIN_RUNS_PER_POINT for n in per_point.values())
+    if thin:
+        return (f"{thin} of {len(per_point)} design points have fewer than {MIN_RUNS_PER_POINT} runs; "
+                "repeat them with more seeds")
+    return None
+
+
 def fit_law(df: pl.DataFrame, law_name: str, where: dict | None = None, *, fixed: dict | None = None,
-            robust: bool = False, n_starts: int = 8, n_boot: int = 200, ci: float = 0.95, seed: int = 0) -> dict:
+            robust: bool = False, n_starts: int = 8, n_boot: int = 200, ci: float = 0.95, seed: int = 0,
+            include_unannealed: bool = False) -> dict:
     if law_name not in LAWS:
         raise FitError(f"unknown law {law_name!r}; allowed values: {list(LAWS)}")
     law = LAWS[law_name]
     fixed = dict(fixed or {})
-    sel = select_points(df, law, where)
-    x, y = _arrays(sel, law)
+    sel = law.select(df, where, include_unannealed)
+    x = [sel[c].cast(pl.Float64).to_numpy() for c in law.xs]
+    y = sel[law.y].cast(pl.Float64).to_numpy()
     ok = np.isfinite(y) & np.all([np.isfinite(xi) for xi in x], axis=0)
     if law.log_space:
         ok &= y > 0
     n_dropped = int((~ok).sum())
-    x, y, runs = [xi[ok] for xi in x], y[ok], sel["run_id"].to_numpy()[ok]
+    sel = sel.filter(pl.Series(ok))
+    x, y = [xi[ok] for xi in x], y[ok]
+    runs = sel["run_id"].to_numpy()
     n_free = len(law.params) - len(fixed)
+    why = _shortfall(law, x, n_free) if len(y) else f"0 usable points (after dropping {n_dropped} NaN/invalid)"
+    if why:
+        hint = "" if include_unannealed or BUDGET not in law.design else \
+            " (one end-of-schedule point per run: add epoch budgets, or fit intermediate probes with --include-unannealed)"
+        raise FitError(f"{law_name}: {why}{hint}")
     if len(y) <= n_free:
         raise FitError(f"{law_name}: {len(y)} usable points (after dropping {n_dropped} NaN/invalid) for "
                        f"{n_free} free parameters; need more points than parameters")
     if np.ptp(y) == 0:
         raise FitError(f"{law_name}: {law.y} is constant ({y[0]}) over all {len(y)} points; nothing to fit")
-    for name, xi in zip(law.xs, x):
-        if np.ptp(xi) == 0:
-            raise FitError(f"{law_name}: {name} is constant ({xi[0]}); the law needs it to vary")
+    limits = law.limits(sel)
     rng = np.random.default_rng(seed)
-    best = _best_fit(law, x, y, n_starts, fixed, robust, rng)
+    best = _best_fit(law, x, y, n_starts, fixed, robust, rng, limits)
     if best is None or not best.success:
         raise FitError(f"{law_name}: the optimizer did not converge from {n_starts} starting points"
                        + (f" ({best.message})" if best is not None else ""))
@@ -186,89 +279,140 @@ def fit_law(df: pl.DataFrame, law_name: str, where: dict | None = None, *, fixed
     fp = np.log(np.clip(pred, 1e-12, None)) if law.log_space else pred
     r2 = 1 - float(np.sum((fy - fp) ** 2) / np.sum((fy - fy.mean()) ** 2))
 
-    # bootstrap over whole runs
-    uniq = np.unique(runs)
-    boot = []
-    for _ in range(n_boot if len(uniq) > 1 else 0):
-        pick = rng.choice(uniq, size=len(uniq), replace=True)
-        idx = np.concatenate([np.flatnonzero(runs == r) for r in pick])
+    # bootstrap over whole runs, stratified by the run's design point
+    design = [c for c in law.design if c in sel.columns]
+    run_keys = {r: tuple(k) for r, *k in sel.group_by("run_id").agg([pl.col(c).first() for c in design])
+                .iter_rows()}
+    refusal = _interval_refusal(run_keys, n_boot)
+    strata: dict = {}
+    for r, k in sorted(run_keys.items()):
+        strata.setdefault(k, []).append(r)
+    by_run = {r: np.flatnonzero(runs == r) for r in run_keys}
+    boot, n_short = [], 0
+    for _ in range(0 if refusal else n_boot):
+        # n-1 of each stratum's n runs, with replacement: the bootstrap variance of a stratum mean is then
+        # s^2/n, not s^2 (n-1)/n^2 - with 2 seeds per point a plain resample would halve the variance
+        pick = [r for members in strata.values() for r in rng.choice(members, size=len(members) - 1, replace=True)]
+        idx = np.concatenate([by_run[r] for r in pick])
         xb, yb = [xi[idx] for xi in x], y[idx]
-        if len(np.unique(yb)) < 2 or any(np.ptp(xi) == 0 for xi in xb) or len(yb) <= n_free:
+        if _shortfall(law, xb, n_free) or np.ptp(yb) == 0:
+            n_short += 1
             continue
         try:
-            rb = _fit_once(law, xb, yb, values, fixed, robust)
+            rb = _fit_once(law, xb, yb, values, fixed, robust, limits)
         except (ValueError, FloatingPointError):
             continue
         if rb.success:
             boot.append([rb.params[p].value for p in law.params])
     boot = np.array(boot) if boot else np.empty((0, len(law.params)))
-    lo_q, hi_q = (1 - ci) / 2 * 100, (1 + ci) / 2 * 100
+    if not refusal and len(boot) < n_boot / 2:
+        refusal = f"only {len(boot)} of {n_boot} resamples could be fitted"
     params = {}
     for j, p in enumerate(law.params):
         se = best.params[p].stderr
-        params[p] = {
-            "value": values[p],
-            "stderr": float(se) if se is not None and np.isfinite(se) else None,
-            "fixed": p in fixed,
-            "ci_low": float(np.percentile(boot[:, j], lo_q)) if len(boot) else None,
-            "ci_high": float(np.percentile(boot[:, j], hi_q)) if len(boot) else None,
-        }
-    return {
+        lo, hi = limits[p]
+        entry = {"value": values[p], "stderr": float(se) if se is not None and np.isfinite(se) else None,
+                 "fixed": p in fixed, "bounds": [lo, hi],
+                 "at_bound": p not in fixed and any(b is not None and math.isclose(values[p], b, rel_tol=1e-6,
+                                                                                    abs_tol=1e-12) for b in (lo, hi)),
+                 "ci_low": None, "ci_high": None, "no_interval": refusal}
+        if not refusal and p not in fixed:
+            entry.update(_interval(boot[:, j], values[p], ci))
+        params[p] = entry
+    result = {
         "law": law_name, "formula": law.formula, "where": where or {}, "robust": robust,
-        "params": params, "r2": r2, "n_points": int(len(y)), "n_runs": int(len(uniq)), "n_dropped_invalid": n_dropped,
+        "include_unannealed": include_unannealed, "params": params, "r2": r2, "n_points": int(len(y)),
+        "n_runs": len(run_keys), "n_unannealed": int((~sel["annealed"]).sum()), "n_dropped_invalid": n_dropped,
         "status": {"success": bool(best.success), "message": str(best.message), "nfev": int(best.nfev),
                    "n_starts": n_starts},
-        "bootstrap": {"n_requested": n_boot, "n_ok": int(len(boot)), "ci": ci, "resampled": "runs"},
-        "points": {**{k: xi.tolist() for k, xi in zip(law.xs, x)}, law.y: y.tolist(), "run_id": runs.tolist()},
+        "bootstrap": {"n_requested": n_boot, "n_ok": int(len(boot)), "n_too_few_design_points": n_short,
+                      "ci": ci, "resampled": "runs, stratified by " + (", ".join(design) or "nothing"),
+                      "no_interval": refusal},
+        "points": {**{k: xi.tolist() for k, xi in zip(law.xs, x)}, law.y: y.tolist(), "run_id": runs.tolist(),
+                   "annealed": sel["annealed"].to_list()},
         "residuals": (fy - fp).tolist(),
         "_boot": boot.tolist(),
     }
+    if law.companion:
+        try:
+            result["companion"] = fit_law(df, law.companion, where, robust=robust, n_starts=n_starts, n_boot=n_boot,
+                                          ci=ci, seed=seed, include_unannealed=include_unannealed)
+        except FitError as e:
+            result["companion"] = {"law": law.companion, "error": str(e)}
+    return result
 
 
-def predict(result: dict, **xs) -> float:
+def _interval(draws: np.ndarray, point: float, ci: float) -> dict:
+    """Percentile interval of bootstrap draws; withheld (with the reason) if it misses the point estimate."""
+    draws = draws[np.isfinite(draws)]
+    if len(draws) == 0:
+        return {"no_interval": "no usable bootstrap draws"}
+    lo, hi = (float(np.percentile(draws, q)) for q in ((1 - ci) / 2 * 100, (1 + ci) / 2 * 100))
+    tol = 1e-9 * max(abs(lo), abs(hi), abs(point), 1e-300)
+    if not lo - tol <= point <= hi + tol:
+        return {"no_interval": f"the bootstrap interval [{lo:.4g}, {hi:.4g}] misses the point estimate "
+                               f"{point:.4g}: resampled fits disagree with the full fit"}
+    return {"ci_low": lo, "ci_high": hi, "no_interval": None}
+
+
+def _values(result: dict) -> dict:
+    return {p: v["value"] for p, v in result["params"].items()}
+
+
+def predict(result: dict, **xs):
+    """The fitted law at the given x values (scalars -> float, arrays -> array)."""
     law = LAWS[result["law"]]
-    v = {p: result["params"][p]["value"] for p in law.params}
-    return float(law.fn([np.asarray(xs[c], dtype=float) for c in law.xs], **v))
+    out = law.fn([np.asarray(xs[c], dtype=float) for c in law.xs], **_values(result))
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def predict_band(result: dict, **xs):
+    """Pointwise bootstrap band (low, high) of the law's prediction, or None when there is no interval."""
+    law = LAWS[result["law"]]
+    if result["bootstrap"]["no_interval"] or not result.get("_boot"):
+        return None
+    x = [np.asarray(xs[c], dtype=float) for c in law.xs]
+    preds = np.array([law.fn(x, **dict(zip(law.params, b))) for b in result["_boot"]])
+    ci = result["bootstrap"]["ci"]
+    return np.percentile(preds, (1 - ci) / 2 * 100, axis=0), np.percentile(preds, (1 + ci) / 2 * 100, axis=0)
 
 
 def params_needed(result: dict, facts: float, epochs: float | None = None) -> dict:
     """Non-embedding params to store ``facts`` facts (at ``epochs`` for the joint law), with interval."""
-    law = result["law"]
-    names = LAWS[law].params
-
-    def solve(v: dict) -> float:
-        if law == "linear-size":
-            return (facts - v["c"]) / v["k"]
-        if law == "joint":
-            if epochs is None:
-                raise FitError("--solve for the joint law needs epochs=E")
-            per_param = v["kstar"] - v["a"] * math.exp(-v["b"] * epochs)
-            return (facts - v["c"]) / per_param if per_param > 0 else float("inf")
-        raise FitError(f"--solve works with the linear-size and joint laws, not {law}")
-
-    point = solve({p: result["params"][p]["value"] for p in names})
-    draws = np.array([solve(dict(zip(names, b))) for b in result.get("_boot", [])])
-    draws = draws[np.isfinite(draws) & (draws > 0)]
-    ci = result["bootstrap"]["ci"]
-    return {"facts": facts, "epochs": epochs, "non_embedding_params": point,
-            "ci_low": float(np.percentile(draws, (1 - ci) / 2 * 100)) if len(draws) else None,
-            "ci_high": float(np.percentile(draws, (1 + ci) / 2 * 100)) if len(draws) else None}
+    law = LAWS[result["law"]]
+    if law.solve is None:
+        raise FitError(f"--solve works with the {[n for n, w in LAWS.items() if w.solve]} laws, not {law.name}")
+    point = law.solve(_values(result), facts, epochs)
+    draws = np.array([law.solve(dict(zip(law.params, b)), facts, epochs) for b in result.get("_boot", [])])
+    usable = draws[np.isfinite(draws) & (draws > 0)]
+    out = {"facts": facts, "epochs": epochs, "non_embedding_params": point, "ci_low": None, "ci_high": None,
+           "n_draws": int(len(draws)), "n_dropped": int(len(draws) - len(usable)),
+           "no_interval": result["bootstrap"]["no_interval"]}
+    if not out["no_interval"]:
+        if not (np.isfinite(point) and point > 0):
+            out["no_interval"] = "the fitted law never reaches that many facts"
+        elif len(usable) < len(draws) / 2:
+            out["no_interval"] = f"{out['n_dropped']} of {len(draws)} draws never reach that many facts"
+        else:
+            out.update(_interval(usable, point, result["bootstrap"]["ci"]))
+    return out
 
 
-def holdout_largest(df: pl.DataFrame, law_name: str, where: dict | None = None, **kw) -> dict:
+def holdout_largest(df: pl.DataFrame, law_name: str, where: dict | None = None, include_unannealed: bool = False,
+                    **kw) -> dict:
     """Fit without the largest model size, predict its capacity: the extrapolation's measured error."""
     law = LAWS[law_name]
     if "non_embedding_params" not in law.xs:
         raise FitError(f"holdout check needs a law in model size, not {law_name}")
-    sel = select_points(df, law, where)
+    sel = law.select(df, where, include_unannealed)
     largest = sel["non_embedding_params"].max()
     sizes = sel["non_embedding_params"].n_unique()
     if sizes < 3:
         raise FitError(f"holdout check needs >= 3 model sizes, have {sizes}")
-    fit = fit_law(df.filter(pl.col("non_embedding_params") != largest), law_name, where, n_boot=0, **kw)
+    fit = fit_law(df.filter(pl.col("non_embedding_params") != largest), law_name, where, n_boot=0,
+                  include_unannealed=include_unannealed, **kw)
     held = sel.filter(pl.col("non_embedding_params") == largest)
-    x = {c: held[c].cast(pl.Float64).to_numpy() for c in law.xs}
-    pred = np.array([predict(fit, **{c: x[c][i] for c in law.xs}) for i in range(held.height)])
+    pred = np.atleast_1d(predict(fit, **{c: held[c].cast(pl.Float64).to_numpy() for c in law.xs}))
     obs = held[law.y].cast(pl.Float64).to_numpy()
     return {"held_out_params": int(largest), "predicted": pred.tolist(), "observed": obs.tolist(),
             "mean_rel_error": float(np.mean(np.abs(pred - obs) / np.maximum(np.abs(obs), 1e-12)))}
@@ -284,15 +428,32 @@ def save_fit(result: dict, path: str | Path) -> Path:
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{result['law']}: {result['formula']}   ({result['n_points']} points, {result['n_runs']} runs, "
-             f"R^2 = {result['r2']:.4f})",
-             f"  {'param':<8} {'value':>12} {'stderr':>12} {int(result['bootstrap']['ci'] * 100)}% CI (run bootstrap)"]
+    ci_pct = int(round(result["bootstrap"]["ci"] * 100))
+    sel = "end-of-schedule probes" if not result["n_unannealed"] else \
+        f"incl. {result['n_unannealed']} UNANNEALED intermediate probes"
+    lines = [f"{result['law']}: {result['formula']}   ({result['n_points']} points from {result['n_runs']} runs, "
+             f"{sel}; R^2 = {result['r2']:.4f})",
+             f"  {'param':<8} {'value':>12} {'stderr':>12} {ci_pct}% CI (run bootstrap)"]
     for p, v in result["params"].items():
         se = f"{v['stderr']:.4g}" if v["stderr"] is not None else "-"
         ci = f"[{v['ci_low']:.4g}, {v['ci_high']:.4g}]" if v["ci_low"] is not None else "-"
-        lines.append(f"  {p:<8} {v['value']:>12.5g} {se:>12} {ci}{'  (fixed)' if v['fixed'] else ''}")
+        note = "  (fixed)" if v["fixed"] else (f"  (at its bound {v['bounds']})" if v["at_bound"] else "")
+        lines.append(f"  {p:<8} {v['value']:>12.5g} {se:>12} {ci}{note}")
+    b = result["bootstrap"]
     st = result["status"]
     lines.append(f"  optimizer: {'ok' if st['success'] else 'FAILED'} ({st['message']}, {st['nfev']} evals, "
-                 f"best of {st['n_starts']} starts); bootstrap {result['bootstrap']['n_ok']}/"
-                 f"{result['bootstrap']['n_requested']} refits")
+                 f"best of {st['n_starts']} starts); bootstrap {b['n_ok']}/{b['n_requested']} refits, "
+                 f"{b['n_too_few_design_points']} resamples dropped for too few design points")
+    if b["no_interval"]:
+        lines.append(f"  no interval: {b['no_interval']}")
+    for p, v in result["params"].items():
+        if v["no_interval"] and v["no_interval"] != b["no_interval"] and not v["fixed"]:
+            lines.append(f"  no interval for {p}: {v['no_interval']}")
+    comp = result.get("companion")
+    if comp and "error" in comp:
+        lines.append(f"  {comp['law']} (log-log check) not fitted: {comp['error']}")
+    elif comp:
+        s = comp["params"]["s"]
+        ci = f"[{s['ci_low']:.3g}, {s['ci_high']:.3g}]" if s["ci_low"] is not None else f"no interval: {s['no_interval']}"
+        lines.append(f"  log-log slope s = {s['value']:.3f} ({ci}; s = 1 is linear in N), R^2 = {comp['r2']:.4f}")
     return "\n".join(lines)

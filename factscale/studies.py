@@ -2,16 +2,23 @@
 
 Each reads only a results table (probe rows broken down by the study's group column) and draws one
 figure; ``plots.FIGURES`` exposes them as ``study-*`` so ``factscale plot study-compatibility R`` works.
+Titles say what is plotted; this module imports nothing from ``plots`` (no import cycle) and changes
+no global matplotlib state.
 """
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
-from matplotlib.ticker import NullFormatter
 import polars as pl
 import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
-from factscale.plots import PlotError
+from factscale.vocab import PlotError, final_probes
+
+
+def _subplots(ncols: int, figsize):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
 def _groups(df: pl.DataFrame, by: str, split: str = "train") -> pl.DataFrame:
@@ -61,14 +68,14 @@ def fig_compatibility(df: pl.DataFrame):
         final.select("size", "redundancy", pl.col("redundant_facts").alias("facts"), pl.lit("redundant set").alias("set")),
         final.select("size", "redundancy", pl.col("control_facts").alias("facts"), pl.lit("matched control").alias("set")),
     ])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = _subplots(2, (10, 4))
     sns.barplot(long.to_pandas(), x="redundancy", y="facts", hue="set", ax=axes[0], errorbar=None)
     axes[0].set(xlabel="kind of redundancy (same set size)", ylabel="facts memorized (final epoch, mean of sizes)",
-                title="Redundant facts vs matched controls")
+                title="Facts memorized: redundant sets vs matched controls")
     sns.lineplot(t.to_pandas(), x="epoch", y="extra_facts", hue="redundancy", style="size", ax=axes[1])
     axes[1].axhline(0, color="grey", lw=1)
     axes[1].set(xlabel="epochs", ylabel="redundant - control (facts memorized)",
-                title="> 0: redundancy stored more cheaply")
+                title="Redundant minus control facts memorized vs epochs")
     fig.tight_layout()
     return fig
 
@@ -80,8 +87,8 @@ def fig_preference(df: pl.DataFrame):
               if df.filter(pl.col("group_by") == c).height]
     if not panels:
         raise PlotError("no frequency/difficulty breakdown: set probe.group_columns: [freq_level, rarity_bucket, value_len]")
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, (col, title) in zip(axes[0], panels):
+    fig, axes = _subplots(len(panels), (5 * len(panels), 4))
+    for ax, (col, title) in zip(axes, panels):
         d = _groups(df, col).sort("group")
         sns.lineplot(d.to_pandas(), x="epoch", y="mr", hue="group", ax=ax, errorbar=None,
                      palette="viridis", hue_order=sorted(d["group"].unique().to_list()))
@@ -96,29 +103,30 @@ def fig_overwriting(df: pl.DataFrame):
     d = _groups(df, "phase")
     if "cfg.train.order" not in d.columns:
         raise PlotError("results lack cfg.train.order")
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, axes = _subplots(1, (6.5, 4))
+    ax = axes[0]
     sns.lineplot(d.to_pandas(), x="epoch", y="mr", hue="group", style="cfg.train.order",
                  style_order=["blocked", "interleaved"], ax=ax, errorbar=None)
     ax.set(xlabel="epochs", ylabel="memorization rate of the phase's facts", ylim=(-0.02, 1.02),
-           title="Later facts overwrite earlier ones under blocked order")
+           title="MR of each phase's facts vs epochs, blocked vs interleaved order")
     ax.legend(fontsize=7)
     return fig
 
 
 def fig_generalization_by_relation(df: pl.DataFrame):
-    """Held-out MR and value loss per relation vs training facts: predictable relations generalize."""
-    d = df.filter((pl.col("split") == "heldout") & (pl.col("group_by") == "relation")
-                  & (pl.col("epoch") == pl.col("cfg.train.epochs")))
+    """Held-out MR and value loss per relation vs training facts (each run's final probe)."""
+    d = final_probes(df.filter((pl.col("split") == "heldout") & (pl.col("group_by") == "relation")))
     if d.height == 0 or d["train_facts"].n_unique() < 2:
         raise PlotError("needs held-out probes at >= 2 corpus sizes (grid over corpus.max_facts)")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = _subplots(2, (10, 4))
     panels = ((axes[0], "mr", "held-out MR (unseen keys)"), (axes[1], "value_loss", "held-out value loss (nats/token)"))
     for ax, y, lab in panels:
         sns.lineplot(d.to_pandas(), x="train_facts", y=y, hue="group", marker="o", ax=ax, errorbar=None)
         ax.set(xscale="log", xlabel="training facts", ylabel=lab)
         ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
         ax.legend(title="relation", fontsize=8)
-    axes[0].set_title("Generalization to unseen keys by relation")
+    axes[0].set_title("Held-out MR by relation vs training facts")
+    axes[1].set_title("Held-out value loss by relation vs training facts")
     fig.tight_layout()
     return fig
 

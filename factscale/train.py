@@ -26,6 +26,7 @@ from factscale.models import build_model, count_instantiated, non_embedding_para
 from factscale.probes import ProbeCallback, frequency_buckets
 from factscale.results import build_rows, git_sha
 from factscale.rundir import RunDir
+from factscale.vocab import summary_fields
 
 
 class RunBusy(RuntimeError):
@@ -209,7 +210,7 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
     assert non_emb == non_embedding_params(cfg.model.arch, resolve_shape(cfg.model)), "param count drifted"
     groups = [c for c in ["freq_bucket", *cfg.probe.group_columns] if c in facts.columns]
     probe_cb = ProbeCallback(probe_sets(cfg, dm), cfg.probe.every_epochs, cfg.probe.batch_size,
-                             tok.pad_token_id, non_emb, groups)
+                             tok.pad_token_id, non_emb, groups, train_facts=dm.train_facts, total_params=total)
     ckpt, epochs_done = rd.resume_checkpoint()
     callbacks = [EpochLoss(), probe_cb, AtomicLastCheckpoint(rd), *fault_callbacks(attempt)]
     trainer = make_trainer(cfg, make_logger(cfg.train.logger, rd, epochs_done), callbacks)
@@ -243,4 +244,4 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
     return {"run_id": rd.id, "state": "done", "run_dir": str(rd.path),
             **{f"{r['split']}_mr": r["mr"] for r in final.iter_rows(named=True)},
             "capacity": final.filter(pl.col("split") == "train")["capacity"].sum(),
-            "non_embedding_params": non_emb}
+            "non_embedding_params": non_emb, **summary_fields(df)}

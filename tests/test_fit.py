@@ -1,4 +1,4 @@
-"""Fits recover known parameters from simulated results tables, with honest intervals."""
+"""Fits recover known parameters from simulated results tables, with honest intervals (or none, said why)."""
 
 from __future__ import annotations
 
@@ -6,33 +6,42 @@ import numpy as np
 import polars as pl
 import pytest
 
-from factscale.fit import FitError, fit_law, holdout_largest, params_needed
+from factscale.fit import FitError, fit_law, format_table, holdout_largest, params_needed, predict
 
 SIZES = {"s1": 1e4, "s2": 3e4, "s3": 1e5, "s4": 3e5, "s5": 1e6, "s6": 3e6}
 
 
-def simulate(kind, truth, rng, seeds=3, noise=0.03, epochs=(5, 10, 20, 40, 80, 160, 320)):
-    """Rows shaped like factscale results: per run (size x seed) a curve over probe epochs."""
+def truth_capacity(kind, truth, n, e):
+    if kind == "joint":
+        return n * (truth["kstar"] - truth["a"] * np.exp(-truth["b"] * e)) + truth["c"]
+    if kind == "linear":
+        return truth["k"] * n + truth["c"]
+    return 0.0
+
+
+def simulate(kind, truth, rng, seeds=3, noise=0.03, budgets=(320,), sizes=SIZES, n_facts=1e9, unannealed=0.8):
+    """Rows shaped like factscale results: per run (size x epoch budget x seed) probes at 1/8, 1/4, 1/2
+    and all of its budget.
+
+    The final probe of a run is the law's value; intermediate probes (mid-schedule, unannealed) are
+    ``unannealed`` times it, as a constant-LR probe understates what a finished schedule reaches.
+    """
     rows = []
-    for size, n in SIZES.items():
-        for seed in range(seeds):
-            run_eff = 1 + rng.normal(0, noise)  # a run-level effect: points of one run are correlated
-            for e in epochs:
-                d = n / 10  # training facts (for the power law)
-                if kind == "joint":
-                    c = n * (truth["kstar"] - truth["a"] * np.exp(-truth["b"] * e)) + truth["c"]
-                elif kind == "linear":
-                    c = truth["k"] * n + truth["c"]
-                else:
-                    c = 0.0
-                loss = truth.get("dc", 1) * d ** truth.get("alpha", -0.1) + truth.get("linf", 0)
-                rows.append({
-                    "run_id": f"{size}-s{seed}", "split": "train", "group_by": "all", "group": "all", "epoch": e,
-                    "cfg.train.epochs": epochs[-1], "cfg.model.size": size, "non_embedding_params": int(n),
-                    "train_facts": int(d), "capacity": c * run_eff * (1 + rng.normal(0, noise / 3)),
-                    "bits_per_param": 0.0, "n_facts": 1e9,
-                })
-                rows.append({**rows[-1], "split": "heldout", "value_loss": loss * run_eff})
+    for size, n in sizes.items():
+        for budget in budgets:
+            for seed in range(seeds):
+                run_eff = 1 + rng.normal(0, noise)  # a run-level effect: points of one run are correlated
+                for e in (budget // 8, budget // 4, budget // 2, budget):
+                    d = n / 10  # training facts (for the power law)
+                    c = truth_capacity(kind, truth, n, e) * (1.0 if e == budget else unannealed)
+                    loss = truth.get("dc", 1) * d ** truth.get("alpha", -0.1) + truth.get("linf", 0)
+                    rows.append({
+                        "run_id": f"{size}-e{budget}-s{seed}", "split": "train", "group_by": "all", "group": "all",
+                        "epoch": e, "cfg.train.epochs": budget, "cfg.model.size": size,
+                        "non_embedding_params": int(n), "train_facts": int(d), "n_facts": n_facts,
+                        "capacity": c * run_eff * (1 + rng.normal(0, noise / 3)), "bits_per_param": 0.0,
+                    })
+                    rows.append({**rows[-1], "split": "heldout", "value_loss": loss * run_eff})
     return pl.DataFrame(rows)
 
 
@@ -41,71 +50,155 @@ def within(r, truth, p):
     return v["ci_low"] - 1e-3 * abs(v["ci_low"]) <= truth[p] <= v["ci_high"] + 1e-3 * abs(v["ci_high"])
 
 
-def test_linear_size_recovers_k_and_c():
+def near(r, truth, p, widths=2.0):
+    """The truth within ``widths`` interval widths of the estimate: one simulation's 95% interval misses
+    the truth 1 time in 20, so single-draw checks allow that; coverage is tested on its own below."""
+    v = r["params"][p]
+    return abs(v["value"] - truth[p]) <= widths * (v["ci_high"] - v["ci_low"])
+
+
+def test_linear_size_recovers_k_and_c_and_a_log_log_slope_of_one():
     truth = {"k": 0.05, "c": 300.0}
     df = simulate("linear", truth, np.random.default_rng(0))
     r = fit_law(df, "linear-size", {"epochs": 320})
-    assert r["r2"] > 0.99 and r["n_runs"] == 18 and r["status"]["success"]
+    assert r["r2"] > 0.99 and r["n_runs"] == 18 and r["status"]["success"] and r["n_unannealed"] == 0
     assert r["params"]["k"]["value"] == pytest.approx(0.05, rel=0.03)
     assert within(r, truth, "k")
+    # "linear in N" as a log-log slope with its interval (an intercept bends it: tested without one)
+    s = fit_law(simulate("linear", {"k": 0.05, "c": 0.0}, np.random.default_rng(3)), "linear-size")["companion"]
+    assert near(s, {"s": 1.0}, "s")
     fixed = fit_law(df, "linear-size", {"epochs": 320}, fixed={"c": 0.0})
     assert fixed["params"]["c"]["fixed"] and fixed["params"]["c"]["value"] == 0.0
+    bent = df.with_columns(capacity=0.5 * pl.col("non_embedding_params").cast(pl.Float64) ** 0.8)
+    s = fit_law(bent, "power-size", n_boot=50)["params"]["s"]
+    assert s["value"] == pytest.approx(0.8, abs=0.01) and s["ci_high"] < 1.0  # sub-linear: the slope says so
 
 
-def test_exp_epochs_and_joint_recover_parameters():
+def test_epoch_laws_fit_end_of_schedule_points_by_default():
     truth = {"kstar": 0.08, "a": 0.1, "b": 0.02, "c": 0.0}
-    df = simulate("joint", truth, np.random.default_rng(1), noise=0.02)
+    budgets = (10, 30, 60, 100, 200, 400)
+    df = simulate("joint", truth, np.random.default_rng(1), noise=0.02, seeds=2, budgets=budgets,
+                  sizes={k: SIZES[k] for k in ("s2", "s4", "s6")})
     r = fit_law(df, "joint")
+    assert r["n_unannealed"] == 0 and all(r["points"]["annealed"]) and r["n_runs"] == 36
     for p in ("kstar", "b"):
         assert r["params"][p]["value"] == pytest.approx(truth[p], rel=0.1)
-        assert within(r, truth, p)
+        assert near(r, truth, p)
     e = fit_law(df, "exp-epochs", {"size": "s4"})
     n = SIZES["s4"]
     assert e["params"]["cstar"]["value"] == pytest.approx(truth["kstar"] * n, rel=0.1)
     assert e["params"]["b"]["value"] == pytest.approx(truth["b"], rel=0.15)
+    # intermediate probes (80% of the annealed value here) only on request, labelled and biased
+    u = fit_law(df, "exp-epochs", {"size": "s4"}, include_unannealed=True, n_boot=0)
+    assert u["n_unannealed"] > 0 and "UNANNEALED" in format_table(u)
+    assert u["params"]["cstar"]["value"] < 0.97 * e["params"]["cstar"]["value"]
     # extrapolation: params to hold F facts at E epochs, back to the size that generated F
     target = SIZES["s6"] * (truth["kstar"] - truth["a"] * np.exp(-truth["b"] * 100))
     s = params_needed(r, target, 100)
     assert s["non_embedding_params"] == pytest.approx(SIZES["s6"], rel=0.1)
-    assert s["ci_low"] <= SIZES["s6"] <= s["ci_high"]
+    assert s["ci_low"] <= SIZES["s6"] <= s["ci_high"] and s["n_draws"] > 0 and s["n_dropped"] == 0
 
 
-def test_power_law_generalization_recovers_alpha():
-    truth = {"dc": 4.0, "alpha": -0.3, "linf": 0.5}
-    df = simulate("power", truth, np.random.default_rng(2), noise=0.01)
-    r = fit_law(df, "power-gen", {"epochs": 320})
-    assert r["params"]["alpha"]["value"] == pytest.approx(-0.3, abs=0.05)
-    assert within(r, truth, "alpha")
+def test_one_budget_per_size_cannot_fit_an_epoch_law_without_asking_for_unannealed_points():
+    df = simulate("joint", {"kstar": 0.08, "a": 0.1, "b": 0.02, "c": 0.0}, np.random.default_rng(2))
+    with pytest.raises(FitError, match="epoch takes 1 distinct values.*--include-unannealed"):
+        fit_law(df, "exp-epochs", {"size": "s4"})
+    r = fit_law(df, "exp-epochs", {"size": "s4"}, include_unannealed=True)
+    assert r["n_unannealed"] == 9  # 3 intermediate probes x 3 seeds
+
+
+def test_cstar_never_exceeds_the_facts_trained_on():
+    """A curve still rising at its last epoch extrapolates past the corpus unless C* is bounded."""
+    F = 1000.0
+    rows = []
+    for budget in (5, 10, 20, 40, 80):
+        for seed in range(2):
+            c = 1.4 * F * (1 - np.exp(-0.005 * budget)) * (1 + 0.01 * seed)  # unbounded C* = 1.4 F
+            rows.append({"run_id": f"e{budget}-s{seed}", "split": "train", "group_by": "all", "epoch": budget,
+                         "cfg.train.epochs": budget, "cfg.model.size": "x", "non_embedding_params": 1000,
+                         "capacity": c, "n_facts": F})
+    r = fit_law(pl.DataFrame(rows), "exp-epochs")
+    c = r["params"]["cstar"]
+    assert c["value"] <= F and c["at_bound"] and c["bounds"][1] == F
+    assert all(b[0] <= F for b in r["_boot"])  # every bootstrap draw too
 
 
 def test_bits_epochs_law():
     rng = np.random.default_rng(4)
     rows = []
-    for seed in range(5):
-        eff = 1 + rng.normal(0, 0.02)
+    for seed in range(2):
         for e in (10, 30, 100, 300, 1000):
-            rows.append({"run_id": f"r{seed}", "split": "train", "group_by": "all", "epoch": e,
-                         "cfg.train.epochs": 1000, "cfg.model.size": "x", "non_embedding_params": 1000,
-                         "bits_per_param": (2.0 - 1.8 * np.exp(-0.005 * e)) * eff, "capacity": 1.0})
+            eff = 1 + rng.normal(0, 0.02)
+            rows.append({"run_id": f"r{e}-{seed}", "split": "train", "group_by": "all", "epoch": e,
+                         "cfg.train.epochs": e, "cfg.model.size": "x", "non_embedding_params": 1000,
+                         "bits_per_param": (2.0 - 1.8 * np.exp(-0.005 * e)) * eff, "capacity": 1.0,
+                         "prior_bits": 3000.0})
     r = fit_law(pl.DataFrame(rows), "bits-epochs")
     assert r["params"]["cstar"]["value"] == pytest.approx(2.0, rel=0.05)
+    assert r["params"]["cstar"]["bounds"][1] == 3.0  # bits/param cannot exceed all the bits over N
 
 
+def test_no_interval_from_too_few_runs_and_the_reason_is_given():
+    truth = {"k": 0.05, "c": 300.0}
+    three = simulate("linear", truth, np.random.default_rng(5), seeds=1, sizes={k: SIZES[k] for k in ("s1", "s3", "s5")})
+    r = fit_law(three, "linear-size")
+    assert r["n_runs"] == 3 and r["bootstrap"]["n_ok"] == 0
+    assert all(v["ci_low"] is None for v in r["params"].values())
+    assert "3 runs" in r["bootstrap"]["no_interval"] and "no interval: 3 runs" in format_table(r)
+    assert params_needed(r, 1e4)["ci_low"] is None and params_needed(r, 1e4)["no_interval"]
+    # 12 runs but one per size: no seeds to tell run-to-run spread from the law
+    single = simulate("linear", truth, np.random.default_rng(6), seeds=1,
+                      sizes={f"z{i}": 1e4 * 1.5 ** i for i in range(12)})
+    assert "fewer than 2 runs" in fit_law(single, "linear-size")["bootstrap"]["no_interval"]
+    ok = simulate("linear", truth, np.random.default_rng(7), seeds=2, sizes={k: SIZES[k] for k in ("s1", "s2", "s3", "s4")})
+    r = fit_law(ok, "linear-size")
+    assert r["n_runs"] == 8 and r["bootstrap"]["no_interval"] is None and r["params"]["k"]["ci_low"] is not None
+
+
+def test_a_point_estimate_is_never_outside_its_interval():
+    """Small, noisy designs (the edge of what gets an interval) over many seeds, for every law and parameter."""
+    checked = 0
+    for i in range(8):
+        rng = np.random.default_rng(200 + i)
+        lin = simulate("linear", {"k": 0.05, "c": 300.0}, rng, seeds=2, noise=0.2,
+                       sizes={k: SIZES[k] for k in ("s1", "s2", "s3", "s4")})
+        ep = simulate("joint", {"kstar": 0.08, "a": 0.1, "b": 0.02, "c": 0.0}, rng, seeds=2, noise=0.2,
+                      budgets=(10, 30, 100, 300), sizes={"s4": SIZES["s4"]})
+        fits = [fit_law(lin, "linear-size", n_boot=40, n_starts=2, seed=i),
+                fit_law(ep, "exp-epochs", n_boot=40, n_starts=3, seed=i)]
+        for r in fits + [fits[0]["companion"]]:
+            for p, v in r["params"].items():
+                if v["ci_low"] is not None:
+                    assert v["ci_low"] <= v["value"] <= v["ci_high"], (r["law"], p, v)
+                    checked += 1
+                else:
+                    assert v["fixed"] or v["no_interval"]
+        s = params_needed(fits[0], 1e4)
+        assert s["ci_low"] is None or s["ci_low"] <= s["non_embedding_params"] <= s["ci_high"]
+    assert checked > 25  # most fits do give intervals
+
+
+@pytest.mark.slow
 def test_interval_coverage_is_roughly_right():
     """Over repeated simulations the 95% run-bootstrap interval for k contains the truth most of the time."""
     truth = {"k": 0.05, "c": 300.0}
     hits = 0
     n_sims = 40
     for i in range(n_sims):
-        df = simulate("linear", truth, np.random.default_rng(100 + i), seeds=3, epochs=(320,))
+        df = simulate("linear", truth, np.random.default_rng(100 + i), seeds=3)
         r = fit_law(df, "linear-size", n_boot=100, n_starts=2, seed=i)
         hits += within(r, truth, "k")
     # nominal 95%; a percentile bootstrap over 18 runs under-covers a little. Far from 95% would be a bug.
     assert 0.75 <= hits / n_sims <= 1.0
 
 
-def test_holdout_largest_reports_extrapolation_error():
+def test_predict_takes_arrays_and_holdout_reports_extrapolation_error():
     good = simulate("linear", {"k": 0.05, "c": 0.0}, np.random.default_rng(5), noise=0.01)
+    r = fit_law(good, "linear-size", n_boot=0)
+    xs = np.array([1e4, 1e6])
+    k, c = r["params"]["k"]["value"], r["params"]["c"]["value"]
+    assert np.allclose(predict(r, non_embedding_params=xs), k * xs + c)
+    assert predict(r, non_embedding_params=1e4) == k * 1e4 + c
     h = holdout_largest(good, "linear-size", {"epochs": 320})
     assert h["held_out_params"] == int(SIZES["s6"]) and h["mean_rel_error"] < 0.05
     # capacity that bends (sub-linear) is badly extrapolated by a linear law, and the check says so
@@ -113,20 +206,32 @@ def test_holdout_largest_reports_extrapolation_error():
     assert holdout_largest(bent, "linear-size", {"epochs": 320})["mean_rel_error"] > 0.2
 
 
+def test_power_law_generalization_recovers_alpha():
+    truth = {"dc": 4.0, "alpha": -0.3, "linf": 0.5}
+    df = simulate("power", truth, np.random.default_rng(2), noise=0.01)
+    r = fit_law(df, "power-gen", {"epochs": 320})
+    assert r["params"]["alpha"]["value"] == pytest.approx(-0.3, abs=0.05)
+    assert near(r, truth, "alpha")
+
+
 def test_degenerate_inputs_give_clear_errors():
     df = simulate("linear", {"k": 0.05, "c": 0.0}, np.random.default_rng(6))
     mixed = df.with_columns(pl.when(pl.col("cfg.model.size") == "s1").then(160).otherwise(320).alias("cfg.train.epochs"))
     with pytest.raises(FitError, match=r"fixed epochs but the runs have epochs \[160, 320\]; choose one with --where"):
         fit_law(mixed, "linear-size")
-    two = df.filter(pl.col("cfg.model.size") == "s1").filter(pl.col("run_id") == "s1-s0")
-    with pytest.raises(FitError, match="non_embedding_params is constant|need more points"):
-        fit_law(two, "linear-size", {"epochs": 320})
+    one = df.filter(pl.col("run_id") == "s1-e320-s0")
+    with pytest.raises(FitError, match="need more points|distinct"):
+        fit_law(one, "linear-size", {"epochs": 320})
     with pytest.raises(FitError, match="is constant"):
         fit_law(df.with_columns(capacity=pl.lit(5.0)), "linear-size", {"epochs": 320})
     nan = df.with_columns(capacity=pl.when(pl.col("epoch") == 320).then(float("nan")).otherwise(pl.col("capacity")))
     with pytest.raises(FitError, match="usable points"):
         fit_law(nan, "linear-size", {"epochs": 320})
+    with pytest.raises(FitError, match="final probe of a completed schedule.*--include-unannealed"):
+        fit_law(df, "linear-size", {"epochs": 80})
     with pytest.raises(FitError, match="fixed size"):
         fit_law(df, "exp-epochs")
     with pytest.raises(FitError, match="unknown law"):
         fit_law(df, "quadratic")
+    with pytest.raises(FitError, match="--solve works with"):
+        params_needed(fit_law(df, "power-gen", n_boot=0), 1e6)
