@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import io
 import json
 import re
 from collections import Counter
@@ -30,8 +29,8 @@ _ENTITY_ID = re.compile(r"^[QPL]\d+$")
 MAX_ERRORS_KEPT = 20
 
 
-def open_text(path: str | Path, expected: str):
-    """Open a text file, gunzipping/bunzipping by magic bytes; binary content is a CorpusError."""
+def open_binary(path: str | Path, expected: str):
+    """Open a file for binary line reading, gunzipping/bunzipping by magic bytes; binary content is a CorpusError."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"file not found: {p}")
@@ -46,25 +45,25 @@ def open_text(path: str | Path, expected: str):
                 head = fh.read(4096)
         except (OSError, EOFError) as e:
             raise CorpusError(f"{p}: line 1: cannot decompress ({e}); expected {expected}") from None
-    raw = opener(p, "rb") if opener else open(p, "rb")
     if b"\x00" in head:
-        raw.close()
         raise CorpusError(f"{p}: line 1: binary data, not text; expected {expected}")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline=None)
+    return opener(p, "rb") if opener else open(p, "rb")
 
 
 def iter_lines(path, expected: str):
-    """(line number, line without newline); undecodable bytes are a CorpusError with the line."""
-    fh = open_text(path, expected)
-    n = 0
-    try:
-        for n, line in enumerate(fh, 1):  # noqa: B007 (n is reported on a decode error)
-            yield n, line.rstrip("\r\n")
-    except (UnicodeDecodeError, OSError, EOFError) as e:
-        raise CorpusError(f"{path}: line {n + 1}: unreadable ({type(e).__name__}: {str(e)[:80]}); "
-                          f"expected {expected}") from None
-    finally:
-        fh.close()
+    """(line number, text without newline); a line that is not UTF-8 is a CorpusError naming it."""
+    with open_binary(path, expected) as fh:
+        n = 0
+        try:
+            for n, raw in enumerate(fh, 1):  # noqa: B007 (n is reported on a stream error)
+                try:
+                    yield n, raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError as e:
+                    raise CorpusError(f"{path}: line {n}: unreadable ({type(e).__name__}: {str(e)[:80]}); "
+                                      f"expected {expected}") from None
+        except (OSError, EOFError) as e:
+            raise CorpusError(f"{path}: line {n + 1}: unreadable ({type(e).__name__}: {str(e)[:80]}); "
+                              f"expected {expected}") from None
 
 
 def load_label_table(path: str | Path, aliases: dict | None = None) -> dict[str, str]:
