@@ -66,13 +66,14 @@ class Packer:
     facts are taken in ``order``; a fact that does not fit in the current window starts a new one; a fact
     is never split. Window boundaries come from one ``searchsorted`` over the cumulative lengths (the
     window starting at fact p ends before the first fact whose cumulative end passes start(p) + seq_len)
-    and a walk along those jumps (one Python step per *window*, not per fact); tokens are then moved by
-    one gather/scatter of the flat arrays.
+    and a walk along those jumps (one Python step per *window*, not per fact). The tokens are gathered
+    into one stream in training order, and each window is then a contiguous slice of that stream: one
+    row gather (``unfold`` + ``index_select``) and a masked fill of the padding.
     """
 
     def __init__(self, flat: np.ndarray, offsets: np.ndarray, value_starts: np.ndarray, seq_len: int,
                  pad_id: int, value_only: bool, pin_memory: bool = False):
-        self.flat, self.offsets = flat, offsets
+        self.offsets = offsets
         self.lengths = np.diff(offsets)
         self.seq_len, self.pad_id, self.pin_memory = seq_len, pad_id, pin_memory
         # per-token labels, once: the packed labels of every epoch are a gather of these
@@ -82,9 +83,10 @@ class Packer:
             lab[within < np.repeat(np.asarray(value_starts, dtype=np.int64), self.lengths)] = IGNORE
         else:
             lab[offsets[:-1]] = IGNORE  # <bos> is not a target: which fact comes next is noise, not a fact
-        self.flat_labels = lab
-        self._ids: torch.Tensor | None = None
-        self._lab: torch.Tensor | None = None
+        self.flat_ids = torch.from_numpy(flat.astype(np.int64))
+        self.flat_labels = torch.from_numpy(lab)
+        self._scratch = torch.empty(0, dtype=torch.long)  # token indices, then the token stream
+        self._ids = self._lab = None
 
     def _buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._ids is None or self._ids.shape[0] < rows:
@@ -107,27 +109,33 @@ class Packer:
         while p < n:
             starts.append(p)
             p = nxt[p]
-        starts = np.asarray(starts, dtype=np.int64)
-        win = np.zeros(n, dtype=np.int64)
-        win[starts[1:]] = 1
-        np.cumsum(win, out=win)
-        # destination of each fact's first token in the (rows, seq_len) buffer, minus its stream offset
-        shift_dst = win * self.seq_len + (first - first[starts][win]) - first
-        shift_src = self.offsets[:-1][order] - first
-        tok = np.arange(int(cs[-1]) if n else 0, dtype=np.int64)
-        dst = tok + np.repeat(shift_dst, L)
-        src = np.add(tok, np.repeat(shift_src, L), out=tok)
+        total, rows = int(cs[-1]), len(starts)
         if reuse:
-            ids, lab = self._buffers(len(starts))
+            ids, lab = self._buffers(rows)
         else:
-            ids = torch.empty((len(starts), self.seq_len), dtype=torch.long)
-            lab = torch.empty((len(starts), self.seq_len), dtype=torch.long)
-        ids_np, lab_np = ids.numpy(), lab.numpy()
-        ids_np.fill(self.pad_id)
-        lab_np.fill(IGNORE)
-        ids_np.reshape(-1)[dst] = self.flat[src]
-        lab_np.reshape(-1)[dst] = self.flat_labels[src]
-        return ids, lab, len(src)
+            ids = torch.empty((rows, self.seq_len), dtype=torch.long)
+            lab = torch.empty((rows, self.seq_len), dtype=torch.long)
+        if self._scratch.numel() < 2 * (total + self.seq_len):
+            self._scratch = torch.empty(int(2.1 * (total + self.seq_len)), dtype=torch.long)
+        # source index of every token of the stream: +1 within a fact, a jump at each fact's first token
+        src = self._scratch[:total]
+        step = src.numpy()
+        base = self.offsets[:-1][order]
+        step.fill(1)
+        step[first[1:]] = base[1:] - (base[:-1] + L[:-1] - 1)
+        step[0] = base[0]
+        np.cumsum(step, out=step)
+        stream = self._scratch[total:2 * total + self.seq_len]
+        win_first = torch.from_numpy(first[starts])
+        used = torch.from_numpy(np.diff(first[starts], append=total))
+        pad = torch.arange(self.seq_len) >= used[:, None]
+        for out, source, fill in ((ids, self.flat_ids, self.pad_id), (lab, self.flat_labels, IGNORE)):
+            torch.index_select(source, 0, src, out=stream[:total])
+            stream[total:] = fill
+            # window w is stream[first token of w : + seq_len], its tail past the window's facts masked
+            torch.index_select(stream.unfold(0, self.seq_len, 1), 0, win_first, out=out)
+            out.masked_fill_(pad, fill)
+        return ids, lab, total
 
 
 def pack(seqs_flat: np.ndarray, offsets: np.ndarray, value_starts: np.ndarray, order: np.ndarray, seq_len: int,
