@@ -10,7 +10,7 @@ from factscale.corpus.triples import read_triples, templates_for
 from factscale.corpus.wikidata import DumpOptions, dump_to_raw, load_label_table
 
 __all__ = ["CorpusError", "SyntheticSpec", "DumpOptions", "build_synthetic", "build_from_dump", "build_from_triples",
-           "load_corpus"]
+           "build_from_datasets", "load_corpus"]
 
 
 def build_synthetic(out_dir, spec: SyntheticSpec, heldout_frac=0.1, vocab_size=1024, **kw) -> dict:
@@ -39,6 +39,7 @@ def build_from_dump(out_dir, dumps, opts: DumpOptions, label_files=(), templates
             "templates": templates_path, "parse_errors": [list(e) for e in errors]}
     options = {"language": opts.language, "allow_properties": sorted(opts.allow_properties or []) or None,
                "deny_properties": sorted(opts.deny_properties), "subject_filter": opts.subject_filter,
+               "subject_exclude": opts.subject_exclude, "datatypes": sorted(opts.datatypes),
                "dump_max_facts": opts.max_facts}
     return build_corpus(raw, out_dir, source_info=info, counts=counts, options=options, **kw)
 
@@ -51,4 +52,19 @@ def build_from_triples(out_dir, paths, label_files=(), templates_path=None, **kw
     raw, counts, errors, files = read_triples(paths, templates=templates, labels=labels)
     info = {"kind": "triples", "files": _files_info(files), "label_files": _files_info(label_files),
             "templates": tpath, "parse_errors": [list(e) for e in errors]}
+    return build_corpus(raw, out_dir, source_info=info, counts=counts, **kw)
+
+
+def build_from_datasets(out_dir, source, columns=None, split=None, label_files=(), templates_path=None, **kw) -> dict:
+    """A local Hugging Face ``datasets`` source (saved directory, parquet/json/csv) -> corpus (``hf`` module)."""
+    from factscale.corpus.hf import read_datasets
+
+    templates = templates_for([], templates_path)[0] if templates_path else {}
+    labels: dict = {}
+    for lf in label_files:
+        labels.update(load_label_table(lf))
+    raw, counts, errors, files = read_datasets(source, columns, split=split, labels=labels, templates=templates)
+    info = {"kind": "datasets", "files": _files_info(files), "label_files": _files_info(label_files),
+            "templates": templates_path, "columns": columns or {}, "split": split,
+            "parse_errors": [list(e) for e in errors]}
     return build_corpus(raw, out_dir, source_info=info, counts=counts, **kw)
