@@ -41,9 +41,9 @@ def cmd_corpus_build(a):
     from factscale import corpus
     from factscale.corpus import CorpusError
 
-    sources = [bool(a.dump), bool(a.triples), a.synthetic]
+    sources = [bool(a.dump), bool(a.triples), a.synthetic, bool(a.hf)]
     if sum(sources) != 1:
-        raise CorpusError("give exactly one source: --dump PATH..., --triples PATH... or --synthetic")
+        raise CorpusError("give exactly one source: --dump PATH..., --triples PATH..., --hf PATH... or --synthetic")
     common = dict(multi_value=a.multi_value, ambiguous_keys=a.ambiguous_keys, heldout_frac=a.heldout_frac,
                   vocab_size=a.vocab_size, variants=_variants(a.variant))
     if a.synthetic:
@@ -68,6 +68,12 @@ def cmd_corpus_build(a):
         )
         m = corpus.build_from_dump(a.out, a.dump, opts, label_files=a.labels or [], templates_path=a.templates,
                                    workers=a.workers, progress=sys.stderr.isatty(), seed=a.seed, **common)
+    elif a.hf:
+        from factscale.corpus.hf import parse_columns
+
+        m = corpus.build_from_datasets(a.out, a.hf, parse_columns(a.hf_columns), split=a.hf_split,
+                                       label_files=a.labels or [], templates_path=a.templates, seed=a.seed,
+                                       max_facts=a.max_facts, **common)
     else:
         m = corpus.build_from_triples(a.out, a.triples, label_files=a.labels or [], templates_path=a.templates,
                                       seed=a.seed, max_facts=a.max_facts, **common)
@@ -79,6 +85,13 @@ def cmd_corpus_build(a):
     if dropped:
         print("  dropped/skipped: " + ", ".join(f"{k}={v}" for k, v in dropped.items()))
     print(f"  manifest: {Path(a.out) / 'manifest.json'}")
+
+
+def cmd_corpus_export(a):
+    from factscale.corpus.hf import export_corpus
+
+    out = export_corpus(a.corpus, a.out)
+    print(f"exported {a.corpus} -> {out} (datasets.load_from_disk; manifest in info.description and README.md)")
 
 
 def cmd_sizes(a):
@@ -192,7 +205,8 @@ def cmd_fit(a):
     fixed = {"c": 0.0} if a.no_intercept and a.law in ("linear-size", "joint") else {}
     if a.no_offset and a.law == "power-gen":
         fixed["linf"] = 0.0
-    r = fit.fit_law(df, a.law, _kv(a.where), fixed=fixed, robust=a.robust, n_boot=a.bootstrap)
+    r = fit.fit_law(df, a.law, _kv(a.where), fixed=fixed, robust=a.robust, n_boot=a.bootstrap,
+                    include_unannealed=a.include_unannealed)
     print(fit.format_table(r))
     if a.holdout_largest:
         r["holdout_largest"] = fit.holdout_largest(df, a.law, _kv(a.where), fixed=fixed)
@@ -201,7 +215,8 @@ def cmd_fit(a):
     if q:
         s = fit.params_needed(r, q["facts"], q.get("epochs"))
         r["solve"] = s
-        ci = f" (95% CI {s['ci_low']:.3g} - {s['ci_high']:.3g})" if s["ci_low"] is not None else ""
+        ci = f" (95% CI {s['ci_low']:.3g} - {s['ci_high']:.3g})" if s["ci_low"] is not None else \
+            f" (no interval: {s['no_interval']})"
         print(f"  to memorize {s['facts']:.3g} facts at {s['epochs']} epochs: "
               f"{s['non_embedding_params']:.3g} non-embedding params{ci}")
     name = a.name or a.law + "".join(f"-{k}{v}" for k, v in _kv(a.where).items())
@@ -238,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--triples", nargs="+", help="T-REx/LAMA or BEAR jsonl, or ID-triple TSV (Q1<TAB>P17<TAB>Q2, "
                    "plain or .gz, labels via --labels), files or directories")
     b.add_argument("--synthetic", action="store_true", help="generate facts with exactly known entropy")
+    b.add_argument("--hf", nargs="+", metavar="PATH", help="local Hugging Face datasets source: a save_to_disk "
+                   "directory, or parquet/json/jsonl/csv files")
+    b.add_argument("--hf-columns", help="--hf column mapping, e.g. subject=sub_label,relation=predicate_id,"
+                   "value=obj_label[,subject_id=..,value_id=..,relation_label=..]")
+    b.add_argument("--hf-split", help="--hf: the split of a DatasetDict (default: all splits)")
     b.add_argument("-o", "--out", required=True)
     b.add_argument("--labels", nargs="+", help="label tables (TSV or JSON) for values/properties not in the data")
     b.add_argument("--templates", help="LAMA relations.jsonl with [X]/[Y] templates")
@@ -261,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--variant", action="append", metavar="NAME:k=v,...",
                    help="compatibility:n=200 | frequency:mode=assigned|signal,levels=1/2/4/8 | phases:n=2,by=relation")
     b.set_defaults(fn=cmd_corpus_build)
+    ex = c.add_parser("export", help="corpus directory -> Hugging Face datasets directory (load_from_disk)")
+    ex.add_argument("corpus")
+    ex.add_argument("-o", "--out", required=True)
+    ex.set_defaults(fn=cmd_corpus_export)
 
     s = sub.add_parser("sizes", help="print the model size registry")
     s.add_argument("--arch", default="qwen2", choices=["qwen2", "llama", "gpt2"])
@@ -288,7 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="fit a scaling law to a results table")
     f.add_argument("results")
-    f.add_argument("--law", required=True, choices=["linear-size", "exp-epochs", "joint", "power-gen", "bits-epochs"])
+    f.add_argument("--law", required=True,
+                   choices=["linear-size", "power-size", "exp-epochs", "joint", "power-gen", "bits-epochs"])
+    f.add_argument("--include-unannealed", action="store_true",
+                   help="also fit intermediate (mid-schedule) probes, labelled unannealed; default: final probes")
     f.add_argument("--where", help="filters, e.g. epochs=100,size=1m")
     f.add_argument("--solve", help="e.g. facts=1.5e10,epochs=100")
     f.add_argument("--no-intercept", action="store_true")

@@ -66,12 +66,15 @@ def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> 
     fits_dir = out / "fits"
     final_epoch = spec.grid["train.epochs"][0]
     summary: dict = {"results": str(results), "fits": {}, "figures": {}}
-    jobs = [("linear-size", {"epoch": final_epoch})] + [("exp-epochs", {"size": s}) for s in spec.grid["model.size"]]
-    jobs += [("joint", {}), ("bits-epochs", {"size": spec.grid["model.size"][-1]})]
-    for law, where in jobs:
+    # one epoch budget per size: the epoch laws can only use the intermediate probes of the constant-LR
+    # runs, so they are fitted with include_unannealed and say so (see the module docstring)
+    jobs = [("linear-size", {"epoch": final_epoch}, False)]
+    jobs += [("exp-epochs", {"size": s}, True) for s in spec.grid["model.size"]]
+    jobs += [("joint", {}, True), ("bits-epochs", {"size": spec.grid["model.size"][-1]}, True)]
+    for law, where, unannealed in jobs:
         name = law + "".join(f"-{k}{v}" for k, v in where.items())
         try:
-            r = fit.fit_law(df, law, where, n_boot=200)
+            r = fit.fit_law(df, law, where, n_boot=200, include_unannealed=unannealed)
         except fit.FitError as e:
             log(f"  {name}: not fitted: {e}")
             continue
@@ -89,21 +92,27 @@ def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> 
     for row in final.sort("non_embedding_params").iter_rows(named=True):
         log(f"  {row['cfg.model.size']:>5} ({row['non_embedding_params']:>6,} non-emb params): "
             f"{row['capacity']:>5} / {row['n_facts']} facts memorized (MR {row['mr']:.3f}), "
-            f"{row['bits_per_param']:.3f} bits/param")
+            f"{row['bits_per_param']:.3f} bits/non-emb param, {row['bits_per_total_param']:.3f} bits/total param")
+    held = df.filter((df["split"] == "heldout") & (df["group_by"] == "all") & (df["epoch"] == final_epoch))
+    for row in held.sort("non_embedding_params").iter_rows(named=True):
+        log(f"  calibration {row['cfg.model.size']:>5}: held-out (unseen keys) bits = {row['capacity_bits']:.1f} "
+            f"of {row['prior_bits']:.0f} prior bits ({row['capacity_bits'] / row['prior_bits']:.2%}; ~0 expected)")
     lin = summary["fits"].get(f"linear-size-epoch{final_epoch}")
     if lin:
         k = lin["params"]["k"]
-        log(f"  linear law at {final_epoch} epochs: {k['value']:.4f} facts per non-emb param "
-            f"(95% CI {k['ci_low']:.4f}-{k['ci_high']:.4f}), R^2 = {lin['r2']:.3f}")
+        ci = f"95% CI {k['ci_low']:.4f}-{k['ci_high']:.4f}" if k["ci_low"] is not None else f"no interval: {k['no_interval']}"
+        log(f"  linear law at {final_epoch} epochs: {k['value']:.4f} facts per non-emb param ({ci}), "
+            f"R^2 = {lin['r2']:.3f}")
     for name, r in summary["fits"].items():
         if name.startswith("exp-epochs"):
             c = r["params"]["cstar"]
             reached = r["points"]["capacity"][-1] / c["value"]
-            log(f"  {name}: C* = {c['value']:.0f} facts, R^2 = {r['r2']:.3f}; after {final_epoch} epochs the run "
-                f"holds {reached:.0%} of C*" + (" (far from saturation: C* is an extrapolation)" if reached < 0.6 else ""))
+            log(f"  {name} (unannealed probes): C* = {c['value']:.0f} facts"
+                + (" (at its bound: the facts trained on)" if c["at_bound"] else "")
+                + f", R^2 = {r['r2']:.3f}; after {final_epoch} epochs the run holds {reached:.0%} of C*")
     if "joint" in summary["fits"] and summary["fits"]["joint"].get("solve"):
         s = summary["fits"]["joint"]["solve"]
-        ci = f" (95% CI {s['ci_low']:.3g}-{s['ci_high']:.3g})" if s["ci_low"] else ""
+        ci = f" (95% CI {s['ci_low']:.3g}-{s['ci_high']:.3g})" if s["ci_low"] else f" (no interval: {s['no_interval']})"
         log(f"  joint law: {s['facts']:.3g} facts at {s['epochs']} epochs need {s['non_embedding_params']:.3g} "
             f"non-emb params{ci}")
     log(f"  results: {results}\n  fits:    {fits_dir}/\n  figures: {out / 'figures'}/")

@@ -186,7 +186,7 @@ def _fit_once(law: Law, x, y, start: dict, fixed: dict, robust: bool, limits: di
             v = min(max(v, lo + 1e-9 * span), hi - 1e-9 * span)
         params.add(p, value=v, min=lo, max=hi, vary=p not in fixed)
 
-    scale = np.maximum(np.abs(y), 1e-3 * np.max(np.abs(y)))  # relative residuals; zeros do not explode
+    scale = np.maximum(np.abs(y), 1e-2 * np.max(np.abs(y)))  # relative residuals; near-zero points capped
 
     def residual(pars):
         pred = law.fn(x, **pars.valuesdict())

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import polars as pl
 import pytest
 from PIL import Image
@@ -51,8 +52,13 @@ def test_fit_and_plot_cli_on_demo_results(quick_demo, tmp_path):
     r = subprocess.run([sys.executable, "-m", "factscale.cli", "fit", str(res), "--law", "joint", "--solve",
                         "facts=1e6,epochs=100", "--out-dir", str(tmp_path), "--bootstrap", "50"],
                        capture_output=True, text=True)
+    assert r.returncode == 2 and "--include-unannealed" in r.stderr  # one epoch budget: no annealed epoch axis
+    r = subprocess.run([sys.executable, "-m", "factscale.cli", "fit", str(res), "--law", "joint", "--solve",
+                        "facts=1e6,epochs=100", "--out-dir", str(tmp_path), "--bootstrap", "50",
+                        "--include-unannealed"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "non-embedding params" in r.stdout and "R^2" in r.stdout
+    assert "non-embedding params" in r.stdout and "R^2" in r.stdout and "UNANNEALED" in r.stdout
+    assert "no interval: 3 runs" in r.stdout
     saved = json.loads((tmp_path / "joint.json").read_text())
     assert saved["solve"]["facts"] == 1e6 and saved["solve"]["non_embedding_params"] > 0
     bad = subprocess.run([sys.executable, "-m", "factscale.cli", "fit", str(res), "--law", "exp-epochs"],
@@ -63,3 +69,50 @@ def test_fit_and_plot_cli_on_demo_results(quick_demo, tmp_path):
     assert p.returncode == 0 and (tmp_path / "capacity-vs-epochs.pdf").exists()
     with pytest.raises(plots.PlotError, match="corpus sizes"):
         plots.plot("mr-vs-facts", pl.read_parquet(res), tmp_path)
+
+
+def _table(seeds: int) -> pl.DataFrame:
+    """A results table shaped like factscale's: 4 sizes x 4 epoch budgets x ``seeds`` seeds, final probes."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for size, n in {"a": 2e3, "b": 5e3, "c": 1e4, "d": 2e4}.items():
+        for budget in (10, 40, 100, 300):
+            for seed in range(seeds):
+                cap = n * 0.1 * (1 - np.exp(-budget / 60)) * (1 + rng.normal(0, 0.02))
+                base = {"run_id": f"{size}-{budget}-{seed}", "group_by": "all", "group": "all", "epoch": budget,
+                        "cfg.train.epochs": budget, "cfg.model.size": size, "non_embedding_params": int(n),
+                        "total_params": int(n * 2), "train_facts": 5000, "n_facts": 5000, "capacity_se": 5.0,
+                        "prior_bits": 30000.0}
+                rows.append({**base, "split": "train", "capacity": cap, "mr": cap / 5000,
+                             "bits_per_param": cap * 6 / n, "bits_per_total_param": cap * 3 / n, "value_loss": 1.0})
+                rows.append({**base, "split": "heldout", "capacity": 0.0, "mr": 0.0, "bits_per_param": 0.0,
+                             "bits_per_total_param": 0.0, "value_loss": 3.0})
+    return pl.DataFrame(rows)
+
+
+def test_figures_say_what_is_plotted_and_mark_extrapolation(tmp_path):
+    fig = plots.FIGURES["capacity-vs-size"](_table(seeds=2))
+    ax = fig.axes[0]
+    assert ax.get_title().startswith("Capacity vs non-embedding parameters") and "non-embedding" in ax.get_xlabel()
+    styles = {line.get_linestyle() for line in ax.lines}
+    assert "--" in styles and "-" in styles  # solid over the fitted sizes, dashed down to N = 0
+    assert ax.collections and any(c.__class__.__name__ in ("PolyCollection", "FillBetweenPolyCollection")
+                                  for c in ax.collections)  # a bootstrap band: 32 runs, 2 per design point
+    few = plots.FIGURES["capacity-vs-size"](_table(seeds=1))
+    labels = [t.get_text() for t in few.axes[0].get_legend().get_texts()]
+    assert any("no band" in t for t in labels)  # 1 run per design point: no interval, and the legend says so
+    ep = plots.FIGURES["capacity-vs-epochs"](_table(seeds=2))
+    assert ep.axes[0].get_title().startswith("Capacity vs epochs") and "saturat" not in ep.axes[0].get_title()
+    bits = plots.FIGURES["bits-per-param"](_table(seeds=1))
+    assert [a.get_ylabel() for a in bits.axes] == ["memorized bits / non-embedding parameter",
+                                                    "memorized bits / total parameter"]
+    rep = plots.plot_all(_table(seeds=2), tmp_path)
+    assert {"capacity-vs-size", "capacity-vs-epochs", "bits-per-param", "extrapolation"} <= set(rep["drawn"])
+    assert not hasattr(plots, "fig_groups")
+
+
+def test_importing_the_plot_modules_changes_no_global_state():
+    code = ("import matplotlib as m; b = dict(m.rcParams); import factscale.plots, factscale.studies; "
+            "print(sorted(k for k in b if b[k] != m.rcParams[k]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
