@@ -100,7 +100,8 @@ def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> 
     lin = summary["fits"].get(f"linear-size-epoch{final_epoch}")
     if lin:
         k = lin["params"]["k"]
-        ci = f"95% CI {k['ci_low']:.4f}-{k['ci_high']:.4f}" if k["ci_low"] is not None else f"no interval: {k['no_interval']}"
+        ci = (f"95% CI {k['ci_low']:.4f}-{k['ci_high']:.4f}" if k["ci_low"] is not None
+              else f"no interval: {k['no_interval']}")
         log(f"  linear law at {final_epoch} epochs: {k['value']:.4f} facts per non-emb param ({ci}), "
             f"R^2 = {lin['r2']:.3f}")
     for name, r in summary["fits"].items():
