@@ -313,3 +313,30 @@ def test_parallel_decompression_gives_the_same_facts(shared, tmp_path, suffix):
     one = stream_dump(path, DumpOptions(), workers=1)[0]
     many = stream_dump(path, DumpOptions(), workers=2, threads=2)[0]
     assert one == many and len(one) > 5000
+
+
+def test_decoding_backends_give_identical_results(shared, tmp_path):
+    """msgspec's typed decoding (skips unused fields, counts sitelinks by key) against plain json.loads."""
+    pytest.importorskip("msgspec")
+    odd = tmp_path / "odd.json"  # empty maps written as [] (older Wikibase dumps), a property, a lexeme
+    odd.write_text("\n".join([
+        '{"type": "item", "id": "Q1", "labels": [], "claims": [], "sitelinks": []}',
+        '{"type": "item", "id": "Q2", "labels": {"en": {"language": "en", "value": "two"}}, "claims": [],'
+        ' "sitelinks": {"enwiki": {"site": "enwiki", "title": "site", "badges": []}}}',
+        '{"type": "property", "datatype": "string", "id": "P9", "labels": {"en": {"language": "en", "value": "p"}}}',
+        '{"type": "lexeme", "id": "L1", "lemmas": {"en": {"language": "en", "value": "x"}}}',
+        '{"type": "item", "labels": {}}',
+    ]) + "\n" + (shared / "dump-sample" / "latest-all.head50.json").read_text())
+    for path in (odd, shared / "dump-sample" / "items100.json.bz2"):
+        ref = stream_dump(path, DumpOptions(json_backend="json"))
+        for backend in ("msgspec", "orjson"):
+            got = stream_dump(path, DumpOptions(json_backend=backend))
+            assert got[0] == ref[0] and got[1] == ref[1] and got[3] == ref[3], backend
+            assert [e[1] for e in got[4]] == [e[1] for e in ref[4]]  # the same lines are malformed
+    assert len({f[7] for f in ref[0]}) > 10  # sitelink counts really vary
+
+
+def test_progress_bar_reports_entities_per_second(shared, capsys):
+    stream_dump(shared / "dump-sample" / "items100.json.bz2", DumpOptions(), progress=True)
+    err = capsys.readouterr().err
+    assert "parsing items100.json.bz2" in err and "100 entities" in err and "entities/s" in err

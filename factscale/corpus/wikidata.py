@@ -16,7 +16,6 @@ as "1950s"), quantities as amount + unit label, monolingual text only in the cho
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from factscale.corpus.build import CorpusError
 from factscale.corpus.datatypes import (DEFAULT_DATATYPES, PLAIN_STRING_TYPES, STRING_ID, format_coordinate,
                                         snak_datatype, string_label_is_identifier, string_value_is_identifier)
+from factscale.corpus.decode import default_backend, make_loads
 from factscale.corpus.dumpio import file_size, open_dump
 from factscale.corpus.tsv import load_label_table
 
@@ -59,7 +59,8 @@ class DumpOptions:
     datatypes: frozenset = DEFAULT_DATATYPES
     """Mainsnak datatypes to keep (``datatypes.parse_datatypes``)."""
     max_facts: int | None = None
-    json_backend: str = "orjson"
+    json_backend: str = field(default_factory=default_backend)
+    """msgspec (typed, skips unused fields), orjson or json: same facts (``decode`` module)."""
 
 
 def parse_line(line: bytes, loads=_loads):
@@ -109,7 +110,8 @@ def format_amount(amount: str) -> str:
 
 
 def _label(ent: dict, lang: str) -> str | None:
-    lab = ent.get("labels", {}).get(lang)
+    labels = ent.get("labels")
+    lab = labels.get(lang) if isinstance(labels, dict) else None  # an empty map may be written as []
     return lab.get("value") if isinstance(lab, dict) else None
 
 
@@ -170,7 +172,8 @@ def extract_entity(ent: dict, opts: DumpOptions, counts: Counter) -> tuple[str |
         if qid in _item_values(claims, pid):
             counts[f"entities_excluded_subject:{pid}={qid}"] += 1
             return label, []
-    sid, sitelinks = ent["id"], len(ent.get("sitelinks") or {})
+    sitelinks = ent["_n_sitelinks"] if "_n_sitelinks" in ent else len(ent.get("sitelinks") or {})
+    sid = ent["id"]
     keep, facts = opts.datatypes, []
     for pid, statements in claims.items():
         if opts.allow_properties is not None and pid not in opts.allow_properties or pid in opts.deny_properties:
@@ -209,7 +212,7 @@ def extract_entity(ent: dict, opts: DumpOptions, counts: Counter) -> tuple[str |
 def _process_chunk(args):
     """Worker: (start line number, lines, options) -> (facts, labels, counts, errors)."""
     start, lines, opts = args
-    loads = _loads if opts.json_backend == "orjson" else json.loads
+    loads = make_loads(opts.json_backend, opts.language)
     counts: Counter = Counter()
     facts, labels, errors = [], [], []
     for i, line in enumerate(lines):
@@ -230,14 +233,17 @@ def _process_chunk(args):
     return facts, labels, counts, errors
 
 
-def _chunks(lines, size: int, opts):
-    n = 1
-    while True:
-        chunk = list(itertools.islice(lines, size))
-        if not chunk:
-            return
+def _chunks(lines, size: int, opts, max_bytes: int = 4 << 20):
+    """Chunks of at most ``size`` lines or ~``max_bytes`` (entity lines range from 1 KB to several MB)."""
+    n, chunk, nbytes = 1, [], 0
+    for line in lines:
+        chunk.append(line)
+        nbytes += len(line)
+        if len(chunk) >= size or nbytes >= max_bytes:
+            yield n, chunk, opts
+            n, chunk, nbytes = n + len(chunk), [], 0
+    if chunk:
         yield n, chunk, opts
-        n += len(chunk)
 
 
 class _Progress:
