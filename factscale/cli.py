@@ -202,9 +202,7 @@ def cmd_fit(a):
         raise fit.FitError(f"--name {a.name!r}: a plain file name, without directories (the file goes to --out-dir)")
     q = _solve_query(a.solve) if a.solve else None
     df = _read_results(a.results)
-    fixed = {"c": 0.0} if a.no_intercept and a.law in ("linear-size", "joint") else {}
-    if a.no_offset and a.law == "power-gen":
-        fixed["linf"] = 0.0
+    fixed = fit.LAWS[a.law].zeroed(a.no_intercept, a.no_offset)
     r = fit.fit_law(df, a.law, _kv(a.where), fixed=fixed, robust=a.robust, n_boot=a.bootstrap,
                     include_unannealed=a.include_unannealed)
     print(fit.format_table(r))

@@ -78,6 +78,13 @@ class Law:
     min_distinct: dict = field(default_factory=dict)  # x column -> distinct values the law needs
     solve: Callable | None = None  # (param values, facts, epochs) -> non-embedding params
     companion: str | None = None  # a law fitted beside this one on the same points (its log-log test)
+    intercept: str | None = None  # the parameter --no-intercept fixes at 0
+    offset: str | None = None  # the parameter --no-offset fixes at 0
+
+    def zeroed(self, no_intercept: bool = False, no_offset: bool = False) -> dict:
+        """The ``fixed`` dict for --no-intercept / --no-offset (options a law without them ignores)."""
+        names = [self.intercept if no_intercept else None, self.offset if no_offset else None]
+        return {p: 0.0 for p in names if p}
 
     def select(self, df: pl.DataFrame, where: dict | None = None, include_unannealed: bool = False) -> pl.DataFrame:
         """The rows this law is fitted on: its split's overall rows, ``where``, end-of-schedule probes."""
@@ -140,7 +147,7 @@ LAWS: dict[str, Law] = {law.name: law for law in [
         lambda x, y, rng: {"k": float(np.max(y) / np.max(x[0])) * rng.uniform(0.3, 3), "c": rng.normal(0, 1) * np.std(y)},
         {"k": (None, None), "c": (None, None)}, relative=True, fixed_over=_AT_FIXED_EPOCHS,
         design=("non_embedding_params",),
-        min_distinct={"non_embedding_params": 2}, solve=_solve_linear, companion="power-size"),
+        min_distinct={"non_embedding_params": 2}, solve=_solve_linear, companion="power-size", intercept="c"),
     Law("power-size", "C(N) = k*N^s", ("k", "s"), ("non_embedding_params",), "capacity",
         lambda x, k, s: k * np.power(x[0], s),
         lambda x, y, rng: {"s": rng.uniform(0.5, 1.5), "k": float(np.median(y / x[0])) * rng.uniform(0.5, 2)},
@@ -161,12 +168,12 @@ LAWS: dict[str, Law] = {law.name: law for law in [
         # N*kstar (C* without the intercept) of every fitted size <= the facts it trained on
         upper=lambda sel: {"kstar": _col_min(sel, _FACTS / _N, ("n_facts",))},
         design=("non_embedding_params", BUDGET), min_distinct={"non_embedding_params": 2, "epoch": 3},
-        solve=_solve_joint),
+        solve=_solve_joint, intercept="c"),
     Law("power-gen", "L(D) = Dc * D^alpha + linf", ("dc", "alpha", "linf"), ("train_facts",), "value_loss",
         lambda x, dc, alpha, linf: dc * np.power(x[0], alpha) + linf,
         lambda x, y, rng: {"dc": float(np.max(y)) * rng.uniform(0.5, 5), "alpha": -rng.uniform(0.02, 0.8), "linf": 0.0},
         {"dc": (0, None), "alpha": (-5, 5), "linf": (0, None)}, split="heldout", log_space=True,
-        fixed_over=_AT_FIXED_EPOCHS, design=("train_facts",), min_distinct={"train_facts": 3}),
+        fixed_over=_AT_FIXED_EPOCHS, design=("train_facts",), min_distinct={"train_facts": 3}, offset="linf"),
     Law("bits-epochs", "bits/param(E) = cstar - a*exp(-b*E)", ("cstar", "a", "b"), ("epoch",), "bits_per_param",
         lambda x, cstar, a, b: cstar - a * np.exp(-b * x[0]), _exp_guess,
         {"cstar": (0, None), "a": (None, None), "b": (0, None)},

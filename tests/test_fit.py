@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from factscale.fit import FitError, fit_law, format_table, holdout_largest, params_needed, predict
+from factscale.fit import LAWS, FitError, fit_law, format_table, holdout_largest, params_needed, predict
 
 SIZES = {"s1": 1e4, "s2": 3e4, "s3": 1e5, "s4": 3e5, "s5": 1e6, "s6": 3e6}
 
@@ -67,8 +67,9 @@ def test_linear_size_recovers_k_and_c_and_a_log_log_slope_of_one():
     # "linear in N" as a log-log slope with its interval (an intercept bends it: tested without one)
     s = fit_law(simulate("linear", {"k": 0.05, "c": 0.0}, np.random.default_rng(3)), "linear-size")["companion"]
     assert near(s, {"s": 1.0}, "s")
-    fixed = fit_law(df, "linear-size", {"epochs": 320}, fixed={"c": 0.0})
+    fixed = fit_law(df, "linear-size", {"epochs": 320}, fixed=LAWS["linear-size"].zeroed(no_intercept=True))
     assert fixed["params"]["c"]["fixed"] and fixed["params"]["c"]["value"] == 0.0
+    assert LAWS["power-gen"].zeroed(True, True) == {"linf": 0.0} and LAWS["exp-epochs"].zeroed(True, True) == {}
     bent = df.with_columns(capacity=0.5 * pl.col("non_embedding_params").cast(pl.Float64) ** 0.8)
     s = fit_law(bent, "power-size", n_boot=50)["params"]["s"]
     assert s["value"] == pytest.approx(0.8, abs=0.01) and s["ci_high"] < 1.0  # sub-linear: the slope says so
