@@ -15,7 +15,8 @@ EXPECTED = {
     "capital": "The capital of Belgium is Brussels",
     "capital of": "Belgium is the capital of Brussels",
     "shares border with": "Belgium shares border with Brussels",
-    "located in the administrative territorial entity": "Belgium is located in the administrative territorial entity Brussels",
+    "located in the administrative territorial entity":
+        "Belgium is located in the administrative territorial entity Brussels",
     "instance of": "Belgium is an instance of Brussels",
     "part of": "Belgium is part of Brussels",
     "award received": "The award received by Belgium is Brussels",

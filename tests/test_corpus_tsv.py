@@ -52,7 +52,8 @@ def test_tsv_reads_the_same_triples_as_the_jsonl(shared, tsv_set):
 
 def test_tsv_corpus_renders_with_lama_templates(shared, tsv_set, tmp_path):
     d, _, labels = tsv_set
-    m = build_from_triples(tmp_path / "c", [d / "triples.tsv", d / "more.tsv.gz"], label_files=[d / "entity2alias.tsv.gz", d / "relation2alias.tsv"],
+    m = build_from_triples(tmp_path / "c", [d / "triples.tsv", d / "more.tsv.gz"],
+                           label_files=[d / "entity2alias.tsv.gz", d / "relation2alias.tsv"],
                            templates_path=shared / "trex" / "relations.jsonl", heldout_frac=0.0)
     df = pl.read_parquet(tmp_path / "c" / "facts.parquet")
     row = df.filter(pl.col("subject_id") == "Q10544").row(0, named=True)  # Landkreis München, capital München

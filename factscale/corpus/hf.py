@@ -106,9 +106,9 @@ def read_datasets(source, columns: dict[str, str] | None = None, split: str | No
     rel_labels = {**(labels or {}), **{r: t["label"] for r, t in (templates or {}).items() if t.get("label")}}
     if "relation_label" not in df.columns:
         # an id ("P36") takes its label from --labels/templates; a relation given as words is its own label
-        df = df.with_columns(relation_label=pl.col("relation").replace_strict(rel_labels, default=None, return_dtype=pl.String))
-        df = df.with_columns(relation_label=pl.when(pl.col("relation_label").is_null() & ~pl.col("relation").str.contains(r"^P\d+$"))
-                             .then(pl.col("relation")).otherwise(pl.col("relation_label")))
+        lab = pl.col("relation").replace_strict(rel_labels, default=None, return_dtype=pl.String)
+        is_id = pl.col("relation").str.contains(r"^P\d+$")
+        df = df.with_columns(relation_label=pl.when(lab.is_null() & ~is_id).then(pl.col("relation")).otherwise(lab))
     if "template" not in df.columns and templates:
         df = df.with_columns(template=pl.col("relation").replace_strict(
             {r: t.get("template") for r, t in templates.items()}, default=None, return_dtype=pl.String))

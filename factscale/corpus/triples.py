@@ -119,7 +119,8 @@ def read_triples(paths, templates: dict | None = None, labels: dict | None = Non
     df = df.filter(pl.col("relation_label").is_not_null())
     if df.height == 0 and no_label.height:
         rels = sorted(no_label["relation"].unique().to_list())
-        raise CorpusError(f"no labels for the {len(rels)} relations ({', '.join(rels[:5])}{', ...' if len(rels) > 5 else ''}), "
+        more = ", ..." if len(rels) > 5 else ""
+        raise CorpusError(f"no labels for the {len(rels)} relations ({', '.join(rels[:5])}{more}), "
                           "so no fact can be written: pass --labels FILE with relation labels "
                           "(TSV 'P17<TAB>country[<TAB>alias...]' or JSON like properties/pid2name.json)")
     return raw_frame(df.to_dict(as_series=False)), dict(counts), errors, files

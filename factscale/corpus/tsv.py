@@ -22,7 +22,8 @@ from pathlib import Path
 from factscale.corpus.build import CorpusError
 
 EXPECTED_TRIPLES = ("ID-triple TSV 'Q1000<TAB>P17<TAB>Q1000' (plain or .gz), T-REx/LAMA jsonl "
-                    "{sub_uri, predicate_id, obj_uri, sub_label, obj_label} or BEAR jsonl {sub_id, sub_label, obj_id, obj_label}")
+                    "{sub_uri, predicate_id, obj_uri, sub_label, obj_label} "
+                    "or BEAR jsonl {sub_id, sub_label, obj_id, obj_label}")
 EXPECTED_LABELS = ("label table: TSV 'ID<TAB>label[<TAB>alias...]' (plain or .gz) or JSON {id: label}, "
                    "{id: [label, description]} or {\"rows\": [[id, label], ...]}")
 _ENTITY_ID = re.compile(r"^[QPL]\d+$")
