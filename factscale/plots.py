@@ -26,6 +26,7 @@ from factscale.vocab import SIZE, PlotError, final_probes, label_annealed, overa
 
 __all__ = ["FIGURES", "PlotError", "plot", "plot_all", "save", "script_main"]
 NON_EMB = "non-embedding parameters"
+BAND_BOOT = 100  # bootstrap refits behind a drawn band (the fit CLI defaults to 200)
 
 
 def themed(fn):
@@ -112,7 +113,7 @@ def fig_capacity_vs_size(df: pl.DataFrame):
         ax.errorbar(de["non_embedding_params"].to_numpy(), de["capacity"].to_numpy(), yerr=yerr, fmt="o",
                     color=pal[e], ms=5, capsize=2)
         try:
-            r = fit_law(df, "linear-size", {"epoch": e})
+            r = fit_law(df, "linear-size", {"epoch": e}, n_boot=BAND_BOOT)
         except FitError:
             continue
         xs = np.linspace(0, d["non_embedding_params"].max() * 1.05, 200)
@@ -143,7 +144,7 @@ def fig_capacity_vs_epochs(df: pl.DataFrame):
         end = d.filter(pl.col("annealed") & (pl.col(SIZE) == s))
         ax.plot(end["epoch"].to_numpy(), end["capacity"].to_numpy(), "o", color=pal[s], ms=5, label=f"{s}")
         try:
-            r = fit_law(df, "exp-epochs", {"size": s})
+            r = fit_law(df, "exp-epochs", {"size": s}, n_boot=BAND_BOOT)
         except FitError:
             continue
         es = np.linspace(0, d["epoch"].max() * 2, 300)
@@ -179,7 +180,7 @@ def fig_bits_per_param(df: pl.DataFrame):
 def fig_extrapolation(df: pl.DataFrame, facts: float | None = None):
     """Parameters needed to memorize a target number of facts vs epochs, from the joint fit."""
     try:
-        r = fit_law(df, "joint", n_boot=100)
+        r = fit_law(df, "joint", n_boot=BAND_BOOT)
     except FitError as e:
         raise PlotError(f"extrapolation needs the joint law: {e}") from None
     facts = facts or float(overall(df)["n_facts"].max()) * 10
@@ -216,7 +217,7 @@ def fig_generalization(df: pl.DataFrame):
     sns.scatterplot(d.to_pandas(), x="train_facts", y="value_loss", hue=SIZE, hue_order=sizes,
                     palette=_size_palette(sizes), ax=ax)
     try:
-        r = fit_law(df, "power-gen")
+        r = fit_law(df, "power-gen", n_boot=BAND_BOOT)
         v = {p: r["params"][p]["value"] for p in r["params"]}
         xs = np.geomspace(d["train_facts"].min(), d["train_facts"].max(), 100)
         draw_fit(ax, r, "train_facts", xs, "k",
