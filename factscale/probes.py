@@ -199,7 +199,8 @@ def summarize(table: pl.DataFrame, by: str | None, non_embedding: int, total_par
     ]
     popu = [pl.len().alias("n_facts"), pl.col("prior_bits").sum().alias("prior_bits")]
     if keys:
-        out = table.group_by(keys).agg(probed).join(pop.group_by(keys).agg(popu), on=keys, how="left")
+        out = table.group_by(keys).agg(probed).join(pop.group_by(keys).agg(popu), on=keys, how="left",
+                                                    nulls_equal=True)  # facts without a group value are a group
     else:
         out = pl.concat([table.select(probed), pop.select(popu)], how="horizontal")
     N, n = pl.col("n_facts").cast(pl.Float64), pl.col("n_probed").cast(pl.Float64)

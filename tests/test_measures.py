@@ -118,3 +118,18 @@ def test_leave_one_out_prior_of_a_value_seen_once_is_its_backoff_cost():
     syn = train.with_columns(value_type=pl.lit("synthetic"), prior_bits=pl.lit(4.0))
     assert (with_prior(train, syn, V)["prior_bits"] == 4.0).all()
     assert not np.allclose(with_prior(train, train.with_columns(value_type=pl.lit("item")), V)["prior_bits"], 4.0)
+
+
+def test_breakdown_rows_scale_each_group_to_its_population():
+    pop = pl.DataFrame({"fact_id": range(1000), "bucket": (["q1", "q2", None, "q2"] * 250),
+                        "prior_bits": [4.0] * 1000, "n_value_tokens": [2] * 1000})
+    correct = np.arange(1000) % 2 == 0
+    full = fact_table(pop, correct, np.where(correct, 1.0, 6.0))
+    sample = full.sample(300, seed=3)
+    rows = {r["group"]: r for r in summarize(sample, "bucket", 100, 200, population=pop).iter_rows(named=True)}
+    assert rows["q2"]["n_facts"] == 500 and rows["q1"]["n_facts"] == 250 and rows[None]["n_facts"] == 250
+    assert sum(r["n_probed"] for r in rows.values()) == 300
+    for r in rows.values():
+        assert r["capacity"] == pytest.approx(r["mr"] * r["n_facts"]) and r["prior_bits"] == 4.0 * r["n_facts"]
+        assert r["bits_per_total_param"] == pytest.approx(r["capacity_bits"] / 200)
+        assert r["bits_per_param"] == pytest.approx(r["capacity_bits"] / 100)
