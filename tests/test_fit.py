@@ -122,6 +122,11 @@ def test_cstar_never_exceeds_the_facts_trained_on():
     c = r["params"]["cstar"]
     assert c["value"] <= F and c["at_bound"] and c["bounds"][1] == F
     assert all(b[0] <= F for b in r["_boot"])  # every bootstrap draw too
+    # the joint law: N*k* of every fitted size stays within the facts
+    grid = [{**row, "run_id": f"{n}-{row['run_id']}", "non_embedding_params": n, "cfg.model.size": str(n),
+             "capacity": row["capacity"] * n / 1000} for n in (500, 1000) for row in rows]
+    j = fit_law(pl.DataFrame(grid), "joint")
+    assert j["params"]["kstar"]["value"] * 1000 <= F * (1 + 1e-9) and j["params"]["kstar"]["at_bound"]
 
 
 def test_bits_epochs_law():

@@ -133,3 +133,18 @@ def test_breakdown_rows_scale_each_group_to_its_population():
         assert r["capacity"] == pytest.approx(r["mr"] * r["n_facts"]) and r["prior_bits"] == 4.0 * r["n_facts"]
         assert r["bits_per_total_param"] == pytest.approx(r["capacity_bits"] / 200)
         assert r["bits_per_param"] == pytest.approx(r["capacity_bits"] / 100)
+
+
+def test_a_run_probing_a_sample_reports_capacity_for_all_its_training_facts(tiny_corpus, tmp_path):
+    from conftest import tiny_run_config
+    from factscale.train import run
+
+    cfg = tiny_run_config(tiny_corpus, tmp_path, **{"train.epochs": 2, "probe.every_epochs": 2,
+                                                   "probe.max_train_facts": 50})
+    summary = run(cfg)
+    rows = pl.read_parquet(run_dir(cfg) / "results.parquet")
+    train = rows.filter((pl.col("split") == "train") & (pl.col("group_by") == "all")).row(0, named=True)
+    assert train["n_probed"] == 50 and train["n_facts"] == train["train_facts"] > 50
+    assert train["capacity"] == pytest.approx(train["mr"] * train["train_facts"])
+    assert train["capacity_se"] > 0 or train["mr"] in (0.0, 1.0)
+    assert summary["train_capacity_se"] == train["capacity_se"] and "heldout_bits_frac_of_prior" in summary
