@@ -93,6 +93,7 @@ def test_preference_study_end_to_end(tmp_path):
     assert df["tokens_per_epoch"][0] == expected
 
 
+@pytest.mark.slow  # > 20 s on the shared 2-core CPU
 def test_overwriting_study_end_to_end(tmp_path):
     build_synthetic(tmp_path / "c", SyntheticSpec(n_keys=60, vocab_sizes=[16, 16]), heldout_frac=0.0, vocab_size=300,
                     variants={"phases": {"n": 2, "by": "relation"}})
@@ -113,6 +114,7 @@ def test_overwriting_study_end_to_end(tmp_path):
     assert res["interleaved"][(80, "p1")] > b[(80, "p1")]
 
 
+@pytest.mark.slow  # > 20 s on the shared 2-core CPU
 def test_generalization_study_end_to_end(tmp_path):
     """Unseen keys: a value predictable from the key's first name generalizes, a random one cannot."""
     build_synthetic(tmp_path / "c", SyntheticSpec(n_keys=240, vocab_sizes=[8, 64], predictable=[True, False],
