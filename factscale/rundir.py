@@ -265,7 +265,7 @@ class RunDir:
             state = slurm_job_state(last["job_id"])
             return {**last, "job_state": state} if state else None
         if last["cluster"] == "local" and str(last["job_id"]).isdigit() and _pid_alive(int(last["job_id"])):
-            return {**last, "job_state": "RUNNING"}
+            return {**last, "job_state": "LOCAL"}  # its controller process is alive (starting or stopping)
         return None
 
     # ------------------------------------------------------------------ status

@@ -9,8 +9,11 @@ requeue is off (``train.make_trainer``), so only submitit handles the signal.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,6 +349,27 @@ def _wait(job, rd: RunDir) -> dict:
         return {"state": "failed" if st["state"] != "done" else "done", "error": err}
 
 
+@contextlib.contextmanager
+def _output_to(path: Path):
+    """Point this process's stdout/stderr at a file while submitit forks a local job's controller, so the
+    controller inherits the file: on Ctrl-C it prints a KeyboardInterrupt traceback there, not on the
+    user's terminal (the run's own output already goes to submitit's per-job log files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "a") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
 def _launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
     """Run on this machine through submitit's LocalExecutor, at most ``max_parallel`` at a time."""
     r = spec.resources.local
@@ -360,7 +384,8 @@ def _launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
                 if r.threads_per_run:
                     d["train"]["num_threads"] = r.threads_per_run
                 d["train"]["progress_bar"] = False
-                job = ex.submit(RunJob(), d)
+                with _output_to(folder / "controllers.log"):
+                    job = ex.submit(RunJob(), d)
                 rd.record_job(job.job_id, "local", folder)
                 running.append((rd, job))
                 log(f"  started {rd.id} (pid {job.job_id})")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -14,6 +16,7 @@ import yaml
 from conftest import ROOT
 from factscale.config import ConfigError
 from factscale.results import CollectError, collect
+from factscale.rundir import RunDir
 from factscale.sweep import SlurmResources, _spec_from_dict, expand, launch, load_spec, slurm_parameters, sweep_status
 
 SHIPPED = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -80,7 +83,7 @@ def test_local_launch_skips_done_runs_and_collects(tmp_path, tiny_corpus):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "launching 2 on local" in r.stdout
     again = cli("sweep", "launch", p)
-    assert "2 done or running, launching 0" in again.stdout
+    assert "2 done, running or queued, launching 0" in again.stdout
     st = cli("sweep", "status", p)
     assert st.stdout.count("done") >= 2 and "done: 2" in st.stdout
     out = tmp_path / "results.parquet"
@@ -112,16 +115,99 @@ def test_two_concurrent_launches_run_each_run_once(tmp_path, tiny_corpus):
     assert not rep["duplicates"] and df["run_id"].n_unique() == 2
 
 
-def test_failed_run_shows_as_failed_and_collect_reports_it(tmp_path, tiny_corpus):
-    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, grid={"train.seq_len": [64, 4]}), "x")
+def test_failed_run_shows_as_failed_and_collect_reports_it(tmp_path, tiny_corpus, monkeypatch):
+    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, grid={"train.epochs": [1, 2]}), "x")
+    monkeypatch.setenv("FACTSCALE_FAULT", "raise@2")  # only the 2-epoch run reaches epoch 2
     recs = launch(spec, cluster="debug", log=lambda *_: None)
     states = sorted(r["state"] for r in recs)
     assert states == ["done", "failed"]
     st = {r["run_id"]: r for r in sweep_status(spec)}
     failed = [r for r in st.values() if r["state"] == "failed"]
-    assert len(failed) == 1 and "train.seq_len=4" in failed[0]["error"]
+    assert len(failed) == 1 and "injected fault" in failed[0]["error"]
     df, rep = collect(spec.runs_dir)
     assert len(rep["failed"]) == 1 and df["run_id"].n_unique() == 1
+
+
+def test_bad_run_config_in_a_sweep_fails_before_anything_is_created(tmp_path, tiny_corpus):
+    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, grid={"train.seq_len": [64, 4]}), "x")
+    with pytest.raises(ConfigError, match="train.seq_len=4 is shorter than the longest fact"):
+        launch(spec, cluster="local", log=lambda *_: None)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_edited_corpus_recipe_rebuilds_and_never_reuses_stale_results(tmp_path):
+    """Editing a sweep's corpus_build (or rebuilding its corpus) gives new runs on the new data, never
+    the old results reported as done."""
+    d = _spec(tmp_path, tmp_path / "corpus", grid={"model.size": ["2k"]})
+    d["base"]["train"]["epochs"] = 1
+    d["corpus_build"] = {"synthetic": {"n_keys": 60, "vocab_sizes": [8]}, "vocab_size": 300}
+    first = launch(_spec_from_dict(d, "x"), cluster="debug", log=lambda *_: None)
+    assert [r["state"] for r in first] == ["done"]
+    same = launch(_spec_from_dict(d, "x"), cluster="debug", log=lambda *_: None)
+    assert same[0].get("skipped") and same[0]["run_id"] == first[0]["run_id"]
+    d["corpus_build"]["synthetic"]["n_keys"] = 40
+    edited = launch(_spec_from_dict(d, "x"), cluster="debug", log=lambda *_: None)
+    assert not edited[0].get("skipped") and edited[0]["run_id"] != first[0]["run_id"]
+    from factscale.corpus.build import load_corpus
+
+    facts, manifest = load_corpus(tmp_path / "corpus")
+    assert facts["subject_id"].n_unique() == 40 and manifest["recipe"]["synthetic"]["n_keys"] == 40
+
+
+@pytest.mark.parametrize("edit, match", [
+    ({"resources": {"local": {"max_parallel": 0}}}, "resources.local.max_parallel must be >= 1"),
+    ({"resources": {"slurm": {"time_min": -5}}}, "resources.slurm.time_min must be >= 1"),
+    ({"resources": {"slurm_by_size": {"9k": {"time_min": 5}}}}, r"slurm_by_size has sizes \['9k'\] that no run uses"),
+    ({"grid": ["model.size"]}, "grid must be a mapping"),
+    ({"corpus_build": {"synthetic": {"n_keys": 10}, "vocab": 5}}, "unknown config key 'corpus_build.vocab'"),
+    ({"corpus_build": {"synthetic": {"n_key": 10}}}, "unknown config key 'corpus_build.synthetic.n_key'"),
+    ({"base": {"optim": {"lr": float("inf")}}}, "optim.lr must be a finite number > 0"),
+    ({"base": {"optim": {"grad_clip": -1}}}, "optim.grad_clip must be a finite number >= 0"),
+    ({"base": {"seed": -1}}, "seed must be an integer >= 0"),
+])
+def test_bad_sweep_specs_fail_at_load_naming_the_field(tmp_path, tiny_corpus, edit, match):
+    d = _spec(tmp_path, tiny_corpus)
+    for k, v in edit.items():
+        if k == "base":
+            for sec, val in v.items():
+                d["base"][sec] = {**d["base"].get(sec, {}), **val} if isinstance(val, dict) else val
+        else:
+            d[k] = v
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(d))
+    with pytest.raises(ConfigError, match=match):
+        load_spec(p)
+    r = cli("sweep", "plan", p)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_of_a_local_launch_is_one_line_and_the_run_resumes(tmp_path, tiny_corpus):
+    import signal
+
+    d = _spec(tmp_path, tiny_corpus, grid={"model.size": ["2k"]})
+    d["base"]["train"]["epochs"] = 3
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(d))
+    env = {**os.environ, "FACTSCALE_FAULT": "stall@1"}  # the run cannot finish before the Ctrl-C
+    proc = subprocess.Popen([sys.executable, "-m", "factscale.cli", "sweep", "launch", str(p)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rd = RunDir(expand(_spec_from_dict(d, "x"))[0])
+    deadline = time.time() + 600  # bounds a wait for an event; nothing depends on the speed
+    while not rd.last_ckpt.exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err and "interrupted" in out
+    while rd.queued_job() is not None:  # the local job's controller is still stopping its task
+        assert time.time() < deadline
+        time.sleep(0.2)
+    assert rd.status()["state"] == "interrupted"
+    r = cli("sweep", "launch", p)
+    assert r.returncode == 0, r.stderr
+    assert pl.read_parquet(rd.results)["resumed_from_epoch"][0] >= 1
 
 
 def test_collect_refuses_mixed_corpora(tmp_path, tiny_corpus):
