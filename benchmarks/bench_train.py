@@ -1,11 +1,15 @@
 """Training throughput: factscale's Lightning path beside a plain PyTorch loop, same model/data/batch.
 
-    python benchmarks/bench_train.py [--size 1m] [--steps 40] [--batch 16] [--seq 128]
+    python benchmarks/bench_train.py [--size 1m] [--steps 40] [--batch 16] [--seq 128] [--loss-on value]
+                                     [--vocab 512] [--threads 1] [--compile]
 
 Both loops train the same transformers model (same init), on the same packed batches, with AdamW, the
-same LR schedule and gradient clipping. Prints tokens/s of each, the ratio, and achieved FLOP/s
-(6 * non-embedding params * tokens, plus the attention and output-layer terms) against this machine's
-measured fp32 matmul peak.
+same LR schedule and gradient clipping. The plain loop is the obvious one (``model(..., labels=...)``,
+full logits); factscale's is ``FactLM.training_step`` under Lightning (with ``loss_on: value`` the
+output head runs only at scored positions). Defaults are the demo's regime (value-only loss, 512-token
+vocabulary, one thread per run). Prints tokens/s of each, the ratio, the loss of both on the same
+steps (they must agree), and achieved FLOP/s (6 * non-embedding params * tokens, plus the attention and
+output-layer terms) against this machine's measured fp32 matmul peak.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 import lightning as L
 
@@ -43,7 +48,10 @@ class StepTimer(L.Callback):
     def __init__(self, warmup):
         self.warmup, self.t0, self.steps = warmup, None, 0
 
-    def on_train_batch_end(self, trainer, *a):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, *a):
+        self.losses.append(float(outputs["loss"]))
         if trainer.global_step == self.warmup:
             self.t0 = time.perf_counter()
         elif trainer.global_step > self.warmup:
@@ -57,41 +65,55 @@ def main():
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--loss-on", default="value", choices=["all", "value"])
+    ap.add_argument("--vocab", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--compile", action="store_true", help="train.compile=true for the factscale path")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="factscale-bench-train-"))
-    build_synthetic(tmp / "c", SyntheticSpec(n_keys=3000, vocab_sizes=[64, 256, 1024]), vocab_size=1024)
+    build_synthetic(tmp / "c", SyntheticSpec(n_keys=3000, vocab_sizes=[64, 256, 1024]), vocab_size=a.vocab)
     facts, _ = load_corpus(tmp / "c")
     warm = 5
     cfg = load_run_config(None, {"corpus.path": str(tmp / "c"), "runs_dir": str(tmp / "r"), "model.size": a.size,
                                  "train.batch_size": a.batch, "train.seq_len": a.seq, "train.epochs": 1,
-                                 "train.progress_bar": False})
+                                 "train.progress_bar": False, "train.loss_on": a.loss_on,
+                                 "train.compile": a.compile})
     dm = FactDataModule(cfg, facts, pad_id=0)
     ids, labels = dm.epoch_tensors(0)
     n_batches = ids.shape[0] // a.batch
     steps = min(a.steps, n_batches - warm)
     tokens_per_step = int((ids[: a.batch] != 0).sum())  # real tokens in a typical batch
     L.seed_everything(0, verbose=False)
-    module = FactLM(cfg, 1024, 1, 2, 0)
+    vocab = len(AutoTokenizer.from_pretrained(str(tmp / "c" / "tokenizer")))
+    module = FactLM(cfg, vocab, 1, 2, 0)
     init = copy.deepcopy(module.model.state_dict())
+    plain_model = copy.deepcopy(module.model)  # its own copy: train.compile must not reach the plain loop
+
+    plain_losses = []
 
     def plain_loop() -> float:
-        model = module.model
+        model = plain_model
         model.load_state_dict(init)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, n_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, warm + steps))  # as Lightning's max_steps
         model.train()
+        plain_losses.clear()
         for i in range(warm + steps):
             if i == warm:
                 t = time.perf_counter()
             b = slice(i * a.batch, (i + 1) * a.batch)
             loss = model(input_ids=ids[b], labels=labels[b]).loss
+            plain_losses.append(float(loss))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             opt.step()
             sched.step()
         return (time.perf_counter() - t) / steps
+
+    fs_losses = []
 
     def factscale_path() -> float:
         """Lightning Trainer over FactLM + FactDataModule, same init, same batches."""
@@ -101,6 +123,7 @@ def main():
                             enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
                             gradient_clip_val=cfg.optim.grad_clip, num_sanity_val_steps=0)
         trainer.fit(module, datamodule=dm)
+        fs_losses[:] = timer.losses
         return (timer.t1 - timer.t0) / timer.steps
 
     # alternate the two, best of three each: a shared machine's noise hits both alike
@@ -112,15 +135,18 @@ def main():
     s = resolve_shape(cfg.model)
     n = non_embedding_params(cfg.model.arch, s)
     # per token: 6N for the weights, attention scores/values 6*L*T*h (causal: ~half), output layer 6*h*V
-    flops_tok = 6 * n + 6 * s.n_layers * a.seq * s.hidden + 6 * s.hidden * 1024
+    flops_tok = 6 * n + 6 * s.n_layers * a.seq * s.hidden + 6 * s.hidden * vocab
     peak = matmul_peak()
-    print(f"model {a.size}: {n:,} non-emb params; batch {a.batch} x {a.seq}; {tokens_per_step} real tokens/step; "
-          f"{torch.get_num_threads()} threads")
+    print(f"model {a.size}: {n:,} non-emb params; vocab {vocab}; batch {a.batch} x {a.seq}; loss_on={a.loss_on}; "
+          f"{tokens_per_step} real tokens/step; {torch.get_num_threads()} threads; compile={a.compile}")
     for name, dt in (("plain PyTorch loop", t_plain), ("factscale (Lightning)", t_fs)):
         tps = tokens_per_step / dt
         print(f"{name:<24} {dt * 1000:8.1f} ms/step {tps:10,.0f} tokens/s  "
               f"{tps * flops_tok / 1e9:6.2f} GFLOP/s ({tps * flops_tok / peak:.0%} of matmul peak)")
     print(f"measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    diff = max(abs(x - y) for x, y in zip(plain_losses, fs_losses))
+    print(f"loss, same {len(fs_losses)} steps from the same init: plain {plain_losses[0]:.4f} -> {plain_losses[-1]:.4f}, "
+          f"factscale {fs_losses[0]:.4f} -> {fs_losses[-1]:.4f} (largest difference {diff:.1e})")
     print(f"factscale / plain: {t_plain / t_fs:.2f}x")
 
 

@@ -12,6 +12,15 @@ from factscale.data import FactDataModule, Packer, flat_tokens
 from factscale.reference import pack_reference
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core machine: two intra-op threads mostly wait on each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def random_facts(n: int, seed: int, max_len: int = 20) -> pl.DataFrame:
     """Facts with random token ids and lengths, value starts, repeat counts (0 included) and phases."""
     rng = np.random.default_rng(seed)
@@ -115,7 +124,7 @@ def greedy_facts(model, n: int, seed: int) -> tuple[list[list[int]], np.ndarray]
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
-def test_probe_equals_reference_and_generate(arch):
+def test_probe_equals_reference_and_generate(arch, one_thread):
     """Batched probe (prepared flat arrays, head at value positions only) == per-fact references:
     exact match equals generate() and the full-logits per-row-padded probe; bits equal the latter's."""
     from factscale.config import ModelConfig
@@ -139,7 +148,7 @@ def test_probe_equals_reference_and_generate(arch):
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "gpt2"])
-def test_head_only_loss_equals_full_logits_loss(arch):
+def test_head_only_loss_equals_full_logits_loss(arch, one_thread):
     """The loss with the head at scored positions only == transformers' loss over full logits, and so
     are its gradients, on value-only labels packed by the data module."""
     from factscale.config import ModelConfig
@@ -181,7 +190,7 @@ def _ddp_probe(rank: int, world: int, init: str, out: str):
 
 
 @pytest.mark.slow  # two processes importing torch + transformers: ~30 s on 2 cores
-def test_probe_under_ddp_shards_and_gathers(tmp_path):
+def test_probe_under_ddp_shards_and_gathers(tmp_path, one_thread):
     """Two gloo ranks: each runs half of the batches, and both return every fact's result, equal to a
     single-process probe."""
     import torch.multiprocessing as mp
