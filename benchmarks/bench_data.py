@@ -62,6 +62,14 @@ def main():
     ap.add_argument("--reps", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(1)  # numpy/the Python loop use one core; keep the comparison like for like
+    side_by_side(a)  # its arrays are freed on return, before the big run
+    gc.collect()
+    if a.big:
+        big_epoch(a)
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+def side_by_side(a):
     facts = fake_facts(a.facts)
     col, vs = facts["input_ids"], facts["value_start"].to_numpy()
     print(f"{a.facts:,} facts, {col.list.len().sum():,} tokens, seq_len {a.seq}")
@@ -92,13 +100,13 @@ def main():
         new = packers[mode].pack(order)  # allocates the reused buffers
         assert torch.equal(ref[0], new[0]) and torch.equal(ref[1], new[1]) and ref[2] == new[2], mode
         del ref, new
-        t_old = best(lambda: pack_reference(old_seqs, vs, order, a.seq, 0, mode == "value"), a.reps)
-        t_new = best(lambda: packers[mode].pack(order), a.reps)
+        t_old = best(lambda m=mode: pack_reference(old_seqs, vs, order, a.seq, 0, m == "value"), a.reps)
+        t_new = best(lambda m=mode: packers[m].pack(order), a.reps)
         t_old_all, t_new_all = t_old_all + t_old, t_new_all + t_new
         print(f"packing (loss_on={mode:<5}): per-fact loop {t_old:6.2f} s/epoch   vectorized {t_new:6.3f} s/epoch "
               f"({t_old / t_new:.1f}x, identical tensors)")
     print(f"packing speed-up: {t_old_all / t_new_all:.1f}x")
-    del old_seqs
+    old_seqs.clear()
 
     # --- probe preparation, one probe of every fact
     def prep_old():
@@ -113,7 +121,7 @@ def main():
             tokens.batch(b, a.probe_batch, 0)
 
     # same padded batches, fact for fact
-    for (idx, ids_old, _), b in zip(probe_prep_reference(col[:5000].to_list(), 0, a.probe_batch),
+    for (_, ids_old, _), b in zip(probe_prep_reference(col[:5000].to_list(), 0, a.probe_batch),
                                     range(0, 5000, a.probe_batch)):
         small = ProbeTokens(col[:5000], vs[:5000])
         assert torch.equal(ids_old, small.batch(b, a.probe_batch, 0)[0])
@@ -122,21 +130,18 @@ def main():
     print(f"probe prep per probe: to_list + per-row padding {t_old:6.2f} s   from prepared arrays {t_new:6.3f} s "
           f"(one-off preparation {t_once:.2f} s per probe set)")
     print(f"probe prep speed-up: {t_old / t_new:.1f}x")
-    del tokens, packers, facts, col
-    gc.collect()
 
-    if a.big:
-        big = fake_facts(a.big, seed=1)
-        t = time.perf_counter()
-        flat, offsets = flat_tokens(big["input_ids"])
-        p = Packer(flat, offsets, big["value_start"].to_numpy(), a.seq, 0, True)
-        t_setup = time.perf_counter() - t
-        del big
-        order = np.random.default_rng([0, 1]).permutation(a.big)
-        p.pack(order)
-        t_big = best(lambda: p.pack(order), a.reps)
-        print(f"{a.big:,} facts: setup {t_setup:.2f} s, packing {t_big:.2f} s per epoch (loss_on=value, new path)")
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+def big_epoch(a):
+    big = fake_facts(a.big, seed=1)
+    t = time.perf_counter()
+    flat, offsets = flat_tokens(big["input_ids"])
+    p = Packer(flat, offsets, big["value_start"].to_numpy(), a.seq, 0, True)
+    t_setup = time.perf_counter() - t
+    order = np.random.default_rng([0, 1]).permutation(a.big)
+    p.pack(order)
+    t_big = best(lambda: p.pack(order), a.reps)
+    print(f"{a.big:,} facts: setup {t_setup:.2f} s, packing {t_big:.2f} s per epoch (loss_on=value, new path)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,27 @@
+"""Benchmark scripts that must keep running where there is no GPU (they are run, not timed, here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow  # ~10-20 s: a subprocess importing torch + transformers and a CPU matmul-peak probe
+def test_bench_gpu_runs_on_cpu_and_says_so():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--sizes", "1m", "--batch", "2",
+                          "--seq", "32", "--steps", "1", "--warmup", "1"], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "no CUDA device: running on the CPU" in out.stdout
+    row = [line for line in out.stdout.splitlines() if line.split()[:1] == ["1m"]]
+    assert len(row) == 1, out.stdout
+    params, ms, tps, tflops, mfu = row[0].split()[1:6]
+    assert params == "1,006,848"  # the registry's exact non-embedding count
+    assert float(ms) > 0 and float(tps.replace(",", "")) > 0 and mfu.endswith("%")
