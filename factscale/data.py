@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import lightning as L
 
@@ -205,7 +205,9 @@ class FactDataModule(L.LightningDataModule):
     def train_dataloader(self):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         ids, labels = self.epoch_tensors(epoch, reuse=True)
-        # order is already shuffled by epoch_tensors; a fixed order here keeps resume exact. Whole batches
-        # are sliced out at once (a batch sampler, no per-row collate): tiny models are overhead-bound.
-        batches = BatchSampler(SequentialSampler(range(len(ids))), self.cfg.train.batch_size, drop_last=False)
+        # order is already shuffled by epoch_tensors; a fixed order here keeps resume exact. A batch is a
+        # slice of the packed tensors: a view, no copy, no per-row collate (tiny models are overhead-bound),
+        # and still in pinned memory on a GPU machine, so its host->device copy is asynchronous.
+        bs = self.cfg.train.batch_size
+        batches = [slice(i, min(i + bs, len(ids))) for i in range(0, len(ids), bs)]
         return DataLoader(TensorDataset(ids, labels), sampler=batches, batch_size=None)

@@ -244,3 +244,15 @@ def test_tokenize_once_equals_three_encodings(tmp_path):
     assert out["input_ids"].to_list() == [ref_ids[i] for i in keep]
     assert out["value_start"].to_list() == [ref_starts[i] for i in keep]
     assert out["text"].to_list() == [facts["text"][i] for i in keep]
+
+
+def test_dataloader_batches_are_views_of_the_epoch():
+    """The training batches, in order, are the epoch's packed tensors cut every batch_size rows (the last
+    batch shorter), as views of the reused buffers (no copy)."""
+    facts = random_facts(400, 6)
+    dm = FactDataModule(tiny_run_config("/unused", "/unused", **{"train.batch_size": 7}), facts, pad_id=0)
+    ids, lab = dm.epoch_tensors(0)
+    batches = list(dm.train_dataloader())
+    assert [len(b[0]) for b in batches[:-1]] == [7] * (len(batches) - 1) and 1 <= len(batches[-1][0]) <= 7
+    assert torch.equal(torch.cat([b[0] for b in batches]), ids) and torch.equal(torch.cat([b[1] for b in batches]), lab)
+    assert batches[1][0].data_ptr() == dm.packer._ids.data_ptr() + 7 * ids.shape[1] * 8
