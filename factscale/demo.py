@@ -2,7 +2,7 @@
 
 synthetic corpus -> grid of model sizes (each probed every few epochs, so one run gives its whole
 capacity-vs-epochs curve) on the local executor -> collect -> fit the size, epoch, joint and bits laws
--> figures -> summary. The grid is the same as ``sweeps/demo.yaml``.
+-> figures -> summary. The sweep is ``factscale/demo.yaml`` (also ``sweeps/demo.yaml``).
 
 Choices that make the toy scale show the phenomenon (all recorded in every result row): a constant LR
 after warmup, so capacity at epoch E inside a run approximates a run trained for E epochs; loss on
@@ -17,33 +17,29 @@ import time
 from pathlib import Path
 
 from factscale import fit, plots
-from factscale.config import ConfigError
+from factscale.config import ConfigError, read_yaml_mapping, set_dotted
 from factscale.results import collect, write_parquet_atomic
 from factscale.sweep import _spec_from_dict, launch
 
 
+DEMO_SPEC = Path(__file__).with_name("demo.yaml")  # also sweeps/demo.yaml (a link)
+QUICK = {"corpus_build.synthetic.n_keys": 600, "base.train.batch_size": 16, "base.probe.every_epochs": 5,
+         "grid.train.epochs": [60]}
+"""--quick: a smaller corpus and fewer epochs (about a minute), for smoke tests."""
+
+
 def demo_spec(out: Path, quick: bool = False) -> dict:
-    sizes = ["2k", "5k", "10k"]
-    return {
-        "name": "demo",
-        "description": "toy capacity study: 3 sizes x 200 epochs on 2,700 synthetic training facts",
-        "runs_dir": str(out / "runs"),
-        "corpus_build": {
-            "synthetic": {"n_keys": 600 if quick else 3000, "vocab_sizes": [64], "seed": 0},
-            "heldout_frac": 0.1,
-            "vocab_size": 512,
-        },
-        "base": {
-            "corpus": {"path": str(out / "corpus")},
-            "model": {"arch": "qwen2"},
-            "optim": {"lr": 0.01, "schedule": "constant", "warmup_frac": 0.02},
-            "train": {"batch_size": 16 if quick else 32, "seq_len": 64, "loss_on": "value"},
-            "probe": {"every_epochs": 5 if quick else 10},
-        },
-        "grid": {"model.size": sizes, "train.epochs": [60 if quick else 200], "seed": [0]},
-        # all sizes at once, one thread each: on 2 cores this beats two waves that leave a core idle
-        "resources": {"local": {"max_parallel": len(sizes), "threads_per_run": 1}},
-    }
+    """The shipped demo sweep with its paths under ``out`` (and the --quick reductions)."""
+    spec = read_yaml_mapping(DEMO_SPEC, "demo sweep")
+    spec["runs_dir"] = str(out / "runs")
+    spec["base"]["corpus"]["path"] = str(out / "corpus")
+    for key, value in (QUICK.items() if quick else ()):
+        section, rest = key.split(".", 1)
+        if section == "grid":
+            spec["grid"][rest] = value
+        else:
+            set_dotted(spec[section], rest, value)
+    return spec
 
 
 def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> dict:
