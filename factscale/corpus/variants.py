@@ -47,7 +47,6 @@ INVERSE_PROPERTIES = {
 }
 PARAPHRASE_TEMPLATE = "As for [X], the [R] is [Y]"
 GENERIC_INVERSE_TEMPLATE = "[X] is the [R] of [Y]"
-GROUPS = ["inverse", "paraphrase", "control-forward", "control-inverse", "control-paraphrase"]
 
 
 def _invert(df: pl.DataFrame) -> pl.DataFrame:
