@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from factscale.config import ConfigError, config_hash, load_run_config
+from factscale.config import ConfigError, load_run_config
+from factscale.rundir import identity_hash
 
 
 def test_overrides_and_hash(tmp_path):
@@ -13,9 +14,10 @@ def test_overrides_and_hash(tmp_path):
     assert cfg.train.epochs == 50 and cfg.optim.lr == 1e-3 and cfg.model.size == "1m"
     same = load_run_config(None, {"corpus.path": "/x", "train.epochs": 50, "optim.lr": 0.001, "model.size": "1m",
                                   "train.progress_bar": False})
-    assert config_hash(cfg) == config_hash(same)  # cosmetic fields do not change identity
+    assert identity_hash(cfg, "c1") == identity_hash(same, "c1")  # cosmetic fields do not change identity
+    assert identity_hash(cfg, "c1") != identity_hash(same, "c2")  # another corpus content is another run
     other = load_run_config(None, {"corpus.path": "/x", "train.epochs": 51, "optim.lr": 0.001, "model.size": "1m"})
-    assert config_hash(cfg) != config_hash(other)
+    assert identity_hash(cfg, "c1") != identity_hash(other, "c1")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -27,6 +29,13 @@ def test_overrides_and_hash(tmp_path):
     ({"model.arch": "bert"}, "model.arch: 'bert' is not allowed"),
     ({"train.loss_on": "keys"}, "train.loss_on"),
     ({"probe.splits": ["train", "test"]}, "probe.splits: unknown"),
+    ({"optim.lr": float("inf")}, "optim.lr must be a finite number > 0"),
+    ({"optim.lr": float("nan")}, "optim.lr must be a finite number > 0"),
+    ({"optim.weight_decay": -0.1}, "optim.weight_decay must be a finite number >= 0"),
+    ({"optim.grad_clip": -1.0}, "optim.grad_clip must be a finite number >= 0"),
+    ({"optim.beta2": 1.0}, r"optim.beta2 must be in \[0, 1\)"),
+    ({"seed": -1}, "seed must be an integer >= 0"),
+    ({"train.logger": "mlflow"}, r"train.logger: 'mlflow' is not allowed; allowed values: \['csv', 'tensorboard', 'wandb'\]"),
 ])
 def test_bad_fields_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
