@@ -79,3 +79,15 @@ def test_outdated_or_foreign_corpus_directories_get_a_clear_error(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "factscale-corpus/1", "corpus_hash": "x"}))
     with pytest.raises(CorpusError, match="older factscale"):
         load_corpus(tmp_path)
+
+
+def test_tokenizer_is_trained_on_the_training_split_only(tmp_path):
+    from factscale.corpus.render import train_tokenizer
+
+    build_synthetic(tmp_path / "c", SyntheticSpec(n_keys=300, vocab_sizes=[64], seed=1), vocab_size=400)
+    facts, _ = load_corpus(tmp_path / "c")
+    vocab = json.loads((tmp_path / "c" / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+    train_only = train_tokenizer(facts.filter(pl.col("split") == "train")["text"], 400, tmp_path / "t")
+    everything = train_tokenizer(facts["text"], 400, tmp_path / "a")
+    assert vocab == train_only.get_vocab()
+    assert everything.get_vocab() != vocab  # the held-out texts would have changed the merges

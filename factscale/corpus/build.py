@@ -291,7 +291,9 @@ def _build_into(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(df["text"].to_list(), vocab_size, out / "tokenizer")
+    # BPE merges from the training split only: a held-out key is spelled with pieces the model trained on,
+    # never with tokens whose embeddings no training step touched (and no held-out text shapes the vocab)
+    tokenizer = train_tokenizer(df.filter(pl.col("split") == "train")["text"], vocab_size, out / "tokenizer")
     df, n_bad = tokenize(df, tokenizer)
     counts["dropped_value_not_token_aligned"] = n_bad
     if df.height == 0:
