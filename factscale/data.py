@@ -78,9 +78,11 @@ class Packer:
         self.seq_len, self.pad_id, self.pin_memory = seq_len, pad_id, pin_memory
         # per-token labels, once: the packed labels of every epoch are a gather of these
         lab = flat.astype(np.int64)
-        if value_only:
-            within = np.arange(len(flat)) - np.repeat(offsets[:-1], self.lengths)
-            lab[within < np.repeat(np.asarray(value_starts, dtype=np.int64), self.lengths)] = IGNORE
+        if value_only:  # tokens [start, start + value_start) of each fact: a +1/-1 difference array, summed
+            d = np.zeros(len(flat) + 1, dtype=np.int8)
+            d[offsets[:-1]] = 1
+            np.add.at(d, offsets[:-1] + np.asarray(value_starts, dtype=np.int64), -1)
+            np.putmask(lab, np.cumsum(d[:-1], dtype=np.int8).view(bool), IGNORE)
         else:
             lab[offsets[:-1]] = IGNORE  # <bos> is not a target: which fact comes next is noise, not a fact
         self.flat_ids = torch.from_numpy(flat.astype(np.int64))
