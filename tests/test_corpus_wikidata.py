@@ -5,8 +5,6 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
-import subprocess
-import sys
 
 import polars as pl
 import pytest
@@ -135,11 +133,8 @@ def test_filters_and_empty_result(shared, tmp_path):
         build_from_dump(tmp_path / "e", [src], DumpOptions(allow_properties={"P999999"}), label_files=labels)
 
 
-def test_cli_missing_dump_is_a_clear_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "factscale.cli", "corpus", "build", "--dump", str(tmp_path / "nope.json"),
-                        "-o", str(tmp_path / "o")], capture_output=True, text=True)
-    assert r.returncode == 2
-    assert "dump file not found" in r.stderr and "Traceback" not in r.stderr
+def test_cli_missing_dump_is_a_clear_error(tmp_path, capsys):
+    assert "dump file not found" in _cli_error(capsys, "--dump", tmp_path / "nope.json", "-o", tmp_path / "o")
 
 
 # --- datatypes, subject presets, labels from the dump, broken streams (issue 12) ---
@@ -231,6 +226,15 @@ def test_scholarly_article_preset_skips_papers(shared, tmp_path):
     assert "Q99999999" in {f[0] for f in stream_dump(path, DumpOptions())[0]}
     with pytest.raises(CorpusError, match="neither a preset"):
         parse_subject_exclude(["papers"])
+    from factscale.cli import main  # the CLI flags reach the options and the manifest
+
+    main(["corpus", "build", "--dump", str(path), "-o", str(tmp_path / "c"), "--workers", "1", "--labels",
+          str(shared / "properties" / "pid2name.json"), "--exclude-subjects", "scholarly-articles",
+          "--datatypes", "default,external-id", "--heldout-frac", "0", "--vocab-size", "600"])
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert m["options"]["subject_exclude"] == [["P31", "Q13442814"]] and "external-id" in m["options"]["datatypes"]
+    assert m["counts"]["entities_excluded_subject:P31=Q13442814"] == 1
+    assert "dropped_datatype:external-id" not in m["counts"] and m["counts"]["dropped_datatype:commonsMedia"] > 0
 
 
 def _ndjson(shared, tmp_path, with_properties: bool):
