@@ -31,8 +31,8 @@ EXPECTED = {
 }
 
 
-def sentence(label: str) -> str:
-    return relation_template(label).replace("[X]", "Belgium").replace("[Y]", "Brussels")
+def sentence(label: str, many: bool = False) -> str:
+    return relation_template(label, many).replace("[X]", "Belgium").replace("[Y]", "Brussels")
 
 
 @pytest.mark.parametrize("label", sorted(EXPECTED))
@@ -49,10 +49,19 @@ def all_labels(shared):
     return sorted(labels)
 
 
+def test_to_many_relations_take_an_indefinite_article():
+    """A relation with several values per subject must not claim one: "A twinned ... of", "X is a capital of"."""
+    assert sentence("twinned administrative body", many=True) == "A twinned administrative body of Belgium is Brussels"
+    assert sentence("award received", many=True) == "An award received by Belgium is Brussels"
+    assert sentence("capital of", many=True) == "Belgium is a capital of Brussels"
+    assert sentence("shares border with", many=True) == "Belgium shares border with Brussels"
+    assert sentence("part of", many=True) == "Belgium is part of Brussels"
+
+
 def test_every_real_relation_label_renders_as_a_sentence(all_labels):
     forms = set()
-    for label in all_labels:
-        t = relation_template(label)
+    for label, many in [(x, m) for x in all_labels for m in (False, True)]:
+        t = relation_template(label, many)
         lab = " ".join(label.split())
         assert t.count("[X]") == 1 and t.endswith(" [Y]") and t.count("[Y]") == 1, (label, t)
         assert lab in t, (label, t)  # the relation is named verbatim
@@ -66,7 +75,7 @@ def test_every_real_relation_label_renders_as_a_sentence(all_labels):
         assert s[0].isupper(), (label, s)
         forms.add(t.replace(lab, "L"))
     # the rules really distinguish shapes on real labels (nouns, verbs, passives, "of" nouns, clauses)
-    assert {"The L of [X] is [Y]", "[X] L [Y]", "[X] is L [Y]", "[X] is the L [Y]", "[X] has L [Y]",
+    assert {"The L of [X] is [Y]", "A L of [X] is [Y]", "[X] L [Y]", "[X] is L [Y]", "[X] is the L [Y]", "[X] has L [Y]",
             "The L by [X] is [Y]", "For [X], L [Y]"} <= forms
 
 
@@ -76,10 +85,11 @@ def test_render_keeps_lama_templates_and_marks_the_value():
         "relation_label": ["capital", "shares border with", "place of birth", "twinned administrative body"],
         "value": ["Brussels", "France", "Ghent", "London"],
         "template": [None, None, "[X] was born in [Y] .", "[Y] is a twin town of [X] ."],
+        "cardinality": ["1-1", "N-M", "N-1", "N-M"],
     })
     out = render(facts)
     assert out["text"].to_list() == ["The capital of Belgium is Brussels", "Belgium shares border with France",
-                                     "Belgium was born in Ghent", "The twinned administrative body of Berlin is London"]
+                                     "Belgium was born in Ghent", "A twinned administrative body of Berlin is London"]
     for row in out.iter_rows(named=True):
         assert row["text"] == row["prompt"] + " " + row["value"]
         assert row["text"][row["value_char_start"]:row["value_char_end"]] == row["value"]

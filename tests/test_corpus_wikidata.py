@@ -45,6 +45,17 @@ def test_exact_facts_of_known_entities(dump_corpus):
     assert row["popularity"] == 304  # sitelink count of the subject
 
 
+def test_to_many_relations_render_with_a(dump_corpus):
+    """Human Development Index has a value per year for most countries: its facts must not say "The"."""
+    df, _ = dump_corpus
+    hdi = df.filter(pl.col("relation") == "P1081")
+    assert hdi.height > 0 and set(hdi["cardinality"]) == {"N-M"}
+    assert all(t.startswith("A Human Development Index of ") for t in hdi["text"])
+    pop = df.filter(pl.col("relation") == "P1082")  # one preferred population per country: "The"
+    assert pop.height > 0 and "N-M" not in set(pop["cardinality"])
+    assert all(t.startswith("The population of ") for t in pop["text"])
+
+
 def test_time_precisions():
     assert format_time({"time": "+1952-03-11T00:00:00Z", "precision": 11}) == ("11 March 1952", "")
     assert format_time({"time": "+1952-03-00T00:00:00Z", "precision": 10}) == ("March 1952", "")

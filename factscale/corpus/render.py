@@ -33,7 +33,7 @@ def load_lama_templates(path: str | Path) -> dict[str, dict]:
     return out
 
 
-def prompt_template(template: str | None, relation_label: str | None = None) -> str:
+def prompt_template(template: str | None, relation_label: str | None = None, many: bool = False) -> str:
     """The usable prefix of a template: text before [Y], which must contain [X] before it.
 
     Templates where the value comes before the key (``[Y] is the capital of [X]``) cannot be probed by
@@ -42,18 +42,20 @@ def prompt_template(template: str | None, relation_label: str | None = None) -> 
     [Y]"); without a label, the generic template with ``[R]`` for the relation.
     """
     if not (template and "[X]" in template and "[Y]" in template and template.index("[X]") < template.index("[Y]")):
-        template = relation_template(relation_label) if relation_label else GENERIC_TEMPLATE
+        template = relation_template(relation_label, many) if relation_label else GENERIC_TEMPLATE
     return template[: template.index("[Y]")].rstrip()
 
 
 def render(facts: pl.DataFrame) -> pl.DataFrame:
     """Add prompt, text and character span of the value. Needs key, relation_label, value, template."""
-    cache: dict = {}  # one template per (template, label): millions of facts share a few thousand relations
+    cache: dict = {}  # one template per relation: millions of facts share a few thousand relations
     prompts = []
-    for t, r, k in zip(facts["template"], facts["relation_label"], facts["key"]):
-        if (t, r) not in cache:
-            cache[t, r] = prompt_template(t, r).replace("[R]", r or "")
-        prompts.append(cache[t, r].replace("[X]", k))
+    cards = facts["cardinality"] if "cardinality" in facts.columns else [None] * facts.height
+    for t, r, k, card in zip(facts["template"], facts["relation_label"], facts["key"], cards):
+        many = card in ("N-M", "1-M")  # several values per subject: "A twinned ... of X is", not "The"
+        if (t, r, many) not in cache:
+            cache[t, r, many] = prompt_template(t, r, many).replace("[R]", r or "")
+        prompts.append(cache[t, r, many].replace("[X]", k))
     return facts.with_columns(
         pl.Series("prompt", prompts, dtype=pl.String),
     ).with_columns(

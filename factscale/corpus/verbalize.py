@@ -17,7 +17,8 @@ any other noun phrase                  capital, twinned administrative body     
 =====================================  ===========================================  ===============================
 
 The value ``[Y]`` always ends the template, so it follows the prompt after one space and starts at a
-token boundary. ``the`` is the default article because a corpus keeps one value per key and relation.
+token boundary. ``the`` is the default article because a corpus keeps one value per key and relation;
+relations that give most subjects several values (cardinality ``N-M``/``1-M``) take ``a``/``an``.
 """
 
 from __future__ import annotations
@@ -76,16 +77,25 @@ def _head(words: list[str]) -> int:
     return i
 
 
-def _article(label: str, head: str) -> str:
+def _a(word: str) -> str:
+    w = word.lower()
+    return "an" if w[:1] in "aeiou" and not w.startswith(("uni", "use", "usu", "eu", "one")) else "a"
+
+
+def _article(label: str, head: str, many: bool = False) -> str:
     if label.lower() in NO_ARTICLE or head in ("a", "an", "the"):
         return ""
-    if head in INDEFINITE:
+    if head in INDEFINITE or many:
         return "an " if head[0] in "aeiou" else "a "
     return "the "
 
 
-def relation_template(label: str) -> str:
-    """A template with ``[X]`` (the key) before ``[Y]`` (the value), ``[Y]`` last. Rules in the module docstring."""
+def relation_template(label: str, many: bool = False) -> str:
+    """A template with ``[X]`` (the key) before ``[Y]`` (the value), ``[Y]`` last. Rules in the module docstring.
+
+    ``many``: the relation gives most subjects several values (twinned cities, awards): nouns take "a"
+    instead of "the" ("A twinned administrative body of Berlin is London"), which would claim uniqueness.
+    """
     label = " ".join(label.split())
     words = _words(label)
     if not words:
@@ -105,7 +115,7 @@ def relation_template(label: str) -> str:
         if head in ADJECTIVES:
             return f"[X] is {label} [Y]"
         if last == "of":
-            return f"[X] is {_article(label, head)}{label} [Y]"
+            return f"[X] is {_article(label, head, many)}{label} [Y]"
         if any(w in IS_A_NOUNS for w in words[i:]):
             return f"[X] is {'an' if head[0] in 'aeiou' else 'a'} {label} [Y]"
         if len(words) - i == 2 and re.search(r"(ent|ant|ic|ous|ive|ible|able)$", head):
@@ -113,5 +123,6 @@ def relation_template(label: str) -> str:
         return f"[X] has {label} [Y]"
     if len(words) > 1 and _is_participle(last) and not _is_participle(head) and words[-2] != "of":
         # "award received by X", "ballots cast by X"; "number of injured" is a noun phrase
-        return f"The {label} {'with' if last == 'associated' else 'by'} [X] is [Y]"
-    return f"The {label} of [X] is [Y]"
+        det = _a(label).capitalize() if many else "The"
+        return f"{det} {label} {'with' if last == 'associated' else 'by'} [X] is [Y]"
+    return f"{_a(label).capitalize() if many else 'The'} {label} of [X] is [Y]"

@@ -417,4 +417,26 @@ def dump_to_raw(paths, opts: DumpOptions, label_files=(), workers: int = 1, prog
                                         "(TSV 'Q142<TAB>France') or build from a dump that includes them")
     n = len(rows["value"])
     rows["source"] = ["wikidata-dump"] * n
-    return raw_frame(rows), dict(counts), errors
+    return _mark_to_many(raw_frame(rows), n_values), dict(counts), errors
+
+
+def _mark_to_many(df, n_values: Counter):
+    """Relations giving at least half their subjects several statements are to-many: cardinality N-M (values
+    shared by subjects) or 1-M. Counted before the multi-value rule drops such pairs, so the sentences of
+    the facts that stay say "a twinned administrative body of", not "the" (``verbalize``)."""
+    import polars as pl
+
+    subjects, multi = Counter(), Counter()
+    for (_, pid), k in n_values.items():
+        subjects[pid] += 1
+        multi[pid] += k > 1
+    to_many = [p for p, s in subjects.items() if multi[p] and 2 * multi[p] >= s]
+    if not to_many or df.height == 0:
+        return df
+    rel = pl.col("relation")
+    shared = (df.filter(rel.is_in(to_many))
+              .group_by("relation", pl.coalesce("value_id", "value").alias("v"))
+              .agg(pl.col("subject_id").n_unique().alias("n"))
+              .filter(pl.col("n") > 1)["relation"].unique().to_list())
+    card = pl.when(rel.is_in(shared)).then(pl.lit("N-M")).otherwise(pl.lit("1-M"))
+    return df.with_columns(cardinality=pl.when(rel.is_in(to_many)).then(card).otherwise(pl.col("cardinality")))
