@@ -1,4 +1,4 @@
-"""Which Wikidata statements are knowledge: selection by the mainsnak ``datatype``.
+"""Which Wikidata statements are knowledge (selection by the mainsnak ``datatype``), and their values as text.
 
 Every statement's mainsnak carries a ``datatype`` (``wikibase-item``, ``time``, ``external-id``, ...).
 A real dump entity is mostly identifiers, file names and links, so the default preset keeps only
@@ -44,6 +44,8 @@ _ID_LABEL = re.compile(
     r"\b(ID|Id|id|identifier|identifer|code|codes|number|classification|category|gallery|page|URI|URL|"
     r"pattern|hashtag|SMILES|TeX|tag|key|notation|username|headings?|InChI|InChIKey|EID|NFPA|IPA)\b"
 )
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December"]
 _WS = re.compile(r"\s")
 _DIGIT = re.compile(r"\d")
 
@@ -84,6 +86,36 @@ def string_value_is_identifier(value: str) -> bool:
 def string_label_is_identifier(label: str) -> bool:
     """Property labels like "Commons category", "postal code", "NPG ID" name identifiers."""
     return bool(_ID_LABEL.search(label))
+
+
+def format_time(v: dict) -> tuple[str | None, str]:
+    """Wikidata time value -> text at its precision, or (None, reason)."""
+    t, prec = v.get("time", ""), v.get("precision")
+    m = re.match(r"^([+-])(\d+)-(\d\d)-(\d\d)T", t)
+    if not m or prec is None:
+        return None, "time_malformed"
+    sign, year, month, day = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
+    era = " BC" if sign == "-" else ""
+    if prec >= 11:
+        if not (1 <= month <= 12 and 1 <= day <= 31):
+            return None, "time_malformed"
+        return f"{day} {MONTHS[month - 1]} {year}{era}", ""
+    if prec == 10:
+        if not 1 <= month <= 12:
+            return None, "time_malformed"
+        return f"{MONTHS[month - 1]} {year}{era}", ""
+    if prec == 9:
+        return f"{year}{era}", ""
+    if prec == 8:
+        return f"{year // 10 * 10}s{era}", ""
+    return None, "time_precision_coarse"
+
+
+def format_amount(amount: str) -> str:
+    a = amount.lstrip("+")
+    if "." in a:
+        a = a.rstrip("0").rstrip(".")
+    return a
 
 
 def format_coordinate(v: dict) -> str | None:

@@ -25,8 +25,9 @@ from multiprocessing import Pool
 from pathlib import Path
 
 from factscale.corpus.build import CorpusError
-from factscale.corpus.datatypes import (DEFAULT_DATATYPES, PLAIN_STRING_TYPES, STRING_ID, format_coordinate,
-                                        snak_datatype, string_label_is_identifier, string_value_is_identifier)
+from factscale.corpus.datatypes import (DEFAULT_DATATYPES, PLAIN_STRING_TYPES, STRING_ID, format_amount,
+                                        format_coordinate, format_time, snak_datatype, string_label_is_identifier,
+                                        string_value_is_identifier)
 from factscale.corpus.decode import default_backend, make_loads
 from factscale.corpus.dumpio import file_size, open_dump
 from factscale.corpus.tsv import load_label_table
@@ -39,8 +40,6 @@ except ImportError:  # pragma: no cover
     orjson = None
     _loads = json.loads
 
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
-          "October", "November", "December"]
 _ID_RE = re.compile(rb'"id"\s*:\s*"([PQL]\d+)"')
 MAX_ERRORS_KEPT = 20
 EXPECTED_DUMP = ("a Wikidata JSON dump: .json, .json.gz or .json.bz2, in the dump's array layout "
@@ -77,36 +76,6 @@ def parse_line(line: bytes, loads=_loads):
     if not isinstance(ent, dict) or "id" not in ent:
         raise ValueError("not an entity object")
     return ent
-
-
-def format_time(v: dict) -> tuple[str | None, str]:
-    """Wikidata time value -> text at its precision, or (None, reason)."""
-    t, prec = v.get("time", ""), v.get("precision")
-    m = re.match(r"^([+-])(\d+)-(\d\d)-(\d\d)T", t)
-    if not m or prec is None:
-        return None, "time_malformed"
-    sign, year, month, day = m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
-    era = " BC" if sign == "-" else ""
-    if prec >= 11:
-        if not (1 <= month <= 12 and 1 <= day <= 31):
-            return None, "time_malformed"
-        return f"{day} {MONTHS[month - 1]} {year}{era}", ""
-    if prec == 10:
-        if not 1 <= month <= 12:
-            return None, "time_malformed"
-        return f"{MONTHS[month - 1]} {year}{era}", ""
-    if prec == 9:
-        return f"{year}{era}", ""
-    if prec == 8:
-        return f"{year // 10 * 10}s{era}", ""
-    return None, "time_precision_coarse"
-
-
-def format_amount(amount: str) -> str:
-    a = amount.lstrip("+")
-    if "." in a:
-        a = a.rstrip("0").rstrip(".")
-    return a
 
 
 def _label(ent: dict, lang: str) -> str | None:
