@@ -109,7 +109,11 @@ def looks_like_tsv(path: str | Path) -> bool:
 
 
 def read_id_triples(path: str | Path, labels: dict, counts: Counter, errors: list) -> dict[str, list]:
-    """One TSV triple file -> raw rows (subject/relation/value ids and labels). Updates counts and errors."""
+    """One TSV triple file -> raw rows (subject/relation/value ids and labels). Updates counts and errors.
+
+    A plain line loop (~150k lines/s here; a polars read_csv + replace_strict variant measured slower
+    once the rows are turned back into lists), which names every bad line.
+    """
     rows = {k: [] for k in ("subject_id", "subject_label", "relation", "value", "value_id", "value_type")}
     good = 0
     first_bad = None
