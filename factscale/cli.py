@@ -128,6 +128,10 @@ def cmd_sweep(a):
             print(f"{r['run_id']:<44} {r['non_embedding_params']:>11,} {r['epochs']:>6} {tok:>12} {fl:>10}  {r['state']}")
         total = sum(r["flops"] or 0 for r in rows)
         print(f"{len(rows)} runs, {sum(r['state'] == 'done' for r in rows)} done; total {total:.3g} FLOPs (6·N·tokens)")
+        if spec.cooldown_branches:
+            from factscale.branches import plan_lines
+
+            print("\n".join(plan_lines(sweep.expand(spec))))
     elif a.action == "launch":
         recs = sweep.launch(spec, cluster=a.cluster, wait=not a.no_wait)
         failed = [r for r in recs if r["state"] == "failed"]

@@ -74,8 +74,12 @@ class OptimConfig:
     eps: float = 1e-8
     schedule: Literal["cosine", "constant", "wsd"] = "cosine"
     """cosine: warmup then cosine to min_lr_ratio; constant: warmup then flat;
-    wsd: warmup, stable, then linear decay over the last decay_frac of steps."""
+    wsd: warmup, stable, then linear decay over the last decay_frac of training (counted in epochs, so the
+    decay starts exactly at an epoch boundary when epochs x decay_frac is whole: see cooldown branches)."""
     warmup_frac: float = 0.02
+    warmup_steps: Optional[int] = None
+    """Warmup length in optimizer steps; None = warmup_frac of the run's steps. A fixed count makes warmup
+    independent of the run's length, which cooldown branches need (a branch must equal a standalone run)."""
     min_lr_ratio: float = 0.1
     decay_frac: float = 0.2
     grad_clip: float = 1.0
@@ -93,6 +97,8 @@ class OptimConfig:
             v = getattr(self, name)
             if not 0 <= v < 1:
                 raise ConfigError(f"optim.{name} must be in [0, 1), got {v}")
+        if self.warmup_steps is not None and (isinstance(self.warmup_steps, bool) or self.warmup_steps < 0):
+            raise ConfigError(f"optim.warmup_steps must be an integer >= 0 or null, got {self.warmup_steps!r}")
         for name in ("warmup_frac", "min_lr_ratio", "decay_frac"):
             v = getattr(self, name)
             if not 0 <= v <= 1:

@@ -119,6 +119,9 @@ class SweepSpec:
     resources: Resources = field(default_factory=Resources)
     corpus_build: Optional[CorpusBuild] = None
     description: str = ""
+    cooldown_branches: bool = False
+    """Runs differing only in train.epochs (optim.schedule wsd) share one constant-rate trunk and each
+    trains only its decay from the trunk's checkpoint at its fork epoch (factscale.branches)."""
 
 
 def _spec_from_dict(data: dict, where: str) -> SweepSpec:
@@ -174,6 +177,10 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
     ids = [identity_hash(c, "") for c in cfgs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"sweep {spec.name}: grid produces duplicate runs")
+    if spec.cooldown_branches:
+        from factscale.branches import groups
+
+        groups(cfgs, f"sweep {spec.name}, ")  # every run must be a valid branch: fail now, naming the field
     return cfgs
 
 
@@ -258,6 +265,10 @@ class RunJob(submitit.helpers.Checkpointable):
     def __call__(self, cfg_dict: dict) -> dict:
         from factscale.train import RunBusy, run
 
+        if "branches" in cfg_dict:  # a cooldown-branch group: its trunk, then each branch
+            from factscale.branches import run_group
+
+            return run_group(cfg_dict)
         cfg = from_dict(RunConfig, cfg_dict)
         try:
             return run(cfg)
@@ -304,14 +315,19 @@ def launch(spec: SweepSpec, cluster: Literal["local", "slurm", "debug"] = "local
     ensure_corpus(spec, log)
     cfgs = expand(spec)
     todo, out = [], []
-    for cfg, rd in zip(cfgs, _run_dirs(spec, cfgs, validate_runs=True)):
+    units = list(zip(cfgs, _run_dirs(spec, cfgs, validate_runs=True)))
+    if spec.cooldown_branches:  # one job per group: (its trunk config for resources, the group)
+        from factscale.branches import launch_units
+
+        units = launch_units(cfgs, [rd for _, rd in units])
+    for cfg, rd in units:
         st = rd.status()
         if st["state"] in _SKIP:
             out.append({"run_id": rd.id, "state": st["state"], "skipped": True, "job_id": st.get("job_id")})
         else:
             todo.append((cfg, rd))
-    log(f"sweep {spec.name}: {len(cfgs)} runs, {len(cfgs) - len(todo)} done, running or queued, launching "
-        f"{len(todo)} on {cluster}")
+    log(f"sweep {spec.name}: {len(cfgs)} runs in {len(units)} jobs, {len(units) - len(todo)} done, running or "
+        f"queued, launching {len(todo)} on {cluster}")
     if not todo:
         return out
     folder = Path(spec.runs_dir) / "_submitit" / time.strftime("%Y%m%d-%H%M%S")
@@ -323,20 +339,29 @@ def launch(spec: SweepSpec, cluster: Literal["local", "slurm", "debug"] = "local
             ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=r.max_requeues)
             ex.update_parameters(**slurm_parameters(r, f"factscale-{spec.name}", group[0][0].train.num_nodes))
             with ex.batch():
-                group_jobs = [ex.submit(RunJob(), to_dict(c)) for c, _ in group]
+                group_jobs = [ex.submit(RunJob(), _job_arg(c, rd)) for c, rd in group]
             for (_, rd), j in zip(group, group_jobs):
                 rd.record_job(j.job_id, "slurm", folder)
             jobs += [(rd, j) for (_, rd), j in zip(group, group_jobs)]
             log(f"  submitted array {group_jobs[0].job_id.split('_')[0]} ({len(group)} runs)")
     else:
         ex = submitit.DebugExecutor(folder=folder)
-        jobs = [(rd, ex.submit(RunJob(), to_dict(c))) for c, rd in todo]
+        jobs = [(rd, ex.submit(RunJob(), _job_arg(c, rd))) for c, rd in todo]
     for rd, j in jobs:
         rec = {"run_id": rd.id, "job_id": j.job_id, "state": "submitted"}
         if wait:
             rec.update(_wait(j, rd))
         out.append(rec)
     return out
+
+
+def _job_arg(cfg: RunConfig, rd, **train_over) -> dict:
+    """The submitted argument: a run's config dict, or a cooldown-branch group's payload."""
+    if hasattr(rd, "payload"):
+        return rd.payload(**train_over)
+    d = to_dict(cfg)
+    d["train"].update(train_over)
+    return d
 
 
 def _wait(job, rd: RunDir) -> dict:
@@ -380,10 +405,8 @@ def _launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
         while pending or running:
             while pending and len(running) < r.max_parallel:
                 cfg, rd = pending.pop(0)
-                d = to_dict(cfg)
-                if r.threads_per_run:
-                    d["train"]["num_threads"] = r.threads_per_run
-                d["train"]["progress_bar"] = False
+                over = {"progress_bar": False, **({"num_threads": r.threads_per_run} if r.threads_per_run else {})}
+                d = _job_arg(cfg, rd, **over)
                 with _output_to(folder / "controllers.log"):
                     job = ex.submit(RunJob(), d)
                 rd.record_job(job.job_id, "local", folder)

@@ -33,9 +33,29 @@ class RunBusy(RuntimeError):
     """Another process holds this run's lock (a concurrent launch); this one does nothing."""
 
 
-def lr_lambda(cfg, total_steps: int):
+def epoch_progress(trainer):
+    """Training progress in epochs when the scheduler steps after a batch: epoch + batches done / batches
+    in this epoch. Packing makes the number of steps vary by a step or so between epochs, so only this, not
+    a step count, puts a decay's start exactly on an epoch boundary."""
+    def progress(step: int) -> float:
+        done = trainer.fit_loop.epoch_loop.batch_idx + 1  # batch_idx: index within the epoch (-1 before any)
+        return trainer.current_epoch + done / max(1, trainer.num_training_batches)
+
+    return progress
+
+
+def lr_lambda(cfg, total_steps: int, trainer=None):
+    """LR multiplier per optimizer step. ``wsd`` decays over the last ``decay_frac`` of the epochs by training
+    progress (from ``trainer``; without one, by steps of ``total_steps``), so a run of E epochs keeps the
+    stable rate through epoch E(1 - decay_frac) exactly: a cooldown branch forked there from a constant-rate
+    trunk with the same warmup equals this run (factscale.branches)."""
     o = cfg.optim
-    warm = max(1, math.ceil(o.warmup_frac * total_steps)) if o.warmup_frac > 0 else 0
+    if o.warmup_steps is not None:
+        warm = o.warmup_steps
+    else:
+        warm = max(1, math.ceil(o.warmup_frac * total_steps)) if o.warmup_frac > 0 else 0
+    epochs = cfg.train.epochs
+    progress = epoch_progress(trainer) if trainer is not None else (lambda step: step * epochs / max(1, total_steps))
 
     def f(step: int) -> float:
         if step < warm:
@@ -45,10 +65,11 @@ def lr_lambda(cfg, total_steps: int):
         if o.schedule == "cosine":
             p = min(1.0, (step - warm) / max(1, total_steps - warm))
             return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-        decay_start = total_steps * (1 - o.decay_frac)  # wsd: warmup, stable, linear decay
-        if step < decay_start:
+        decay_start = epochs * (1 - o.decay_frac)  # wsd: warmup, stable, linear decay (in epochs)
+        e = progress(step)
+        if e < decay_start:
             return 1.0
-        p = min(1.0, (step - decay_start) / max(1, total_steps - decay_start))
+        p = min(1.0, (e - decay_start) / max(1e-12, epochs - decay_start))
         return 1.0 - (1 - o.min_lr_ratio) * p
 
     return f
@@ -114,7 +135,7 @@ class FactLM(L.LightningModule):
             fused=self.device.type in ("cuda", "cpu"),
         )
         total = int(self.trainer.estimated_stepping_batches)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.cfg, total))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.cfg, total, self.trainer))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -178,11 +199,16 @@ def validate(cfg: RunConfig, facts: pl.DataFrame) -> None:
                           "raise train.seq_len")
 
 
-def run(cfg: RunConfig) -> dict:
+def run(cfg: RunConfig, init_from: str | Path | None = None, branch_of: str | None = None,
+        callbacks: tuple = ()) -> dict:
     """Train one run to completion (resuming if possible) and write its results. Returns a summary.
 
     Bad configs fail before anything is created; an attempt that raises leaves ``error.json`` (failed, never
     done); a process killed mid-run resumes from its last good checkpoint when run again.
+
+    Cooldown branches (``factscale.branches``): ``init_from`` is a checkpoint to start from while the run has
+    none of its own (its trunk's at the fork epoch), ``branch_of`` the trunk's id (recorded on every row),
+    ``callbacks`` extra callbacks that run after the epoch's probe and before its checkpoint.
     """
     facts, manifest = load_corpus(cfg.corpus.path)
     validate(cfg, facts)
@@ -195,7 +221,7 @@ def run(cfg: RunConfig) -> dict:
         if rd.results.exists():
             return {"run_id": rd.id, "state": "done", "skipped": True, "run_dir": str(rd.path)}
         attempt = rd.start_attempt()["attempts"]
-        summary = _train(cfg, rd, facts, manifest, attempt)
+        summary = _train(cfg, rd, facts, manifest, attempt, init_from, branch_of, list(callbacks))
         rd.end_attempt(time.time() - t0)
         return summary
     except BaseException as e:
@@ -207,7 +233,8 @@ def run(cfg: RunConfig) -> dict:
         rd.lock.release()
 
 
-def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, attempt: int) -> dict:
+def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, attempt: int, init_from=None,
+           branch_of=None, extra_callbacks=()) -> dict:
     from transformers import AutoTokenizer
 
     if cfg.train.num_threads:
@@ -224,8 +251,13 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
     probe_cb = ProbeCallback(probe_sets(cfg, dm), cfg.probe.every_epochs, cfg.probe.batch_size,
                              tok.pad_token_id, non_emb, groups, train_facts=dm.train_facts, total_params=total)
     ckpt, epochs_done = rd.resume_checkpoint()
-    callbacks = [EpochLoss(), probe_cb, AtomicLastCheckpoint(rd), *fault_callbacks(attempt)]
-    trainer = make_trainer(cfg, make_logger(cfg.train.logger, rd, epochs_done), callbacks)
+    forked_at = None
+    if ckpt is None and init_from is not None:  # a branch with no checkpoint of its own: its trunk's
+        ckpt, epochs_done = Path(init_from), None
+        forked_at = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
+        rd.note(f"started from {ckpt} (epoch {forked_at}) of trunk {branch_of}")
+    callbacks = [EpochLoss(), probe_cb, *extra_callbacks, AtomicLastCheckpoint(rd), *fault_callbacks(attempt)]
+    trainer = make_trainer(cfg, make_logger(cfg.train.logger, rd, epochs_done or forked_at), callbacks)
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     if trainer.current_epoch < cfg.train.epochs or trainer.interrupted:
@@ -246,7 +278,12 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
         "precision": prec, "train_wall_s": time.time() - t0, "resumed_from_epoch": epochs_done,
         "attempts": attempt,
     }
-    df = build_rows(probe_cb.rows, cfg, meta)
+    if branch_of is not None:
+        meta.update(branch_of=branch_of, fork_epoch=round(cfg.train.epochs * (1 - cfg.optim.decay_frac)))
+    # rows on this run's probe schedule only: a branch inherits its trunk's rows, and the trunk probed at
+    # its own last epoch too, which a standalone run of the branch's length does not
+    E, every = cfg.train.epochs, cfg.probe.every_epochs
+    df = build_rows([r for r in probe_cb.rows if r["epoch"] % every == 0 or r["epoch"] == E], cfg, meta)
     per_fact = None
     if probe_cb.last_tables:
         per_fact = pl.concat([t.select("fact_id", "split", "relation", "correct", "code_bits", "memorized_bits")
