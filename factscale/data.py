@@ -77,7 +77,7 @@ class Packer:
         self.lengths = np.diff(offsets)
         self.seq_len, self.pad_id, self.pin_memory = seq_len, pad_id, pin_memory
         # per-token labels, once: the packed labels of every epoch are a gather of these
-        lab = flat.astype(np.int64)
+        lab = flat.copy()  # int32 like the ids (half the memory of int64); widened when written to a batch
         if value_only:  # tokens [start, start + value_start) of each fact: a +1/-1 difference array, summed
             d = np.zeros(len(flat) + 1, dtype=np.int8)
             d[offsets[:-1]] = 1
@@ -85,9 +85,11 @@ class Packer:
             np.putmask(lab, np.cumsum(d[:-1], dtype=np.int8).view(bool), IGNORE)
         else:
             lab[offsets[:-1]] = IGNORE  # <bos> is not a target: which fact comes next is noise, not a fact
-        self.flat_ids = torch.from_numpy(flat.astype(np.int64))
+        self.flat_ids = torch.from_numpy(flat)
         self.flat_labels = torch.from_numpy(lab)
-        self._scratch = torch.empty(0, dtype=torch.long)  # token indices, then the token stream
+        self._src = torch.empty(0, dtype=torch.long)  # scratch, reused: source index of each stream token
+        self._stream = torch.empty(0, dtype=torch.int32)  # scratch: the epoch's tokens in training order
+        self._rows = torch.empty(0, dtype=torch.int32)  # scratch: windows before widening to int64
         self._ids = self._lab = None
 
     def _buffers(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,17 +119,21 @@ class Packer:
         else:
             ids = torch.empty((rows, self.seq_len), dtype=torch.long)
             lab = torch.empty((rows, self.seq_len), dtype=torch.long)
-        if self._scratch.numel() < 2 * (total + self.seq_len):
-            self._scratch = torch.empty(int(2.1 * (total + self.seq_len)), dtype=torch.long)
+        if self._src.numel() < total:
+            self._src = torch.empty(int(1.05 * total), dtype=torch.long)
+            self._stream = torch.empty(int(1.05 * total) + self.seq_len, dtype=torch.int32)
+        if self._rows.numel() < rows * self.seq_len:
+            self._rows = torch.empty(int(1.05 * rows) * self.seq_len + self.seq_len, dtype=torch.int32)
         # source index of every token of the stream: +1 within a fact, a jump at each fact's first token
-        src = self._scratch[:total]
+        src = self._src[:total]
         step = src.numpy()
         base = self.offsets[:-1][order]
         step.fill(1)
         step[first[1:]] = base[1:] - (base[:-1] + L[:-1] - 1)
         step[0] = base[0]
         np.cumsum(step, out=step)
-        stream = self._scratch[total:2 * total + self.seq_len]
+        stream = self._stream[:total + self.seq_len]
+        tmp = self._rows[:rows * self.seq_len].view(rows, self.seq_len)
         win_first = torch.from_numpy(first[starts])
         used = torch.from_numpy(np.diff(first[starts], append=total))
         pad = torch.arange(self.seq_len) >= used[:, None]
@@ -135,7 +141,8 @@ class Packer:
             torch.index_select(source, 0, src, out=stream[:total])
             stream[total:] = fill
             # window w is stream[first token of w : + seq_len], its tail past the window's facts masked
-            torch.index_select(stream.unfold(0, self.seq_len, 1), 0, win_first, out=out)
+            torch.index_select(stream.unfold(0, self.seq_len, 1), 0, win_first, out=tmp)
+            out.copy_(tmp)  # int32 -> int64
             out.masked_fill_(pad, fill)
         return ids, lab, total
 
