@@ -105,7 +105,7 @@ def main():
                 t = time.perf_counter()
             b = slice(i * a.batch, (i + 1) * a.batch)
             loss = model(input_ids=ids[b], labels=labels[b]).loss
-            plain_losses.append(float(loss))
+            plain_losses.append(loss.item())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)

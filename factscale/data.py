@@ -9,10 +9,12 @@ means it cannot affect real tokens, so no attention mask is needed (keeps SDPA o
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import polars as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 import lightning as L
 
@@ -212,11 +214,34 @@ class FactDataModule(L.LightningDataModule):
         return ids, labels
 
     def train_dataloader(self):
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        t = self.trainer
+        epoch = t.current_epoch if t is not None else 0
+        rank, world = (t.global_rank, t.world_size) if t is not None else (0, 1)
         ids, labels = self.epoch_tensors(epoch, reuse=True)
         # order is already shuffled by epoch_tensors; a fixed order here keeps resume exact. A batch is a
         # slice of the packed tensors: a view, no copy, no per-row collate (tiny models are overhead-bound),
         # and still in pinned memory on a GPU machine, so its host->device copy is asynchronous.
         bs = self.cfg.train.batch_size
         batches = [slice(i, min(i + bs, len(ids))) for i in range(0, len(ids), bs)]
-        return DataLoader(TensorDataset(ids, labels), sampler=batches, batch_size=None)
+        if world > 1:  # rank r trains batches r, r + world, ...; every rank the same count (DDP steps together)
+            batches = batches[rank::world][: len(batches) // world]
+        return DataLoader(EpochBatches(ids, labels, batches), batch_size=None)
+
+
+# EpochBatches knows its exact length (no worker processes split it); Lightning warns for any iterable
+# dataset with __len__ just in case
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined", category=UserWarning)
+
+
+class EpochBatches(IterableDataset):
+    """One rank's batches of a packed epoch, as views. Iterable, so that under DDP Lightning does not put
+    a DistributedSampler in (it would deal out single rows); the sharding is done above, by batch."""
+
+    def __init__(self, ids: torch.Tensor, labels: torch.Tensor, batches: list[slice]):
+        self.ids, self.labels, self.batches = ids, labels, batches
+
+    def __iter__(self):
+        return ((self.ids[b], self.labels[b]) for b in self.batches)
+
+    def __len__(self):
+        return len(self.batches)

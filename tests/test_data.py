@@ -256,3 +256,21 @@ def test_dataloader_batches_are_views_of_the_epoch():
     assert [len(b[0]) for b in batches[:-1]] == [7] * (len(batches) - 1) and 1 <= len(batches[-1][0]) <= 7
     assert torch.equal(torch.cat([b[0] for b in batches]), ids) and torch.equal(torch.cat([b[1] for b in batches]), lab)
     assert batches[1][0].data_ptr() == dm.packer._ids.data_ptr() + 7 * ids.shape[1] * 8
+
+
+def test_ddp_ranks_get_disjoint_equal_batch_counts():
+    """Under DDP rank r trains batches r, r + world, ...: disjoint, together the epoch (but the uneven tail),
+    and the same count on every rank."""
+    from types import SimpleNamespace
+
+    facts = random_facts(400, 7)
+    dm = FactDataModule(tiny_run_config("/unused", "/unused", **{"train.batch_size": 5}), facts, pad_id=0)
+    ids, _ = dm.epoch_tensors(0)
+    n = -(-len(ids) // 5)  # batches in the epoch
+    got = {}
+    for rank in range(3):
+        dm.trainer = SimpleNamespace(current_epoch=0, global_rank=rank, world_size=3)
+        got[rank] = [b[0].clone() for b in dm.train_dataloader()]
+    assert [len(v) for v in got.values()] == [n // 3] * 3
+    dealt = [got[k % 3][k // 3] for k in range(3 * (n // 3))]  # back in epoch order
+    assert torch.equal(torch.cat(dealt), ids[: sum(len(b) for b in dealt)])
