@@ -17,6 +17,7 @@ import yaml
 from conftest import tiny_run_config
 from factscale.branches import TRUNKS, epochs_trained, fork_epoch
 from factscale.config import ConfigError
+from factscale.laws import LAWS
 from factscale.results import collect
 from factscale.rundir import RunDir
 from factscale.sweep import _spec_from_dict, expand, launch
@@ -72,6 +73,8 @@ def test_branches_equal_standalone_wsd_runs(tiny_corpus, tmp_path):
         _same_metrics(b, _standalone(tiny_corpus, tmp_path / "alone", epochs))
     # the fits' default selection: one annealed end point per branch
     assert sorted(final_probes(overall(df))["epoch"].to_list()) == EPOCHS
+    sel = LAWS["exp-epochs"].select(df, None, False)
+    assert sorted(sel["epoch"].to_list()) == EPOCHS and sel["annealed"].all()
     assert epochs_trained(expand(spec)) == (6 + 2 + 4, 15)
 
 
@@ -113,3 +116,64 @@ def test_wsd_decay_starts_exactly_at_the_fork_epoch(tiny_corpus, tmp_path):
     decay = [x for _, x in lrs.seen[first + 1:]]
     assert all(b < a for a, b in zip([lr] + decay, decay))
     assert decay[-1] >= cfg.optim.min_lr_ratio * lr
+
+
+def _cli(*args, fault=None, cwd=None):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("FACTSCALE_FAULT", None)
+    if fault:
+        env["FACTSCALE_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "factscale.cli", *map(str, args)], env=env, capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def test_a_branch_killed_mid_decay_resumes_never_restarts(tiny_corpus, tmp_path):
+    """SIGKILLed after epoch 8 of the 10-epoch branch (its decay runs over epochs 7-10), the relaunched sweep
+    skips the finished trunk and 5-epoch branch and resumes the killed branch from its own epoch-8
+    checkpoint (not from the fork), ending exactly like a standalone run."""
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(_spec(tmp_path, tiny_corpus)))
+    killed = _cli("sweep", "launch", path, "--cluster", "debug", fault="kill@8")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    rds = [RunDir(c) for c in expand(_spec_from_dict(_spec(tmp_path, tiny_corpus), "spec"))]
+    assert [rd.status()["state"] for rd in rds] == ["done", "interrupted"]
+    again = _cli("sweep", "launch", path, "--cluster", "debug", fault="kill@8")  # armed for attempt 1 only
+    assert again.returncode == 0, again.stderr[-2000:]
+    res = pl.read_parquet(rds[1].results)
+    assert res["resumed_from_epoch"][0] == 8 and res["attempts"][0] == 2
+    events = rds[1].status()["events"]
+    assert sum("of trunk" in e for e in events) == 1, events  # started from the trunk once, then resumed
+    assert json.loads(rds[0].attempts_file.read_text())["attempts"] == 1  # the finished branch was skipped
+    _same_metrics(res, _standalone(tiny_corpus, tmp_path / "alone", 10))
+
+
+@pytest.mark.parametrize("base_over, field", [
+    ({"optim": {"schedule": "cosine"}}, "optim.schedule"),
+    ({"optim": {"decay_frac": 0.25}}, "optim.decay_frac"),  # 5 x 0.75 = 3.75: not a whole epoch
+    ({"optim": {"warmup_steps": None}}, "optim.warmup_steps"),  # warmup_frac scales with the run's length
+    ({"train": {"phase_column": "phase", "order": "blocked"}}, "train.order"),
+])
+def test_bad_branch_configs_fail_before_anything_is_created(tiny_corpus, tmp_path, base_over, field):
+    d = _spec(tmp_path, tiny_corpus)
+    for section, vals in base_over.items():
+        d["base"][section].update(vals)
+    with pytest.raises(ConfigError, match=field):
+        launch(_spec_from_dict(d, "spec"), cluster="debug", log=lambda *_: None)
+    if field == "optim.schedule":  # through the CLI: one error line, exit 2 (one case: each call costs seconds)
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(d))
+        r = _cli("sweep", "launch", path, "--cluster", "debug")
+        assert r.returncode == 2 and r.stderr.startswith("error:") and field in r.stderr, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_plan_shows_the_trunk_the_branches_and_the_epochs_saved(tiny_corpus, tmp_path):
+    from factscale.branches import plan_lines
+
+    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, grid={"train.epochs": [5, 10], "seed": [0, 1]}), "s")
+    out = "\n".join(plan_lines(expand(spec)))  # what `sweep plan` prints below its run table
+    assert out.count("trunk _trunks/") == 2 and out.count("  branch ") == 4
+    assert "decay epochs 7-10 (4 trained)" in out
+    assert "24 epochs trained instead of 30" in out
+    assert not (tmp_path / "runs").exists()
