@@ -82,11 +82,11 @@ def scored_loss(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     shifted by one; proven in the tests), but under ``loss_on: value`` only ~1/4 of the positions are
     scored, and for small models the vocabulary-wide head is most of the step's work.
     """
-    hidden = model.base_model(input_ids=ids).last_hidden_state[:, :-1]
+    hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
-    keep = targets != -100
-    logits = model.get_output_embeddings()(hidden[keep])
-    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+    rows, cols = (targets != -100).nonzero(as_tuple=True)  # the state at t predicts the token at t + 1
+    logits = model.get_output_embeddings()(hidden[rows, cols])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[rows, cols])
 
 
 class FactLM(L.LightningModule):
