@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -38,45 +37,25 @@ def _variants(items: list[str] | None) -> dict | None:
 
 
 def cmd_corpus_build(a):
+    """Flags -> one CorpusSpec (the same recipe a sweep's corpus_build gives) -> corpus.build."""
     from factscale import corpus
     from factscale.corpus import CorpusError
 
-    sources = [bool(a.dump), bool(a.triples), a.synthetic, bool(a.hf)]
-    if sum(sources) != 1:
-        raise CorpusError("give exactly one source: --dump PATH..., --triples PATH..., --hf PATH... or --synthetic")
-    common = dict(multi_value=a.multi_value, ambiguous_keys=a.ambiguous_keys, heldout_frac=a.heldout_frac,
-                  vocab_size=a.vocab_size, variants=_variants(a.variant))
-    if a.synthetic:
-        try:
-            vocab = [int(x) for x in a.value_vocab.split(",")]
-        except ValueError:
-            raise CorpusError(f"--value-vocab {a.value_vocab!r}: expected comma-separated integers, e.g. 16,64,256") \
-                from None
-        spec = corpus.SyntheticSpec(n_keys=a.n_keys, vocab_sizes=vocab, seed=a.seed)
-        m = corpus.build_synthetic(a.out, spec, **common)
-    elif a.dump:
-        from factscale.corpus.datatypes import parse_datatypes, parse_subject_exclude
-
-        opts = corpus.DumpOptions(
-            language=a.language,
-            allow_properties=set(a.properties.split(",")) if a.properties else None,
-            deny_properties=set(a.deny_properties.split(",")) if a.deny_properties else set(),
-            subject_filter=list(_kv(a.subject_filter).items()),
-            subject_exclude=parse_subject_exclude(a.exclude_subjects),
-            datatypes=parse_datatypes(a.datatypes),
-            max_facts=a.max_facts,
-        )
-        m = corpus.build_from_dump(a.out, a.dump, opts, label_files=a.labels or [], templates_path=a.templates,
-                                   workers=a.workers, progress=sys.stderr.isatty(), seed=a.seed, **common)
-    elif a.hf:
-        from factscale.corpus.hf import parse_columns
-
-        m = corpus.build_from_datasets(a.out, a.hf, parse_columns(a.hf_columns), split=a.hf_split,
-                                       label_files=a.labels or [], templates_path=a.templates, seed=a.seed,
-                                       max_facts=a.max_facts, **common)
-    else:
-        m = corpus.build_from_triples(a.out, a.triples, label_files=a.labels or [], templates_path=a.templates,
-                                      seed=a.seed, max_facts=a.max_facts, **common)
+    given = {k: v for k, v in vars(a).items() if v is not None and k not in ("fn", "cmd", "corpus_cmd", "out")}
+    synthetic = given.pop("synthetic", False)
+    n_keys, value_vocab = given.pop("n_keys", None), given.pop("value_vocab", None)
+    if synthetic:
+        syn = {} if n_keys is None else {"n_keys": n_keys}
+        if value_vocab is not None:
+            try:
+                syn["vocab_sizes"] = [int(x) for x in value_vocab.split(",")]
+            except ValueError:
+                raise CorpusError(f"--value-vocab {value_vocab!r}: expected comma-separated integers, e.g. 16,64,256") \
+                    from None
+        given["synthetic"] = syn
+    given["variants"] = _variants(given.pop("variant", None)) or {}
+    spec = corpus.CorpusSpec(**given)
+    m = corpus.build_from_spec(spec, a.out, progress=sys.stderr.isatty())
     c = m["counts"]
     print(f"corpus {a.out}: {c['kept_facts']} facts ({c.get('kept_train', 0)} train, {c.get('kept_heldout', 0)} "
           f"held-out), {len(m['facts_per_relation'])} relations, {m['entropy_bits']['all']:.0f} bits "
@@ -270,16 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip subjects with this claim: scholarly-articles (P31=Q13442814) or e.g. P31=Q4167836")
     b.add_argument("--datatypes", help="dump: mainsnak datatypes to keep (default: wikibase-item,time,quantity,"
                    "monolingualtext,string without identifiers); e.g. default,external-id | all | default,-quantity")
-    b.add_argument("--language", default="en")
+    b.add_argument("--language", help="label language (default en)")
     b.add_argument("--max-facts", type=int)
-    b.add_argument("--multi-value", default="drop", choices=["drop", "first"])
-    b.add_argument("--ambiguous-keys", default="disambiguate", choices=["disambiguate", "drop"])
-    b.add_argument("--heldout-frac", type=float, default=0.1)
-    b.add_argument("--vocab-size", type=int, default=2048)
-    b.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    b.add_argument("--n-keys", type=int, default=1000)
-    b.add_argument("--value-vocab", default="16,64,256,1024", help="synthetic: values per attribute")
-    b.add_argument("--seed", type=int, default=0)
+    # no defaults here: unset flags take CorpusSpec's (factscale/corpus/spec.py), shared with sweeps' corpus_build
+    b.add_argument("--multi-value", choices=["drop", "first"], help="default drop")
+    b.add_argument("--ambiguous-keys", choices=["disambiguate", "drop"], help="default disambiguate")
+    b.add_argument("--heldout-frac", type=float, help="default 0.1")
+    b.add_argument("--vocab-size", type=int, help="BPE vocabulary (default 2048)")
+    b.add_argument("--workers", type=int, help="dump parser processes (default: all cores)")
+    b.add_argument("--n-keys", type=int, help="synthetic: keys (default 1000)")
+    b.add_argument("--value-vocab", help="synthetic: values per attribute (default 16,64,256,1024)")
+    b.add_argument("--seed", type=int, help="default 0")
     b.add_argument("--variant", action="append", metavar="NAME:k=v,...",
                    help="compatibility:n=200 | frequency:mode=assigned|signal,levels=1/2/4/8 | phases:n=2,by=relation")
     b.set_defaults(fn=cmd_corpus_build)

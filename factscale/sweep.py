@@ -22,7 +22,9 @@ from typing import Literal, Optional
 import submitit
 
 from factscale.config import ConfigError, RunConfig, from_dict, read_yaml_mapping, set_dotted, to_dict
-from factscale.corpus.build import read_manifest
+from factscale.corpus.build import CorpusError, read_manifest
+from factscale.corpus.spec import CorpusSpec
+from factscale.corpus.spec import build as build_corpus_from
 from factscale.models import non_embedding_params, resolve_shape
 from factscale.rundir import RunDir, identity_hash, run_name
 
@@ -78,38 +80,6 @@ class Resources:
 
 
 @dataclass
-class CorpusBuild:
-    """Build the corpus at base.corpus.path (if it is missing or was built from another recipe): synthetic,
-    or from triple files. Recorded in the corpus manifest, so an edited recipe rebuilds the corpus."""
-    synthetic: Optional[dict] = None
-    """Fields of factscale.corpus.SyntheticSpec (n_keys, vocab_sizes, seed, ...)."""
-    triples: list[str] = field(default_factory=list)
-    """T-REx/LAMA or BEAR jsonl files/directories (relative paths are relative to the working directory)."""
-    labels: list[str] = field(default_factory=list)
-    variants: dict = field(default_factory=dict)
-    """Corpus variants for the behaviour studies (compatibility / frequency / phases), see corpus.variants."""
-    max_facts: Optional[int] = None
-    heldout_frac: float = 0.1
-    vocab_size: int = 1024
-    seed: int = 0
-
-    def __post_init__(self):
-        from factscale.corpus import SyntheticSpec
-
-        if self.synthetic is not None:
-            try:
-                from_dict(SyntheticSpec, self.synthetic, "corpus_build.synthetic.")
-            except ValueError as e:
-                raise ConfigError(f"corpus_build.synthetic: {e}") from None
-        if (self.synthetic is None) == (not self.triples):
-            raise ConfigError("corpus_build: give exactly one recipe, synthetic: {...} or triples: [...]")
-        if not 0 <= self.heldout_frac < 1:
-            raise ConfigError(f"corpus_build.heldout_frac must be in [0, 1), got {self.heldout_frac}")
-        _at_least(self, "corpus_build", 1, "max_facts")
-        _at_least(self, "corpus_build", 64, "vocab_size")
-
-
-@dataclass
 class SweepSpec:
     name: str
     runs_dir: str
@@ -117,7 +87,9 @@ class SweepSpec:
     grid: dict = field(default_factory=dict)
     """Dotted config field -> list of values; the sweep is their cartesian product."""
     resources: Resources = field(default_factory=Resources)
-    corpus_build: Optional[CorpusBuild] = None
+    corpus_build: Optional[CorpusSpec] = None
+    """Build base.corpus.path from this recipe (the same fields as `factscale corpus build`) if it is missing
+    or was built from another recipe."""
     description: str = ""
     cooldown_branches: bool = False
     """Runs differing only in train.epochs (optim.schedule wsd) share one constant-rate trunk and each
@@ -142,7 +114,10 @@ def _spec_from_dict(data: dict, where: str) -> SweepSpec:
     for size, over in by_size.items():
         from_dict(SlurmResources, {**to_dict(spec.resources.slurm), **(over or {})}, f"resources.slurm_by_size.{size}.")
     spec.resources.slurm_by_size = by_size
-    spec.corpus_build = from_dict(CorpusBuild, cb, "corpus_build.") if cb else None
+    try:
+        spec.corpus_build = from_dict(CorpusSpec, cb, "corpus_build.") if cb else None
+    except CorpusError as e:
+        raise ConfigError(f"{where}: corpus_build: {e}") from None
     for k, v in spec.grid.items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{where}: grid.{k} must be a non-empty list, got {v!r}")
@@ -187,23 +162,14 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
 def ensure_corpus(spec: SweepSpec, log=print) -> None:
     """Build the sweep's corpus unless one built from the same recipe is there (concurrent launches
     serialize on the corpus lock; the second finds it built)."""
-    path = Path(spec.base.get("corpus", {}).get("path", ""))
     if spec.corpus_build is None:
         return
-    from factscale.corpus import SyntheticSpec, build_from_triples, build_synthetic
-
-    cb = spec.corpus_build
-    recipe = to_dict(cb)
+    path = Path(spec.base.get("corpus", {}).get("path", ""))
     m = read_manifest(path)
-    if m is not None and m.get("recipe") == recipe:
+    if m is not None and m.get("recipe") == spec.corpus_build.recipe():
         return
     log(f"building corpus {path} from the sweep's corpus_build" + (" (its recipe changed)" if m else ""))
-    common = dict(heldout_frac=cb.heldout_frac, vocab_size=cb.vocab_size, variants=cb.variants or None,
-                  max_facts=cb.max_facts, recipe=recipe, reuse=True)
-    if cb.synthetic is not None:
-        build_synthetic(path, from_dict(SyntheticSpec, cb.synthetic, "corpus_build.synthetic."), **common)
-    else:
-        build_from_triples(path, cb.triples, label_files=cb.labels, seed=cb.seed, **common)
+    build_corpus_from(spec.corpus_build, path, reuse=True)
 
 
 def _run_dirs(spec: SweepSpec, cfgs: list[RunConfig], validate_runs: bool = False) -> list[RunDir | None]:

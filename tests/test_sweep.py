@@ -160,7 +160,8 @@ def test_edited_corpus_recipe_rebuilds_and_never_reuses_stale_results(tmp_path):
     ({"resources": {"slurm_by_size": {"9k": {"time_min": 5}}}}, r"slurm_by_size has sizes \['9k'\] that no run uses"),
     ({"grid": ["model.size"]}, "grid must be a mapping"),
     ({"corpus_build": {"synthetic": {"n_keys": 10}, "vocab": 5}}, "unknown config key 'corpus_build.vocab'"),
-    ({"corpus_build": {"synthetic": {"n_key": 10}}}, "unknown config key 'corpus_build.synthetic.n_key'"),
+    ({"corpus_build": {"synthetic": {"n_key": 10}}}, "corpus_build: unknown config key 'synthetic.n_key'"),
+    ({"corpus_build": {"synthetic": {"n_keys": 10}, "triples": ["x"]}}, "corpus_build: give exactly one source"),
     ({"base": {"optim": {"lr": float("inf")}}}, "optim.lr must be a finite number > 0"),
     ({"base": {"optim": {"grad_clip": -1}}}, "optim.grad_clip must be a finite number >= 0"),
     ({"base": {"seed": -1}}, "seed must be an integer >= 0"),
@@ -192,13 +193,18 @@ def test_ctrl_c_of_a_local_launch_is_one_line_and_the_run_resumes(tmp_path, tiny
     env = {**os.environ, "FACTSCALE_FAULT": "stall@1"}  # the run cannot finish before the Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "factscale.cli", "sweep", "launch", str(p)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    rd = RunDir(expand(_spec_from_dict(d, "x"))[0])
-    deadline = time.time() + 600  # bounds a wait for an event; nothing depends on the speed
-    while not rd.last_ckpt.exists():
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=300)
+    try:
+        rd = RunDir(expand(_spec_from_dict(d, "x"))[0])
+        deadline = time.time() + 600  # bounds a wait for an event; nothing depends on the speed
+        while not rd.last_ckpt.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err and "interrupted" in out
     while rd.queued_job() is not None:  # the local job's controller is still stopping its task

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from factscale.corpus.build import CorpusError, build_corpus, file_sha256, load_corpus
+from factscale.corpus.spec import CorpusSpec
+from factscale.corpus.spec import build as build_from_spec  # not `build`: the corpus.build module
 from factscale.corpus.synthetic import SyntheticSpec, generate
 from factscale.corpus.triples import read_triples, templates_for
 from factscale.corpus.wikidata import DumpOptions, dump_to_raw, load_label_table
 
-__all__ = ["CorpusError", "SyntheticSpec", "DumpOptions", "build_synthetic", "build_from_dump", "build_from_triples",
+__all__ = ["CorpusError", "CorpusSpec", "build_from_spec", "SyntheticSpec", "DumpOptions", "build_synthetic", "build_from_dump",
+           "build_from_triples",
            "build_from_datasets", "load_corpus"]
 
 
-def build_synthetic(out_dir, spec: SyntheticSpec, heldout_frac=0.1, vocab_size=1024, **kw) -> dict:
+def _rules(kw: dict) -> dict:
+    """The build rules (multi_value, ambiguous_keys, heldout_frac, vocab_size, seed) with CorpusSpec's defaults:
+    the one place they are declared."""
+    defaults = {f.name: f.default for f in dataclasses.fields(CorpusSpec)
+                if f.name in ("multi_value", "ambiguous_keys", "heldout_frac", "vocab_size", "seed")}
+    return {**defaults, **kw}
+
+
+def build_synthetic(out_dir, spec: SyntheticSpec, **kw) -> dict:
     raw, bits = generate(spec)
-    return build_corpus(
-        raw, out_dir, source_info={"kind": "synthetic", "spec": spec.__dict__},
-        options={"synthetic": spec.__dict__}, heldout_frac=heldout_frac, vocab_size=vocab_size,
-        seed=spec.seed, entropy_bits=bits, **kw,
-    )
+    return build_corpus(raw, out_dir, source_info={"kind": "synthetic", "spec": spec.__dict__},
+                        options={"synthetic": spec.__dict__}, entropy_bits=bits, **_rules({**kw, "seed": spec.seed}))
 
 
 def _files_info(paths) -> list[dict]:
@@ -41,7 +50,7 @@ def build_from_dump(out_dir, dumps, opts: DumpOptions, label_files=(), templates
                "deny_properties": sorted(opts.deny_properties), "subject_filter": opts.subject_filter,
                "subject_exclude": opts.subject_exclude, "datatypes": sorted(opts.datatypes),
                "dump_max_facts": opts.max_facts}
-    return build_corpus(raw, out_dir, source_info=info, counts=counts, options=options, **kw)
+    return build_corpus(raw, out_dir, source_info=info, counts=counts, options=options, **_rules(kw))
 
 
 def build_from_triples(out_dir, paths, label_files=(), templates_path=None, **kw) -> dict:
@@ -52,7 +61,7 @@ def build_from_triples(out_dir, paths, label_files=(), templates_path=None, **kw
     raw, counts, errors, files = read_triples(paths, templates=templates, labels=labels)
     info = {"kind": "triples", "files": _files_info(files), "label_files": _files_info(label_files),
             "templates": tpath, "parse_errors": [list(e) for e in errors]}
-    return build_corpus(raw, out_dir, source_info=info, counts=counts, **kw)
+    return build_corpus(raw, out_dir, source_info=info, counts=counts, **_rules(kw))
 
 
 def build_from_datasets(out_dir, source, columns=None, split=None, label_files=(), templates_path=None, **kw) -> dict:
@@ -67,4 +76,4 @@ def build_from_datasets(out_dir, source, columns=None, split=None, label_files=(
     info = {"kind": "datasets", "files": _files_info(files), "label_files": _files_info(label_files),
             "templates": templates_path, "columns": columns or {}, "split": split,
             "parse_errors": [list(e) for e in errors]}
-    return build_corpus(raw, out_dir, source_info=info, counts=counts, **kw)
+    return build_corpus(raw, out_dir, source_info=info, counts=counts, **_rules(kw))

@@ -46,7 +46,8 @@ class SyntheticSpec:
         if self.n_keys < 1:
             raise CorpusError(f"synthetic n_keys (--n-keys) must be >= 1, got {self.n_keys}")
         if not self.vocab_sizes or min(self.vocab_sizes) < 2:
-            raise CorpusError(f"synthetic vocab_sizes (--value-vocab) must be a non-empty list of integers >= 2, got {self.vocab_sizes}")
+            raise CorpusError("synthetic vocab_sizes (--value-vocab) must be a non-empty list of integers >= 2, "
+                              f"got {self.vocab_sizes}")
         if len(self.vocab_sizes) > len(ATTRIBUTE_NAMES):
             raise CorpusError(f"at most {len(ATTRIBUTE_NAMES)} synthetic attributes")
         if self.predictable and len(self.predictable) != len(self.vocab_sizes):

@@ -1,0 +1,121 @@
+"""One corpus recipe for every entry point: ``factscale corpus build`` flags, a sweep's ``corpus_build`` and
+the library all fill a ``CorpusSpec`` and call ``build``, so every default lives here, once.
+
+The recipe is stored in the corpus manifest (``recipe``); a sweep whose recipe differs from the built
+corpus' rebuilds it, and an identical recipe reuses it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from factscale.corpus.build import CorpusError
+
+SOURCES = ("synthetic", "dump", "triples", "hf")
+
+
+@dataclass
+class CorpusSpec:
+    synthetic: Optional[dict] = None
+    """Generate facts with exactly known entropy: fields of ``SyntheticSpec`` (n_keys, vocab_sizes, ...)."""
+    dump: list[str] = field(default_factory=list)
+    """Wikidata JSON dump(s): .json, .json.gz, .json.bz2 (array or one entity per line)."""
+    triples: list[str] = field(default_factory=list)
+    """T-REx/LAMA or BEAR jsonl, or ID-triple TSV, files or directories."""
+    hf: list[str] = field(default_factory=list)
+    """A local Hugging Face ``datasets`` source (save_to_disk directory, parquet/json/csv files)."""
+    labels: list[str] = field(default_factory=list)
+    """Label tables (TSV or JSON) for values and properties not labelled in the data."""
+    templates: Optional[str] = None
+    """LAMA relations.jsonl with [X]/[Y] templates."""
+    hf_columns: Optional[str] = None
+    """hf: column mapping, e.g. ``subject=sub_label,relation=predicate_id,value=obj_label``."""
+    hf_split: Optional[str] = None
+    language: str = "en"
+    properties: Optional[str] = None
+    """dump: allow-list, e.g. ``P36,P569``."""
+    deny_properties: Optional[str] = None
+    subject_filter: Optional[str] = None
+    """dump: keep subjects with these claims, e.g. ``P31=Q5`` (humans)."""
+    exclude_subjects: list[str] = field(default_factory=list)
+    """dump: skip subjects with any of these claims: ``scholarly-articles`` or ``P31=Q...``."""
+    datatypes: Optional[str] = None
+    """dump: mainsnak datatypes to keep (None = the knowledge preset; see ``corpus.datatypes``)."""
+    workers: Optional[int] = None
+    """dump: parser processes (None = all cores)."""
+    max_facts: Optional[int] = None
+    multi_value: Literal["drop", "first"] = "drop"
+    ambiguous_keys: Literal["disambiguate", "drop"] = "disambiguate"
+    heldout_frac: float = 0.1
+    vocab_size: int = 2048
+    seed: int = 0
+    variants: dict = field(default_factory=dict)
+    """Behaviour-study variants: compatibility / frequency / phases (``corpus.variants``)."""
+
+    def __post_init__(self):
+        given = [s for s in SOURCES if getattr(self, s)]
+        if len(given) != 1:
+            raise CorpusError("give exactly one source: synthetic, dump, triples or hf (CLI: --synthetic, --dump "
+                              f"PATH..., --triples PATH..., --hf PATH...); got {given or 'none'}")
+        if not 0 <= self.heldout_frac < 1:
+            raise CorpusError(f"heldout_frac must be in [0, 1), got {self.heldout_frac}")
+        if self.vocab_size < 64:
+            raise CorpusError(f"vocab_size must be >= 64, got {self.vocab_size}")
+        if self.max_facts is not None and self.max_facts < 1:
+            raise CorpusError(f"max_facts must be >= 1, got {self.max_facts}")
+        if self.synthetic is not None:
+            self.synthetic_spec()  # validates now, naming the field
+
+    @property
+    def source(self) -> str:
+        return next(s for s in SOURCES if getattr(self, s))
+
+    def synthetic_spec(self):
+        from factscale.config import ConfigError, from_dict
+        from factscale.corpus.synthetic import SyntheticSpec
+
+        try:
+            return from_dict(SyntheticSpec, {"seed": self.seed, **self.synthetic}, "synthetic.")
+        except ConfigError as e:
+            raise CorpusError(str(e)) from None
+
+    def recipe(self) -> dict:
+        return asdict(self)
+
+
+def build(spec: CorpusSpec, out: str | Path, *, reuse: bool = False, progress: bool = False) -> dict:
+    """Build the corpus ``spec`` describes at ``out`` (atomically); with ``reuse``, a corpus there built from
+    the same recipe is kept as it is. Returns the manifest."""
+    from factscale import corpus
+
+    common = dict(multi_value=spec.multi_value, ambiguous_keys=spec.ambiguous_keys, heldout_frac=spec.heldout_frac,
+                  vocab_size=spec.vocab_size, variants=spec.variants or None, recipe=spec.recipe(), reuse=reuse)
+    src = spec.source
+    if src == "synthetic":
+        return corpus.build_synthetic(out, spec.synthetic_spec(), max_facts=spec.max_facts, **common)
+    if src == "dump":
+        from factscale.corpus.datatypes import parse_datatypes, parse_subject_exclude
+
+        opts = corpus.DumpOptions(
+            language=spec.language,
+            allow_properties=set(spec.properties.split(",")) if spec.properties else None,
+            deny_properties=set(spec.deny_properties.split(",")) if spec.deny_properties else set(),
+            subject_filter=[tuple(kv.split("=", 1)) for kv in (spec.subject_filter or "").split(",") if "=" in kv],
+            subject_exclude=parse_subject_exclude(spec.exclude_subjects),
+            datatypes=parse_datatypes(spec.datatypes),
+            max_facts=spec.max_facts,
+        )
+        return corpus.build_from_dump(out, spec.dump, opts, label_files=spec.labels, templates_path=spec.templates,
+                                      workers=spec.workers or os.cpu_count() or 1, progress=progress,
+                                      seed=spec.seed, **common)
+    if src == "hf":
+        from factscale.corpus.hf import parse_columns
+
+        return corpus.build_from_datasets(out, spec.hf, parse_columns(spec.hf_columns), split=spec.hf_split,
+                                          label_files=spec.labels, templates_path=spec.templates, seed=spec.seed,
+                                          max_facts=spec.max_facts, **common)
+    return corpus.build_from_triples(out, spec.triples, label_files=spec.labels, templates_path=spec.templates,
+                                     seed=spec.seed, max_facts=spec.max_facts, **common)
