@@ -12,9 +12,8 @@ from factscale.corpus.synthetic import SyntheticSpec, generate
 from factscale.corpus.triples import read_triples, templates_for
 from factscale.corpus.wikidata import DumpOptions, dump_to_raw, load_label_table
 
-from factscale.corpus.spec import build as build_from_spec  # not `build`, which is the corpus.build module
-           "build_from_triples",
-           "build_from_datasets", "load_corpus"]
+__all__ = ["CorpusError", "CorpusSpec", "build_from_spec", "SyntheticSpec", "DumpOptions", "build_synthetic",
+           "build_from_dump", "build_from_triples", "build_from_datasets", "load_corpus"]
 
 
 def _rules(kw: dict) -> dict:
