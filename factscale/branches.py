@@ -178,6 +178,20 @@ def plan_lines(cfgs: list[RunConfig]) -> list[str]:
     return lines
 
 
+def trunk_status(cfgs: list[RunConfig]) -> list[dict]:
+    """``sweep status`` rows of the trunks (run id ``_trunks/<id>``)."""
+    from factscale.corpus.build import read_manifest
+
+    rows = []
+    for g in groups(cfgs):
+        if isinstance(g, BranchGroup):
+            m = read_manifest(g.trunk.corpus.path)
+            st = RunDir(g.trunk, m["corpus_hash"]).status() if m else {"run_id": f"{run_name(g.trunk)}-?",
+                                                                       "state": "pending", "requeues": 0}
+            rows.append({**st, "run_id": f"{TRUNKS}/{st['run_id']}"})
+    return rows
+
+
 def fork_path(trunk_rd: RunDir, epoch: int) -> Path:
     return trunk_rd.last_ckpt.with_name(f"fork-e{epoch}.ckpt")
 

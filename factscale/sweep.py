@@ -407,4 +407,8 @@ def sweep_status(spec: SweepSpec) -> list[dict]:
         if jobs and "job_id" not in st and st["state"] != "done":
             st["job_id"] = jobs[-1]["job_id"]
         rows.append(st)
+    if spec.cooldown_branches:  # and each trunk: its group's job trains it before the branches
+        from factscale.branches import trunk_status
+
+        rows += trunk_status(cfgs)
     return rows

@@ -20,7 +20,7 @@ from factscale.config import ConfigError
 from factscale.laws import LAWS
 from factscale.results import collect
 from factscale.rundir import RunDir
-from factscale.sweep import _spec_from_dict, expand, launch
+from factscale.sweep import _spec_from_dict, expand, launch, sweep_status
 from factscale.train import run
 from factscale.vocab import final_probes, overall
 
@@ -76,6 +76,8 @@ def test_branches_equal_standalone_wsd_runs(tiny_corpus, tmp_path):
     sel = LAWS["exp-epochs"].select(df, None, False)
     assert sorted(sel["epoch"].to_list()) == EPOCHS and sel["annealed"].all()
     assert epochs_trained(expand(spec)) == (6 + 2 + 4, 15)
+    st = sweep_status(spec)  # the two branches, then the trunk
+    assert [r["state"] for r in st] == ["done"] * 3 and st[-1]["run_id"] == f"{TRUNKS}/{trunk.name}"
 
 
 class _LRs(__import__("lightning").Callback):
