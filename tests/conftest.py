@@ -12,8 +12,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACTSCALE_SHARED", ROOT.parent / "shared")) / "data" / "wikidata"
 
+# One intra-op thread per process (also for the runs tests start): tiny models gain nothing from more, and
+# on a loaded or 2-core machine oversubscribed threads make them 10-50x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
