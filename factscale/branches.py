@@ -174,7 +174,7 @@ def plan_lines(cfgs: list[RunConfig]) -> list[str]:
                          f"({b.train.epochs - f} trained)")
     branched, standalone = epochs_trained(cfgs)
     lines.append(f"cooldown branches: {branched} epochs trained instead of {standalone} for standalone runs "
-                 f"({standalone / branched:.2f}x fewer)")
+                 f"({standalone / branched:.2f}x fewer; the FLOPs total above counts standalone runs)")
     return lines
 
 
