@@ -214,6 +214,16 @@ class KeepForks(L.Callback):
             os.replace(tmp, dest)
 
 
+def _readable(path: Path) -> bool:
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return True
+    except Exception:  # truncated zip, unpickling error: unusable either way
+        return False
+
+
 def run_group(payload: dict) -> dict:
     """Run (or resume) a trunk and then each of its branches, shortest first. Every piece resumes from its
     own checkpoints; finished pieces are skipped."""
@@ -237,6 +247,9 @@ def run_group(payload: dict) -> dict:
             return {**out, "state": "busy", "message": str(e)}
     for b, f in zip(branches, forks):
         fork = fork_path(trunk_rd, f)
+        if fork.exists() and not _readable(fork):  # a torn write or a bad disk: the branch runs standalone
+            os.replace(fork, fork.with_name(fork.name + ".corrupt"))
+            trunk_rd.note(f"fork checkpoint {fork} is unreadable; moved to {fork.name}.corrupt")
         try:
             res = run(b, init_from=fork, branch_of=trunk_rd.id) if fork.exists() else run(b)
         except RunBusy as e:

@@ -179,3 +179,21 @@ def test_plan_shows_the_trunk_the_branches_and_the_epochs_saved(tiny_corpus, tmp
     assert "decay epochs 7-10 (4 trained)" in out
     assert "24 epochs trained instead of 30" in out
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_unreadable_fork_checkpoint_makes_its_branch_run_standalone(tiny_corpus, tmp_path):
+    from factscale.branches import BranchGroup, fork_path, groups, run_group
+
+    (g,) = groups(expand(_spec_from_dict(_spec(tmp_path, tiny_corpus), "spec")))
+    assert isinstance(g, BranchGroup) and g.forks == [3, 6]
+    payload = g.payload()
+    payload["forks"], payload["branches"] = [6], payload["branches"][1:]  # the 10-epoch branch only
+    trunk = RunDir(g.trunk)
+    fork = fork_path(trunk, 6)
+    fork.parent.mkdir(parents=True)
+    fork.write_bytes(b"torn")  # the trunk is not run: a fork is there, so no branch needs it
+    assert run_group(payload)["state"] == "done"
+    res = pl.read_parquet(RunDir(g.branches[1]).results)
+    assert "branch_of" not in res.columns and res["epoch"].max() == 10  # trained all 10 epochs itself
+    assert fork.with_name("fork-e6.ckpt.corrupt").exists() and not fork.exists()
+    assert not trunk.results.exists()
