@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import tiny_run_config
-from factscale.branches import TRUNKS, epochs_trained, fork_epoch
+from factscale.branches import TRUNKS, epochs_trained, fork_epoch, fork_path, groups
 from factscale.config import ConfigError
 from factscale.laws import LAWS
 from factscale.results import collect
@@ -129,24 +129,35 @@ def _cli(*args, fault=None, cwd=None):
                           text=True, cwd=cwd)
 
 
-def test_a_branch_killed_mid_decay_resumes_never_restarts(tiny_corpus, tmp_path):
-    """SIGKILLed after epoch 8 of the 10-epoch branch (its decay runs over epochs 7-10), the relaunched sweep
-    skips the finished trunk and 5-epoch branch and resumes the killed branch from its own epoch-8
-    checkpoint (not from the fork), ending exactly like a standalone run."""
+def test_a_killed_trunk_and_a_branch_killed_mid_decay_resume_never_restart(tiny_corpus, tmp_path):
+    """``kill@4`` SIGKILLs the first attempt of whatever reaches epoch 4: first the trunk (after its epoch-3
+    fork is saved), then, relaunched, the 5-epoch branch in the middle of its decay (epochs 4-5). Each
+    relaunch resumes the killed piece from its own last checkpoint, skips what is done, and both branches
+    end exactly like standalone runs."""
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump(_spec(tmp_path, tiny_corpus)))
-    killed = _cli("sweep", "launch", path, "--cluster", "debug", fault="kill@8")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    rds = [RunDir(c) for c in expand(_spec_from_dict(_spec(tmp_path, tiny_corpus), "spec"))]
-    assert [rd.status()["state"] for rd in rds] == ["done", "interrupted"]
-    again = _cli("sweep", "launch", path, "--cluster", "debug", fault="kill@8")  # armed for attempt 1 only
-    assert again.returncode == 0, again.stderr[-2000:]
-    res = pl.read_parquet(rds[1].results)
-    assert res["resumed_from_epoch"][0] == 8 and res["attempts"][0] == 2
-    events = rds[1].status()["events"]
-    assert sum("of trunk" in e for e in events) == 1, events  # started from the trunk once, then resumed
-    assert json.loads(rds[0].attempts_file.read_text())["attempts"] == 1  # the finished branch was skipped
-    _same_metrics(res, _standalone(tiny_corpus, tmp_path / "alone", 10))
+    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus), "spec")
+    (g,) = groups(expand(spec))
+    trunk, b5, b10 = RunDir(g.trunk), *(RunDir(c) for c in g.branches)
+
+    first = _cli("sweep", "launch", path, "--cluster", "debug", fault="kill@4")
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    assert trunk.status()["state"] == "interrupted" and fork_path(trunk, 3).exists()
+    assert [b5.status()["state"], b10.status()["state"]] == ["pending", "pending"]
+
+    second = _cli("sweep", "launch", path, "--cluster", "debug", fault="kill@4")  # trunk attempt 2: not armed
+    assert second.returncode == -signal.SIGKILL, second.stderr[-2000:]
+    t = pl.read_parquet(trunk.results)
+    assert t["resumed_from_epoch"][0] == 4 and t["attempts"][0] == 2 and fork_path(trunk, 6).exists()
+    assert b5.status()["state"] == "interrupted"
+
+    third = _cli("sweep", "launch", path, "--cluster", "debug", fault="kill@4")
+    assert third.returncode == 0, third.stderr[-2000:]
+    r5, r10 = pl.read_parquet(b5.results), pl.read_parquet(b10.results)
+    assert r5["resumed_from_epoch"][0] == 4 and r5["attempts"][0] == 2  # from its own epoch-4 checkpoint
+    assert sum("of trunk" in e for e in b5.status()["events"]) == 1  # started from the fork once only
+    assert r10["attempts"][0] == 1 and json.loads(trunk.attempts_file.read_text())["attempts"] == 2
+    _same_metrics(r5, _standalone(tiny_corpus, tmp_path / "alone", 5))  # r10's equality: the test above
 
 
 @pytest.mark.parametrize("base_over, field", [
