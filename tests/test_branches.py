@@ -129,6 +129,7 @@ def _cli(*args, fault=None, cwd=None):
                           text=True, cwd=cwd)
 
 
+@pytest.mark.slow  # > 20 s on the shared 2-core CPU
 def test_a_killed_trunk_and_a_branch_killed_mid_decay_resume_never_restart(tiny_corpus, tmp_path):
     """``kill@4`` SIGKILLs the first attempt of whatever reaches epoch 4: first the trunk (after its epoch-3
     fork is saved), then, relaunched, the 5-epoch branch in the middle of its decay (epochs 4-5). Each

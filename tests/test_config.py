@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from factscale.config import ConfigError, load_run_config
@@ -48,12 +45,14 @@ def test_missing_corpus_path():
         load_run_config(None, {})
 
 
-def test_cli_reports_bad_config_without_traceback(tmp_path):
+def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
+    from factscale.cli import main
+
     cfg = tmp_path / "c.yaml"
     cfg.write_text("corpus: {path: /nonexistent}\nmodel: {size: 7b}\n")
-    r = subprocess.run([sys.executable, "-m", "factscale.cli", "train", str(cfg)], capture_output=True, text=True)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "not a corpus directory" in r.stderr  # the corpus is checked first
-    r = subprocess.run([sys.executable, "-m", "factscale.cli", "train", str(cfg), "train.epochs=-1"],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "train.epochs must be a positive integer" in r.stderr
+    for args, message in ((["train", str(cfg)], "not a corpus directory"),  # the corpus is checked first
+                          (["train", str(cfg), "train.epochs=-1"], "train.epochs must be a positive integer")):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "Traceback" not in err and message in err

@@ -78,6 +78,7 @@ def test_compatibility_study_end_to_end(compat, tmp_path):
     assert (t["set_size"] == 2 * t["set_size"][0] // 2).all()
 
 
+@pytest.mark.slow  # > 20 s on the shared 2-core CPU
 def test_preference_study_end_to_end(tmp_path):
     build_synthetic(tmp_path / "c", SyntheticSpec(n_keys=80, vocab_sizes=[16, 16]), heldout_frac=0.0, vocab_size=300,
                     variants={"frequency": {"mode": "assigned", "levels": [1, 8]}})

@@ -61,6 +61,7 @@ def test_results_rows_record_everything(trained_run):
     assert final["bits_per_param"] == pytest.approx(final["capacity_bits"] / final["non_embedding_params"])
 
 
+@pytest.mark.slow  # > 20 s on the shared 2-core CPU
 def test_capacity_is_real_bigger_model_memorizes_smaller_cannot(tiny_corpus, tmp_path):
     """The 30k model reaches MR = 1.0 on 180 facts; a 2k model trained the same way stays far below."""
     over = {"train.epochs": 120, "probe.every_epochs": 120, "optim.schedule": "cosine"}
@@ -87,6 +88,7 @@ def _train_cli(args, fault=None):
                           text=True)
 
 
+@pytest.mark.slow  # > 20 s on the shared 2-core CPU
 def test_sigkilled_run_resumes_to_identical_result(tiny_corpus, tmp_path):
     """SIGKILLed right after epoch 5 (a fault injected at that training event, whatever the machine's speed),
     then started again: resumes from last.ckpt and ends exactly like an uninterrupted run (same metrics at
@@ -139,6 +141,7 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(tiny_corpus, tmp
                                          & (pl.col("group_by") == "all"))["capacity"][0]
 
 
+@pytest.mark.slow  # > 20 s on the shared 2-core CPU
 def test_unreadable_checkpoints_restart_from_scratch_with_a_note(tiny_corpus, tmp_path):
     over = {"train.epochs": 3, "probe.every_epochs": 3, "model.size": "2k"}
     args = _cli_args(tiny_corpus, tmp_path, over)
