@@ -87,7 +87,7 @@ def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> 
     log("\n=== factscale demo summary ===")
     for row in final.sort("non_embedding_params").iter_rows(named=True):
         log(f"  {row['cfg.model.size']:>5} ({row['non_embedding_params']:>6,} non-emb params): "
-            f"{row['capacity']:>5} / {row['n_facts']} facts memorized (MR {row['mr']:.3f}), "
+            f"{row['capacity']:>5.0f} / {row['n_facts']} facts memorized (MR {row['mr']:.3f}), "
             f"{row['bits_per_param']:.3f} bits/non-emb param, {row['bits_per_total_param']:.3f} bits/total param")
     held = df.filter((df["split"] == "heldout") & (df["group_by"] == "all") & (df["epoch"] == final_epoch))
     for row in held.sort("non_embedding_params").iter_rows(named=True):
