@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import signal
@@ -21,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from factscale.config import ConfigError
+from factscale.fsio import write_atomic
 
 FAULT_ENV = "FACTSCALE_FAULT"
 FAULT_ACTIONS = ("kill", "raise", "usr2", "stall")
@@ -140,10 +142,11 @@ class _ResumedWriter(ExperimentWriter):
             fields = list(reader.fieldnames or [])
             rows = [r for r in reader if r.get("epoch") not in (None, "")
                     and int(float(r["epoch"])) < self.keep_epochs_below]
-        with open(p, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+        write_atomic(p, buf.getvalue())  # a kill here leaves the old log, never half of it
         self.metrics_keys = sorted(fields)
 
 

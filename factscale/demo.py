@@ -12,12 +12,12 @@ largest model can hold, so capacity is limited by size, not by the corpus.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from factscale import fit, plots
 from factscale.config import ConfigError, read_yaml_mapping, set_dotted
+from factscale.fsio import write_json_atomic
 from factscale.results import collect, write_parquet_atomic
 from factscale.sweep import _spec_from_dict, launch
 
@@ -115,7 +115,7 @@ def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> 
     log(f"  results: {results}\n  fits:    {fits_dir}/\n  figures: {out / 'figures'}/")
     log(f"  total time {time.time() - t0:.0f} s")
     summary["seconds"] = time.time() - t0
-    (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "fits"}, default=str))
+    write_json_atomic(out / "summary.json", {k: v for k, v in summary.items() if k != "fits"}, default=str)
     if not summary["fits"]:
         raise ConfigError("demo produced no fit")
     return summary

@@ -12,6 +12,7 @@ Importing this module changes no global state: figures are built on ``matplotlib
 from __future__ import annotations
 
 import functools
+import io
 from pathlib import Path
 
 import matplotlib.ticker
@@ -21,6 +22,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from factscale.fit import FitError, fit_law, params_needed, predict, predict_band
+from factscale.fsio import write_atomic
 from factscale.studies import STUDY_FIGURES
 from factscale.vocab import SIZE, PlotError, final_probes, label_annealed, overall, sizes_sorted
 
@@ -52,8 +54,10 @@ def save(fig, out_dir: str | Path, name: str) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    for path, kw in zip(paths, ({"dpi": 150}, {})):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=path.suffix[1:], bbox_inches="tight", **kw)
+        write_atomic(path, buf.getvalue())  # a reader never sees half a figure
     return paths
 
 

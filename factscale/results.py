@@ -6,7 +6,6 @@ Each run writes its own ``results.parquet`` atomically; ``collect`` concatenates
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 from pathlib import Path
@@ -15,7 +14,7 @@ import polars as pl
 
 from factscale.config import flatten, to_dict
 from factscale.corpus.build import versions
-from factscale.fsio import write_atomic
+from factscale.fsio import write_parquet_atomic  # noqa: F401  (re-exported: results are written with it)
 from factscale.rundir import RunDir
 
 
@@ -44,10 +43,6 @@ def build_rows(probe_rows: list[dict], cfg, meta: dict) -> pl.DataFrame:
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
-def write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
-    buf = io.BytesIO()
-    df.write_parquet(buf)
-    write_atomic(path, buf.getvalue())
 
 
 def collect(runs_dir: str | Path, allow_mixed_corpora: bool = False) -> tuple[pl.DataFrame, dict]:
