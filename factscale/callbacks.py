@@ -39,7 +39,7 @@ class AtomicLastCheckpoint(L.Callback):
         for logger in trainer.loggers:  # the log covers what the checkpoint covers, even if killed next
             logger.save()
         tmp = self.rundir.last_ckpt.with_name(".last.ckpt.tmp")
-        trainer.save_checkpoint(tmp)  # collective under DDP; rank 0 writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full state; collective under DDP, rank 0 writes
         if trainer.is_global_zero:
             self.rundir.commit_checkpoint(tmp)
 
@@ -114,9 +114,9 @@ class FaultInjector(L.Callback):
         elif self.action == "usr2":
             os.kill(os.getpid(), signal.SIGUSR2)
             signal.pause()  # the handler requeues and exits; nothing trains past the fault
-        else:
-            while True:
-                time.sleep(3600)
+        else:  # bounded, so a forgotten stalled process still ends by itself
+            time.sleep(3600)
+            raise RuntimeError(f"injected stall ({FAULT_ENV}) at epoch {self.epoch} was never interrupted")
 
 
 def fault_callbacks(current_attempt: int) -> list:
@@ -165,6 +165,17 @@ class ResumableCSVLogger(CSVLogger):
 
 
 LOGGERS = ("csv", "tensorboard", "wandb")
+_LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def check_logger(kind: str) -> None:
+    """Fail before a run directory exists if the chosen logger's package is not installed."""
+    import importlib.util
+
+    pkg = _LOGGER_PACKAGES.get(kind)
+    if pkg and importlib.util.find_spec(pkg) is None and not (pkg == "tensorboard"
+                                                              and importlib.util.find_spec("tensorboardX")):
+        raise ConfigError(f"train.logger={kind} needs the {pkg} package; pip install {pkg} (or train.logger=csv)")
 
 
 def make_logger(kind: str, rundir, epochs_done: int | None):

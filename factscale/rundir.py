@@ -117,24 +117,29 @@ def _read_json(p: Path, default):
 
 
 def slurm_job_state(job_id: str) -> str | None:
-    """The job's state while SLURM still holds it (PENDING, RUNNING, REQUEUED, ...), else None."""
+    """The job's state while SLURM still holds it (PENDING, RUNNING, REQUEUED, ...), None once it has left
+    the queue, and UNKNOWN when squeue cannot say (timeout, controller down): never resubmit on a guess."""
     try:
         r = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
-                           timeout=30)
+                           timeout=60)
+    except FileNotFoundError:
+        return None  # no SLURM client here at all
     except (OSError, subprocess.SubprocessError):
-        return None
+        return "UNKNOWN"
     states = [s for s in r.stdout.split() if s]
-    return states[0] if r.returncode == 0 and states else None
+    if r.returncode == 0:
+        return states[0] if states else None
+    return None if "invalid job id" in r.stderr.lower() else "UNKNOWN"
 
 
-def _pid_alive(pid: int) -> bool:
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc), or None if there is no such process:
+    with the host name it tells a live job from an unrelated process that reused its pid."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
 
 
 class RunDir:
@@ -221,21 +226,28 @@ class RunDir:
             os.replace(self.last_ckpt, self.prev_ckpt)
         os.replace(tmp, self.last_ckpt)
 
-    def resume_checkpoint(self) -> tuple[Path | None, int | None]:
+    def resume_checkpoint(self, readonly: bool = False) -> tuple[Path | None, int | None]:
         """(checkpoint to resume from, epochs it completed); falls back from a corrupt last to prev,
-        and moves unreadable checkpoints aside (``*.corrupt``) so the run restarts cleanly."""
+        and moves unreadable checkpoints aside (``*.corrupt``) so the run restarts cleanly. ``readonly``
+        (DDP ranks other than 0) only reads: rank 0 owns the directory."""
         import torch
 
         for p in (self.last_ckpt, self.prev_ckpt):
             if not p.exists():
                 continue
-            try:
-                state = torch.load(p, map_location="cpu", weights_only=True)
+            try:  # mmap: validating a large checkpoint does not read it all into memory
+                state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
                 return p, int(state["epoch"]) + 1
-            except Exception as e:  # truncated zip, unpickling error, missing key: all mean unusable
+            except MemoryError:
+                raise
+            except Exception as e:  # truncated zip (torch says EINVAL), unpickling error, missing key: unusable
                 why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+                if readonly:
+                    continue
                 os.replace(p, p.with_name(p.name + ".corrupt"))
                 self.note(f"checkpoint {p} is unreadable ({why}); moved to {p.name}.corrupt")
+        if readonly:
+            return None, None
         if list(self.last_ckpt.parent.glob("*.corrupt")) and not self.last_ckpt.exists():
             self.note("no readable checkpoint left: restarting from epoch 0")
         return None, None
@@ -252,8 +264,10 @@ class RunDir:
 
     def record_job(self, job_id: str, cluster: str, folder: Path) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        jobs = self.jobs() + [{"job_id": str(job_id), "cluster": cluster, "folder": str(folder), "time": time.time()}]
-        write_json_atomic(self.jobs_file, jobs)
+        rec = {"job_id": str(job_id), "cluster": cluster, "folder": str(folder), "time": time.time()}
+        if cluster == "local":
+            rec.update(host=os.uname().nodename, start=_process_start(int(job_id)))
+        write_json_atomic(self.jobs_file, self.jobs() + [rec])
 
     def queued_job(self) -> dict | None:
         """The last submission if its scheduler still holds it (pending/running/requeued), else None."""
@@ -264,8 +278,12 @@ class RunDir:
         if last["cluster"] == "slurm":
             state = slurm_job_state(last["job_id"])
             return {**last, "job_state": state} if state else None
-        if last["cluster"] == "local" and str(last["job_id"]).isdigit() and _pid_alive(int(last["job_id"])):
-            return {**last, "job_state": "LOCAL"}  # its controller process is alive (starting or stopping)
+        if last["cluster"] == "local" and str(last["job_id"]).isdigit():
+            if last.get("host") != os.uname().nodename:
+                return None  # another machine's local job: its lock (if running) is what tells
+            start = _process_start(int(last["job_id"]))
+            if start is not None and start == last.get("start"):
+                return {**last, "job_state": "LOCAL"}  # its controller process is alive (starting or stopping)
         return None
 
     # ------------------------------------------------------------------ status
@@ -281,27 +299,30 @@ class RunDir:
             return {**info, "state": "done"}
         if self.lock.held_by_other():
             return {**info, "state": "running"}
+        queued = self.queued_job()
+        # an error written after the last submission is that job's (it may still show as COMPLETING); an older
+        # one belongs to an earlier attempt, and the queued retry is not to be submitted again
+        if queued and not (self.error.exists() and self.error.stat().st_mtime >= float(queued["time"])):
+            return {**info, "state": "queued", "job_id": queued["job_id"], "job_state": queued["job_state"]}
         if self.error.exists():
             err = _read_json(self.error, {})
             return {**info, "state": "failed", "error": err.get("error"), "traceback_tail": err.get("traceback_tail"),
                     "log": err.get("log")}
-        queued = self.queued_job()
-        if queued:
-            return {**info, "state": "queued", "job_id": queued["job_id"], "job_state": queued["job_state"]}
         jobs = self.jobs()
+        has_ckpt = self.last_ckpt.exists() or self.prev_ckpt.exists()
         if jobs and att["attempts"] == 0 and jobs[-1]["cluster"] == "slurm":
             return {**info, "state": "failed", "job_id": jobs[-1]["job_id"],
                     "error": f"SLURM job {jobs[-1]['job_id']} ended before the run started (cancelled?); "
                              f"its log is under {jobs[-1]['folder']}"}
-        if jobs and att["attempts"] > 0:
+        if att["attempts"] > 0:
             # an attempt started, left no error and holds no lock: killed (SIGKILL, OOM, scancel, timeout)
-            last = jobs[-1]
-            state = "interrupted" if self.last_ckpt.exists() or self.prev_ckpt.exists() else "failed"
-            return {**info, "state": state, "job_id": last["job_id"],
-                    "error": f"{last['cluster']} job {last['job_id']} ended without results or an error "
-                             f"(killed?); relaunch to resume; its log is under {last['folder']}"}
-        state = "interrupted" if self.last_ckpt.exists() else "pending"
-        return {**info, "state": state}
+            by = f"{jobs[-1]['cluster']} job {jobs[-1]['job_id']}" if jobs else "the process"
+            where = f"; its log is under {jobs[-1]['folder']}" if jobs else ""
+            out = {**info, "state": "interrupted" if has_ckpt else "failed",
+                   "error": f"{by} ended without results or an error (killed?); launch again to "
+                            f"{'resume it' if has_ckpt else 'rerun it'}{where}"}
+            return {**out, "job_id": jobs[-1]["job_id"]} if jobs else out
+        return {**info, "state": "interrupted" if has_ckpt else "pending"}
 
 
 # ---------------------------------------------------------------- conveniences (the id of a config)

@@ -17,9 +17,10 @@ import torch
 
 import lightning as L
 
-from factscale.callbacks import AtomicLastCheckpoint, EpochLoss, fault_callbacks, make_logger
+from factscale.callbacks import (FAULT_ENV, AtomicLastCheckpoint, EpochLoss, check_logger, fault_callbacks,
+                                 make_logger, parse_fault)
 from factscale.config import ConfigError, RunConfig
-from factscale.corpus.build import load_corpus
+from factscale.corpus.build import CorpusError, corpus_hash_of, load_corpus
 from factscale.data import FactDataModule, select_facts
 from factscale.fsio import fix_mode
 from factscale.models import build_model, count_instantiated, non_embedding_params, resolve_shape
@@ -75,14 +76,29 @@ def lr_lambda(cfg, total_steps: int, trainer=None):
     return f
 
 
-def scored_loss(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def fact_positions(ids: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """Each token's position within its fact: 0 at every ``<bos>`` (each fact's first token, and only there:
+    checked by the data module), +1 after it. Padding continues the window's last fact; it is never scored
+    and, attending causally, never seen by a real token.
+
+    Given as ``position_ids`` with no attention mask and no cache, transformers (masking_utils:
+    ``find_packed_sequence_indices``) reads each restart at 0 as a new sequence and builds the block-diagonal
+    causal mask, and RoPE / GPT-2's ``wpe`` see the positions the fact would have alone.
+    """
+    t = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    start = torch.where(ids == bos_id, t, torch.zeros_like(t)).cummax(dim=1).values
+    return t - start
+
+
+def scored_loss(model, ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor | None = None
+                ) -> torch.Tensor:
     """The causal-LM loss with the output head computed only where a label is scored.
 
     Equal to ``model(input_ids=ids, labels=labels).loss`` (mean cross-entropy over labels != -100,
     shifted by one; proven in the tests), but under ``loss_on: value`` only ~1/4 of the positions are
     scored, and for small models the vocabulary-wide head is most of the step's work.
     """
-    hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+    hidden = model.base_model(input_ids=ids, position_ids=position_ids, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     rows, cols = (targets != -100).nonzero(as_tuple=True)  # the state at t predicts the token at t + 1
     logits = model.get_output_embeddings()(hidden[rows, cols])
@@ -105,10 +121,12 @@ class FactLM(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         ids, labels = batch
+        pos = fact_positions(ids, self.model.config.bos_token_id) if self.cfg.train.attention == "isolated" else None
         if self.cfg.train.loss_on == "value":
-            loss = scored_loss(self.model, ids, labels)
+            loss = scored_loss(self.model, ids, labels, pos)
         else:  # nearly every position is scored: the plain full-logits path (no data-dependent shapes)
-            loss = self.model(input_ids=ids, labels=labels).loss
+            # use_cache=False: with a cache transformers would not read position_ids as packed sequences
+            loss = self.model(input_ids=ids, labels=labels, position_ids=pos, use_cache=False).loss
         self.tokens_seen += (ids != self.model.config.pad_token_id).sum()
         # only on the steps the logger writes (a self.log call costs ~2 ms, a tiny model's step ~15 ms);
         # the epoch mean is logged by callbacks.EpochLoss
@@ -197,6 +215,18 @@ def validate(cfg: RunConfig, facts: pl.DataFrame) -> None:
     if longest > cfg.train.seq_len:
         raise ConfigError(f"train.seq_len={cfg.train.seq_len} is shorter than the longest fact ({longest} tokens); "
                           "raise train.seq_len")
+    check_logger(cfg.train.logger)
+    parse_fault(os.environ.get(FAULT_ENV))
+
+
+def global_rank(cfg: RunConfig) -> int:
+    """This process's rank before Lightning starts: SLURM tasks carry SLURM_PROCID, and Lightning's local DDP
+    launcher re-runs the command in children with LOCAL_RANK / NODE_RANK set."""
+    if cfg.train.devices * cfg.train.num_nodes == 1:
+        return 0
+    if "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ["SLURM_PROCID"])
+    return int(os.environ.get("NODE_RANK", 0)) * cfg.train.devices + int(os.environ.get("LOCAL_RANK", 0))
 
 
 def run(cfg: RunConfig, init_from: str | Path | None = None, branch_of: str | None = None,
@@ -213,8 +243,15 @@ def run(cfg: RunConfig, init_from: str | Path | None = None, branch_of: str | No
     facts, manifest = load_corpus(cfg.corpus.path)
     validate(cfg, facts)
     rd = RunDir(cfg, manifest["corpus_hash"])
+    if global_rank(cfg) != 0:  # DDP: rank 0 owns the run directory (lock, attempts, errors, results)
+        rd.path.mkdir(parents=True, exist_ok=True)
+        return _train(cfg, rd, facts, manifest, rd.attempts()["attempts"], init_from, branch_of, list(callbacks))
     rd.create()
-    if not rd.lock.acquire():
+    for _ in range(50):  # a `status` probe holds the lock for microseconds: not a reason to give up
+        if rd.lock.acquire():
+            break
+        time.sleep(0.1)
+    else:
         raise RunBusy(f"run {rd.id} is already running in another process (lock {rd.lock.path})")
     t0 = time.time()
     try:
@@ -241,6 +278,8 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
         torch.set_num_threads(cfg.train.num_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tok = AutoTokenizer.from_pretrained(str(Path(cfg.corpus.path) / "tokenizer"))
+    if corpus_hash_of(cfg.corpus.path) != manifest["corpus_hash"]:  # rebuilt between reading facts and tokenizer
+        raise CorpusError(f"corpus {cfg.corpus.path} was rebuilt while this run started; launch it again")
     if cfg.probe.freq_column and cfg.probe.freq_column in facts.columns:
         facts = facts.with_columns(frequency_buckets(facts[cfg.probe.freq_column]))
     dm = FactDataModule(cfg, facts, tok.pad_token_id)
@@ -250,7 +289,7 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
     groups = [c for c in ["freq_bucket", *cfg.probe.group_columns] if c in facts.columns]
     probe_cb = ProbeCallback(probe_sets(cfg, dm), cfg.probe.every_epochs, cfg.probe.batch_size,
                              tok.pad_token_id, non_emb, groups, train_facts=dm.train_facts, total_params=total)
-    ckpt, epochs_done = rd.resume_checkpoint()
+    ckpt, epochs_done = rd.resume_checkpoint(readonly=global_rank(cfg) != 0)
     forked_at = None
     if ckpt is None and init_from is not None:  # a branch with no checkpoint of its own: its trunk's
         ckpt, epochs_done = Path(init_from), None

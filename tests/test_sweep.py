@@ -197,7 +197,7 @@ def test_ctrl_c_of_a_local_launch_is_one_line_and_the_run_resumes(tmp_path, tiny
     p.write_text(yaml.safe_dump(d))
     env = {**os.environ, "FACTSCALE_FAULT": "stall@1"}  # the run cannot finish before the Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "factscale.cli", "sweep", "launch", str(p)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         rd = RunDir(expand(_spec_from_dict(d, "x"))[0])
         deadline = time.time() + 600  # bounds a wait for an event; nothing depends on the speed
@@ -207,9 +207,11 @@ def test_ctrl_c_of_a_local_launch_is_one_line_and_the_run_resumes(tmp_path, tiny
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    finally:  # never leave the launcher, its controller or its run behind, whatever happened
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err and "interrupted" in out
     while rd.queued_job() is not None:  # the local job's controller is still stopping its task

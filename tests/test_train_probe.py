@@ -221,3 +221,40 @@ def test_packing_is_dense_and_epoch_seeded(tiny_corpus):
     # value-only loss: targets are exactly the value tokens and <eos> of each fact
     n_targets = int((lab0 != -100).sum())
     assert n_targets == int(dm.train_facts["n_value_tokens"].sum())
+
+
+def test_status_tells_a_queued_retry_from_a_failure_and_a_reused_pid_from_a_live_job(tiny_corpus, tmp_path):
+    import time as _time
+
+    cfg = tiny_run_config(tiny_corpus, tmp_path)
+    rd = RunDir(cfg)
+    rd.create()
+    rd.start_attempt()
+    rd.write_error(RuntimeError("boom"))
+    assert rd.status()["state"] == "failed"
+    _time.sleep(0.01)
+    rd.record_job(os.getpid(), "local", tmp_path)  # a retry submitted after the failure, still alive
+    st = rd.status()
+    assert st["state"] == "queued" and st["job_id"] == str(os.getpid())
+    rd.write_error(RuntimeError("the retry failed too"))  # newer than the submission: that job's error
+    assert rd.status()["state"] == "failed"
+    rd.error.unlink()
+    jobs = rd.jobs()
+    jobs[-1]["start"] = "0"  # same pid, another process (pid reuse): not our job
+    rd.jobs_file.write_text(json.dumps(jobs))
+    assert rd.status()["state"] == "failed" and "killed" in rd.status()["error"]
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_trains_once_and_only_rank_0_owns_the_run(tiny_corpus, tmp_path):
+    """Every DDP rank runs run(); only rank 0 locks, counts the attempt and writes results (a second rank
+    must not hit 'already running')."""
+    over = {"train.epochs": 2, "probe.every_epochs": 1, "model.size": "2k", "train.devices": 2,
+            "train.accelerator": "cpu"}
+    r = _train_cli(_cli_args(tiny_corpus, tmp_path, over))
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = tiny_run_config(tiny_corpus, tmp_path, **over)
+    st = RunDir(cfg).status()
+    assert st["state"] == "done" and RunDir(cfg).attempts()["attempts"] == 1
+    df = pl.read_parquet(RunDir(cfg).results)
+    assert sorted(df["epoch"].unique().to_list()) == [1, 2]

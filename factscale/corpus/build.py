@@ -218,7 +218,11 @@ def building(out_dir: str | Path, reuse_recipe: dict | None = None):
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS if this process dies
-        for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        if not out.exists():  # killed between the two renames of a swap: the previous corpus is .old-*
+            olds = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
+            if olds:
+                os.replace(olds[-1], out)
+        for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
             shutil.rmtree(stale, ignore_errors=True)  # a killed build's leftovers (we hold the lock)
         existing = read_manifest(out)
         if reuse_recipe is not None and existing and existing.get("format") == CORPUS_FORMAT \

@@ -83,7 +83,8 @@ class CorpusSpec:
             raise CorpusError(str(e)) from None
 
     def recipe(self) -> dict:
-        return asdict(self)
+        """What the corpus depends on (``workers`` only changes how fast it is built)."""
+        return {k: v for k, v in asdict(self).items() if k != "workers"}
 
 
 def build(spec: CorpusSpec, out: str | Path, *, reuse: bool = False, progress: bool = False) -> dict:
