@@ -4,7 +4,8 @@ Each epoch the training facts (each repeated by its per-fact frequency, if asked
 seed derived from (run seed, epoch) and packed greedily into ``seq_len`` windows; a fact is never split.
 Because packing depends only on (seed, epoch), a run resumed from a checkpoint sees exactly the batches
 it would have seen. Padding sits at the end of a window and is masked out of the loss; causal attention
-means it cannot affect real tokens, so no attention mask is needed (keeps SDPA on its fast path).
+means it cannot affect real tokens, so no padding mask is needed. Whether facts in a window see each other
+is ``train.attention`` (train.fact_positions): the windows are the same either way.
 """
 
 from __future__ import annotations
@@ -170,6 +171,11 @@ class FactDataModule(L.LightningDataModule):
         if longest > cfg.train.seq_len:
             raise ConfigError(f"train.seq_len={cfg.train.seq_len} is shorter than the longest fact "
                               f"({longest} tokens); raise train.seq_len")
+        if cfg.train.attention == "isolated":  # train.fact_positions restarts a fact at every <bos>
+            bos = self.flat[self.offsets[:-1]]
+            if (bos != bos[0]).any() or int((self.flat == bos[0]).sum()) != len(bos):
+                raise ConfigError("train.attention=isolated needs <bos> at the start of every fact and nowhere "
+                                  "else; rebuild the corpus with `factscale corpus build` or use packed")
         self.repeats = repeats_of(self.train_facts, cfg.train.repeat_by)
         self.index = np.repeat(np.arange(self.train_facts.height), self.repeats)
         self.real_fraction: float | None = None
