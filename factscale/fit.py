@@ -276,7 +276,7 @@ def holdout_largest(df: pl.DataFrame, law_name: str, where: dict | None = None, 
 
 
 def save_fit(result: dict, path: str | Path) -> Path:
-    from factscale.rundir import write_atomic
+    from factscale.fsio import write_atomic
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

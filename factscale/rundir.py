@@ -38,7 +38,7 @@ import yaml
 from factscale.config import RunConfig, flatten, to_dict
 from factscale.fsio import write_atomic, write_json_atomic, write_parquet_atomic
 
-__all__ = ["RunDir", "RunLock", "run_dir", "run_id", "status", "write_atomic"]
+__all__ = ["RunDir", "RunLock", "run_dir"]
 
 # Fields that do not change what a run computes, so they do not enter its identity hash.
 _NON_IDENTITY = {"runs_dir", "name", "train.progress_bar", "train.log_every_n_steps", "train.num_threads",
@@ -217,7 +217,7 @@ class RunDir:
         tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
         write_json_atomic(self.error, {
             "error": f"{type(exc).__name__}: {exc}", "traceback_tail": "".join(tb).strip().splitlines()[-15:],
-            "log": str(self.logs), "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            "log": str(self.logs), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "written": time.time()})
 
     # ------------------------------------------------------------------ checkpoints
     def commit_checkpoint(self, tmp: Path) -> None:
@@ -300,12 +300,13 @@ class RunDir:
         if self.lock.held_by_other():
             return {**info, "state": "running"}
         queued = self.queued_job()
+        err = _read_json(self.error, None) if self.error.exists() else None
         # an error written after the last submission is that job's (it may still show as COMPLETING); an older
-        # one belongs to an earlier attempt, and the queued retry is not to be submitted again
-        if queued and not (self.error.exists() and self.error.stat().st_mtime >= float(queued["time"])):
+        # one belongs to an earlier attempt, and the queued retry is not to be submitted again. Both times come
+        # from time.time(), never from file mtimes (whose granularity depends on the file system).
+        if queued and not (err is not None and err.get("written", float("inf")) >= float(queued["time"])):
             return {**info, "state": "queued", "job_id": queued["job_id"], "job_state": queued["job_state"]}
-        if self.error.exists():
-            err = _read_json(self.error, {})
+        if err is not None:
             return {**info, "state": "failed", "error": err.get("error"), "traceback_tail": err.get("traceback_tail"),
                     "log": err.get("log")}
         jobs = self.jobs()
@@ -325,16 +326,8 @@ class RunDir:
         return {**info, "state": "interrupted" if has_ckpt else "pending"}
 
 
-# ---------------------------------------------------------------- conveniences (the id of a config)
+# ---------------------------------------------------------------- convenience (the directory of a config)
 
 
 def run_dir(cfg: RunConfig) -> Path:
     return RunDir(cfg).path
-
-
-def run_id(cfg: RunConfig) -> str:
-    return RunDir(cfg).id
-
-
-def status(cfg: RunConfig) -> dict:
-    return RunDir(cfg).status()
