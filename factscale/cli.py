@@ -36,6 +36,24 @@ def _variants(items: list[str] | None) -> dict | None:
     return out or None
 
 
+def _synthetic_kind_options(opts: dict) -> dict:
+    """--kind, --pools k=N,..., --seq-len, --symbols -> fields of the synthetic kind's spec."""
+    from factscale.corpus import CorpusError
+
+    out = {"kind": opts["kind"]} if "kind" in opts else {}
+    for k, v in _kv(opts.get("pools")).items():
+        try:
+            out[k] = int(v)
+        except ValueError:
+            raise CorpusError(f"--pools {k}={v!r}: pool sizes are integers, e.g. birth_city=200,university=300") \
+                from None
+    if "seq_len" in opts:
+        out["length"] = opts["seq_len"]
+    if "symbols" in opts:
+        out["symbols"] = opts["symbols"]
+    return out
+
+
 def cmd_corpus_build(a):
     """Flags -> one CorpusSpec (the same recipe a sweep's corpus_build gives) -> corpus.build."""
     from factscale import corpus
@@ -44,8 +62,12 @@ def cmd_corpus_build(a):
     given = {k: v for k, v in vars(a).items() if v is not None and k not in ("fn", "cmd", "corpus_cmd", "out")}
     synthetic = given.pop("synthetic", False)
     n_keys, value_vocab = given.pop("n_keys", None), given.pop("value_vocab", None)
+    kind_opts = {k: given.pop(k) for k in ("kind", "pools", "seq_len", "symbols") if k in given}
+    if kind_opts and not synthetic:
+        raise CorpusError(f"--{next(iter(kind_opts)).replace('_', '-')} is an option of --synthetic corpora")
     if synthetic:
         syn = {} if n_keys is None else {"n_keys": n_keys}
+        syn.update(_synthetic_kind_options(kind_opts))
         if value_vocab is not None:
             try:
                 syn["vocab_sizes"] = [int(x) for x in value_vocab.split(",")]
@@ -218,6 +240,41 @@ def cmd_plot(a):
         print("\n".join(str(p) for p in plots.plot(a.name, df, a.out_dir)))
 
 
+def cmd_quantize_probe(a):
+    from factscale.quantize import probe_run, run_dirs, rtn_quantizer
+    from factscale.results import CollectError
+
+    try:
+        bits = [int(b) for b in a.bits.split(",")]
+        for b in bits:
+            rtn_quantizer(b)
+    except ValueError:
+        raise CollectError(f"--bits {a.bits!r}: comma-separated integers in [2, 16], e.g. 8,4") from None
+    import polars as pl
+
+    from factscale.capacity import write_table
+
+    frames = []
+    for d in run_dirs(a.runs):
+        df = probe_run(d, bits, embeddings=a.embeddings)
+        frames.append(df)
+        for r in df.iter_rows(named=True):
+            print(f"{r['run_id']}  {r['weights']:>5}: MR {r['mr']:.3f}, capacity {r['capacity']:.0f} facts, "
+                  f"{r['capacity_bits']:.0f} bits ({r['bits_per_param']:.3f}/non-emb, {r['bits_per_total_param']:.3f}"
+                  f"/total param), eos {r['eos_bits']:.0f} bits")
+    if a.output:
+        print("wrote " + ", ".join(map(str, write_table(pl.concat(frames, how="diagonal_relaxed"), a.output))))
+
+
+def cmd_capacity_table(a):
+    from factscale.capacity import capacity_table, format_table, read_tables, write_table
+
+    df = capacity_table(read_tables(a.results))
+    print(format_table(df))
+    if a.output:
+        print("wrote " + ", ".join(map(str, write_table(df, a.output))))
+
+
 def cmd_demo(a):
     from factscale.demo import demo
 
@@ -259,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, help="dump parser processes (default: all cores)")
     b.add_argument("--n-keys", type=int, help="synthetic: keys (default 1000)")
     b.add_argument("--value-vocab", help="synthetic: values per attribute (default 16,64,256,1024)")
+    b.add_argument("--kind", help="--synthetic: facts (default; --n-keys, --value-vocab), bios (six-attribute biographies; "
+                   "--n-keys people, --pools) or random-sequences (--n-keys sequences, --seq-len, --symbols)")
+    b.add_argument("--pools", metavar="NAME=N,...", help="bios pool sizes: birth_years (dates = 12 x 28 x years), "
+                   "birth_city, university, major, employer, employer_city (default 200,200,300,100,263,200)")
+    b.add_argument("--seq-len", type=int, help="random-sequences: symbols per sequence (default 32)")
+    b.add_argument("--symbols", type=int, help="random-sequences: alphabet size, at most 2704 (default 256)")
     b.add_argument("--seed", type=int, help="default 0")
     b.add_argument("--variant", action="append", metavar="NAME:k=v,...",
                    help="compatibility:n=200 | frequency:mode=assigned|signal,levels=1/2/4/8 | phases:n=2,by=relation")
@@ -314,6 +377,18 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("results")
     pp.add_argument("--out-dir", default="figures/out")
     pp.set_defaults(fn=cmd_plot)
+
+    qp = sub.add_parser("quantize-probe", help="capacity of saved runs after int8/int4 weight quantization")
+    qp.add_argument("runs", nargs="+", help="run directories, or runs directories holding finished runs")
+    qp.add_argument("--bits", default="8,4", help="weight bits, comma-separated (default 8,4; fp32 is always probed)")
+    qp.add_argument("--embeddings", action="store_true", help="also quantize the token embeddings / output head")
+    qp.add_argument("-o", "--output", help="write OUTPUT.parquet and OUTPUT.csv (atomically)")
+    qp.set_defaults(fn=cmd_quantize_probe)
+
+    ct = sub.add_parser("capacity-table", help="bits per parameter of runs beside the published anchors")
+    ct.add_argument("results", nargs="+", help="results tables (factscale collect / quantize-probe)")
+    ct.add_argument("-o", "--output", help="write OUTPUT.parquet and OUTPUT.csv (atomically)")
+    ct.set_defaults(fn=cmd_capacity_table)
 
     d = sub.add_parser("demo", help="the whole loop, small, on this machine's CPU")
     d.add_argument("--out", default="factscale-demo")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import polars as pl
 import pytest
 from transformers import AutoTokenizer
@@ -46,3 +47,118 @@ def test_bad_spec_is_rejected():
         SyntheticSpec(vocab_sizes=[1])
     with pytest.raises(ValueError, match="n_keys"):
         SyntheticSpec(n_keys=0)
+
+
+# ---------------------------------------------------------------- kinds: bios and random sequences
+
+
+def test_bios_manifest_entropy_is_the_exact_entropy(tmp_path):
+    from factscale.corpus import CorpusSpec, build_from_spec
+
+    pools = {"birth_years": 10, "birth_city": 5, "university": 7, "major": 3, "employer": 11, "employer_city": 4}
+    spec = CorpusSpec(synthetic={"kind": "bios", "n_keys": 150, "templates": 3, **pools}, vocab_size=512, seed=2)
+    m = build_from_spec(spec, tmp_path / "b")
+    sizes = {"birth_date": 12 * 28 * 10, "birth_city": 5, "university": 7, "major": 3, "employer": 11,
+             "employer_city": 4}
+    exact = 150 * sum(math.log2(v) for v in sizes.values())  # N x sum(log2 pool size), computed here
+    assert m["entropy_bits"]["kind"] == "exact" and m["entropy_bits"]["all"] == pytest.approx(exact, rel=1e-12)
+    assert m["source"]["kind"] == "synthetic-bios"
+    df = pl.read_parquet(tmp_path / "b" / "facts.parquet")
+    assert df.height == 900 and df["key"].n_unique() == 150  # six facts per person, unique names
+    for rel, size in sizes.items():
+        r = df.filter(pl.col("relation") == rel)
+        assert r.height == 150 and (r["prior_bits"] == math.log2(size)).all()
+        assert r["value"].n_unique() <= size
+    train = df.filter(pl.col("split") == "train")
+    assert m["entropy_bits"]["train"] == pytest.approx(sum(math.log2(sizes[r]) for r in train["relation"]))
+    assert df.filter(pl.col("relation") == "birth_date")["value"].str.contains(r"^[A-Z][a-z]+ \d{1,2}, 19\d\d$").all()
+    assert df["prompt"].n_unique() > 150 * 2  # several templates per attribute
+
+
+def test_bios_values_are_uniform_independent_draws_from_distinct_pools():
+    from factscale.corpus.bios import BiosSpec, generate_bios, pools
+
+    spec = BiosSpec(n_keys=3000, birth_city=8, major=5, seed=4)
+    raw, bits = generate_bios(spec)
+    assert bits == pytest.approx(3000 * sum(math.log2(v) for v in spec.pool_sizes().values()))
+    every = pools(spec, np.random.default_rng(0), set())
+    assert all(len(set(v)) == len(v) == spec.pool_sizes()[k] for k, v in every.items())  # distinct strings
+    city = raw.filter(pl.col("relation") == "birth_city")["value"].value_counts()["count"].to_numpy()
+    assert len(city) == 8 and city.min() > 3000 / 8 * 0.75 and city.max() < 3000 / 8 * 1.25
+    # independence: the joint of two attributes is close to the product of the marginals
+    wide = raw.pivot(on="relation", index="subject_id", values="value")
+    joint = wide.group_by("birth_city", "major").len()["len"].to_numpy()
+    assert len(joint) == 40 and joint.min() > 3000 / 40 * 0.5
+    b, _ = generate_bios(BiosSpec(n_keys=3000, birth_city=8, major=5, seed=4))
+    assert raw.equals(b)
+
+
+def test_random_sequences_are_one_token_per_symbol_with_exact_entropy(tmp_path):
+    from transformers import AutoTokenizer
+
+    from factscale.corpus import CorpusSpec, build_from_spec
+    from factscale.corpus.sequences import alphabet
+
+    n, L, V = 300, 12, 100
+    m = build_from_spec(CorpusSpec(synthetic={"kind": "random-sequences", "n_keys": n, "length": L, "symbols": V},
+                                   vocab_size=512), tmp_path / "q")
+    assert m["entropy_bits"]["all"] == pytest.approx(n * L * math.log2(V), rel=1e-12)
+    assert m["source"]["kind"] == "synthetic-random-sequences"
+    df = pl.read_parquet(tmp_path / "q" / "facts.parquet")
+    assert df.height == n and (df["prior_bits"] == L * math.log2(V)).all()
+    assert m["entropy_bits"]["train"] == pytest.approx(df.filter(pl.col("split") == "train").height * L * math.log2(V))
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "q" / "tokenizer"))
+    assert all(len(tok(" " + s, add_special_tokens=False)["input_ids"]) == 1 for s in alphabet(V))
+    for value, ids, vs in zip(df["value"], df["input_ids"], df["value_start"]):
+        assert len(value.split(" ")) == L
+        assert len(tok(" " + value, add_special_tokens=False)["input_ids"]) == L  # never merged across symbols
+        assert len(ids) - vs == L + 1 and ids[-1] == tok.eos_token_id
+    # symbols uniform over the alphabet
+    counts = np.unique(np.concatenate([v.split(" ") for v in df["value"]]), return_counts=True)[1]
+    assert len(counts) == V and counts.max() < 3 * n * L / V
+
+
+def test_a_vocabulary_too_small_for_the_symbols_is_refused_and_leaves_the_old_corpus(tmp_path):
+    from factscale.corpus import CorpusError, CorpusSpec, build_from_spec
+
+    out = tmp_path / "q"
+    ok = build_from_spec(CorpusSpec(synthetic={"kind": "random-sequences", "n_keys": 50, "length": 4, "symbols": 8},
+                                    vocab_size=300), out)
+    with pytest.raises(CorpusError, match="vocab_size"):
+        build_from_spec(CorpusSpec(synthetic={"kind": "random-sequences", "symbols": 2000}, vocab_size=2048), out)
+    # passes the lower bound, but BPE cannot give 700 two-letter symbols a token each in 1,000 entries:
+    with pytest.raises(CorpusError, match="not 6 tokens"):
+        build_from_spec(CorpusSpec(synthetic={"kind": "random-sequences", "n_keys": 400, "length": 6,
+                                              "symbols": 700}, vocab_size=1040), out)
+    assert json.loads((out / "manifest.json").read_text())["corpus_hash"] == ok["corpus_hash"]
+
+
+def test_the_facts_kind_is_the_old_recipe_and_corpus(tmp_path):
+    from factscale.corpus import CorpusSpec, build_from_spec
+
+    old = CorpusSpec(synthetic={"n_keys": 80, "vocab_sizes": [16]}, vocab_size=256)
+    named = CorpusSpec(synthetic={"kind": "facts", "n_keys": 80, "vocab_sizes": [16]}, vocab_size=256)
+    assert named.recipe() == old.recipe() and "kind" not in old.recipe()["synthetic"]
+    m = build_from_spec(named, tmp_path / "a")
+    direct = build_synthetic(tmp_path / "b", SyntheticSpec(n_keys=80, vocab_sizes=[16]), vocab_size=256)
+    assert m["corpus_hash"] == direct["corpus_hash"] and m["source"]["kind"] == "synthetic"
+    assert CorpusSpec(synthetic={}).source == "synthetic"  # a bare --synthetic: all defaults
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--kind", "stories"], "synthetic kind (--kind) 'stories' is unknown; allowed values: ['facts', 'bios', "
+                            "'random-sequences']"),
+    (["--kind", "bios", "--pools", "major=1"], "bios pool size major (--pools major=N) must be an integer >= 2"),
+    (["--kind", "bios", "--pools", "town=9"], "unknown config key 'synthetic.town'; allowed keys here"),
+    (["--kind", "bios", "--pools", "major=many"], "--pools major='many': pool sizes are integers"),
+    (["--kind", "random-sequences", "--symbols", "5000"], "symbols (--symbols) must be in [2, 2704]"),
+    (["--kind", "random-sequences", "--seq-len", "0"], "length (--seq-len) must be >= 1"),
+])
+def test_bad_kind_options_are_one_error_line(args, message, tmp_path, capsys):
+    from factscale.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["corpus", "build", "--synthetic", *args, "-o", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
+    assert not (tmp_path / "x").exists()

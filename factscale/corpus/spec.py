@@ -20,7 +20,8 @@ SOURCES = ("synthetic", "dump", "triples", "hf")
 @dataclass
 class CorpusSpec:
     synthetic: Optional[dict] = None
-    """Generate facts with exactly known entropy: fields of ``SyntheticSpec`` (n_keys, vocab_sizes, ...)."""
+    """Generate facts with exactly known entropy: ``kind`` (facts (default) | bios | random-sequences) and the
+    fields of its spec (``SyntheticSpec``: n_keys, vocab_sizes, ...; ``BiosSpec``; ``SequenceSpec``)."""
     dump: list[str] = field(default_factory=list)
     """Wikidata JSON dump(s): .json, .json.gz, .json.bz2 (array or one entity per line)."""
     triples: list[str] = field(default_factory=list)
@@ -56,7 +57,7 @@ class CorpusSpec:
     """Behaviour-study variants: compatibility / frequency / phases (``corpus.variants``)."""
 
     def __post_init__(self):
-        given = [s for s in SOURCES if getattr(self, s)]
+        given = [s for s in SOURCES if self._given(s)]
         if len(given) != 1:
             raise CorpusError("give exactly one source: synthetic, dump, triples or hf (CLI: --synthetic, --dump "
                               f"PATH..., --triples PATH..., --hf PATH...); got {given or 'none'}")
@@ -67,20 +68,22 @@ class CorpusSpec:
         if self.max_facts is not None and self.max_facts < 1:
             raise CorpusError(f"max_facts must be >= 1, got {self.max_facts}")
         if self.synthetic is not None:
+            if self.synthetic.get("kind") == "facts":  # the default kind: the same recipe as leaving it out
+                self.synthetic = {k: v for k, v in self.synthetic.items() if k != "kind"}
             self.synthetic_spec()  # validates now, naming the field
+
+    def _given(self, source: str) -> bool:
+        # synthetic: {} (all defaults, e.g. a bare --synthetic) is a source too; an empty path list is not
+        return self.synthetic is not None if source == "synthetic" else bool(getattr(self, source))
 
     @property
     def source(self) -> str:
-        return next(s for s in SOURCES if getattr(self, s))
+        return next(s for s in SOURCES if self._given(s))
 
     def synthetic_spec(self):
-        from factscale.config import ConfigError, from_dict
-        from factscale.corpus.synthetic import SyntheticSpec
+        from factscale.corpus.synthetic import spec_from
 
-        try:
-            return from_dict(SyntheticSpec, {"seed": self.seed, **self.synthetic}, "synthetic.")
-        except ConfigError as e:
-            raise CorpusError(str(e)) from None
+        return spec_from(self.synthetic, self.seed)
 
     def recipe(self) -> dict:
         """What the corpus depends on (``workers`` only changes how fast it is built)."""
@@ -96,7 +99,9 @@ def build(spec: CorpusSpec, out: str | Path, *, reuse: bool = False, progress: b
                   vocab_size=spec.vocab_size, variants=spec.variants or None, recipe=spec.recipe(), reuse=reuse)
     src = spec.source
     if src == "synthetic":
-        return corpus.build_synthetic(out, spec.synthetic_spec(), max_facts=spec.max_facts, **common)
+        from factscale.corpus.synthetic import build_kind
+
+        return build_kind(out, spec.synthetic_spec(), max_facts=spec.max_facts, **common)
     if src == "dump":
         from factscale.corpus.datatypes import parse_datatypes, parse_subject_exclude
 

@@ -5,6 +5,10 @@ vocabulary of V pseudo-words, so each fact carries exactly log2(V) bits and the 
 N * sum(log2 V_a) bits. An attribute marked ``predictable`` instead takes its value from the key's
 first name (with probability ``1 - noise``): there is a rule to generalize to unseen keys.
 Needs no outside file.
+
+This is the ``facts`` kind (the default) of a synthetic corpus; ``KINDS`` also has ``bios`` (six-attribute
+biographies, ``corpus/bios.py``) and ``random-sequences`` (``corpus/sequences.py``). A corpus recipe picks
+one with ``synthetic: {kind: ..., ...}``; ``spec_from`` and ``build_kind`` dispatch on it.
 """
 
 from __future__ import annotations
@@ -120,3 +124,78 @@ def generate(spec: SyntheticSpec) -> tuple[pl.DataFrame, float]:
     pred_by_rel = {f"S{a + 1}": bool(p) for a, p in enumerate(predictable)}
     df = df.with_columns(predictable=pl.col("relation").replace_strict(pred_by_rel, return_dtype=pl.Boolean))
     return df, total_bits
+
+
+# ---------------------------------------------------------------- the synthetic kinds
+
+KINDS = ("facts", "bios", "random-sequences")
+
+
+def spec_class(kind: str):
+    from factscale.corpus.bios import BiosSpec
+    from factscale.corpus.sequences import SequenceSpec
+
+    classes = {"facts": SyntheticSpec, "bios": BiosSpec, "random-sequences": SequenceSpec}
+    if kind not in classes:
+        raise CorpusError(f"synthetic kind (--kind) {kind!r} is unknown; allowed values: {list(KINDS)}")
+    return classes[kind]
+
+
+def spec_from(fields: dict, seed: int = 0):
+    """A recipe's ``synthetic`` mapping -> the spec of its kind (``kind`` absent = ``facts``), fields checked
+    by name (an unknown or mistyped field is one error naming it)."""
+    from factscale.config import ConfigError, from_dict
+
+    fields = dict(fields)
+    kind = fields.pop("kind", "facts")
+    cls = spec_class(kind)
+    try:
+        spec = from_dict(cls, {"seed": seed, **fields}, "synthetic.")
+    except ConfigError as e:
+        raise CorpusError(str(e)) from None
+    return spec
+
+
+def generate_kind(spec):
+    """(raw facts, exact entropy in bits) for a spec of any kind."""
+    from factscale.corpus.bios import BiosSpec, generate_bios
+    from factscale.corpus.sequences import SequenceSpec, generate_sequences
+
+    if isinstance(spec, BiosSpec):
+        return generate_bios(spec)
+    if isinstance(spec, SequenceSpec):
+        return generate_sequences(spec)
+    return generate(spec)
+
+
+def build_kind(out_dir, spec, **kw) -> dict:
+    """Build a synthetic corpus of any kind (atomically, like every corpus). ``facts`` goes through
+    ``corpus.build_synthetic`` unchanged; a random-sequence corpus is checked to have one token per symbol
+    before it is moved into place (a failed check leaves any previous corpus there untouched)."""
+    from factscale import corpus
+    from factscale.corpus.build import _build_into, building, read_manifest
+    from factscale.corpus.sequences import SequenceSpec, check_tokens
+
+    if isinstance(spec, SyntheticSpec):
+        return corpus.build_synthetic(out_dir, spec, **kw)
+    kind = spec.kind
+    rules = corpus._rules({**kw, "seed": spec.seed})
+    recipe, reuse = rules.pop("recipe", None), rules.pop("reuse", False)
+    if isinstance(spec, SequenceSpec):
+        need = spec.min_vocab_size() - 64  # a hard lower bound; the check after training is the real test
+        if rules["vocab_size"] < need:
+            raise CorpusError(f"random-sequences with {spec.symbols} symbols needs vocab_size (--vocab-size / "
+                              f"corpus_build.vocab_size) >= {spec.min_vocab_size()}, got {rules['vocab_size']}")
+    raw, bits = generate_kind(spec)
+    info = {"kind": f"synthetic-{kind}", "spec": dict(spec.__dict__)}
+    with building(out_dir, reuse_recipe=recipe if reuse else None) as tmp:
+        if tmp is None:
+            return read_manifest(out_dir)
+        m = _build_into(raw, tmp, source_info=info, options={"synthetic": dict(spec.__dict__)}, entropy_bits=bits,
+                        recipe=recipe, **rules)
+        if isinstance(spec, SequenceSpec):
+            import polars as pl
+
+            check_tokens(pl.read_parquet(tmp / "facts.parquet", columns=["n_value_tokens"]), spec,
+                         rules["vocab_size"])
+        return m
