@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -258,3 +259,21 @@ def test_quantize_probe_bad_input_is_one_error_line(tmp_path, capsys):
             main(["quantize-probe", str(tmp_path), *args])
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.count("\n") == 1 and msg in err
+
+
+def test_the_figure_script_draws_the_table(tmp_path):
+    import runpy
+
+    from conftest import ROOT
+    from factscale.capacity import capacity_table
+
+    rows = [_results("synthetic-bios", s, n, 3 * n, b, 5.0) for s, n, b in (("2k", 1000, 900.0), ("5k", 3000, 4000.0))]
+    table = capacity_table([("r", pl.DataFrame(rows))])
+    script = runpy.run_path(str(ROOT / "figures" / "capacity_table.py"), run_name="figure_test")
+    fig = script["figure"](table)
+    ax = fig.axes[1]
+    assert "published values, not measured here" in fig._suptitle.get_text()
+    assert any("Morris et al. 2025: 3.83" in t.get_text() for t in ax.texts)
+    assert any(np.allclose(line.get_ydata(), [0.3, 4000 / 9000]) for line in ax.lines if len(line.get_ydata()) == 2)
+    paths = script["save"](fig, tmp_path, "capacity-table")
+    assert all(p.stat().st_size > 1000 for p in paths)
