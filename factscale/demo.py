@@ -1,13 +1,17 @@
-"""``factscale demo``: the whole loop, small enough for a 2-core laptop CPU in under 10 minutes.
+"""``factscale demo``: both of Lu et al.'s laws, measured honestly, in about ten minutes on a 2-core CPU.
 
-synthetic corpus -> grid of model sizes (each probed every few epochs, so one run gives its whole
-capacity-vs-epochs curve) on the local executor -> collect -> fit the size, epoch, joint and bits laws
--> figures -> summary. The sweep is ``factscale/demo.yaml`` (also ``sweeps/demo.yaml``).
+synthetic corpus -> 5 model sizes x 2 seeds, each a warmup-stable-decay trunk with cooldown branches at
+4 epoch budgets (``factscale/demo.yaml``, also ``sweeps/demo.yaml``) on the local executor -> collect ->
+fits on annealed end points only -> figures -> a summary that says what was observed, and
+``summary.json`` beside the results.
 
-Choices that make the toy scale show the phenomenon (all recorded in every result row): a constant LR
-after warmup, so capacity at epoch E inside a run approximates a run trained for E epochs; loss on
-value tokens only, so capacity goes to facts rather than to the random names; a corpus larger than the
-largest model can hold, so capacity is limited by size, not by the corpus.
+What the demo measures, at each size: capacity (facts memorized, exact match) after every epoch budget,
+each an end-of-schedule point (a branch decays its learning rate to 0, like a standalone run of that
+length); the linear law in non-embedding parameters at the largest budget, with its run-bootstrap
+interval and the log-log slope (1 = linear) with its interval; the saturating law C(E) = C* - a exp(-bE)
+per size, with C* bounded by the facts trained on; memorized bits per non-embedding and per total
+parameter. "Saturated" means the observed end point reaches >= 80% of the fitted C* and C* (up to its
+interval's top) stays below the facts available, so capacity, not the corpus, is what levelled off.
 """
 
 from __future__ import annotations
@@ -15,17 +19,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import polars as pl
+
 from factscale import fit, plots
 from factscale.config import ConfigError, read_yaml_mapping, set_dotted
 from factscale.fsio import write_json_atomic
 from factscale.results import collect, write_parquet_atomic
 from factscale.sweep import _spec_from_dict, launch
-
+from factscale.vocab import SIZE, overall
 
 DEMO_SPEC = Path(__file__).with_name("demo.yaml")  # also sweeps/demo.yaml (a link)
-QUICK = {"corpus_build.synthetic.n_keys": 600, "base.train.batch_size": 16, "base.probe.every_epochs": 5,
-         "grid.train.epochs": [60]}
-"""--quick: a smaller corpus and fewer epochs (about a minute), for smoke tests."""
+QUICK = {"corpus_build.synthetic.n_keys": 700, "grid.model.size": ["1k", "2k", "5k"],
+         "grid.train.epochs": [10, 20, 40, 80], "base.probe.every_epochs": 40}
+"""--quick: 3 sizes on a smaller corpus with shorter budgets (a few minutes), for the tests."""
+SATURATED = 0.8  # the end point must reach this fraction of the fitted C*
+N_BOOT = 200
 
 
 def demo_spec(out: Path, quick: bool = False) -> dict:
@@ -42,80 +50,139 @@ def demo_spec(out: Path, quick: bool = False) -> dict:
     return spec
 
 
+def _ci(entry: dict) -> list | None:
+    return [entry["ci_low"], entry["ci_high"]] if entry["ci_low"] is not None else None
+
+
+def summarize(df: pl.DataFrame, lin: dict | None, exps: dict, budget: int) -> dict:
+    """The demo's observations, per size and for the linear law (the ``summary.json`` schema)."""
+    final = overall(df).filter(pl.col("epoch") == budget)
+    sizes = []
+    for s, g in final.group_by(SIZE, maintain_order=True):
+        row = {"size": s[0], "non_embedding_params": int(g["non_embedding_params"][0]),
+               "total_params": int(g["total_params"][0]), "seeds": g["cfg.seed"].n_unique(),
+               "n_facts": int(g["n_facts"][0]), "capacity_mean": float(g["capacity"].mean()),
+               "capacity_sd": float(g["capacity"].std()) if g.height > 1 else None,
+               "bits_per_param": float(g["bits_per_param"].mean()),
+               "bits_per_total_param": float(g["bits_per_total_param"].mean()),
+               "cstar": None, "cstar_ci": None, "cstar_at_bound": None, "fraction_of_cstar": None,
+               "saturated": False, "why_not": None}
+        r = exps.get(row["size"])
+        if isinstance(r, str):
+            row["why_not"] = f"exp-epochs not fitted: {r}"
+        elif r is not None:
+            c = r["params"]["cstar"]
+            row.update(cstar=c["value"], cstar_ci=_ci(c), cstar_at_bound=c["at_bound"],
+                       fraction_of_cstar=row["capacity_mean"] / c["value"] if c["value"] > 0 else None)
+            top = c["ci_high"] if c["ci_high"] is not None else c["value"]
+            reasons = []
+            if (row["fraction_of_cstar"] or 0) < SATURATED:
+                reasons.append(f"end point is {row['fraction_of_cstar'] or 0:.0%} of C* (< {SATURATED:.0%})")
+            if c["at_bound"] or top >= row["n_facts"]:
+                reasons.append(f"C* (up to its interval's top, {top:.0f}) reaches the {row['n_facts']} facts "
+                               "available: the corpus, not capacity, may be the limit")
+            if c["ci_low"] is None:
+                reasons.append(f"C* has no interval ({c['no_interval']})")
+            row["saturated"] = not reasons
+            row["why_not"] = "; ".join(reasons) or None
+        sizes.append(row)
+    sizes.sort(key=lambda r: r["non_embedding_params"])
+    linear = None
+    if lin is not None:
+        k, comp = lin["params"]["k"], lin.get("companion", {})
+        s = comp.get("params", {}).get("s")
+        linear = {"slope": k["value"], "ci": _ci(k), "no_interval": k["no_interval"], "r2": lin["r2"],
+                  "intercept": lin["params"]["c"]["value"], "n_runs": lin["n_runs"],
+                  "loglog_slope": s["value"] if s else None, "loglog_slope_ci": _ci(s) if s else None,
+                  "loglog_r2": comp.get("r2")}
+    return {"n_runs": df["run_id"].n_unique(), "epochs": budget, "sizes": sizes, "linear": linear}
+
+
+def report(summary: dict, held: pl.DataFrame, log=print) -> None:
+    """The printed summary: what was observed, in the order a reader checks it."""
+    E = summary["epochs"]
+    log(f"\n=== factscale demo summary ({summary['n_runs']} runs; capacity = facts memorized by exact match, "
+        f"mean over seeds, after {E} epochs) ===")
+    for r in summary["sizes"]:
+        sd = f" ± {r['capacity_sd']:.0f}" if r["capacity_sd"] is not None else ""
+        cs = "C* not fitted" if r["cstar"] is None else (
+            f"C* = {r['cstar']:.0f}" + (f" [{r['cstar_ci'][0]:.0f}, {r['cstar_ci'][1]:.0f}]" if r["cstar_ci"] else "")
+            + f", reached {r['fraction_of_cstar']:.0%}")
+        log(f"  {r['size']:>4} ({r['non_embedding_params']:>5,} non-emb / {r['total_params']:>6,} total params, "
+            f"{r['seeds']} seeds): {r['capacity_mean']:>6.0f}{sd} of {r['n_facts']} facts; "
+            f"{r['bits_per_param']:.2f} bits/non-emb param, {r['bits_per_total_param']:.2f} bits/total param")
+        log(f"        {cs}; saturated: {'yes' if r['saturated'] else 'no'}"
+            + (f" ({r['why_not']})" if r["why_not"] else ""))
+    lin = summary["linear"]
+    if lin is None:
+        log("  linear law: not fitted")
+    else:
+        ci = (f"95% CI [{lin['ci'][0]:.4f}, {lin['ci'][1]:.4f}]" if lin["ci"]
+              else f"no interval: {lin['no_interval']}")
+        log(f"  linear in non-emb params at {E} epochs: {lin['slope']:.4f} facts/param ({ci}), "
+            f"intercept {lin['intercept']:.0f}, R^2 = {lin['r2']:.3f}, {lin['n_runs']} runs")
+        if lin["loglog_slope"] is not None:
+            lci = lin["loglog_slope_ci"]
+            verdict = ("contains 1: consistent with linear" if lci and lci[0] <= 1 <= lci[1] else
+                       "excludes 1: not proportional to N" if lci else "no interval")
+            log(f"  log-log slope {lin['loglog_slope']:.3f}" + (f" [{lci[0]:.3f}, {lci[1]:.3f}]" if lci else "")
+                + f" ({verdict})")
+    for row in held.sort("non_embedding_params").iter_rows(named=True):
+        log(f"  calibration {row[SIZE]:>4} seed {row['cfg.seed']}: held-out (unseen keys) bits = "
+            f"{row['capacity_bits']:.1f} of {row['prior_bits']:.0f} prior bits (~0 expected)")
+
+
 def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> dict:
     t0 = time.time()
     out = Path(out)
     spec = _spec_from_dict(demo_spec(out, quick), "demo")
-    log(f"[1/4] corpus + training: {len(spec.grid['model.size'])} model sizes x "
-        f"{spec.grid['train.epochs'][0]} epochs on the local executor (runs under {spec.runs_dir})")
+    g = spec.grid
+    budget = max(g["train.epochs"])
+    log(f"[1/4] corpus + training: {len(g['model.size'])} sizes x {len(g['seed'])} seeds, each a trunk with "
+        f"cooldown branches at {g['train.epochs']} epochs, on the local executor (runs under {spec.runs_dir})")
     recs = launch(spec, cluster="local", log=log)
     failed = [r for r in recs if r["state"] == "failed"]
     if failed:
         raise RuntimeError(f"{len(failed)} demo runs failed: {failed}")
 
     log("[2/4] collect")
-    df, rep = collect(spec.runs_dir)
+    df, _ = collect(spec.runs_dir)
     results = out / "results.parquet"
     write_parquet_atomic(df, results)
 
-    log("[3/4] fit laws")
+    log("[3/4] fit laws (annealed end points only)")
     fits_dir = out / "fits"
-    final_epoch = spec.grid["train.epochs"][0]
-    summary: dict = {"results": str(results), "fits": {}, "figures": {}}
-    # one epoch budget per size: the epoch laws can only use the intermediate probes of the constant-LR
-    # runs, so they are fitted with include_unannealed and say so (see the module docstring)
-    jobs = [("linear-size", {"epoch": final_epoch}, False)]
-    jobs += [("exp-epochs", {"size": s}, True) for s in spec.grid["model.size"]]
-    jobs += [("joint", {}, True), ("bits-epochs", {"size": spec.grid["model.size"][-1]}, True)]
-    for law, where, unannealed in jobs:
-        name = law + "".join(f"-{k}{v}" for k, v in where.items())
+    fits: dict = {}
+
+    def try_fit(name, law, where):
         try:
-            r = fit.fit_law(df, law, where, n_boot=200, include_unannealed=unannealed)
+            r = fit.fit_law(df, law, where, n_boot=N_BOOT)
         except fit.FitError as e:
             log(f"  {name}: not fitted: {e}")
-            continue
-        if law == "joint":
-            r["solve"] = fit.params_needed(r, 10 * float(df["n_facts"].max()), final_epoch)
+            return str(e)
         fit.save_fit(r, fits_dir / f"{name}.json")
-        summary["fits"][name] = r
         log(fit.format_table(r))
+        fits[name] = r
+        return r
+
+    lin = try_fit(f"linear-size-epoch{budget}", "linear-size", {"epoch": budget})
+    exps = {s: try_fit(f"exp-epochs-size{s}", "exp-epochs", {"size": s}) for s in g["model.size"]}
+    joint = try_fit("joint", "joint", {})
+    if isinstance(joint, dict):
+        joint["solve"] = fit.params_needed(joint, 10 * float(df["n_facts"].max()), budget)
+        fit.save_fit(joint, fits_dir / "joint.json")
 
     log("[4/4] figures")
-    summary["figures"] = plots.plot_all(df, out / "figures")
+    figures = plots.plot_all(df, out / "figures")
 
-    final = df.filter((df["split"] == "train") & (df["group_by"] == "all") & (df["epoch"] == final_epoch))
-    log("\n=== factscale demo summary ===")
-    for row in final.sort("non_embedding_params").iter_rows(named=True):
-        log(f"  {row['cfg.model.size']:>5} ({row['non_embedding_params']:>6,} non-emb params): "
-            f"{row['capacity']:>5.0f} / {row['n_facts']} facts memorized (MR {row['mr']:.3f}), "
-            f"{row['bits_per_param']:.3f} bits/non-emb param, {row['bits_per_total_param']:.3f} bits/total param")
-    held = df.filter((df["split"] == "heldout") & (df["group_by"] == "all") & (df["epoch"] == final_epoch))
-    for row in held.sort("non_embedding_params").iter_rows(named=True):
-        log(f"  calibration {row['cfg.model.size']:>5}: held-out (unseen keys) bits = {row['capacity_bits']:.1f} "
-            f"of {row['prior_bits']:.0f} prior bits ({row['capacity_bits'] / row['prior_bits']:.2%}; ~0 expected)")
-    lin = summary["fits"].get(f"linear-size-epoch{final_epoch}")
-    if lin:
-        k = lin["params"]["k"]
-        ci = (f"95% CI {k['ci_low']:.4f}-{k['ci_high']:.4f}" if k["ci_low"] is not None
-              else f"no interval: {k['no_interval']}")
-        log(f"  linear law at {final_epoch} epochs: {k['value']:.4f} facts per non-emb param ({ci}), "
-            f"R^2 = {lin['r2']:.3f}")
-    for name, r in summary["fits"].items():
-        if name.startswith("exp-epochs"):
-            c = r["params"]["cstar"]
-            reached = r["points"]["capacity"][-1] / c["value"]
-            log(f"  {name} (unannealed probes): C* = {c['value']:.0f} facts"
-                + (" (at its bound: the facts trained on)" if c["at_bound"] else "")
-                + f", R^2 = {r['r2']:.3f}; after {final_epoch} epochs the run holds {reached:.0%} of C*")
-    if "joint" in summary["fits"] and summary["fits"]["joint"].get("solve"):
-        s = summary["fits"]["joint"]["solve"]
-        ci = f" (95% CI {s['ci_low']:.3g}-{s['ci_high']:.3g})" if s["ci_low"] else f" (no interval: {s['no_interval']})"
-        log(f"  joint law: {s['facts']:.3g} facts at {s['epochs']} epochs need {s['non_embedding_params']:.3g} "
-            f"non-emb params{ci}")
-    log(f"  results: {results}\n  fits:    {fits_dir}/\n  figures: {out / 'figures'}/")
-    log(f"  total time {time.time() - t0:.0f} s")
+    summary = summarize(df, lin if isinstance(lin, dict) else None, exps, budget)
+    held = overall(df, "heldout").filter(pl.col("epoch") == budget)
+    report(summary, held, log)
     summary["seconds"] = time.time() - t0
-    write_json_atomic(out / "summary.json", {k: v for k, v in summary.items() if k != "fits"}, default=str)
-    if not summary["fits"]:
+    summary.update(results=str(results), fits=str(fits_dir), figures=figures)
+    log(f"  results: {results}\n  fits:    {fits_dir}/\n  figures: {out / 'figures'}/\n"
+        f"  summary: {out / 'summary.json'}\n  total time {summary['seconds']:.0f} s")
+    write_json_atomic(out / "summary.json", summary, default=str)
+    if not fits:
         raise ConfigError("demo produced no fit")
     return summary
