@@ -29,7 +29,7 @@ from factscale.sweep import _spec_from_dict, launch
 from factscale.vocab import SIZE, overall
 
 DEMO_SPEC = Path(__file__).with_name("demo.yaml")  # also sweeps/demo.yaml (a link)
-QUICK = {"corpus_build.synthetic.n_keys": 700, "grid.model.size": ["1k", "2k", "5k"],
+QUICK = {"corpus_build.synthetic.n_keys": 700, "grid.model.size": ["1k", "5k", "10k"],
          "grid.train.epochs": [10, 20, 40, 80], "base.probe.every_epochs": 40}
 """--quick: 3 sizes on a smaller corpus with shorter budgets (a few minutes), for the tests."""
 SATURATED = 0.8  # the end point must reach this fraction of the fitted C*

