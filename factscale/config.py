@@ -157,8 +157,10 @@ class ProbeConfig:
     """Probe after every K-th epoch (and always after the last)."""
     batch_size: int = 512
     splits: list[str] = field(default_factory=lambda: ["train", "heldout"])
-    max_train_facts: Optional[int] = None
-    """Probe a fixed seeded subset of the training facts; None = all of them (exact capacity)."""
+    max_train_facts: Optional[int] = 200_000
+    """Probe at most this many training facts: above it, a fixed sample stratified by relation
+    (``probes.probe_sample``; capacity = MR x facts with its standard error), so a probe of a paper-scale
+    corpus takes seconds, not minutes; below it, every fact (exact capacity). None = always every fact."""
     freq_column: Optional[str] = "popularity"
     """Column used for the frequency-bucket breakdown (quantile buckets); None = none."""
     group_columns: list[str] = field(default_factory=list)

@@ -157,6 +157,33 @@ def empirical_prior(train: pl.DataFrame, facts: pl.DataFrame, vocab_size: int) -
     return pl.DataFrame({"fact_id": facts["fact_id"], "prior_bits": prior, "backoff_bits": backoff})
 
 
+PROBE_SEED = 0  # one sample per corpus: every run and every epoch probes the same facts
+
+
+def probe_sample(train: pl.DataFrame, n: int | None, by: str = "relation") -> pl.DataFrame:
+    """The training facts a run probes: all of them, or a fixed sample of ``n``.
+
+    A systematic sample over the facts ordered by ``by`` (relation) and then by a stable hash of the fact:
+    every fact is included with probability exactly n/N, so MR x N stays unbiased, and each relation gets
+    its share of the sample to within one fact (implicit proportional stratification, which only lowers
+    the variance: the binomial standard error of ``summarize`` is conservative for it). Deterministic and
+    independent of row order and machine, so runs on one corpus are compared on the same facts.
+    """
+    N = train.height
+    if n is None or N <= n:
+        return train
+    from factscale.corpus.build import stable_unit
+
+    key = train["fact_id"].cast(pl.String) if "fact_id" in train.columns else pl.Series(range(N)).cast(pl.String)
+    cols = [by] if by in train.columns else []
+    order = train.with_columns(_u=stable_unit(key, PROBE_SEED)).with_row_index("_row").sort([*cols, "_u"])
+    step = N / n
+    start = float(stable_unit(pl.Series(["start"]), PROBE_SEED)[0]) * step
+    picks = np.floor(start + step * np.arange(n)).astype(np.int64)
+    rows = order["_row"].to_numpy()[picks]
+    return train[np.sort(rows)]
+
+
 def with_prior(train: pl.DataFrame, facts: pl.DataFrame, vocab_size: int) -> pl.DataFrame:
     """``facts`` with ``prior_bits`` that never saw the fact: synthetic facts keep their exact entropy."""
     emp = empirical_prior(train, facts, vocab_size)["prior_bits"]

@@ -116,7 +116,7 @@ def probe_run(run_dir: str | Path, bits: list[int] = (8, 4), embeddings: bool = 
     from factscale.corpus.build import load_corpus
     from factscale.data import select_facts
     from factscale.models import count_instantiated
-    from factscale.probes import ProbeCallback, ProbeTokens, probe_batched
+    from factscale.probes import ProbeCallback, ProbeTokens, probe_batched, probe_sample
     from factscale.results import CollectError
     from factscale.rundir import RunDir
 
@@ -130,9 +130,7 @@ def probe_run(run_dir: str | Path, bits: list[int] = (8, 4), embeddings: bool = 
         raise CollectError(f"{rd.results}: no overall training row at the final probe (probe.splits must include train)")
     facts, _ = load_corpus(cfg.corpus.path)
     train, _ = select_facts(facts, cfg)
-    sample = train
-    if cfg.probe.max_train_facts is not None and train.height > cfg.probe.max_train_facts:
-        sample = train.sample(cfg.probe.max_train_facts, seed=cfg.seed)  # the run's own probe sample
+    sample = probe_sample(train, cfg.probe.max_train_facts)  # the run's own probe sample
     model = AutoModelForCausalLM.from_pretrained(str(rd.model)).float()
     non_emb, total = count_instantiated(model)
     pad = model.config.pad_token_id

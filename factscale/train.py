@@ -24,7 +24,7 @@ from factscale.corpus.build import CorpusError, corpus_hash_of, load_corpus
 from factscale.data import FactDataModule, select_facts
 from factscale.fsio import fix_mode
 from factscale.models import build_model, count_instantiated, non_embedding_params, resolve_shape
-from factscale.probes import ProbeCallback, frequency_buckets
+from factscale.probes import ProbeCallback, frequency_buckets, probe_sample
 from factscale.results import build_rows, git_sha
 from factscale.rundir import RunDir
 from factscale.vocab import summary_fields
@@ -191,10 +191,7 @@ def make_trainer(cfg: RunConfig, logger, callbacks: list) -> L.Trainer:
 def probe_sets(cfg: RunConfig, dm: FactDataModule) -> dict[str, pl.DataFrame]:
     sets = {}
     if "train" in cfg.probe.splits:
-        t = dm.train_facts
-        if cfg.probe.max_train_facts is not None and t.height > cfg.probe.max_train_facts:
-            t = t.sample(cfg.probe.max_train_facts, seed=cfg.seed)
-        sets["train"] = t
+        sets["train"] = probe_sample(dm.train_facts, cfg.probe.max_train_facts)
     if "heldout" in cfg.probe.splits:
         sets["heldout"] = dm.heldout_facts
     return sets

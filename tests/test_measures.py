@@ -148,3 +148,24 @@ def test_a_run_probing_a_sample_reports_capacity_for_all_its_training_facts(tiny
     assert train["capacity"] == pytest.approx(train["mr"] * train["train_facts"])
     assert train["capacity_se"] > 0 or train["mr"] in (0.0, 1.0)
     assert summary["train_capacity_se"] == train["capacity_se"] and "heldout_bits_frac_of_prior" in summary
+
+
+def test_probe_sample_is_fixed_exact_size_and_stratified_by_relation():
+    from factscale.probes import probe_sample
+
+    rng = np.random.default_rng(0)
+    sizes = {"P1": 7000, "P2": 2500, "P3": 480, "P4": 20}  # relations of very different sizes
+    train = pl.DataFrame({"fact_id": np.arange(sum(sizes.values())),
+                          "relation": [r for r, k in sizes.items() for _ in range(k)]})
+    N, n = train.height, 1000
+    s = probe_sample(train, n)
+    assert s.height == n and s["fact_id"].n_unique() == n
+    counts = dict(s.group_by("relation").len().iter_rows())
+    for r, k in sizes.items():  # each relation gets its share of the sample to within one fact
+        assert abs(counts.get(r, 0) - n * k / N) <= 1
+    shuffled = train.sample(fraction=1.0, shuffle=True, seed=int(rng.integers(1 << 30)))
+    assert sorted(probe_sample(shuffled, n)["fact_id"].to_list()) == sorted(s["fact_id"].to_list())
+    assert probe_sample(train, N) is train and probe_sample(train, None) is train
+    # a known answer: the model knows every P1 fact and nothing else -> capacity = MR x N = 7000 (to 1 fact)
+    mr = (s["relation"] == "P1").mean()
+    assert abs(mr * N - sizes["P1"]) <= N / n
