@@ -76,8 +76,18 @@ def cmd_corpus_build(a):
                     from None
         given["synthetic"] = syn
     given["variants"] = _variants(given.pop("variant", None)) or {}
+    sharding = {k: given.pop(k) for k in ("cluster", "shards") if k in given}
+    res = {k[len("shard_"):]: given.pop(k) for k in list(given) if k.startswith("shard_")}
+    if res and not sharding:
+        raise CorpusError(f"--shard-{next(iter(res)).replace('_', '-')} is an option of sharded builds (--cluster, "
+                          "--shards)")
     spec = corpus.CorpusSpec(**given)
-    m = corpus.build_from_spec(spec, a.out, progress=sys.stderr.isatty())
+    if sharding:  # the same corpus, parsed as a job array (factscale/corpus/shards.py)
+        from factscale.corpus.shards import ShardResources, build_sharded
+
+        m = build_sharded(spec, a.out, sharding.get("cluster", "local"), sharding.get("shards"), ShardResources(**res))
+    else:
+        m = corpus.build_from_spec(spec, a.out, progress=sys.stderr.isatty())
     c = m["counts"]
     print(f"corpus {a.out}: {c['kept_facts']} facts ({c.get('kept_train', 0)} train, {c.get('kept_heldout', 0)} "
           f"held-out), {len(m['facts_per_relation'])} relations, {m['entropy_bits']['all']:.0f} bits "
@@ -314,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--heldout-frac", type=float, help="default 0.1")
     b.add_argument("--vocab-size", type=int, help="BPE vocabulary (default 2048)")
     b.add_argument("--workers", type=int, help="dump parser processes (default: all cores)")
+    b.add_argument("--cluster", help="--dump: parse the input in shards as a submitit job array, then merge (the "
+                   "same corpus, same hash): slurm | local (shard processes on this machine) | debug (in-process)")
+    b.add_argument("--shards", help="shard jobs (default: one per file): uncompressed .json files are cut into byte "
+                   "ranges at line boundaries; a compressed .json.bz2/.gz file is one shard")
+    b.add_argument("--shard-time-min", type=int, help="SLURM time limit per shard job, minutes (default 120; "
+                   "on expiry the shard is requeued, up to 3 times)")
+    b.add_argument("--shard-cpus", type=int, help="CPUs per shard job = its parser processes (default 4)")
+    b.add_argument("--shard-mem-gb", type=float, help="memory per shard job, GB (default 8)")
+    b.add_argument("--shard-partition", help="SLURM partition of the shard jobs")
+    b.add_argument("--shard-account", help="SLURM account of the shard jobs")
     b.add_argument("--n-keys", type=int, help="synthetic: keys (default 1000)")
     b.add_argument("--value-vocab", help="synthetic: values per attribute (default 16,64,256,1024)")
     b.add_argument("--kind", help="--synthetic: facts (default; --n-keys, --value-vocab), bios (six-attribute biographies; "

@@ -43,13 +43,19 @@ def build_from_dump(out_dir, dumps, opts: DumpOptions, label_files=(), templates
     templates = templates_for([], templates_path)[0] if templates_path else {}
     raw, counts, errors = dump_to_raw(dumps, opts, label_files=label_files, workers=workers,
                                       progress=progress, templates=templates)
+    info, options = dump_source(dumps, opts, label_files, templates_path, errors)
+    return build_corpus(raw, out_dir, source_info=info, counts=counts, options=options, **_rules(kw))
+
+
+def dump_source(dumps, opts: DumpOptions, label_files, templates_path, errors) -> tuple[dict, dict]:
+    """The manifest's source info and options of a dump build (local or sharded: ``corpus.shards``)."""
     info = {"kind": "wikidata-dump", "files": _files_info(dumps), "label_files": _files_info(label_files),
             "templates": templates_path, "parse_errors": [list(e) for e in errors]}
     options = {"language": opts.language, "allow_properties": sorted(opts.allow_properties or []) or None,
                "deny_properties": sorted(opts.deny_properties), "subject_filter": opts.subject_filter,
                "subject_exclude": opts.subject_exclude, "datatypes": sorted(opts.datatypes),
                "dump_max_facts": opts.max_facts}
-    return build_corpus(raw, out_dir, source_info=info, counts=counts, options=options, **_rules(kw))
+    return info, options
 
 
 def build_from_triples(out_dir, paths, label_files=(), templates_path=None, **kw) -> dict:

@@ -117,3 +117,20 @@ def open_dump(path: str | Path, threads: int = 1):
 
 def file_size(path) -> int:
     return os.path.getsize(path)
+
+
+def range_lines(path: str | Path, start: int, end: int):
+    """Lines of an uncompressed file whose first byte lies in [start, end): consecutive byte ranges
+    partition the file's lines exactly (a line crossing ``end`` belongs to this range, and the next
+    range skips it), so a file can be parsed in shards without a pass to find line boundaries."""
+    with open(path, "rb") as fh:
+        if start > 0:
+            fh.seek(start - 1)
+            fh.readline()  # the line that began before ``start`` (or only the newline ending at start - 1)
+        pos = fh.tell()
+        while pos < end:
+            line = fh.readline()
+            if not line:
+                return
+            yield line
+            pos += len(line)

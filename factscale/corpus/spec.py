@@ -90,6 +90,22 @@ class CorpusSpec:
         return {k: v for k, v in asdict(self).items() if k != "workers"}
 
 
+def dump_options(spec: CorpusSpec):
+    """The dump parser's options of a recipe (one place: local and sharded builds parse alike)."""
+    from factscale.corpus.datatypes import parse_datatypes, parse_subject_exclude
+    from factscale.corpus.wikidata import DumpOptions
+
+    return DumpOptions(
+        language=spec.language,
+        allow_properties=set(spec.properties.split(",")) if spec.properties else None,
+        deny_properties=set(spec.deny_properties.split(",")) if spec.deny_properties else set(),
+        subject_filter=[tuple(kv.split("=", 1)) for kv in (spec.subject_filter or "").split(",") if "=" in kv],
+        subject_exclude=parse_subject_exclude(spec.exclude_subjects),
+        datatypes=parse_datatypes(spec.datatypes),
+        max_facts=spec.max_facts,
+    )
+
+
 def build(spec: CorpusSpec, out: str | Path, *, reuse: bool = False, progress: bool = False) -> dict:
     """Build the corpus ``spec`` describes at ``out`` (atomically); with ``reuse``, a corpus there built from
     the same recipe is kept as it is. Returns the manifest."""
@@ -103,18 +119,8 @@ def build(spec: CorpusSpec, out: str | Path, *, reuse: bool = False, progress: b
 
         return build_kind(out, spec.synthetic_spec(), max_facts=spec.max_facts, **common)
     if src == "dump":
-        from factscale.corpus.datatypes import parse_datatypes, parse_subject_exclude
-
-        opts = corpus.DumpOptions(
-            language=spec.language,
-            allow_properties=set(spec.properties.split(",")) if spec.properties else None,
-            deny_properties=set(spec.deny_properties.split(",")) if spec.deny_properties else set(),
-            subject_filter=[tuple(kv.split("=", 1)) for kv in (spec.subject_filter or "").split(",") if "=" in kv],
-            subject_exclude=parse_subject_exclude(spec.exclude_subjects),
-            datatypes=parse_datatypes(spec.datatypes),
-            max_facts=spec.max_facts,
-        )
-        return corpus.build_from_dump(out, spec.dump, opts, label_files=spec.labels, templates_path=spec.templates,
+        return corpus.build_from_dump(out, spec.dump, dump_options(spec), label_files=spec.labels,
+                                      templates_path=spec.templates,
                                       workers=spec.workers or os.cpu_count() or 1, progress=progress,
                                       seed=spec.seed, **common)
     if src == "hf":

@@ -237,59 +237,88 @@ class _Progress:
         self.bar.close()
 
 
+def parse_chunks(lines, opts: DumpOptions, workers: int = 1, chunk_lines: int = 256):
+    """The workers' unit of work, in order: (facts, labels, counts, errors) per chunk of ``lines``. A local
+    build feeds a whole file through it; a sharded build (``shards``) feeds each shard's lines."""
+    chunks = _chunks(lines, chunk_lines, opts)
+    pool = Pool(workers) if workers > 1 else None
+    try:
+        yield from (pool.imap(_process_chunk, chunks) if pool else map(_process_chunk, chunks))
+    finally:
+        if pool:
+            pool.terminate()
+
+
+class Pass1:
+    """The main process's side of pass 1 over one file: the kept facts (up to ``max_facts``), labels of
+    referenced or property entities, counts and the first errors. Fed the chunks of ``parse_chunks`` in
+    file order (``stream_dump``), or whole shards in file order (``shards``): the same code either way.
+
+    Only labels of entities that some kept fact already refers to, and of properties, are kept, so
+    memory grows with the kept facts, not with the dump.
+    """
+
+    def __init__(self, path, opts: DumpOptions):
+        self.path, self.opts = path, opts
+        self.counts: Counter = Counter()
+        self.errors: list = []
+        self.facts: list[tuple] = []
+        self.needed: set[str] = set()
+        self.labels: dict[str, str] = {}
+        self.pending: dict[str, str] = {}  # labels of entities seen before anything referred to them (bounded)
+
+    def add(self, fs, labs, c, errs, line_offset: int = 0):
+        """One chunk's (or shard's) results; ``line_offset``: lines of the file before it."""
+        counts, facts, needed, labels, max_facts = self.counts, self.facts, self.needed, self.labels, self.opts.max_facts
+        counts.update(c)
+        self.errors.extend((str(self.path), line_offset + n, msg)
+                           for n, msg in errs[: max(0, MAX_ERRORS_KEPT - len(self.errors))])
+        for f in fs:
+            if max_facts is not None and len(facts) >= max_facts:
+                counts["facts_over_max_facts"] += 1
+                continue
+            facts.append(f)
+            needed.update(x for x in (f[4], f[5]) if x)
+        for eid, lab in labs:
+            if eid in needed or eid[0] == "P":
+                labels[eid] = lab
+            elif len(self.pending) < 1_000_000:
+                self.pending[eid] = lab
+
+    def finish(self, broken: list):
+        """-> (facts, labels, needed ids, counts, errors); ``broken``: the reader's (line, message) breaks."""
+        path, counts, errors = self.path, self.counts, self.errors
+        if broken:
+            line, msg = broken[0]
+            if counts["entities_seen"] == 0:
+                raise CorpusError(f"{path}: cannot decompress at line {line} ({msg}); expected {EXPECTED_DUMP}")
+            counts["malformed_compressed_stream"] += 1
+            errors.append((str(path), line, f"compressed stream broken: {msg}"))
+        if counts["entities_seen"] == 0:
+            first = errors[0] if errors else (str(path), 1, "no entity object in the file")
+            raise CorpusError(f"{path}: line {first[1]}: {first[2]}: no entity could be read; expected {EXPECTED_DUMP}")
+        for eid in self.needed - self.labels.keys():
+            if eid in self.pending:
+                self.labels[eid] = self.pending[eid]
+        return self.facts, self.labels, self.needed, counts, errors
+
+
 def stream_dump(path, opts: DumpOptions, workers: int = 1, chunk_lines: int = 256, progress: bool = False,
                 threads: int | None = None):
     """Pass 1 over the dump. Returns (facts, labels of referenced or property entities, needed ids, counts, errors).
 
-    Only labels of entities that some kept fact already refers to, and of properties, are kept, so
-    memory grows with the kept facts, not with the dump. ``threads`` decompression threads (default:
-    ``workers``). A broken compressed stream keeps what was read and is reported in ``errors`` and
-    ``counts["malformed_compressed_stream"]``; a file with no entity at all is a CorpusError.
+    ``threads`` decompression threads (default: ``workers``). A broken compressed stream keeps what was
+    read and is reported in ``errors`` and ``counts["malformed_compressed_stream"]``; a file with no
+    entity at all is a CorpusError.
     """
-    counts: Counter = Counter()
-    errors: list = []
-    facts: list[tuple] = []
-    needed: set[str] = set()
-    labels: dict[str, str] = {}
-    pending: dict[str, str] = {}  # labels of entities seen before anything referred to them (bounded below)
+    acc = Pass1(path, opts)
     with open_dump(path, threads or workers) as reader:
         bar = _Progress(path, progress)
-        chunks = _chunks(reader.lines(), chunk_lines, opts)
-        pool = Pool(workers) if workers > 1 else None
-        try:
-            results = pool.imap(_process_chunk, chunks) if pool else map(_process_chunk, chunks)
-            for fs, labs, c, errs in results:
-                counts.update(c)
-                errors.extend((str(path), n, msg) for n, msg in errs[: max(0, MAX_ERRORS_KEPT - len(errors))])
-                for f in fs:
-                    if opts.max_facts is not None and len(facts) >= opts.max_facts:
-                        counts["facts_over_max_facts"] += 1
-                        continue
-                    facts.append(f)
-                    needed.update(x for x in (f[4], f[5]) if x)
-                for eid, lab in labs:
-                    if eid in needed or eid[0] == "P":
-                        labels[eid] = lab
-                    elif len(pending) < 1_000_000:
-                        pending[eid] = lab
-                bar.update(reader.pos(), c["entities_seen"])
-        finally:
-            if pool:
-                pool.terminate()
+        for fs, labs, c, errs in parse_chunks(reader.lines(), opts, workers, chunk_lines):
+            acc.add(fs, labs, c, errs)
+            bar.update(reader.pos(), c["entities_seen"])
     bar.close()
-    if reader.broken:
-        line, msg = reader.broken[0]
-        if counts["entities_seen"] == 0:
-            raise CorpusError(f"{path}: cannot decompress at line {line} ({msg}); expected {EXPECTED_DUMP}")
-        counts["malformed_compressed_stream"] += 1
-        errors.append((str(path), line, f"compressed stream broken: {msg}"))
-    if counts["entities_seen"] == 0:
-        first = errors[0] if errors else (str(path), 1, "no entity object in the file")
-        raise CorpusError(f"{path}: line {first[1]}: {first[2]}: no entity could be read; expected {EXPECTED_DUMP}")
-    for eid in needed - labels.keys():
-        if eid in pending:
-            labels[eid] = pending[eid]
-    return facts, labels, needed, counts, errors
+    return acc.finish(reader.broken)
 
 
 def scan_labels(path, wanted: set[str], language: str, threads: int = 1) -> dict[str, str]:
@@ -317,12 +346,22 @@ def _missing_labels_error(kind: str, ids: set[str], lang: str, flag_hint: str) -
 def dump_to_raw(paths, opts: DumpOptions, label_files=(), workers: int = 1, progress: bool = False,
                 templates: dict | None = None):
     """All dump files -> (raw facts frame, counts, errors)."""
+    passes = [stream_dump(path, opts, workers=workers, progress=progress) for path in paths]
+
+    def scan(missing):
+        return [scan_labels(path, missing, opts.language, threads=workers) for path in paths]
+
+    return raw_from_passes(passes, opts, scan, label_files, templates)
+
+
+def raw_from_passes(passes, opts: DumpOptions, scan, label_files=(), templates: dict | None = None):
+    """Each file's pass 1 (``Pass1.finish``), in file order -> (raw facts frame, counts, errors).
+    ``scan(missing ids)``: the second pass, label dicts in file order (the last occurrence wins)."""
     from factscale.corpus.build import raw_frame
 
     counts: Counter = Counter()
     errors, facts, labels, needed = [], [], {}, set()
-    for path in paths:
-        f, lab, need, c, e = stream_dump(path, opts, workers=workers, progress=progress)
+    for f, lab, need, c, e in passes:
         facts += f
         labels.update(lab)
         needed |= need
@@ -334,8 +373,8 @@ def dump_to_raw(paths, opts: DumpOptions, label_files=(), workers: int = 1, prog
     for k, v in table.items():
         labels.setdefault(k, v)
     missing = needed - labels.keys()
-    for path in paths if missing else []:
-        labels.update(scan_labels(path, missing, opts.language, threads=workers))
+    for found in scan(missing) if missing else []:
+        labels.update(found)
     pids = {f[2] for f in facts}
     counts["value_labels_unresolved"] = len(needed - labels.keys())
     counts["property_labels_unresolved"] = len(pids - labels.keys())

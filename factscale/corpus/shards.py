@@ -1,0 +1,302 @@
+"""Sharded dump builds: parse shards of the input as a submitit job array (SLURM, local or in-process), merge.
+
+A shard is a byte range of an uncompressed dump file, starting and ending at line boundaries
+(``dumpio.range_lines``: no pass over the file is needed to find them), or a whole compressed file: a
+``.gz`` stream cannot be entered in the middle, and a ``.bz2`` one only at block boundaries that are found
+by decompressing or bit-scanning the file first, which is not implemented here (``plan_shards`` says so).
+
+Each shard job runs the local build's unit of work (``wikidata.parse_chunks``, what ``--workers``
+processes run) over its lines and writes what those workers return - facts, labels, counts, the first
+errors - and its line count to ``shard-NNNNN/`` in the build's private directory (``build.building``),
+by renaming a finished directory into place: a shard there is complete, a finished shard is never parsed
+again (a requeued job that finds it returns at once), and a failed or requeued shard reruns alone.
+
+The merge feeds the shards, in input order whatever order they finished in, to the same main-process
+code as a local build (``wikidata.Pass1`` and ``raw_from_passes``), so the result is the local build's:
+the same facts.parquet, the same corpus hash, the same counts. The one difference in the work done: the
+second label pass (labels of values first seen before anything referred to them, beyond the first
+million) reads the shards' label tables instead of rescanning the dump.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import polars as pl
+import submitit
+
+from factscale.corpus.build import CorpusError, _build_into, building
+from factscale.corpus.dumpio import open_dump, range_lines
+from factscale.corpus.wikidata import MAX_ERRORS_KEPT, DumpOptions, Pass1, parse_chunks, raw_from_passes
+
+CLUSTERS = ("slurm", "local", "debug")
+COMPRESSED = (".bz2", ".gz")
+FACT_SCHEMA = {"subject_id": pl.String, "subject_label": pl.String, "relation": pl.String, "value": pl.String,
+               "value_id": pl.String, "unit_id": pl.String, "datatype": pl.String, "sitelinks": pl.Int64}
+LABEL_SCHEMA = {"id": pl.String, "label": pl.String}
+
+
+@dataclass
+class ShardResources:
+    """What each shard job asks SLURM for (``--shard-*`` flags); ``cpus`` are also its parser processes."""
+    time_min: int = 120
+    cpus: int = 4
+    mem_gb: float = 8.0
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    max_requeues: int = 3
+    """Resubmissions after a time limit or preemption (the shard then parses again from its start)."""
+
+    def check(self):
+        for name, v in (("time-min", self.time_min), ("cpus", self.cpus), ("mem-gb", self.mem_gb)):
+            if not v > 0:
+                raise CorpusError(f"--shard-{name} {v!r}: must be > 0")
+
+
+def parse_count(text, what: str = "--shards") -> int:
+    try:
+        n = int(text)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise CorpusError(f"{what} {text!r}: expected a positive integer (the number of shard jobs)")
+    return n
+
+
+def plan_shards(paths, shards: int | None = None) -> list[dict]:
+    """The shards of ``paths``: one per compressed file; uncompressed files share the rest of ``shards``
+    (default: one per file) in proportion to their size, each cut into equal byte ranges."""
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        if not p.is_file():
+            raise CorpusError(f"dump file not found: {p}" if not p.exists() else f"{p} is not a file")
+    shards = len(paths) if shards is None else shards
+    plain = [i for i, p in enumerate(paths) if p.suffix not in COMPRESSED]
+    if shards < len(paths):
+        raise CorpusError(f"--shards {shards}: each of the {len(paths)} dump files is at least one shard; "
+                          f"give --shards >= {len(paths)}")
+    if shards > len(paths) and not plain:
+        name = paths[0].name
+        raise CorpusError(f"--shards {shards}: {name} is compressed and a compressed file is one shard (only "
+                          f"{len(paths)} here); decompress it (newline-delimited .json splits at line boundaries) "
+                          f"or split it into files, e.g. `bzcat {name} | split -l 1000000 -d "
+                          f"--additional-suffix=.json - part-`")
+    k = {i: 1 for i in plain}
+    sizes = {i: max(paths[i].stat().st_size, 1) for i in plain}
+    heap = [(-sizes[i], i) for i in plain]  # the largest bytes-per-shard file gets the next shard
+    heapq.heapify(heap)
+    for _ in range(shards - len(paths)):
+        _, i = heapq.heappop(heap)
+        k[i] += 1
+        heapq.heappush(heap, (-sizes[i] / k[i], i))
+    out = []
+    for f, p in enumerate(paths):
+        if f not in k:
+            out.append({"file": f, "path": str(p), "start": 0, "end": None})
+            continue
+        size = p.stat().st_size
+        cuts = [size * j // k[f] for j in range(k[f] + 1)]
+        out += [{"file": f, "path": str(p), "start": a, "end": b} for a, b in zip(cuts, cuts[1:])]
+    for n, s in enumerate(out):
+        s["index"] = n
+    return out
+
+
+def describe(s: dict) -> str:
+    name = Path(s["path"]).name
+    return f"{name}, whole file" if s["end"] is None else f"{name}, bytes {s['start']}-{s['end']}"
+
+
+def _shard_path(shard_dir, s: dict) -> Path:
+    return Path(shard_dir) / f"shard-{s['index']:05d}"
+
+
+def parse_shard(s: dict, opts: DumpOptions, shard_dir, processes: int = 1) -> dict:
+    """Parse one shard with ``processes`` workers into ``shard-NNNNN/`` (skipped if it is already there)."""
+    done = _shard_path(shard_dir, s)
+    if done.is_dir():
+        return {"index": s["index"], "reused": True}
+    t0 = time.time()
+    facts, labels, counts, errors, n = [], [], Counter(), [], 0
+
+    def counted(lines):
+        nonlocal n
+        for line in lines:
+            n += 1
+            yield line
+
+    def consume(lines):
+        for fs, labs, c, errs in parse_chunks(counted(lines), opts, processes):
+            facts.extend(fs)
+            labels.extend(labs)
+            counts.update(c)
+            errors.extend(errs[: max(0, MAX_ERRORS_KEPT - len(errors))])
+
+    broken = []
+    if s["end"] is None:  # a compressed (or whole) file: decompressed on all the job's cores
+        with open_dump(s["path"], processes) as reader:
+            consume(reader.lines())
+        broken = reader.broken
+    else:
+        consume(range_lines(s["path"], s["start"], s["end"]))
+    part = Path(shard_dir) / f".{done.name}.part-{uuid.uuid4().hex[:8]}"
+    part.mkdir(parents=True)
+    pl.DataFrame(facts, schema=FACT_SCHEMA, orient="row").write_parquet(part / "facts.parquet")
+    pl.DataFrame(labels, schema=LABEL_SCHEMA, orient="row").write_parquet(part / "labels.parquet")
+    meta = {"shard": s, "n_lines": n, "counts": dict(counts), "errors": errors, "broken": broken,
+            "seconds": round(time.time() - t0, 3)}
+    (part / "meta.json").write_text(json.dumps(meta))
+    try:
+        os.rename(part, done)  # atomic: the shard directory is complete or absent
+    except OSError:  # a duplicate attempt finished first: its result is the same
+        shutil.rmtree(part, ignore_errors=True)
+    return {"index": s["index"], "entities": counts["entities_seen"], "facts": len(facts), "seconds": meta["seconds"]}
+
+
+class ShardJob(submitit.helpers.Checkpointable):
+    """The submitted callable. ``checkpoint()`` (inherited) resubmits it on a time limit or preemption."""
+
+    def __call__(self, s: dict, opts: DumpOptions, shard_dir: str, processes: int) -> dict:
+        return parse_shard(s, opts, shard_dir, processes)
+
+
+def _read_shard(shard_dir, s: dict):
+    d = _shard_path(shard_dir, s)
+    meta = json.loads((d / "meta.json").read_text())
+    return pl.read_parquet(d / "facts.parquet").rows(), pl.read_parquet(d / "labels.parquet").rows(), meta
+
+
+def merge(plan: list[dict], opts: DumpOptions, shard_dir, label_files=(), templates: dict | None = None):
+    """Finished shards -> (raw facts frame, counts, errors), exactly as ``wikidata.dump_to_raw`` makes them.
+
+    Shards are read in plan order (the order of the input), never in the order they finished."""
+    by_file: dict[int, list[dict]] = {}
+    for s in sorted(plan, key=lambda s: s["index"]):
+        by_file.setdefault(s["file"], []).append(s)
+    passes = []
+    for f in sorted(by_file):
+        acc, offset, broken = Pass1(by_file[f][0]["path"], opts), 0, []
+        for s in by_file[f]:
+            facts, labels, meta = _read_shard(shard_dir, s)
+            acc.add(facts, labels, Counter(meta["counts"]), meta["errors"], line_offset=offset)
+            offset += meta["n_lines"]
+            broken += [tuple(b) for b in meta["broken"]]
+        passes.append(acc.finish(broken))
+
+    def scan(missing):  # the second label pass, from the shards' label tables (the last occurrence wins)
+        wanted = pl.Series(sorted(missing), dtype=pl.String)
+        out = []
+        for f in sorted(by_file):
+            found: dict[str, str] = {}
+            for s in by_file[f]:
+                df = pl.read_parquet(_shard_path(shard_dir, s) / "labels.parquet").filter(pl.col("id").is_in(wanted))
+                found.update(zip(df["id"], df["label"]))
+            out.append(found)
+        return out
+
+    return raw_from_passes(passes, opts, scan, label_files, templates)
+
+
+def _failure_line(exc: BaseException) -> str:
+    """The raised error's own line from submitit's 'failed during processing with trace' message."""
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+    causes = [x for x in lines if ": " in x and x.split(":", 1)[0].replace(".", "").isidentifier()
+              and x.split(":", 1)[0].endswith(("Error", "Exception", "Interrupt", "Exit"))]
+    if not causes:
+        return (lines or [type(exc).__name__])[-1][:300]
+    name, msg = causes[-1].split(":", 1)
+    return f"{name.rsplit('.', 1)[-1]}:{msg}"[:300]  # factscale.corpus.build.CorpusError -> CorpusError
+
+
+def run_shards(plan: list[dict], opts: DumpOptions, shard_dir, cluster: str, res: ShardResources, folder,
+               log=print) -> None:
+    """Submit every unfinished shard and wait; the first failed shard cancels the rest and raises one line."""
+    todo = [s for s in plan if not _shard_path(shard_dir, s).is_dir()]
+    if not todo:
+        return
+    args = [(s, opts, str(shard_dir), res.cpus) for s in todo]
+    if cluster == "slurm":
+        from factscale.sweep import SlurmResources, slurm_parameters  # the sweeps' SLURM layer
+
+        r = SlurmResources(time_min=res.time_min, cpus_per_task=res.cpus, mem_gb=res.mem_gb,
+                           partition=res.partition, account=res.account, max_requeues=res.max_requeues)
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=r.max_requeues)
+        ex.update_parameters(**slurm_parameters(r, "factscale-corpus"))
+        with ex.batch():
+            jobs = [ex.submit(ShardJob(), *a) for a in args]
+        log(f"submitted array {jobs[0].job_id.split('_')[0]} ({len(jobs)} shards); logs in {folder}")
+    elif cluster == "local":
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=res.time_min)
+        jobs = [ex.submit(ShardJob(), *a) for a in args]
+        log(f"started {len(jobs)} shard processes on this machine; logs in {folder}")
+    else:
+        ex = submitit.DebugExecutor(folder=folder)
+        jobs = [ex.submit(ShardJob(), *a) for a in args]
+    shard_of = {id(j): s for j, s in zip(jobs, todo)}
+    try:
+        finished = jobs if cluster == "debug" else submitit.helpers.as_completed(jobs, poll_frequency=1)
+        for job in finished:
+            s = shard_of[id(job)]
+            exc = job.exception()  # waits; never the DebugExecutor's post-mortem debugger
+            if exc is not None:
+                raise CorpusError(f"shard {s['index'] + 1}/{len(plan)} ({describe(s)}) failed: {_failure_line(exc)}; "
+                                  f"log: {job.paths.stderr}")
+            r = job.result()
+            if not r.get("reused"):
+                log(f"  shard {s['index'] + 1}/{len(plan)} done: {r['entities']:,} entities, {r['facts']:,} facts, "
+                    f"{r['seconds']:.1f} s ({describe(s)})")
+    finally:
+        for j in jobs:
+            if cluster != "debug" and not j.done():
+                j.cancel(check=False)
+
+
+def build_sharded(spec, out, cluster: str = "local", shards=None, res: ShardResources | None = None,
+                  log=print) -> dict:
+    """``factscale corpus build --dump ... --cluster C --shards N``: the local build's corpus, parsed as shards.
+
+    Every option is checked before anything is created; the corpus appears atomically (``building``)."""
+    from factscale.corpus import _rules, dump_source
+    from factscale.corpus.spec import dump_options
+    from factscale.corpus.triples import templates_for
+
+    if cluster not in CLUSTERS:
+        raise CorpusError(f"--cluster {cluster!r}; allowed values: {list(CLUSTERS)}")
+    if spec.source != "dump":
+        raise CorpusError(f"--cluster/--shards split a --dump build into jobs; a --{spec.source} source is read "
+                          "in one process (leave out --cluster and --shards)")
+    if cluster == "slurm" and not shutil.which("sbatch"):
+        raise CorpusError("--cluster slurm: sbatch not found on this machine; run on a SLURM login node, or use "
+                          "--cluster local")
+    res = res or ShardResources()
+    res.check()
+    plan = plan_shards(spec.dump, None if shards is None else parse_count(shards))
+    opts = dump_options(spec)
+    templates = templates_for([], spec.templates)[0] if spec.templates else {}
+    outp = Path(out).resolve()
+    folder = outp.parent / f".{outp.name}.submitit" / time.strftime("%Y%m%d-%H%M%S")
+    with building(out) as tmp:
+        shard_dir = tmp / "_shards"
+        shard_dir.mkdir()
+        run_shards(plan, opts, shard_dir, cluster, res, folder, log)
+        raw, counts, errors = merge(plan, opts, shard_dir, spec.labels, templates)
+        shutil.rmtree(shard_dir)  # the corpus directory holds only the corpus
+        info, options = dump_source(spec.dump, opts, spec.labels, spec.templates, errors)
+        rules = _rules(dict(multi_value=spec.multi_value, ambiguous_keys=spec.ambiguous_keys, seed=spec.seed,
+                            heldout_frac=spec.heldout_frac, vocab_size=spec.vocab_size))
+        m = _build_into(raw, tmp, source_info=info, counts=counts, options=options, recipe=spec.recipe(),
+                        variants=spec.variants or None, **rules)
+    shutil.rmtree(folder, ignore_errors=True)  # a failed build keeps its logs (the error names them)
+    if folder.parent.is_dir() and not any(folder.parent.iterdir()):
+        folder.parent.rmdir()
+    return m

@@ -1,0 +1,173 @@
+"""Sharded dump builds (factscale/corpus/shards.py) give exactly the local build, on the real dump samples."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from factscale.corpus import CorpusError, CorpusSpec, build_from_spec
+from factscale.corpus.dumpio import range_lines
+from factscale.corpus.shards import ShardResources, build_sharded, merge, parse_shard, plan_shards, run_shards
+from factscale.corpus.spec import dump_options
+from factscale.corpus.wikidata import dump_to_raw
+
+ONE = ShardResources(cpus=1, mem_gb=1, time_min=10)
+
+
+def _spec(shared, files, **kw):
+    return CorpusSpec(dump=[str(f) for f in files], labels=[str(shared / "properties" / "wikidata-predicates.json")],
+                      workers=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def corrupt(shared, tmp_path_factory):
+    """head50 with bad lines (one truncated entity, non-JSON, a non-entity) and no closing ']'."""
+    lines = (shared / "dump-sample" / "latest-all.head50.json").read_text().splitlines(keepends=True)
+    bad = lines[:10] + ["this is not json,\n", "{\"truncated\": \n", lines[10][: len(lines[10]) // 2] + "\n"]
+    bad += lines[11:30] + ["[1, 2, 3],\n"] + lines[30:]
+    p = tmp_path_factory.mktemp("corrupt") / "corrupt.json"
+    p.write_text("".join(bad))
+    return p
+
+
+@pytest.fixture(scope="module")
+def plain(shared, tmp_path_factory):
+    """The local build of both samples (array-layout .json and .json.bz2)."""
+    files = [shared / "dump-sample" / "latest-all.head50.json", shared / "dump-sample" / "items100.json.bz2"]
+    out = tmp_path_factory.mktemp("plain") / "wd"
+    return files, build_from_spec(_spec(shared, files), out), out
+
+
+def test_byte_ranges_partition_the_lines(shared, tmp_path):
+    src = shared / "dump-sample" / "latest-all.head50.json"
+    data = src.read_bytes()
+    size = len(data)
+    # cuts at a line start, just after one, inside lines, and ranges smaller than one line
+    for cuts in ([0, size], [0, data.index(b"\n") + 1, size], [0, 1, 2, 3, 1000, size // 2, size],
+                 [size * j // 7 for j in range(8)]):
+        got = [line for a, b in zip(cuts, cuts[1:]) for line in range_lines(src, a, b)]
+        assert b"".join(got) == data and len(got) == data.count(b"\n")
+
+
+@pytest.mark.parametrize("shards", [2, 5])
+def test_shards_finishing_in_any_order_merge_to_the_local_raw_facts(shared, corrupt, tmp_path, shards):
+    """Shards parsed last-first (and first-last) merge to dump_to_raw's frame, counts and error lines."""
+    files = [corrupt, shared / "dump-sample" / "items100.json.bz2"]
+    spec = _spec(shared, files, max_facts=1500)  # max_facts: the cut falls inside a later shard
+    opts = dump_options(spec)
+    want, want_counts, want_errors = dump_to_raw(files, opts, label_files=spec.labels)
+    assert want_counts["lines_malformed"] == 4 and want_counts["facts_over_max_facts"] > 0
+    plan = plan_shards(files, shards)
+    assert [s["end"] is None for s in plan] == [False] * (shards - 1) + [True]
+    for name, order in (("last-first", plan[::-1]), ("middle-out", plan[len(plan) // 2:] + plan[: len(plan) // 2])):
+        d = tmp_path / name
+        for s in order:
+            parse_shard(s, opts, d)
+        raw, counts, errors = merge(plan, opts, d, spec.labels)
+        assert raw.equals(want) and counts == want_counts and errors == want_errors
+    assert sorted(e[1] for e in want_errors if e[0] == str(corrupt)) == [11, 12, 13, 33]
+
+
+def test_finished_shards_are_never_parsed_again(shared, tmp_path):
+    files = [shared / "dump-sample" / "latest-all.head50.json"]
+    opts, plan, d = dump_options(_spec(shared, files)), plan_shards(files, 3), tmp_path / "shards"
+    for s in plan:
+        parse_shard(s, opts, d)
+    assert parse_shard(plan[0], opts, d) == {"index": 0, "reused": True}
+    shutil.rmtree(d / "shard-00001")  # as if its job had failed or been killed
+    kept = {p.name: p.stat().st_ino for p in d.iterdir()}
+    said = []
+    run_shards(plan, opts, d, "debug", ONE, tmp_path / "logs", said.append)
+    assert len(said) == 1 and said[0].startswith("  shard 2/3 done: 16 entities")
+    assert {p.name: p.stat().st_ino for p in d.iterdir() if p.name in kept} == kept
+    assert sorted(p.name for p in d.iterdir()) == ["shard-00000", "shard-00001", "shard-00002"]
+
+
+def test_local_executor_sharded_build_has_the_plain_build_hash(shared, plain, tmp_path):
+    files, m, plain_dir = plain
+    got = build_sharded(_spec(shared, files), tmp_path / "wd", "local", "4", ONE, log=lambda *_: None)
+    assert got["corpus_hash"] == m["corpus_hash"]
+    assert got["counts"] == m["counts"] and got["source"]["parse_errors"] == m["source"]["parse_errors"]
+    assert got["recipe"] == m["recipe"]  # --cluster/--shards are not part of the recipe
+    assert pl.read_parquet(tmp_path / "wd" / "facts.parquet").equals(pl.read_parquet(plain_dir / "facts.parquet"))
+    assert sorted(p.name for p in (tmp_path / "wd").iterdir()) == ["facts.parquet", "manifest.json", "tokenizer"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".wd.lock", "wd"]  # no shards, logs or temp dirs left
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "factscale.cli", "corpus", "build", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--cluster", "kubernetes"], "--cluster 'kubernetes'; allowed values: ['slurm', 'local', 'debug']"),
+    (["--cluster", "local", "--shards", "0"], "--shards '0': expected a positive integer"),
+    (["--cluster", "local", "--shards", "two"], "--shards 'two': expected a positive integer"),
+    (["--cluster", "local", "--shards", "3", "--only-bz2"], "items100.json.bz2 is compressed and a compressed file "
+                                                            "is one shard"),
+    (["--cluster", "local", "--shard-cpus", "0"], "--shard-cpus 0: must be > 0"),
+    (["--shard-cpus", "2"], "--shard-cpus is an option of sharded builds"),
+])
+def test_bad_sharding_options_are_one_error_line_before_anything_is_made(shared, tmp_path, flags, says):
+    dumps = [shared / "dump-sample" / "items100.json.bz2"]
+    if "--only-bz2" not in flags:
+        dumps.insert(0, shared / "dump-sample" / "latest-all.head50.json")
+    flags = [f for f in flags if f != "--only-bz2"]
+    r = _cli("--dump", *dumps, "-o", tmp_path / "out" / "wd", *flags)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_shard_fails_the_build_naming_the_shard_and_its_log(shared, tmp_path):
+    fake = tmp_path / "broken.json.bz2"
+    fake.write_bytes(b"not bzip2 at all\n")  # the shard job finds out, not the planner
+    out = tmp_path / "out" / "wd"
+    with pytest.raises(CorpusError) as e:
+        build_sharded(_spec(shared, [shared / "dump-sample" / "latest-all.head50.json", fake]), out, "local", 3, ONE,
+                      log=lambda *_: None)
+    msg = str(e.value)
+    assert msg.startswith("shard 3/3 (broken.json.bz2, whole file) failed: CorpusError: ") and "not bz2 data" in msg
+    assert "\n" not in msg
+    log = Path(msg.rsplit("log: ", 1)[1])
+    assert log.is_file() and "not bz2 data" in log.read_text()
+    assert not out.exists() and not list(out.parent.glob(".wd.tmp-*"))  # no half-built corpus
+
+
+@pytest.mark.slurm
+def test_slurm_job_array_builds_the_plain_corpus(shared, plain, tmp_path):
+    why = _slurm_down()
+    if why:
+        if os.environ.get("FACTSCALE_REQUIRE_SLURM") == "1":
+            pytest.fail(f"SLURM required but not reachable: {why}")
+        pytest.skip(f"no SLURM cluster reachable ({why}); CI starts one with ../shared/slurm/start-local-slurm.sh")
+    files, m, _ = plain
+    out = tmp_path / "wd"
+    r = _cli("--dump", *files, "--labels", shared / "properties" / "wikidata-predicates.json", "-o", out,
+             "--cluster", "slurm", "--shards", 3, "--shard-cpus", 1, "--shard-mem-gb", 1, "--shard-time-min", 10)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert "submitted array" in r.stdout and "(3 shards)" in r.stdout
+    got = json.loads((out / "manifest.json").read_text())
+    assert got["corpus_hash"] == m["corpus_hash"] and got["counts"] == m["counts"]
+
+    fake = tmp_path / "broken.json.bz2"
+    fake.write_bytes(b"not bzip2 at all\n")
+    r = _cli("--dump", files[0], fake, "-o", tmp_path / "bad", "--cluster", "slurm", "--shard-cpus", 1,
+             "--shard-mem-gb", 1)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: shard 2/2 (broken.json.bz2, whole file) failed: CorpusError: ")
+    assert Path(r.stderr.strip().rsplit("log: ", 1)[1]).is_file() and not (tmp_path / "bad").exists()
+
+
+def _slurm_down() -> str | None:
+    if not shutil.which("sbatch"):
+        return "sbatch not found"
+    r = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    return None if r.returncode == 0 and r.stdout.strip() else f"sinfo: {r.stderr.strip() or 'no nodes'}"
