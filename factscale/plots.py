@@ -163,20 +163,35 @@ def fig_capacity_vs_epochs(df: pl.DataFrame):
 
 @themed
 def fig_bits_per_param(df: pl.DataFrame):
-    """Memorized bits per non-embedding and per total parameter vs epochs, with published anchors."""
-    d = overall(df)
+    """Memorized bits per non-embedding and per total parameter vs epochs, with published anchors.
+
+    With annealed end points at >= 2 epoch budgets (several budgets, or cooldown branches) only those are
+    drawn (mean over seeds, seeds as markers); otherwise every probe of each run, and the title says so."""
+    d = label_annealed(overall(df))
     sizes = sizes_sorted(d)
+    ends = d.filter(pl.col("annealed"))
+    annealed_axis = ends["epoch"].n_unique() >= 2
+    what = ("annealed end points; line: mean over seeds" if annealed_axis
+            else "every probe of each run, unannealed intermediate probes included")
     panels = [("bits_per_param", f"memorized bits / {NON_EMB[:-1]}")]
     if "bits_per_total_param" in d.columns and d["bits_per_total_param"].is_not_null().any():
         panels.append(("bits_per_total_param", "memorized bits / total parameter"))
     fig, axes = new_figure(len(panels), figsize=(5.5 * len(panels), 4))
     for ax, (col, lab) in zip(np.atleast_1d(axes), panels):
-        sns.lineplot(d.to_pandas(), x="epoch", y=col, hue=SIZE, hue_order=sizes, palette=_size_palette(sizes),
-                     ax=ax, units="run_id", estimator=None)
+        if annealed_axis:
+            sns.lineplot(ends.to_pandas(), x="epoch", y=col, hue=SIZE, hue_order=sizes, palette=_size_palette(sizes),
+                         ax=ax, errorbar=None)
+            sns.scatterplot(ends.to_pandas(), x="epoch", y=col, hue=SIZE, hue_order=sizes,
+                            palette=_size_palette(sizes), ax=ax, legend=False, s=18)
+        else:
+            sns.lineplot(d.to_pandas(), x="epoch", y=col, hue=SIZE, hue_order=sizes, palette=_size_palette(sizes),
+                         ax=ax, units="run_id", estimator=None)
         for b, note in ((1, "~1 at 100 exposures"), (2, "~2 at 1000 exposures")):
             ax.axhline(b, color="grey", ls=":", lw=1)
             ax.text(ax.get_xlim()[0], b, f" Allen-Zhu & Li: {note}", fontsize=6, va="bottom", color="grey")
-        ax.set(xlabel="epochs", ylabel=lab, title=f"Memorized bits per {lab.split('/ ')[1]} vs epochs")
+        ax.set(xlabel="epochs", ylabel=lab)
+        ax.set_title(f"Memorized bits per {lab.split('/ ')[1]} vs epochs\n({what})", fontsize=9)
+        ax.legend(title="model size", fontsize=7)
     return fig
 
 
