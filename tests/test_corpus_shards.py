@@ -171,3 +171,11 @@ def _slurm_down() -> str | None:
         return "sbatch not found"
     r = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
     return None if r.returncode == 0 and r.stdout.strip() else f"sinfo: {r.stderr.strip() or 'no nodes'}"
+
+
+def test_benchmark_script_checks_the_same_hash(tmp_path):
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_shards.py"),
+                        "--gb", "0.01", "--dir", str(tmp_path), "--cluster", "debug", "--shards", "3"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "same corpus hash and counts: True" in r.stdout and "sharded / local time: " in r.stdout

@@ -289,7 +289,9 @@ def build_sharded(spec, out, cluster: str = "local", shards=None, res: ShardReso
         shard_dir = tmp / "_shards"
         shard_dir.mkdir()
         run_shards(plan, opts, shard_dir, cluster, res, folder, log)
+        t = time.time()
         raw, counts, errors = merge(plan, opts, shard_dir, spec.labels, templates)
+        log(f"merged {len(plan)} shards in {time.time() - t:.1f} s: {raw.height:,} raw facts")
         shutil.rmtree(shard_dir)  # the corpus directory holds only the corpus
         info, options = dump_source(spec.dump, opts, spec.labels, spec.templates, errors)
         rules = _rules(dict(multi_value=spec.multi_value, ambiguous_keys=spec.ambiguous_keys, seed=spec.seed,
