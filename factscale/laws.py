@@ -7,6 +7,8 @@ Laws (N = non-embedding params, E = epochs, D = training facts, C = capacity in 
 - ``exp-epochs``:   C(E) = C* - a*exp(-b*E)   (their negative exponential at fixed size; C* <= facts)
 - ``joint``:        C(N, E) = N*(k* - a*exp(-b*E)) + c   (one fit over the whole grid)
 - ``power-gen``:    L(D) = Dc * D^alpha (+ L_inf)        (held-out value loss vs training facts)
+- ``power-excess``: E(D) = Dc * D^alpha   (held-out code length of a predictable attribute above its known
+                    floor, bits per fact: ``studies.generalization_table`` makes the rows)
 - ``bits-epochs``:  bits/param(E) = B* - a*exp(-b*E)     (beside Allen-Zhu & Li's ~1 and ~2 bits)
 
 A ``Law`` holds its formula, bounds (some from the data: C* cannot exceed the facts trained on), the
@@ -160,6 +162,11 @@ LAWS: dict[str, Law] = {law.name: law for law in [
         lambda x, y, rng: {"dc": float(np.max(y)) * rng.uniform(0.5, 5), "alpha": -rng.uniform(0.02, 0.8), "linf": 0.0},
         {"dc": (0, None), "alpha": (-5, 5), "linf": (0, None)}, split="heldout", log_space=True,
         fixed_over=_AT_FIXED_EPOCHS, design=("train_facts",), min_distinct={"train_facts": 3}, offset="linf"),
+    Law("power-excess", "E(D) = Dc * D^alpha", ("dc", "alpha"), ("train_facts",), "excess_bits",
+        lambda x, dc, alpha: dc * np.power(x[0], alpha),
+        lambda x, y, rng: {"dc": float(np.max(y)) * rng.uniform(0.5, 5), "alpha": -rng.uniform(0.02, 0.8)},
+        {"dc": (0, None), "alpha": (-5, 5)}, split="heldout", log_space=True,
+        fixed_over=_AT_FIXED_EPOCHS, design=("train_facts",), min_distinct={"train_facts": 3}),
     Law("bits-epochs", "bits/param(E) = cstar - a*exp(-b*E)", ("cstar", "a", "b"), ("epoch",), "bits_per_param",
         lambda x, cstar, a, b: cstar - a * np.exp(-b * x[0]), _exp_guess,
         {"cstar": (0, None), "a": (None, None), "b": (0, None)},

@@ -8,6 +8,9 @@ no global matplotlib state.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import polars as pl
 import seaborn as sns
 from matplotlib.figure import Figure
@@ -113,20 +116,89 @@ def fig_overwriting(df: pl.DataFrame):
     return fig
 
 
+def floor_bits(spec: dict) -> dict[str, float]:
+    """Per relation (S1, S2, ...) of a synthetic ``facts`` corpus: the least expected code length (bits) of a
+    held-out value for a model that knows how the corpus was generated. A random attribute: log2 V. A
+    predictable one (value = rule(first name), replaced by a uniform draw with probability ``noise``): the
+    entropy of p = 1 - noise + noise/V on the rule's value and noise/V on each other value."""
+    V = spec["vocab_sizes"]
+    pred = spec.get("predictable") or [False] * len(V)
+    eps = float(spec.get("noise", 0.0))
+    out = {}
+    for a, (v, is_pred) in enumerate(zip(V, pred)):
+        if not is_pred:
+            out[f"S{a + 1}"] = math.log2(v)
+            continue
+        hit, miss = 1 - eps + eps / v, eps / v
+        out[f"S{a + 1}"] = -sum(p * math.log2(p) for p in [hit] + [miss] * (v - 1) if p > 0)
+    return out
+
+
+def corpus_floors(df: pl.DataFrame) -> dict[str, float]:
+    """``floor_bits`` of the synthetic corpus the runs trained on (read from its manifest)."""
+    from factscale.corpus.build import read_manifest
+
+    paths = df["cfg.corpus.path"].unique().to_list() if "cfg.corpus.path" in df.columns else []
+    if len(paths) != 1:
+        raise PlotError(f"the generalization floors need runs on one corpus, got {len(paths)}: {paths[:3]}")
+    m = read_manifest(paths[0])
+    src = (m or {}).get("source", {})
+    if src.get("kind") != "synthetic" or "vocab_sizes" not in src.get("spec", {}):
+        raise PlotError(f"{paths[0]}: no synthetic facts manifest there; the known floors need the corpus recipe")
+    return floor_bits(src["spec"])
+
+
+def generalization_table(df: pl.DataFrame, floors: dict[str, float] | None = None) -> pl.DataFrame:
+    """Held-out rows per relation with ``excess_bits`` = mean code length per fact - the relation's floor.
+
+    A predictable attribute's excess is what its rule still costs beyond the noise nothing can predict; a
+    random attribute's floor is its prior (log2 V), so its excess can only fall to ~0 (calibration), never
+    below. Rows keep ``relation`` and are labelled as a split's overall rows, so ``fit_law(t.filter(relation
+    == r), "power-excess")`` fits one relation alone.
+    """
+    floors = floors if floors is not None else corpus_floors(df)
+    d = df.filter((pl.col("split") == "heldout") & (pl.col("group_by") == "relation"))
+    if d.height == 0:
+        raise PlotError("no held-out probe rows per relation (probe.splits must include heldout)")
+    unknown = sorted(set(d["group"].unique().to_list()) - set(floors))
+    if unknown:
+        raise PlotError(f"relations {unknown} have no known floor (floors given for {sorted(floors)})")
+    return d.with_columns(relation=pl.col("group"), floor_bits=pl.col("group").replace_strict(floors,
+                                                                                          return_dtype=pl.Float64),
+                          group_by=pl.lit("all"), group=pl.lit("all")
+                          ).with_columns(excess_bits=pl.col("code_bits_mean") - pl.col("floor_bits"))
+
+
 def fig_generalization_by_relation(df: pl.DataFrame):
-    """Held-out MR and value loss per relation vs training facts (each run's final probe)."""
+    """Held-out MR per relation and held-out excess code length over the known floor vs training facts."""
+    from factscale.fit import FitError, fit_law, predict
+
     d = final_probes(df.filter((pl.col("split") == "heldout") & (pl.col("group_by") == "relation")))
     if d.height == 0 or d["train_facts"].n_unique() < 2:
         raise PlotError("needs held-out probes at >= 2 corpus sizes (grid over corpus.max_facts)")
+    t = final_probes(generalization_table(df))
     fig, axes = _subplots(2, (10, 4))
-    panels = ((axes[0], "mr", "held-out MR (unseen keys)"), (axes[1], "value_loss", "held-out value loss (nats/token)"))
-    for ax, y, lab in panels:
-        sns.lineplot(d.to_pandas(), x="train_facts", y=y, hue="group", marker="o", ax=ax, errorbar=None)
-        ax.set(xscale="log", xlabel="training facts", ylabel=lab)
+    sns.lineplot(d.to_pandas(), x="train_facts", y="mr", hue="group", marker="o", ax=axes[0], errorbar=None)
+    axes[0].set(ylabel="held-out MR (unseen keys)", title="Held-out MR by relation vs training facts")
+    sns.scatterplot(t.to_pandas(), x="train_facts", y="excess_bits", hue="relation", ax=axes[1])
+    labels = []
+    for rel in sorted(t["relation"].unique().to_list()):
+        try:
+            r = fit_law(t.filter(pl.col("relation") == rel), "power-excess", n_boot=0)
+        except FitError:
+            continue
+        xs = np.geomspace(t["train_facts"].min(), t["train_facts"].max(), 50)
+        axes[1].plot(xs, predict(r, train_facts=xs), lw=1, color="k")
+        labels.append(f"{rel}: {r['params']['dc']['value']:.3g}·D^{r['params']['alpha']['value']:.3f}")
+    axes[1].axhline(0, color="grey", lw=1, ls=":")
+    axes[1].set(ylabel="held-out code length - known floor (bits/fact)",
+                title="Excess code length over the floor vs training facts" + (f"\n(fits: {'; '.join(labels)})"
+                                                                               if labels else ""))
+    axes[1].title.set_fontsize(8)
+    for ax in axes:
+        ax.set(xscale="log", xlabel="training facts")
         ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
         ax.legend(title="relation", fontsize=8)
-    axes[0].set_title("Held-out MR by relation vs training facts")
-    axes[1].set_title("Held-out value loss by relation vs training facts")
     fig.tight_layout()
     return fig
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import polars as pl
 import pytest
 
 from conftest import tiny_run_config
 from factscale.corpus import SyntheticSpec, build_from_triples, build_synthetic
 from factscale.rundir import run_dir
-from factscale.studies import compatibility_table
+from factscale.fit import fit_law
+from factscale.studies import compatibility_table, floor_bits, generalization_table
 from factscale.train import run
 
 
@@ -128,3 +132,35 @@ def test_generalization_study_end_to_end(tmp_path):
             .iter_rows(named=True)}
     assert held["true"]["mr"] > 0.6 and held["false"]["mr"] < 0.2
     assert held["true"]["value_loss"] < held["false"]["value_loss"]
+    # excess over the known floors (read from the corpus manifest): the learned rule is close to its floor
+    # of 0 bits (no noise), the random attribute cannot go below its floor of log2 64 = 6 bits by much
+    t = generalization_table(df).filter(pl.col("epoch") == 40)
+    ex = dict(zip(t["relation"], t["excess_bits"]))
+    assert t["floor_bits"].to_list() == [0.0, 6.0] and ex["S1"] < 1.0 and ex["S2"] > -0.5
+
+
+def test_floor_bits_are_the_entropies_of_the_generating_rule():
+    f = floor_bits({"vocab_sizes": [16, 64, 4], "predictable": [True, False, True], "noise": 0.1})
+    hit, miss = 0.9 + 0.1 / 16, 0.1 / 16
+    assert f["S1"] == pytest.approx(-(hit * math.log2(hit) + 15 * miss * math.log2(miss)))
+    assert f["S2"] == 6.0 and floor_bits({"vocab_sizes": [8], "predictable": [True], "noise": 1.0})["S1"] == 3.0
+    assert floor_bits({"vocab_sizes": [8], "predictable": [True], "noise": 0.0})["S1"] == 0.0
+
+
+def test_power_excess_recovers_a_known_power_law_of_one_relation_alone():
+    """Excess = 3 D^-0.4 on the predictable relation, a flat ~0 on the random one: fitted on S1 alone."""
+    rng = np.random.default_rng(0)
+    rows = []
+    floors = {"S1": 0.5, "S2": 6.0}
+    for D in (250, 500, 1000, 2000, 4000, 8000):
+        for seed in range(3):
+            for rel, excess in (("S1", 3 * D ** -0.4), ("S2", 0.01)):
+                rows.append({"run_id": f"{D}-{seed}", "split": "heldout", "group_by": "relation", "group": rel,
+                             "epoch": 40, "cfg.train.epochs": 40, "train_facts": D,
+                             "code_bits_mean": floors[rel] + excess * (1 + rng.normal(0, 0.02))})
+    t = generalization_table(pl.DataFrame(rows), floors)
+    r = fit_law(t.filter(pl.col("relation") == "S1"), "power-excess", n_boot=100)
+    assert r["params"]["alpha"]["value"] == pytest.approx(-0.4, abs=0.02)
+    assert r["params"]["dc"]["value"] == pytest.approx(3.0, rel=0.1)
+    lo, hi = r["params"]["alpha"]["ci_low"], r["params"]["alpha"]["ci_high"]
+    assert lo < -0.4 < hi and r["n_runs"] == 18
