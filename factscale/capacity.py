@@ -119,7 +119,7 @@ def read_tables(paths: list[str | Path]) -> list[tuple[str, pl.DataFrame]]:
     for p in map(Path, paths):
         if not p.is_file():
             raise CollectError(f"results table not found: {p} (make one with `factscale collect RUNS_DIR -o {p}` "
-                               "or `factscale quantize-probe RUN_DIR -o {p}`)")
+                               f"or `factscale quantize-probe RUN_DIR -o {p}`)")
         try:
             df = pl.read_parquet(p)
         except Exception as e:  # polars raises several types for a non-parquet file

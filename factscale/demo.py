@@ -16,6 +16,7 @@ interval's top) stays below the facts available, so capacity, not the corpus, is
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -78,7 +79,8 @@ def summarize(df: pl.DataFrame, lin: dict | None, exps: dict, budget: int) -> di
             reasons = []
             if (row["fraction_of_cstar"] or 0) < SATURATED:
                 reasons.append(f"end point is {row['fraction_of_cstar'] or 0:.0%} of C* (< {SATURATED:.0%})")
-            if c["at_bound"] or top >= row["n_facts"]:
+            # a bootstrap top can sit a rounding error below the bound: same tolerance as ``at_bound``
+            if c["at_bound"] or top >= row["n_facts"] or math.isclose(top, row["n_facts"], rel_tol=1e-6):
                 reasons.append(f"C* (up to its interval's top, {top:.0f}) reaches the {row['n_facts']} facts "
                                "available: the corpus, not capacity, may be the limit")
             if c["ci_low"] is None:
@@ -105,12 +107,14 @@ def report(summary: dict, held: pl.DataFrame, log=print) -> None:
         f"mean over seeds, after {E} epochs) ===")
     for r in summary["sizes"]:
         sd = f" ± {r['capacity_sd']:.0f}" if r["capacity_sd"] is not None else ""
+        frac = r["fraction_of_cstar"]
         cs = "C* not fitted" if r["cstar"] is None else (
             f"C* = {r['cstar']:.0f}" + (f" [{r['cstar_ci'][0]:.0f}, {r['cstar_ci'][1]:.0f}]" if r["cstar_ci"] else "")
-            + f", reached {r['fraction_of_cstar']:.0%}")
+            + (f", reached {frac:.0%}" if frac is not None else ", reached -"))
         log(f"  {r['size']:>4} ({r['non_embedding_params']:>5,} non-emb / {r['total_params']:>6,} total params, "
             f"{r['seeds']} seeds): {r['capacity_mean']:>6.0f}{sd} of {r['n_facts']} facts; "
-            f"{r['bits_per_param']:.2f} bits/non-emb param, {r['bits_per_total_param']:.2f} bits/total param")
+            f"memorized bits (code length) {r['bits_per_param']:.2f}/non-emb param, "
+            f"{r['bits_per_total_param']:.2f}/total param")
         log(f"        {cs}; saturated: {'yes' if r['saturated'] else 'no'}"
             + (f" ({r['why_not']})" if r["why_not"] else ""))
     lin = summary["linear"]
@@ -119,7 +123,7 @@ def report(summary: dict, held: pl.DataFrame, log=print) -> None:
     else:
         ci = (f"95% CI [{lin['ci'][0]:.4f}, {lin['ci'][1]:.4f}]" if lin["ci"]
               else f"no interval: {lin['no_interval']}")
-        log(f"  linear in non-emb params at {E} epochs: {lin['slope']:.4f} facts/param ({ci}), "
+        log(f"  linear in non-emb params at {E} epochs (relative-error fit): {lin['slope']:.4f} facts/param ({ci}), "
             f"intercept {lin['intercept']:.0f}, R^2 = {lin['r2']:.3f}, {lin['n_runs']} runs")
         if lin["loglog_slope"] is not None:
             lci = lin["loglog_slope_ci"]
@@ -176,13 +180,12 @@ def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> 
     figures = plots.plot_all(df, out / "figures")
 
     summary = summarize(df, lin if isinstance(lin, dict) else None, exps, budget)
-    held = overall(df, "heldout").filter(pl.col("epoch") == budget)
-    report(summary, held, log)
     summary["seconds"] = time.time() - t0
     summary.update(results=str(results), fits=str(fits_dir), figures=figures)
+    write_json_atomic(out / "summary.json", summary, default=str)  # before printing: a report bug loses nothing
+    report(summary, overall(df, "heldout").filter(pl.col("epoch") == budget), log)
     log(f"  results: {results}\n  fits:    {fits_dir}/\n  figures: {out / 'figures'}/\n"
         f"  summary: {out / 'summary.json'}\n  total time {summary['seconds']:.0f} s")
-    write_json_atomic(out / "summary.json", summary, default=str)
     if not fits:
         raise ConfigError("demo produced no fit")
     return summary

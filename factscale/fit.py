@@ -224,10 +224,13 @@ def predict(result: dict, **xs):
 
 
 def predict_band(result: dict, **xs):
-    """Pointwise bootstrap band (low, high) of the law's prediction, or None when there is no interval."""
+    """Pointwise bootstrap band (low, high) of the law's prediction; None when there is no interval or a
+    fitted parameter sits at its bound."""
     law = LAWS[result["law"]]
     if result["bootstrap"]["no_interval"] or not result.get("_boot"):
         return None
+    if any(v["at_bound"] for v in result["params"].values()):
+        return None  # the draws pile up at the bound: a band would show the bound, not the uncertainty
     x = [np.asarray(xs[c], dtype=float) for c in law.xs]
     preds = np.array([law.fn(x, **dict(zip(law.params, b))) for b in result["_boot"]])
     ci = result["bootstrap"]["ci"]

@@ -79,6 +79,9 @@ def draw_fit(ax, result: dict, x_col: str, xs: np.ndarray, color, label: str, **
 
 def _ci_note(result: dict) -> str:
     why = result["bootstrap"]["no_interval"]
+    bound = [p for p, v in result["params"].items() if v["at_bound"]]
+    if bound:
+        return f" (no band: {', '.join(bound)} at its bound)"
     return "" if not why else " (no band: too few runs)" if "runs" in why else " (no band)"
 
 
@@ -97,7 +100,9 @@ def fig_mr_curves(df: pl.DataFrame):
         sns.lineplot(h.to_pandas(), x="epoch", y="mr", hue=SIZE, hue_order=sizes, units="run_id",
                      estimator=None, palette=_size_palette(sizes), ax=ax, linestyle="--", legend=False)
     ax.set(xlabel="epochs (passes over the training facts)", ylabel="memorization rate (exact match)",
-           title="MR vs epochs (solid: training facts, dashed: held-out)", ylim=(-0.02, 1.02))
+           title="MR vs epochs, every probe of each run\n(solid: training facts, dashed: held-out; "
+                 "a run's last probe is its end of schedule)", ylim=(-0.02, 1.02))
+    ax.title.set_fontsize(9)
     ax.legend(title="model size")
     return fig
 
@@ -151,11 +156,11 @@ def fig_capacity_vs_epochs(df: pl.DataFrame):
             r = fit_law(df, "exp-epochs", {"size": s}, n_boot=BAND_BOOT)
         except FitError:
             continue
-        es = np.linspace(0, d["epoch"].max() * 2, 300)
+        es = np.linspace(end["epoch"].min(), d["epoch"].max() * 2, 300)  # not below the first budget: nothing fitted there
         c = r["params"]["cstar"]["value"]
         draw_fit(ax, r, "epoch", es, pal[s], f"{s}: C* = {c:.0f}, R²={r['r2']:.3f}{_ci_note(r)}")
     ax.set(xlabel="epochs", ylabel="capacity (facts memorized)",
-           title="Capacity vs epochs (markers: final probes; faint: unannealed intermediate probes)")
+           title="Capacity vs epochs (markers: end-of-schedule probes; faint: unannealed intermediate probes)")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7, title="model size")
     return fig
@@ -215,13 +220,18 @@ def fig_extrapolation(df: pl.DataFrame, facts: float | None = None):
     inside = (e_ok >= fitted.min()) & (e_ok <= fitted.max())
     ax.plot(e_ok[inside], n_ok[inside], color="C0", label=f"{facts:.3g} facts (epochs fitted)")
     ax.plot(e_ok[~inside], n_ok[~inside], color="C0", ls="--", label="extrapolated in epochs")
-    band = [s for s in ok if s["ci_low"] is not None]
+    bound = [p for p, v in r["params"].items() if v["at_bound"]]
+    band = [] if bound else [s for s in ok if s["ci_low"] is not None]
     if band:
         ax.fill_between([s["epochs"] for s in band], [s["ci_low"] for s in band], [s["ci_high"] for s in band],
                         alpha=0.25, color="C0", label=f"{int(r['bootstrap']['ci'] * 100)}% CI (run bootstrap)")
-    ax.set(xscale="log", yscale="log", xlabel="epochs", ylabel=f"{NON_EMB} needed",
-           title=f"Non-embedding parameters needed for {facts:.3g} facts vs epochs (joint law)")
-    ax.legend(title=None if band else f"no interval: {r['bootstrap']['no_interval']}"[:60], fontsize=7)
+    n_max = max(r["points"]["non_embedding_params"])
+    beyond = f"\n(the largest fitted size is N = {n_max:,.0f}: beyond it the law is extrapolated in N)" \
+        if n_ok.max() > n_max else ""
+    ax.set(xscale="log", yscale="log", xlabel="epochs", ylabel=f"{NON_EMB} needed")
+    ax.set_title(f"Non-embedding parameters needed for {facts:.3g} facts vs epochs (joint law){beyond}", fontsize=9)
+    why = f"no band: {', '.join(bound)} at its bound" if bound else f"no interval: {r['bootstrap']['no_interval']}"
+    ax.legend(title=None if band else why[:60], fontsize=7)
     return fig
 
 

@@ -163,11 +163,14 @@ PROBE_SEED = 0  # one sample per corpus: every run and every epoch probes the sa
 def probe_sample(train: pl.DataFrame, n: int | None, by: str = "relation") -> pl.DataFrame:
     """The training facts a run probes: all of them, or a fixed sample of ``n``.
 
-    A systematic sample over the facts ordered by ``by`` (relation) and then by a stable hash of the fact:
-    every fact is included with probability exactly n/N, so MR x N stays unbiased, and each relation gets
-    its share of the sample to within one fact (implicit proportional stratification, which only lowers
-    the variance: the binomial standard error of ``summarize`` is conservative for it). Deterministic and
-    independent of row order and machine, so runs on one corpus are compared on the same facts.
+    A systematic sample (every (N/n)-th fact from a start in [0, N/n)) over the facts ordered by ``by``
+    (relation) and then by a stable hash of the fact id. Over the start - uniform in design, fixed here by
+    hashing ``PROBE_SEED``, like any seeded sample - every fact is included with probability n/N, so
+    MR x N is design-unbiased; each relation gets its share of the sample to within one fact (implicit
+    proportional stratification, which only lowers the variance: the binomial standard error of
+    ``summarize`` is conservative for it). For the one sample a corpus gets, a relation with fewer than
+    N/n facts may have none probed (its per-relation row is then absent). Deterministic and independent
+    of row order and machine, so runs on one corpus are compared on the same facts.
     """
     N = train.height
     if n is None or N <= n:
@@ -176,7 +179,7 @@ def probe_sample(train: pl.DataFrame, n: int | None, by: str = "relation") -> pl
 
     key = train["fact_id"].cast(pl.String) if "fact_id" in train.columns else pl.Series(range(N)).cast(pl.String)
     cols = [by] if by in train.columns else []
-    order = train.with_columns(_u=stable_unit(key, PROBE_SEED)).with_row_index("_row").sort([*cols, "_u"])
+    order = train.with_columns(_u=stable_unit(key, PROBE_SEED)).with_row_index("_row").sort([*cols, "_u", "_row"])
     step = N / n
     start = float(stable_unit(pl.Series(["start"]), PROBE_SEED)[0]) * step
     picks = np.floor(start + step * np.arange(n)).astype(np.int64)
