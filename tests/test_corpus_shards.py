@@ -157,6 +157,10 @@ def test_slurm_job_array_builds_the_plain_corpus(shared, plain, tmp_path):
     got = json.loads((out / "manifest.json").read_text())
     assert got["corpus_hash"] == m["corpus_hash"] and got["counts"] == m["counts"]
 
+    r = _cli("--dump", *files, "-o", tmp_path / "big", "--cluster", "slurm", "--shard-cpus", 100000)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--shard-cpus 100000: the largest node" in r.stderr
+    assert not (tmp_path / "big").exists() and not (tmp_path / ".big.submitit").exists()
+
     fake = tmp_path / "broken.json.bz2"
     fake.write_bytes(b"not bzip2 at all\n")
     r = _cli("--dump", files[0], fake, "-o", tmp_path / "bad", "--cluster", "slurm", "--shard-cpus", 1,

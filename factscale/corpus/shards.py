@@ -24,6 +24,7 @@ import heapq
 import json
 import os
 import shutil
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -217,6 +218,28 @@ def _failure_line(exc: BaseException) -> str:
     return f"{name.rsplit('.', 1)[-1]}:{msg}"[:300]  # factscale.corpus.build.CorpusError -> CorpusError
 
 
+def check_fits(res: ShardResources) -> None:
+    """A request that no node of the partition can meet pends forever (reason PartitionConfig): refuse it
+    before anything is submitted. Skipped where sinfo does not answer (sbatch then has the last word)."""
+    try:
+        r = subprocess.run(["sinfo", "-h", "-o", "%P %c %m"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    rows = [x.split() for x in r.stdout.splitlines() if len(x.split()) == 3]
+    rows = [(p, c, m) for p, c, m in rows if (p.rstrip("*") == res.partition if res.partition else p.endswith("*"))]
+    if r.returncode != 0 or not rows:
+        return
+    where = f"partition {rows[0][0].rstrip('*')}"
+    cpus = max(int(c.rstrip("+")) for _, c, _ in rows)
+    mem_gb = max(int(m.rstrip("+")) for _, _, m in rows) / 1024
+    if res.cpus > cpus:
+        raise CorpusError(f"--shard-cpus {res.cpus}: the largest node of {where} has {cpus} CPUs (the job would "
+                          f"never start); give --shard-cpus <= {cpus} or another --shard-partition")
+    if res.mem_gb > mem_gb:
+        raise CorpusError(f"--shard-mem-gb {res.mem_gb:g}: the largest node of {where} has {mem_gb:.1f} GB "
+                          f"(the job would never start); give less or another --shard-partition")
+
+
 def run_shards(plan: list[dict], opts: DumpOptions, shard_dir, cluster: str, res: ShardResources, folder,
                log=print) -> None:
     """Submit every unfinished shard and wait; the first failed shard cancels the rest and raises one line."""
@@ -231,8 +254,12 @@ def run_shards(plan: list[dict], opts: DumpOptions, shard_dir, cluster: str, res
                            partition=res.partition, account=res.account, max_requeues=res.max_requeues)
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=r.max_requeues)
         ex.update_parameters(**slurm_parameters(r, "factscale-corpus"))
-        with ex.batch():
-            jobs = [ex.submit(ShardJob(), *a) for a in args]
+        try:
+            with ex.batch():
+                jobs = [ex.submit(ShardJob(), *a) for a in args]
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as e:
+            said = [x.strip() for x in str(e).splitlines() if "error:" in x] or [_failure_line(e)]
+            raise CorpusError(f"--cluster slurm: sbatch refused the shard jobs: {said[0][:300]}") from None
         log(f"submitted array {jobs[0].job_id.split('_')[0]} ({len(jobs)} shards); logs in {folder}")
     elif cluster == "local":
         ex = submitit.LocalExecutor(folder=folder)
@@ -280,6 +307,8 @@ def build_sharded(spec, out, cluster: str = "local", shards=None, res: ShardReso
                           "--cluster local")
     res = res or ShardResources()
     res.check()
+    if cluster == "slurm":
+        check_fits(res)
     plan = plan_shards(spec.dump, None if shards is None else parse_count(shards))
     opts = dump_options(spec)
     templates = templates_for([], spec.templates)[0] if spec.templates else {}
