@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from factscale.cli import main
 from factscale.corpus import CorpusError, CorpusSpec, build_from_spec
 from factscale.corpus.dumpio import range_lines
 from factscale.corpus.shards import ShardResources, build_sharded, merge, parse_shard, plan_shards, run_shards
@@ -115,14 +116,16 @@ def _cli(*args):
     (["--cluster", "local", "--shard-cpus", "0"], "--shard-cpus 0: must be > 0"),
     (["--shard-cpus", "2"], "--shard-cpus is an option of sharded builds"),
 ])
-def test_bad_sharding_options_are_one_error_line_before_anything_is_made(shared, tmp_path, flags, says):
+def test_bad_sharding_options_are_one_error_line_before_anything_is_made(shared, tmp_path, capsys, flags, says):
     dumps = [shared / "dump-sample" / "items100.json.bz2"]
     if "--only-bz2" not in flags:
         dumps.insert(0, shared / "dump-sample" / "latest-all.head50.json")
     flags = [f for f in flags if f != "--only-bz2"]
-    r = _cli("--dump", *dumps, "-o", tmp_path / "out" / "wd", *flags)
-    assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    with pytest.raises(SystemExit) as e:
+        main(["corpus", "build", "--dump", *map(str, dumps), "-o", str(tmp_path / "out" / "wd"), *flags])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and says in err, err
     assert not (tmp_path / "out").exists()
 
 
