@@ -440,7 +440,8 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted (Ctrl-C): runs resume from their last checkpoint when launched again", file=sys.stderr)
+        print("interrupted (Ctrl-C): training runs resume from their last checkpoint when launched again; "
+              "an interrupted corpus build leaves no corpus and starts over", file=sys.stderr)
         sys.exit(130)
 
 
