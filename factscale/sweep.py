@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -361,6 +362,24 @@ def _output_to(path: Path):
                 os.close(fd)
 
 
+@contextlib.contextmanager
+def _ctrl_c_flag():
+    """Ctrl-C sets a flag instead of raising where it lands. A KeyboardInterrupt raised inside a finalizer
+    (``__del__`` of a submitit job or a file, run by the garbage collector at any allocation) is swallowed
+    by Python, and the launcher then kept polling forever - rarely, depending on timing; the polling loop
+    checks the flag at a known point instead. Outside the main thread signals cannot be set: no flag."""
+    hits: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield hits
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def _launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
     """Run on this machine through submitit's LocalExecutor, at most ``max_parallel`` at a time."""
     r = spec.resources.local
@@ -368,24 +387,10 @@ def _launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
     ex.update_parameters(timeout_min=r.timeout_min)
     pending, running, out = list(todo), [], []
     try:
-        while pending or running:
-            while pending and len(running) < r.max_parallel:
-                cfg, rd = pending.pop(0)
-                over = {"progress_bar": False, **({"num_threads": r.threads_per_run} if r.threads_per_run else {})}
-                d = _job_arg(cfg, rd, **over)
-                with _output_to(folder / "controllers.log"):
-                    job = ex.submit(RunJob(), d)
-                rd.record_job(job.job_id, "local", folder)
-                running.append((rd, job))
-                log(f"  started {rd.id} (pid {job.job_id})")
-            time.sleep(0.5)  # polling cadence only; no result depends on it
-            for rd, job in [x for x in running if x[1].done()]:
-                running.remove((rd, job))
-                rec = {"run_id": rd.id, "job_id": job.job_id, **_wait(job, rd)}
-                res = rec.get("result", {})
-                log(f"  {rec['state']:>6} {rd.id}" + (f"  train MR {res['train_mr']:.3f}" if "train_mr" in res
-                                                      else f"  {rec.get('error', '')}"))
-                out.append(rec)
+        with _ctrl_c_flag() as ctrl_c:
+            _poll_local(ex, r, pending, running, out, folder, log, ctrl_c)
+            if ctrl_c:  # pressed after the last run finished: still an interruption
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         for _, job in running:
             job.cancel(check=False)
@@ -393,6 +398,30 @@ def _launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
             "launch again to resume them from their last checkpoint")
         raise
     return out
+
+
+def _poll_local(ex, r, pending: list, running: list, out: list, folder: Path, log, ctrl_c: list) -> None:
+    """Start runs up to ``max_parallel``, collect finished ones; a Ctrl-C (``ctrl_c`` non-empty) raises here."""
+    while pending or running:
+        if ctrl_c:
+            raise KeyboardInterrupt
+        while pending and len(running) < r.max_parallel:
+            cfg, rd = pending.pop(0)
+            over = {"progress_bar": False, **({"num_threads": r.threads_per_run} if r.threads_per_run else {})}
+            d = _job_arg(cfg, rd, **over)
+            with _output_to(folder / "controllers.log"):
+                job = ex.submit(RunJob(), d)
+            rd.record_job(job.job_id, "local", folder)
+            running.append((rd, job))
+            log(f"  started {rd.id} (pid {job.job_id})")
+        time.sleep(0.5)  # polling cadence only; no result depends on it
+        for rd, job in [x for x in running if x[1].done()]:
+            running.remove((rd, job))
+            rec = {"run_id": rd.id, "job_id": job.job_id, **_wait(job, rd)}
+            res = rec.get("result", {})
+            log(f"  {rec['state']:>6} {rd.id}" + (f"  train MR {res['train_mr']:.3f}" if "train_mr" in res
+                                                  else f"  {rec.get('error', '')}"))
+            out.append(rec)
 
 
 def sweep_status(spec: SweepSpec) -> list[dict]:
