@@ -370,7 +370,10 @@ def _ctrl_c_flag():
     checks the flag at a known point instead. Outside the main thread signals cannot be set: no flag."""
     hits: list[int] = []
     try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # e.g. a background job: Ctrl-C stays ignored
+            previous = None
+        else:
+            previous = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
     except ValueError:  # not the main thread
         previous = None
     try:

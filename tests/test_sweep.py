@@ -284,15 +284,20 @@ def test_a_ctrl_c_landing_in_a_finalizer_still_stops_the_local_launcher():
         def __del__(self):
             os.kill(os.getpid(), signal.SIGINT)
 
-    swallowed = True
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
     try:
-        Finalized()
-        time.sleep(0.05)
-    except KeyboardInterrupt:
-        swallowed = False
-    assert swallowed  # the failure mode this guards against (Python prints "Exception ignored in ...")
-    with _ctrl_c_flag() as hits:
-        Finalized()
-        time.sleep(0.05)
-    assert hits == [signal.SIGINT]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        swallowed = True
+        try:
+            Finalized()
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            swallowed = False
+        assert swallowed  # the failure mode this guards against (Python prints "Exception ignored in ...")
+        with _ctrl_c_flag() as hits:
+            Finalized()
+            time.sleep(0.05)
+        assert hits == [signal.SIGINT]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        if before is not None:  # None: a handler installed outside Python, nothing to restore from here
+            signal.signal(signal.SIGINT, before)
