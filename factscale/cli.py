@@ -285,6 +285,28 @@ def cmd_capacity_table(a):
         print("wrote " + ", ".join(map(str, write_table(df, a.output))))
 
 
+def cmd_study(a):
+    import polars as pl
+
+    from factscale import study_stats as st
+
+    df = pl.read_parquet(a.results)
+    if a.kind == "preference":
+        column = a.column or next((c for c in ("freq_level", "rarity_bucket") if
+                                   df.filter(pl.col("group_by") == c).height), "freq_level")
+        t, title = st.preference_summary(df, column), f"preference by {column}: MR alone, mixed, loss = alone - mixed"
+    elif a.kind == "overwriting":
+        t, title = st.overwriting_summary(df), "overwriting: phase MRs (annealed end), forgetting = control - blocked"
+    else:
+        t, title = st.compatibility_summary(df), "compatibility: forward-statement MR per group and differences"
+    st.print_summary(t, f"{title}; mean over seeds [95% t interval]")
+    if a.output:
+        from factscale.fsio import write_atomic
+
+        write_atomic(a.output, t.write_csv())
+        print(f"wrote {a.output}")
+
+
 def cmd_demo(a):
     from factscale.demo import demo
 
@@ -410,6 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("-o", "--output", help="write OUTPUT.parquet and OUTPUT.csv (atomically)")
     ct.set_defaults(fn=cmd_capacity_table)
 
+    sd = sub.add_parser("study", help="a behaviour study's differences with intervals over seeds")
+    sd.add_argument("kind", choices=["overwriting", "compatibility", "preference"])
+    sd.add_argument("results", help="the study's results table (factscale collect)")
+    sd.add_argument("--column", choices=["freq_level", "rarity_bucket", "value_len"],
+                    help="preference: the grouping column (default: the one the results break down by)")
+    sd.add_argument("-o", "--output", help="also write the summary as CSV (atomically)")
+    sd.set_defaults(fn=cmd_study)
+
     d = sub.add_parser("demo", help="the whole loop, small, on this machine's CPU")
     d.add_argument("--out", default="factscale-demo")
     d.add_argument("--quick", action="store_true", help="a smaller grid (about a minute), for smoke tests")
@@ -422,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
 # name RunBusy would load torch, lightning and transformers (~450 MB, seconds) before every command.
 USER_ERRORS = (("factscale.config", "ConfigError"), ("factscale.corpus.build", "CorpusError"),
                ("factscale.fit", "FitError"), ("factscale.plots", "PlotError"),
-               ("factscale.results", "CollectError"), ("factscale.train", "RunBusy"))
+               ("factscale.results", "CollectError"), ("factscale.train", "RunBusy"),
+               ("factscale.vocab", "PlotError"))
 
 
 def _is_user_error(e: BaseException) -> bool:

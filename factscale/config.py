@@ -31,10 +31,25 @@ class CorpusRef:
     """Train on the first N training facts in the corpus' seeded order (a corpus-size axis); None = all."""
     heldout_max: Optional[int] = None
     """Probe at most N held-out facts; None = all."""
+    where: Optional[str] = None
+    """``column=value[,value...]``: train and probe only the facts whose column (read as text) takes one of
+    these values, e.g. ``freq_level=x1``: one group trained alone, the preference study's competition
+    design (README, "Behaviour studies"). Applied before ``max_facts``. None = every fact."""
 
     def __post_init__(self):
         _positive_or_none(self, "max_facts", "corpus")
         _positive_or_none(self, "heldout_max", "corpus")
+        if self.where is not None:
+            col, eq, vals = str(self.where).partition("=")
+            if not (eq and col.strip() and vals.strip()):
+                raise ConfigError(f"corpus.where must read 'column=value[,value...]', got {self.where!r}")
+
+    def where_filter(self) -> tuple[str, list[str]] | None:
+        """(column, allowed values) of ``where``, or None."""
+        if self.where is None:
+            return None
+        col, _, vals = str(self.where).partition("=")
+        return col.strip(), [v.strip() for v in vals.split(",") if v.strip()]
 
 
 @dataclass
@@ -125,9 +140,11 @@ class TrainConfig:
     """Column of facts.parquet holding a per-fact repeat count per epoch (e.g. ``repeats``)."""
     phase_column: Optional[str] = None
     """Column of facts.parquet naming each fact's phase (e.g. ``phase``), for order studies."""
-    order: Literal["interleaved", "blocked"] = "interleaved"
+    order: Literal["interleaved", "blocked", "first-phase-only"] = "interleaved"
     """With phase_column: ``blocked`` trains phase 1 for epochs/n epochs, then phase 2, ...;
-    ``interleaved`` trains a random 1/n of all facts each epoch (same steps, same exposures per fact)."""
+    ``interleaved`` trains a random 1/n of all facts each epoch (same steps, same exposures per fact);
+    ``first-phase-only`` trains phase 1 in every epoch: the control for ``blocked`` (the same steps and
+    schedule, later phases never seen), so forgetting is measured against continued training, not time."""
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     """auto = fp32 on CPU, bf16-mixed on GPU."""
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"

@@ -25,7 +25,17 @@ IGNORE = -100
 
 
 def select_facts(facts: pl.DataFrame, cfg: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(training facts, held-out facts) as this run sees them: corpus-size and held-out caps applied."""
+    """(training facts, held-out facts) as this run sees them: ``corpus.where``, then the corpus-size and
+    held-out caps applied."""
+    if (w := cfg.corpus.where_filter()) is not None:
+        col, values = w
+        if col not in facts.columns:
+            raise ConfigError(f"corpus.where: column {col!r} is not in facts.parquet; available: {sorted(facts.columns)}")
+        text = pl.col(col).cast(pl.String)
+        present = sorted(facts[col].cast(pl.String).drop_nulls().unique().to_list())
+        if not set(values) & set(present):
+            raise ConfigError(f"corpus.where: no fact has {col} in {values}; values there: {present[:20]}")
+        facts = facts.filter(text.is_in(values))
     train = facts.filter(pl.col("split") == "train").sort("order")
     if cfg.corpus.max_facts is not None:
         train = train.head(cfg.corpus.max_facts)
@@ -200,6 +210,8 @@ class FactDataModule(L.LightningDataModule):
         E = self.cfg.train.epochs
         if self.cfg.train.order == "blocked":
             keep = phase == min(n - 1, epoch * n // E)
+        elif self.cfg.train.order == "first-phase-only":
+            keep = phase == 0
         else:  # a fresh random partition of all facts into n slots every n epochs
             perm = np.random.default_rng([self.cfg.seed, epoch // n, 7]).permutation(len(phase))
             keep = np.zeros(len(phase), dtype=bool)

@@ -27,6 +27,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -59,6 +60,8 @@ def run_name(cfg: RunConfig) -> str:
     parts += [cfg.model.arch, size, f"e{cfg.train.epochs}"]
     if cfg.corpus.max_facts is not None:
         parts.append(f"f{_short(cfg.corpus.max_facts)}")
+    if cfg.corpus.where is not None:  # e.g. "freq_level=x1" -> "w-x1": which group trained alone
+        parts.append("w-" + re.sub(r"[^A-Za-z0-9.]+", "_", cfg.corpus.where.partition("=")[2]).strip("_"))
     parts.append(f"s{cfg.seed}")
     return "-".join(parts)
 

@@ -64,55 +64,88 @@ def compatibility_table(df: pl.DataFrame) -> pl.DataFrame:
                                            ).sort("non_embedding_params", "epoch", "redundancy")
 
 
+def _seed_bars(ax, t: pl.DataFrame, x: str, quantities: list[str], labels: list[str], title: str, ylabel: str):
+    """Bars of per-seed means with their t intervals (no bar error where there are < 3 seeds)."""
+    rows = {r["quantity"]: r for r in t.iter_rows(named=True)}
+    xs = np.arange(len(quantities))
+    means = [rows[q]["mean"] if q in rows else np.nan for q in quantities]
+    err = np.array([[m - rows[q]["lo"], rows[q]["hi"] - m] if q in rows and rows[q]["lo"] is not None else [0, 0]
+                    for q, m in zip(quantities, means)]).T
+    ax.bar(xs, means, yerr=err, capsize=4, color=sns.color_palette("deep", len(xs)))
+    ax.set_xticks(xs, labels, rotation=20, ha="right", fontsize=8)
+    n = max((rows[q]["n"] for q in quantities if q in rows), default=0)
+    ax.set(ylabel=ylabel, title=f"{title}\n(mean of {n} seeds, 95% t interval{'' if n >= 3 else ': none, < 3 seeds'})")
+    ax.title.set_fontsize(9)
+
+
 def fig_compatibility(df: pl.DataFrame):
-    t = compatibility_table(df)
-    final = t.filter(pl.col("epoch") == pl.col("epoch").max().over("run_id"))
-    long = pl.concat([
-        final.select("size", "redundancy", pl.col("redundant_facts").alias("facts"), pl.lit("redundant set").alias("set")),
-        final.select("size", "redundancy", pl.col("control_facts").alias("facts"), pl.lit("matched control").alias("set")),
-    ])
-    fig, axes = _subplots(2, (10, 4))
-    sns.barplot(long.to_pandas(), x="redundancy", y="facts", hue="set", ax=axes[0], errorbar=None)
-    axes[0].set(xlabel="kind of redundancy (same set size)", ylabel="facts memorized (final epoch, mean of sizes)",
-                title="Facts memorized: redundant sets vs matched controls")
-    sns.lineplot(t.to_pandas(), x="epoch", y="extra_facts", hue="redundancy", style="size", ax=axes[1])
-    axes[1].axhline(0, color="grey", lw=1)
-    axes[1].set(xlabel="epochs", ylabel="redundant - control (facts memorized)",
-                title="Redundant minus control facts memorized vs epochs")
+    """Forward-statement MR per group (control, twice, paraphrase, inverse) and the differences, at the
+    largest budget's annealed end point, for each model size."""
+    from factscale.study_stats import compatibility_summary
+
+    t = compatibility_summary(df)
+    t = t.filter(pl.col("budget") == pl.col("budget").max().over("cfg.model.size"))
+    sizes = t.sort("non_embedding_params")["cfg.model.size"].unique(maintain_order=True).to_list()
+    fig, axes = _subplots(2 * len(sizes), (9 * len(sizes), 4))
+    for i, size in enumerate(sizes):
+        ts = t.filter(pl.col("cfg.model.size") == size)
+        budget = ts["budget"][0]
+        _seed_bars(axes[2 * i], ts, "group", ["fwd_control", "fwd_twice", "fwd_paraphrase", "fwd_inverse"],
+                   ["fact once (control)", "fact twice, same words", "fact + paraphrase", "fact + inverse"],
+                   f"{size}, {budget} epochs: MR of the forward statement", "memorization rate")
+        _seed_bars(axes[2 * i + 1], ts, "diff", ["twice_minus_control", "paraphrase_minus_control",
+                                                 "paraphrase_minus_twice", "inverse_minus_control"],
+                   ["twice - control", "paraphrase - control", "paraphrase - twice", "inverse - control"],
+                   f"{size}, {budget} epochs: differences in forward-statement MR", "difference in MR")
+        axes[2 * i + 1].axhline(0, color="grey", lw=1)
     fig.tight_layout()
     return fig
 
 
 def fig_preference(df: pl.DataFrame):
-    """MR per frequency level and per difficulty bucket over epochs (equal budget within a run)."""
-    panels = [(c, t) for c, t in (("freq_level", "exposures per epoch"), ("rarity_bucket", "value rarity (q4 rarest)"),
-                                   ("value_len", "value length (tokens)"))
-              if df.filter(pl.col("group_by") == c).height]
-    if not panels:
-        raise PlotError("no frequency/difficulty breakdown: set probe.group_columns: [freq_level, rarity_bucket, value_len]")
-    fig, axes = _subplots(len(panels), (5 * len(panels), 4))
-    for ax, (col, title) in zip(axes, panels):
-        d = _groups(df, col).sort("group")
-        sns.lineplot(d.to_pandas(), x="epoch", y="mr", hue="group", ax=ax, errorbar=None,
-                     palette="viridis", hue_order=sorted(d["group"].unique().to_list()))
-        ax.set(xlabel="epochs", ylabel="memorization rate", ylim=(-0.02, 1.02), title=f"MR by {title}")
-        ax.legend(title=col, fontsize=7)
+    """MR of each group trained alone vs mixed with the other groups (equal exposures per fact), per size."""
+    from factscale.study_stats import preference_per_seed
+
+    cols = [c for c in ("freq_level", "rarity_bucket") if df.filter(pl.col("group_by") == c).height]
+    if not cols:
+        raise PlotError("no frequency/difficulty breakdown: set probe.group_columns: [freq_level] or [rarity_bucket]")
+    p = preference_per_seed(df, cols[0])
+    long = pl.concat([p.select("cfg.model.size", "group", pl.col("mr_alone").alias("mr"), pl.lit("alone").alias("trained")),
+                      p.select("cfg.model.size", "group", pl.col("mr_mixed").alias("mr"), pl.lit("mixed").alias("trained"))])
+    sizes = p.sort("non_embedding_params")["cfg.model.size"].unique(maintain_order=True).to_list()
+    fig, axes = _subplots(len(sizes), (5.5 * len(sizes), 4))
+    for ax, size in zip(axes, sizes):
+        d = long.filter(pl.col("cfg.model.size") == size).sort("group")
+        sns.barplot(d.to_pandas(), x="group", y="mr", hue="trained", ax=ax, errorbar=("pi", 100), capsize=0.1)
+        n = p.filter(pl.col("cfg.model.size") == size)["cfg.seed"].n_unique()
+        ax.set(xlabel=cols[0], ylabel="memorization rate (annealed end point)", ylim=(0, 1.02),
+               title=f"{size}: each group alone vs mixed, equal exposures per fact\n(mean of {n} seeds, bars: range)")
+        ax.title.set_fontsize(9)
     fig.tight_layout()
     return fig
 
 
 def fig_overwriting(df: pl.DataFrame):
-    """MR of each phase's facts over time, blocked order (solid) vs interleaved (dashed)."""
+    """Phase MRs vs epochs: blocked order, the continued-phase-1 control and interleaved order, per size."""
     d = _groups(df, "phase")
     if "cfg.train.order" not in d.columns:
         raise PlotError("results lack cfg.train.order")
-    fig, axes = _subplots(1, (6.5, 4))
-    ax = axes[0]
-    sns.lineplot(d.to_pandas(), x="epoch", y="mr", hue="group", style="cfg.train.order",
-                 style_order=["blocked", "interleaved"], ax=ax, errorbar=None)
-    ax.set(xlabel="epochs", ylabel="memorization rate of the phase's facts", ylim=(-0.02, 1.02),
-           title="MR of each phase's facts vs epochs, blocked vs interleaved order")
-    ax.legend(fontsize=7)
+    d = d.with_columns(curve=pl.format("{} under {}", "group", "cfg.train.order"))
+    sizes = d.sort("non_embedding_params")["cfg.model.size"].unique(maintain_order=True).to_list()
+    fig, axes = _subplots(len(sizes), (6 * len(sizes), 4.2))
+    order = [c for c in ("p1 under blocked", "p2 under blocked", "p1 under first-phase-only",
+                         "p1 under interleaved", "p2 under interleaved") if c in set(d["curve"].to_list())]
+    for ax, size in zip(axes, sizes):
+        ds = d.filter((pl.col("cfg.model.size") == size) & pl.col("curve").is_in(order))
+        sns.lineplot(ds.to_pandas(), x="epoch", y="mr", hue="curve", hue_order=order, ax=ax, errorbar=("pi", 100))
+        boundary = int(ds["cfg.train.epochs"].max()) // 2
+        ax.axvline(boundary, color="grey", lw=1, ls=":")
+        n = ds["cfg.seed"].n_unique()
+        ax.set(xlabel="epochs (blocked: phase 1 before the dotted line, phase 2 after)", ylabel="MR of the phase's facts",
+               ylim=(-0.02, 1.02), title=f"{size}: phase MRs vs epochs (mean of {n} seeds, band: range)")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
     return fig
 
 

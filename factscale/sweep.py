@@ -210,7 +210,7 @@ def plan(spec: SweepSpec) -> list[dict]:
         n = non_embedding_params(cfg.model.arch, resolve_shape(cfg.model))
         tokens = None
         if rd is not None:
-            key = (cfg.corpus.path, cfg.corpus.max_facts, cfg.train.repeat_by)
+            key = (cfg.corpus.path, cfg.corpus.max_facts, cfg.corpus.where, cfg.train.repeat_by)
             if key not in tokens_by_corpus:
                 train, _ = select_facts(load_corpus(cfg.corpus.path)[0], cfg)
                 reps = repeats_of(train, cfg.train.repeat_by)

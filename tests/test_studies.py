@@ -82,6 +82,20 @@ def test_compatibility_study_end_to_end(compat, tmp_path):
     assert (t["set_size"] == 2 * t["set_size"][0] // 2).all()
 
 
+def test_twice_group_is_the_same_words_twice_per_epoch(compat):
+    _, m, df = compat
+    twice = df.filter(pl.col("variant") == "twice")
+    n = m["counts"]["compatibility_group_size"]
+    assert twice.height == n and set(twice["repeats"]) == {2} and set(twice["role"]) == {"forward"}
+    assert set(df.filter(pl.col("variant") != "twice")["repeats"]) == {1}
+    assert sorted(twice["relation"].to_list()) == sorted(df.filter(pl.col("variant") == "control-forward")["relation"])
+    assert set(df["part"]) >= {"twice/forward", "paraphrase/paraphrase", "control-inverse/inverse"}
+    with pytest.raises(ValueError, match="both set per-fact repeats"):
+        from factscale.corpus.variants import apply_variants
+
+        apply_variants(df.drop("variant", "role", "part"), {"frequency": {}}, 0, {})
+
+
 @pytest.mark.slow  # > 20 s on the shared 2-core CPU
 def test_preference_study_end_to_end(tmp_path):
     build_synthetic(tmp_path / "c", SyntheticSpec(n_keys=80, vocab_sizes=[16, 16]), heldout_frac=0.0, vocab_size=300,
@@ -100,23 +114,65 @@ def test_preference_study_end_to_end(tmp_path):
 
 @pytest.mark.slow  # > 20 s on the shared 2-core CPU
 def test_overwriting_study_end_to_end(tmp_path):
-    build_synthetic(tmp_path / "c", SyntheticSpec(n_keys=60, vocab_sizes=[16, 16]), heldout_frac=0.0, vocab_size=300,
-                    variants={"phases": {"n": 2, "by": "relation"}})
+    """One relation in two random phases: blocked order vs the control that keeps training phase 1."""
+    build_synthetic(tmp_path / "c", SyntheticSpec(n_keys=80, vocab_sizes=[16]), heldout_frac=0.0, vocab_size=300,
+                    variants={"phases": {"n": 2, "by": "random"}})
     facts = pl.read_parquet(tmp_path / "c" / "facts.parquet")
-    assert facts.group_by("relation").agg(pl.col("phase").n_unique())["phase"].max() == 1
-    res = {}
-    for order in ("blocked", "interleaved"):
+    assert facts["relation"].n_unique() == 1 and set(facts["phase"]) == {"p1", "p2"}  # phases within one relation
+    res, rows = {}, []
+    for order in ("blocked", "first-phase-only"):
         cfg = tiny_run_config(tmp_path / "c", tmp_path, **{"train.epochs": 80, "train.phase_column": "phase",
                                                           "train.order": order, "probe.every_epochs": 10,
                                                           "probe.group_columns": ["phase"], "probe.splits": ["train"]})
         run(cfg)
-        d = pl.read_parquet(run_dir(cfg) / "results.parquet").filter(pl.col("group_by") == "phase")
-        res[order] = {(r["epoch"], r["group"]): r["mr"] for r in d.iter_rows(named=True)}
-    b = res["blocked"]
-    assert b[(40, "p1")] > 0.5 and b[(40, "p2")] < 0.3  # phase 1 learnt, phase 2 not yet seen
-    assert b[(80, "p2")] > 0.5
-    assert b[(80, "p1")] < b[(40, "p1")] - 0.2  # learning phase 2 overwrote phase 1
-    assert res["interleaved"][(80, "p1")] > b[(80, "p1")]
+        d = pl.read_parquet(run_dir(cfg) / "results.parquet")
+        rows.append(d)
+        d = d.filter(pl.col("group_by") == "phase")
+        res[order] = {(r["epoch"], r["group"]): r for r in d.iter_rows(named=True)}
+    b, c = res["blocked"], res["first-phase-only"]
+    # the control is the blocked run until the phase boundary: same seed, same facts, same schedule
+    for (epoch, ph), r in b.items():
+        if epoch <= 40:
+            assert c[epoch, ph]["mr"] == r["mr"] and c[epoch, ph]["value_loss"] == pytest.approx(r["value_loss"])
+    assert b[40, "p1"]["mr"] > 0.5 and b[80, "p2"]["mr"] > 0.5  # each phase learnt in its turn
+    assert c[80, "p2"]["mr"] < 0.3  # the control never trains phase 2
+    assert b[80, "p1"]["mr"] < c[80, "p1"]["mr"] - 0.2  # learning phase 2 overwrote phase 1
+    from factscale.study_stats import overwriting_per_seed
+
+    p = overwriting_per_seed(pl.concat(rows, how="diagonal_relaxed")).row(0, named=True)
+    assert p["forgetting"] == pytest.approx(c[80, "p1"]["mr"] - b[80, "p1"]["mr"])
+
+
+def test_a_group_trained_alone_and_a_bad_where_names_the_field(tmp_path):
+    from factscale.config import ConfigError
+    from factscale.data import select_facts
+
+    build_synthetic(tmp_path / "c", SyntheticSpec(n_keys=80, vocab_sizes=[16]), heldout_frac=0.1, vocab_size=300,
+                    variants={"frequency": {"mode": "assigned", "levels": [1, 4]}})
+    facts = pl.read_parquet(tmp_path / "c" / "facts.parquet")
+    train, held = select_facts(facts, tiny_run_config(tmp_path / "c", tmp_path, **{"corpus.where": "freq_level=x4"}))
+    assert set(train["freq_level"]) == set(held["freq_level"]) == {"x4"}
+    assert train.height == facts.filter((pl.col("split") == "train") & (pl.col("repeats") == 4)).height
+    both = select_facts(facts, tiny_run_config(tmp_path / "c", tmp_path, **{"corpus.where": "freq_level=x1, x4"}))[0]
+    assert both.height == facts.filter(pl.col("split") == "train").height
+    for where, msg in (("nocol=x1", "not in facts.parquet"), ("freq_level=x9", r"values there: \['x1', 'x4'\]")):
+        with pytest.raises(ConfigError, match="corpus.where: .*" + msg):
+            select_facts(facts, tiny_run_config(tmp_path / "c", tmp_path, **{"corpus.where": where}))
+    with pytest.raises(ConfigError, match="corpus.where must read"):
+        tiny_run_config(tmp_path / "c", tmp_path, **{"corpus.where": "freq_level"})
+
+
+def test_rarity_buckets_are_quartiles_within_each_relation(shared, tmp_path):
+    build_from_triples(tmp_path / "f", [shared / "trex" / "mTRExf" / "P36.jsonl", shared / "trex" / "mTRExf" / "P17.jsonl"],
+                       heldout_frac=0.0, vocab_size=512)
+    df = pl.read_parquet(tmp_path / "f" / "facts.parquet")
+    for rel, g in df.group_by("relation"):
+        b = g.group_by("rarity_bucket").agg(pl.col("prior_bits").min().alias("lo"), pl.col("prior_bits").max().alias("hi"))
+        b = b.sort("rarity_bucket")
+        assert (b["lo"].to_numpy()[1:] >= b["hi"].to_numpy()[:-1]).all(), rel  # ranked within the relation
+        share = g["rarity_bucket"].value_counts(normalize=True)["proportion"]
+        assert b.height == 4 and (abs(share - 0.25) <= 1 / g.height + 1e-9).all(), rel  # a quarter each (ties at random)
+    assert df.filter(pl.col("relation") == "P36")["prior_bits"].n_unique() < 10  # P36 has ties, so this tested them
 
 
 @pytest.mark.slow  # > 20 s on the shared 2-core CPU

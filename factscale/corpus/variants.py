@@ -12,11 +12,16 @@ overwriting). Each variant adds columns to every fact row and is recorded in the
   control-forward     fact only                                              -
   control-inverse     an inverse fact whose forward fact is absent           -
   control-paraphrase  a paraphrase whose original is absent                  -
+  twice               fact, shown twice per epoch in the same words           more exposure only
+                      (``repeats`` = 2; train with ``train.repeat_by: repeats``)
   ==================  =====================================================  ==================
 
   A redundant group holds 2n facts with n facts' information; its control holds the same 2n fact
   shapes (n forward + n inverse/paraphrase) with 2n facts' information. If a model stored redundant
-  facts for free, the redundant group would be memorized better than its control at equal budget.
+  facts for free, the redundant group would be memorized better than its control at equal budget. A
+  paraphrase also shows its fact's information twice per epoch: ``twice`` separates that exposure effect
+  from cheaper storage (paraphrase forward MR - twice forward MR). ``part`` = ``variant/role`` names the
+  probe groups (e.g. ``paraphrase/forward``).
   Known Wikidata inverse pairs (capital <-> capital of, part of <-> has part, symmetric relations)
   keep their property ids; other relations get a generic inverse ``r~inv`` ("o is the r of s").
 
@@ -24,14 +29,17 @@ overwriting). Each variant adds columns to every fact row and is recorded in the
   random from ``levels`` or from the ``signal`` (popularity: T-REx count, sitelinks) by quantile.
 - ``phases``: a ``phase`` per fact (by relation, or random) for blocked-vs-interleaved training.
 
-Difficulty columns (``rarity_bucket`` from the value's surprisal within its relation, ``value_len`` in
-tokens) are added to every corpus by the builder.
+Difficulty columns (``rarity_bucket``: quartile of the value's surprisal ranked within its relation, ties
+at random,
+``value_len`` in tokens) are added to every corpus by the builder.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
+
+G = 6  # compatibility groups drawn from the base facts (module docstring)
 
 # Wikidata inverse property pairs present in T-REx/BEAR (symmetric ones map to themselves)
 INVERSE_PROPERTIES = {
@@ -75,7 +83,7 @@ def _paraphrase(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def compatibility(df: pl.DataFrame, n: int, seed: int, counts: dict) -> pl.DataFrame:
-    """Five disjoint groups of ``n`` base facts -> the compatibility corpus (see module docstring)."""
+    """Six disjoint groups of ``n`` base facts -> the compatibility corpus (see module docstring)."""
     one_subject = pl.col("subject_id").n_unique().over(["relation", "value"]) == 1
     cand = df.filter(one_subject & (pl.col("value") != pl.col("key")))
     # a value may name one subject in one relation but appear in another: keep each value once overall
@@ -84,18 +92,19 @@ def compatibility(df: pl.DataFrame, n: int, seed: int, counts: dict) -> pl.DataF
     # keys and values must not collide either (an inverse key equal to a forward key would be ambiguous)
     cand = cand.filter(~pl.col("value").is_in(cand["key"].implode()))
     counts["compatibility_candidates"] = cand.height
-    # stratify by relation so the five groups have the same size and the same relation mix
+    # stratify by relation so the six groups have the same size and the same relation mix
     cand = cand.sample(fraction=1.0, shuffle=True, seed=seed)
     per_rel = cand.group_by("relation").len()
-    usable = {r: c // 5 for r, c in per_rel.iter_rows()}
+    usable = {r: c // G for r, c in per_rel.iter_rows()}
     total = sum(usable.values())
     if total < n:
-        raise ValueError(f"compatibility variant needs 5 x {n} invertible base facts, the corpus has {5 * total}")
+        raise ValueError(f"compatibility variant n={n}: needs {G} x {n} invertible base facts (one value, one "
+                         f"subject), the corpus has {G * total}: lower n to at most {total}")
     take = {r: k * n // total for r, k in usable.items()}
     cand = cand.with_columns(_i=pl.int_range(pl.len()).over("relation"))
     g = [cand.filter(pl.col("_i") // pl.col("relation").replace_strict(take, return_dtype=pl.Int64) == i)
-         .filter(pl.col("_i") < 5 * pl.col("relation").replace_strict(take, return_dtype=pl.Int64)).drop("_i")
-         for i in range(5)]
+         .filter(pl.col("_i") < G * pl.col("relation").replace_strict(take, return_dtype=pl.Int64)).drop("_i")
+         for i in range(G)]
     counts["compatibility_group_size"] = g[0].height
     parts = [
         g[0].with_columns(variant=pl.lit("inverse"), role=pl.lit("forward")),
@@ -105,14 +114,18 @@ def compatibility(df: pl.DataFrame, n: int, seed: int, counts: dict) -> pl.DataF
         g[2].with_columns(variant=pl.lit("control-forward"), role=pl.lit("forward")),
         _invert(g[3]).with_columns(variant=pl.lit("control-inverse"), role=pl.lit("inverse")),
         _paraphrase(g[4]).with_columns(variant=pl.lit("control-paraphrase"), role=pl.lit("paraphrase")),
+        g[5].with_columns(variant=pl.lit("twice"), role=pl.lit("forward"), repeats=pl.lit(2, dtype=pl.Int64)),
     ]
-    out = pl.concat(parts, how="vertical_relaxed")
+    out = pl.concat(parts, how="diagonal_relaxed").with_columns(
+        repeats=pl.col("repeats").fill_null(1), part=pl.format("{}/{}", "variant", "role"))
     counts["compatibility_facts"] = out.height
     return out
 
 
 def frequency(df: pl.DataFrame, mode: str, levels: list[int], seed: int, signal: str = "popularity") -> pl.DataFrame:
     """Per-fact repeats per epoch: ``assigned`` (uniform over levels) or from a ``signal`` by quantile."""
+    if "repeats" in df.columns:
+        raise ValueError("variants compatibility and frequency both set per-fact repeats; use one of them")
     levels = sorted(int(x) for x in levels)
     if mode == "assigned":
         rng = np.random.default_rng(seed)
@@ -165,9 +178,13 @@ def apply_variants(df: pl.DataFrame, variants: dict | None, seed: int, counts: d
 
 
 def difficulty_columns(df: pl.DataFrame) -> pl.DataFrame:
-    """rarity_bucket: quartile of the value's surprisal in its relation (q1 common .. q4 rare);
+    """rarity_bucket: quartile of the value's surprisal, ranked within its relation (q1 common .. q4 rare;
+    ties broken at random with a fixed seed);
     value_len: value length in tokens (1, 2, 3, 4+), the end-of-fact token not counted."""
-    r = df["prior_bits"].rank("average") / df.height
-    q = np.clip(np.ceil(r.to_numpy() * 4).astype(int), 1, 4)
+    # ranked within each relation, ties broken at random (seeded), so every bucket holds a quarter of every
+    # relation: "difficulty" is then not a proxy for which relation a fact belongs to (a corpus-wide rank was
+    # mostly that), and a relation whose values are all equally rare (every capital unique) is split evenly
+    r = df.select(pl.col("prior_bits").rank("random", seed=0).over("relation") / pl.len().over("relation")).to_series()
+    q = np.clip(np.ceil(r.fill_null(0.5).to_numpy() * 4).astype(int), 1, 4)
     vlen = (df["n_value_tokens"] - 1).clip(upper_bound=4).cast(pl.String).replace({"4": "4+"})
     return df.with_columns(rarity_bucket=pl.Series([f"q{x}" for x in q]), value_len=vlen)

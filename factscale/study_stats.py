@@ -1,0 +1,208 @@
+"""The behaviour studies' numbers: what each design compares, per seed, with an interval over seeds.
+
+Every reported difference is formed *within a seed* (the treatment and its control share the seed's
+corpus order and initialisation), then summarised over seeds as a mean with a Student-t 95% interval.
+Fewer than ``MIN_SEEDS`` seeds give the mean and no interval (``why`` says so): an interval from two runs
+is not worth printing. The within-run binomial noise of an MR is part of the seed-to-seed spread, so it
+is not added again.
+
+- overwriting (``train.order`` blocked / first-phase-only / interleaved, two phases): forgetting =
+  phase-1 MR of the control (phase 1 trained throughout) - phase-1 MR under blocked order, at the end;
+- compatibility (variant groups, see ``corpus.variants``): the forward statement's MR in each group and
+  the differences that separate cheaper storage from more exposure (paraphrase - twice);
+- preference (``corpus.where`` runs: each group alone, and the groups mixed at equal exposures per fact):
+  a group's loss = MR alone - MR mixed; preference for A over B = loss(B) - loss(A).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+from scipy import stats
+
+from factscale.vocab import PlotError
+
+MIN_SEEDS = 3
+SEED, SIZE, PARAMS = "cfg.seed", "cfg.model.size", "non_embedding_params"
+ORDER, WHERE = "cfg.train.order", "cfg.corpus.where"
+
+
+def seed_interval(values, ci: float = 0.95) -> dict:
+    """Mean of per-seed values with a t interval; no interval below ``MIN_SEEDS`` values."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    out = {"mean": float(x.mean()) if len(x) else math.nan, "lo": None, "hi": None, "n": len(x), "why": None}
+    if len(x) < MIN_SEEDS:
+        out["why"] = f"{len(x)} seed(s); an interval needs >= {MIN_SEEDS}"
+        return out
+    half = stats.t.ppf(0.5 + ci / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    out["lo"], out["hi"] = out["mean"] - half, out["mean"] + half
+    return out
+
+
+def fmt(d: dict, digits: int = 3) -> str:
+    m = f"{d['mean']:.{digits}f}"
+    if d["lo"] is None:
+        return f"{m} (n={d['n']}, no interval: {d['why']})"
+    return f"{m} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}] (n={d['n']})"
+
+
+def _rows(df: pl.DataFrame, by: str) -> pl.DataFrame:
+    d = df.filter((pl.col("split") == "train") & (pl.col("group_by") == by))
+    if d.height == 0:
+        raise PlotError(f"no training probe rows broken down by {by!r}: build the corpus with the study's "
+                        f"variant and set probe.group_columns: [{by}]")
+    return d
+
+
+def _summarise(per_seed: pl.DataFrame, keys: list[str], quantities: list[str]) -> pl.DataFrame:
+    """Per-seed rows -> one row per (keys, quantity) with mean, lo, hi, n, why."""
+    out = []
+    for key, g in per_seed.sort(keys).group_by(keys, maintain_order=True):
+        for q in quantities:
+            if q in g.columns:
+                out.append({**dict(zip(keys, key)), "quantity": q, **seed_interval(g[q].to_list())})
+    return pl.DataFrame(out, schema_overrides={"lo": pl.Float64, "hi": pl.Float64, "why": pl.String})
+
+
+def overwriting_per_seed(df: pl.DataFrame) -> pl.DataFrame:
+    """Per (size, seed): phase MRs at the phase boundary and at the (annealed) end, for each order."""
+    d = _rows(df, "phase")
+    if ORDER not in d.columns:
+        raise PlotError("results lack cfg.train.order")
+    orders = set(d[ORDER].unique().to_list())
+    if not {"blocked", "first-phase-only"} <= orders:
+        raise PlotError(f"overwriting needs runs with train.order blocked and first-phase-only (the control); "
+                        f"got {sorted(orders)}")
+    rows = []
+    for (size, params, seed), g in d.group_by([SIZE, PARAMS, SEED]):
+        E = int(g["cfg.train.epochs"].max())
+        mr = {(r[ORDER], r["epoch"], r["group"]): r["mr"] for r in g.iter_rows(named=True)}
+        end, mid = E, max(e for e in g["epoch"].unique().to_list() if e <= E // 2)
+        row = {SIZE: size, PARAMS: params, SEED: seed, "boundary_epoch": mid, "end_epoch": end}
+        for order, tag in (("blocked", "blocked"), ("first-phase-only", "control"), ("interleaved", "interleaved")):
+            for ph in ("p1", "p2"):
+                row[f"{ph}_end_{tag}"] = mr.get((order, end, ph))
+            row[f"p1_boundary_{tag}"] = mr.get((order, mid, "p1"))
+        if row["p1_end_control"] is not None and row["p1_end_blocked"] is not None:
+            row["forgetting"] = row["p1_end_control"] - row["p1_end_blocked"]
+        if row["p1_boundary_blocked"] is not None and row["p1_end_blocked"] is not None:
+            row["p1_drop_blocked"] = row["p1_boundary_blocked"] - row["p1_end_blocked"]
+        rows.append(row)
+    return pl.DataFrame(rows).sort(PARAMS, SEED)
+
+
+OVERWRITING_QUANTITIES = ["p1_boundary_blocked", "p1_end_blocked", "p1_end_control", "p1_end_interleaved",
+                          "p2_end_blocked", "p2_end_interleaved", "p1_drop_blocked", "forgetting"]
+
+
+def overwriting_summary(df: pl.DataFrame) -> pl.DataFrame:
+    return _summarise(overwriting_per_seed(df), [SIZE, PARAMS], OVERWRITING_QUANTITIES)
+
+
+def compatibility_per_seed(df: pl.DataFrame) -> pl.DataFrame:
+    """Per (size, seed, epoch budget), at the budget's final (annealed) probe: MR of the forward statement in
+    each group, the differences, and each redundant set's extra facts over its control. With several budgets
+    (cooldown branches), ``*_change`` = the value at this budget - at the next smaller one: ~0 at a plateau."""
+    d = _rows(df, "part").filter(pl.col("epoch") == pl.col("cfg.train.epochs"))
+    rows = []
+    for (size, params, seed, budget), g in d.group_by([SIZE, PARAMS, SEED, "cfg.train.epochs"]):
+        at = {r["group"]: r for r in g.iter_rows(named=True)}
+
+        def mr(part, at=at):
+            return at[part]["mr"] if part in at else None
+
+        def facts(*parts, at=at):
+            return sum(at[p]["capacity"] for p in parts) if all(p in at for p in parts) else None
+
+        row = {SIZE: size, PARAMS: params, SEED: seed, "budget": budget,
+               "fwd_control": mr("control-forward/forward"), "fwd_twice": mr("twice/forward"),
+               "fwd_paraphrase": mr("paraphrase/forward"), "fwd_inverse": mr("inverse/forward")}
+        for kind in ("paraphrase", "inverse"):
+            red, ctl = facts(f"{kind}/forward", f"{kind}/{kind}"), facts("control-forward/forward", f"control-{kind}/{kind}")
+            row[f"extra_facts_{kind}"] = None if None in (red, ctl) else red - ctl
+        for name, a, b in (("paraphrase_minus_control", "fwd_paraphrase", "fwd_control"),
+                           ("twice_minus_control", "fwd_twice", "fwd_control"),
+                           ("paraphrase_minus_twice", "fwd_paraphrase", "fwd_twice"),
+                           ("inverse_minus_control", "fwd_inverse", "fwd_control")):
+            row[name] = None if row[a] is None or row[b] is None else row[a] - row[b]
+        rows.append(row)
+    if not rows:
+        raise PlotError("no final (annealed) probe rows broken down by 'part'")
+    out = pl.DataFrame(rows).sort(PARAMS, SEED, "budget")
+    prev = [pl.col(c) - pl.col(c).shift(1).over(SIZE, SEED) for c in
+            ("paraphrase_minus_twice", "extra_facts_paraphrase", "extra_facts_inverse")]
+    return out.with_columns(*(e.alias(f"{c}_change") for e, c in zip(prev, ("paraphrase_minus_twice",
+                                                                            "extra_facts_paraphrase",
+                                                                            "extra_facts_inverse"))))
+
+
+COMPATIBILITY_QUANTITIES = ["fwd_control", "fwd_twice", "fwd_paraphrase", "fwd_inverse", "twice_minus_control",
+                            "paraphrase_minus_control", "paraphrase_minus_twice", "inverse_minus_control",
+                            "extra_facts_paraphrase", "extra_facts_inverse", "paraphrase_minus_twice_change",
+                            "extra_facts_paraphrase_change", "extra_facts_inverse_change"]
+
+
+def compatibility_summary(df: pl.DataFrame) -> pl.DataFrame:
+    return _summarise(compatibility_per_seed(df), [SIZE, PARAMS, "budget"], COMPATIBILITY_QUANTITIES)
+
+
+def _alone_group(where: str | None, column: str) -> str | None:
+    """The one group a ``corpus.where`` run trained alone, or None for a mixed run."""
+    if where is None:
+        return None
+    col, _, vals = where.partition("=")
+    vals = [v.strip() for v in vals.split(",") if v.strip()]
+    return vals[0] if col.strip() == column and len(vals) == 1 else None
+
+
+def preference_per_seed(df: pl.DataFrame, column: str) -> pl.DataFrame:
+    """Per (size, seed, group) at the final probe: MR trained alone, MR mixed with the other groups, and
+    the loss from competing (alone - mixed). Groups without both runs are left out."""
+    d = _rows(df, column)
+    d = d.filter(pl.col("epoch") == pl.col("cfg.train.epochs"))
+    if WHERE not in d.columns:
+        d = d.with_columns(pl.lit(None, dtype=pl.String).alias(WHERE))
+    rows = []
+    for (size, params, seed), g in d.group_by([SIZE, PARAMS, SEED]):
+        alone, mixed = {}, {}
+        for r in g.iter_rows(named=True):
+            a = _alone_group(r[WHERE], column)
+            if a is None:
+                mixed[r["group"]] = r["mr"]
+            elif r["group"] == a:
+                alone[a] = r["mr"]
+        for grp in sorted(alone.keys() & mixed.keys()):
+            rows.append({SIZE: size, PARAMS: params, SEED: seed, "group": grp, "mr_alone": alone[grp],
+                         "mr_mixed": mixed[grp], "loss": alone[grp] - mixed[grp]})
+    if not rows:
+        raise PlotError(f"preference by {column!r} needs, per seed, a run of each group alone (corpus.where: "
+                        f"{column}=G) and a mixed run (no corpus.where, or several groups)")
+    return pl.DataFrame(rows).sort(PARAMS, SEED, "group")
+
+
+def preference_summary(df: pl.DataFrame, column: str) -> pl.DataFrame:
+    """Per size and group: MR alone, mixed, loss; and for each pair (A, B) of groups the preference for A
+    over B = loss(B) - loss(A), paired within seeds (> 0: A keeps more of what it stores alone)."""
+    p = preference_per_seed(df, column)
+    out = [_summarise(p.rename({"group": "group_"}), [SIZE, PARAMS, "group_"], ["mr_alone", "mr_mixed", "loss"])
+           .rename({"group_": "group"})]
+    wide = p.pivot(on="group", index=[SIZE, PARAMS, SEED], values="loss")
+    groups = sorted(p["group"].unique().to_list())
+    pairs = {}
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            pairs[f"pref_{a}_over_{b}"] = pl.col(b) - pl.col(a)
+    if pairs:
+        s = _summarise(wide.with_columns(**pairs), [SIZE, PARAMS], list(pairs))
+        out.append(s.with_columns(group=pl.lit(None, dtype=pl.String)).select(out[0].columns))
+    return pl.concat(out).sort(PARAMS)
+
+
+def print_summary(t: pl.DataFrame, title: str, print=print) -> None:
+    print(title)
+    keys = [c for c in (SIZE, "budget", "group") if c in t.columns]
+    for r in t.iter_rows(named=True):
+        where = "  ".join(f"{r[k]}" for k in keys if r[k] is not None)
+        print(f"  {where:<12} {r['quantity']:<34} {fmt(r)}")

@@ -1,0 +1,82 @@
+"""The behaviour studies' numbers (factscale.study_stats) on results tables with a known answer."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+
+from factscale.study_stats import (compatibility_per_seed, overwriting_per_seed, overwriting_summary,
+                                   preference_summary, seed_interval)
+from factscale.vocab import PlotError
+
+
+def test_seed_interval_is_the_t_interval_and_refuses_below_three_seeds():
+    d = seed_interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t(0.975, 2) x sd / sqrt(n)
+    assert d["mean"] == 2.0 and d["n"] == 3
+    assert d["lo"] == pytest.approx(2 - half) and d["hi"] == pytest.approx(2 + half)
+    two = seed_interval([1.0, 2.0, None])
+    assert two["mean"] == 1.5 and two["lo"] is None and "needs >= 3" in two["why"]
+
+
+def _phase_rows(seed, order, mrs):
+    """mrs: {(epoch, phase): mr} for one run of 200 epochs."""
+    return [{"split": "train", "group_by": "phase", "group": ph, "epoch": e, "mr": mr, "cfg.seed": seed,
+             "cfg.train.order": order, "cfg.model.size": "2k", "non_embedding_params": 1656, "cfg.train.epochs": 200}
+            for (e, ph), mr in mrs.items()]
+
+
+def test_overwriting_forgetting_is_control_minus_blocked_within_each_seed():
+    rows = []
+    for seed, (ctrl, blk) in enumerate([(0.6, 0.1), (0.5, 0.2), (0.7, 0.1)]):
+        rows += _phase_rows(seed, "blocked", {(100, "p1"): 0.4, (200, "p1"): blk, (200, "p2"): 0.5, (100, "p2"): 0.0})
+        rows += _phase_rows(seed, "first-phase-only", {(100, "p1"): 0.4, (200, "p1"): ctrl, (200, "p2"): 0.0})
+    p = overwriting_per_seed(pl.DataFrame(rows))
+    assert p["forgetting"].to_list() == pytest.approx([0.5, 0.3, 0.6])
+    assert p["p1_drop_blocked"].to_list() == pytest.approx([0.3, 0.2, 0.3])
+    s = {r["quantity"]: r for r in overwriting_summary(pl.DataFrame(rows)).iter_rows(named=True)}
+    assert s["forgetting"]["mean"] == pytest.approx(1.4 / 3) and s["forgetting"]["lo"] is not None
+    assert math.isnan(s["p1_end_interleaved"]["mean"])  # no interleaved runs: nothing made up
+    with pytest.raises(PlotError, match="first-phase-only"):
+        overwriting_per_seed(pl.DataFrame([r for r in rows if r["cfg.train.order"] == "blocked"]))
+
+
+def test_preference_is_the_difference_of_the_groups_losses_paired_by_seed():
+    rows = []
+    for seed, (a1, m1, a4, m4) in enumerate([(0.5, 0.2, 0.9, 0.8), (0.6, 0.2, 0.9, 0.9), (0.4, 0.2, 0.8, 0.7)]):
+        base = {"split": "train", "group_by": "freq_level", "epoch": 100, "cfg.train.epochs": 100, "cfg.seed": seed,
+                "cfg.model.size": "2k", "non_embedding_params": 1656}
+        rows += [{**base, "cfg.corpus.where": "freq_level=x1", "group": "x1", "mr": a1},
+                 {**base, "cfg.corpus.where": "freq_level=x4", "group": "x4", "mr": a4},
+                 {**base, "cfg.corpus.where": None, "group": "x1", "mr": m1},
+                 {**base, "cfg.corpus.where": None, "group": "x4", "mr": m4},
+                 {**base, "cfg.corpus.where": None, "group": "x1", "mr": 0.99, "epoch": 50}]  # not the end point
+    s = preference_summary(pl.DataFrame(rows), "freq_level")
+    pref = s.filter(pl.col("quantity") == "pref_x1_over_x4").row(0, named=True)
+    # loss(x4) - loss(x1) per seed: (0.1 - 0.3), (0.0 - 0.4), (0.1 - 0.2)
+    assert pref["mean"] == pytest.approx((-0.2 - 0.4 - 0.1) / 3) and pref["n"] == 3
+    loss = s.filter((pl.col("quantity") == "loss") & (pl.col("group") == "x1")).row(0, named=True)
+    assert loss["mean"] == pytest.approx(0.3)
+    with pytest.raises(PlotError, match="alone"):
+        preference_summary(pl.DataFrame([r for r in rows if r["cfg.corpus.where"] is None]), "freq_level")
+
+
+def test_compatibility_differences_and_the_plateau_change_between_budgets():
+    rows = []
+    for budget, fwd in ((100, {"control-forward/forward": 0.3, "twice/forward": 0.5, "paraphrase/forward": 0.55,
+                               "inverse/forward": 0.3}),
+                        (200, {"control-forward/forward": 0.5, "twice/forward": 0.6, "paraphrase/forward": 0.62,
+                               "inverse/forward": 0.5})):
+        for part, mr in {**fwd, "paraphrase/paraphrase": 0.4, "inverse/inverse": 0.2,
+                         "control-paraphrase/paraphrase": 0.3, "control-inverse/inverse": 0.2}.items():
+            rows.append({"split": "train", "group_by": "part", "group": part, "epoch": budget, "cfg.train.epochs": budget,
+                         "mr": mr, "capacity": mr * 100, "cfg.seed": 0, "cfg.model.size": "30k",
+                         "non_embedding_params": 30000})
+    p = compatibility_per_seed(pl.DataFrame(rows)).sort("budget")
+    assert p["paraphrase_minus_twice"].to_list() == pytest.approx([0.05, 0.02])
+    assert p["twice_minus_control"].to_list() == pytest.approx([0.2, 0.1])
+    # redundant (55 + 40 facts) - control (30 + 30) at 100 epochs; (62 + 40) - (50 + 30) at 200
+    assert p["extra_facts_paraphrase"].to_list() == pytest.approx([35.0, 22.0])
+    assert p["extra_facts_paraphrase_change"][1] == pytest.approx(-13.0)
