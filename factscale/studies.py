@@ -32,38 +32,6 @@ def _groups(df: pl.DataFrame, by: str, split: str = "train") -> pl.DataFrame:
     return d
 
 
-def compatibility_table(df: pl.DataFrame) -> pl.DataFrame:
-    """Per run and probe epoch: facts and bits memorized in each redundant set vs its matched control.
-
-    A redundant set (a fact + its inverse, or + its paraphrase; 2n facts carrying n facts' information)
-    is compared with its control (n forward facts + n unrelated inverse/paraphrase facts; 2n facts).
-    ``extra_facts`` = redundant - control: > 0 means the redundancy was stored more cheaply.
-    """
-    d = _groups(df, "variant")
-    piv = d.select("run_id", "cfg.model.size", "non_embedding_params", "epoch", "group", "capacity",
-                   "capacity_bits", "n_facts")
-    rows = []
-    for (run, size, n_params, epoch), g in piv.group_by(["run_id", "cfg.model.size", "non_embedding_params",
-                                                          "epoch"]):
-        by = {r["group"]: r for r in g.iter_rows(named=True)}
-        for kind in ("inverse", "paraphrase"):
-            ctrl = [by.get("control-forward"), by.get(f"control-{kind}")]
-            if kind not in by or None in ctrl:
-                continue
-            red = by[kind]
-            rows.append({
-                "run_id": run, "size": size, "non_embedding_params": n_params, "epoch": epoch, "redundancy": kind,
-                "redundant_facts": red["capacity"], "control_facts": sum(c["capacity"] for c in ctrl),
-                "set_size": red["n_facts"],
-                "redundant_bits": red["capacity_bits"], "control_bits": sum(c["capacity_bits"] for c in ctrl),
-            })
-    if not rows:
-        raise PlotError("compatibility rows need the variant groups inverse/paraphrase and their controls")
-    return pl.DataFrame(rows).with_columns(extra_facts=pl.col("redundant_facts") - pl.col("control_facts"),
-                                           extra_bits=pl.col("redundant_bits") - pl.col("control_bits")
-                                           ).sort("non_embedding_params", "epoch", "redundancy")
-
-
 def _seed_bars(ax, t: pl.DataFrame, x: str, quantities: list[str], labels: list[str], title: str, ylabel: str):
     """Bars of per-seed means with their t intervals (no bar error where there are < 3 seeds)."""
     rows = {r["quantity"]: r for r in t.iter_rows(named=True)}

@@ -12,7 +12,8 @@ from conftest import tiny_run_config
 from factscale.corpus import SyntheticSpec, build_from_triples, build_synthetic
 from factscale.rundir import run_dir
 from factscale.fit import fit_law
-from factscale.studies import compatibility_table, floor_bits, generalization_table
+from factscale.studies import floor_bits, generalization_table
+from factscale.study_stats import compatibility_per_seed
 from factscale.train import run
 
 
@@ -74,12 +75,17 @@ def test_frequency_from_signal_and_difficulty(shared, tmp_path):
 def test_compatibility_study_end_to_end(compat, tmp_path):
     corpus, _, _ = compat
     cfg = tiny_run_config(corpus, tmp_path, **{"model.size": "5k", "train.epochs": 6, "probe.every_epochs": 3,
-                                               "train.batch_size": 16, "train.seq_len": 128,
-                                               "probe.group_columns": ["variant"], "probe.splits": ["train"]})
+                                               "train.batch_size": 16, "train.seq_len": 128, "train.repeat_by": "repeats",
+                                               "probe.group_columns": ["part"], "probe.splits": ["train"]})
     run(cfg)
-    t = compatibility_table(pl.read_parquet(run_dir(cfg) / "results.parquet"))
-    assert set(t["redundancy"]) == {"inverse", "paraphrase"} and set(t["epoch"]) == {3, 6}
-    assert (t["set_size"] == 2 * t["set_size"][0] // 2).all()
+    df = pl.read_parquet(run_dir(cfg) / "results.parquet")
+    t = compatibility_per_seed(df).row(0, named=True)
+    parts = {r["group"]: r for r in df.filter((pl.col("group_by") == "part") & (pl.col("epoch") == 6)).iter_rows(named=True)}
+    assert len(parts) == 8 and t["budget"] == 6
+    assert t["paraphrase_minus_twice"] == pytest.approx(parts["paraphrase/forward"]["mr"] - parts["twice/forward"]["mr"])
+    cap = {k: r["capacity"] for k, r in parts.items()}
+    assert t["extra_facts_inverse"] == pytest.approx(cap["inverse/forward"] + cap["inverse/inverse"]
+                                                     - cap["control-forward/forward"] - cap["control-inverse/inverse"])
 
 
 def test_twice_group_is_the_same_words_twice_per_epoch(compat):
