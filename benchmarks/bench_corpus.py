@@ -137,7 +137,7 @@ def main():
         for workers in (1, cores):
             with PeakRSS() as m:
                 t = time.perf_counter()
-                facts, _, _, c, _ = stream_dump(path, opts, workers=workers)
+                facts, _, c, _ = stream_dump(path, opts, workers=workers)
                 dt = time.perf_counter() - t
             assert c["entities_seen"] == ents and len(facts) == n_plain, "fast path disagrees with the baseline"
             del facts

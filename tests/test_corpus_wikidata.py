@@ -231,7 +231,7 @@ def test_scholarly_article_preset_skips_papers(shared, tmp_path):
     path = tmp_path / "with-paper.json"
     path.write_text("\n".join(json.dumps(e) for e in [*ents, paper]) + "\n")
     opts = DumpOptions(subject_exclude=parse_subject_exclude(["scholarly-articles"]))
-    facts, _, _, c, _ = stream_dump(path, opts)
+    facts, _, c, _ = stream_dump(path, opts)
     assert c["entities_excluded_subject:P31=Q13442814"] == 1
     assert "Q99999999" not in {f[0] for f in facts}
     assert "Q99999999" in {f[0] for f in stream_dump(path, DumpOptions())[0]}
@@ -289,7 +289,7 @@ def test_broken_bz2_keeps_what_it_read_and_says_where(shared, tmp_path, workers,
     data = (shared / "dump-sample" / "items100.json.bz2").read_bytes()
     broken = tmp_path / "broken.json.bz2"
     broken.write_bytes(data[: len(data) // 2])  # a truncated download
-    facts, _, _, c, errors = stream_dump(broken, DumpOptions(), workers=workers)
+    facts, _, c, errors = stream_dump(broken, DumpOptions(), workers=workers)
     assert 0 < c["entities_seen"] < 100 and len(facts) > 0
     assert c["malformed_compressed_stream"] == 1
     path, line, msg = errors[-1]
@@ -297,7 +297,7 @@ def test_broken_bz2_keeps_what_it_read_and_says_where(shared, tmp_path, workers,
     bad = tmp_path / "bad.json.bz2"
     bad.write_bytes(data[:4] + bytes(200) + data[204:])  # the first block's header destroyed
     try:  # the serial reader stops there; the parallel one reads the blocks after it and says so
-        facts, _, _, c, errors = stream_dump(bad, DumpOptions(), workers=workers)
+        facts, _, c, errors = stream_dump(bad, DumpOptions(), workers=workers)
         assert workers > 1 and c["malformed_compressed_stream"] == 1 and errors[-1][1] == 1
         assert "first bz2 block is unreadable" in errors[-1][2]
     except CorpusError as e:
@@ -346,8 +346,8 @@ def test_decoding_backends_give_identical_results(shared, tmp_path):
         ref = stream_dump(path, DumpOptions(json_backend="json"))
         for backend in ("msgspec", "orjson"):
             got = stream_dump(path, DumpOptions(json_backend=backend))
-            assert got[0] == ref[0] and got[1] == ref[1] and got[3] == ref[3], backend
-            assert [e[1] for e in got[4]] == [e[1] for e in ref[4]]  # the same lines are malformed
+            assert got[0] == ref[0] and got[1] == ref[1] and got[2] == ref[2], backend
+            assert [e[1] for e in got[3]] == [e[1] for e in ref[3]]  # the same lines are malformed
     assert len({f[7] for f in ref[0]}) > 10  # sitelink counts really vary
 
 
@@ -355,3 +355,51 @@ def test_progress_bar_reports_entities_per_second(shared, capsys):
     stream_dump(shared / "dump-sample" / "items100.json.bz2", DumpOptions(), progress=True)
     err = capsys.readouterr().err
     assert "parsing items100.json.bz2" in err and "100 entities" in err and "entities/s" in err
+
+
+# --- pass 1 spilled to disk, labels resolved by bucketed joins (memory bounded by batch and bucket sizes) ---
+
+def test_tiny_spill_batches_and_label_buckets_give_the_one_batch_result(shared, tmp_path):
+    """Parts of 97 rows and buckets of 300 label rows (dozens of part files, many buckets) give the default
+    sizes' frame, counts and error lines, over two files with a max_facts cut and a label table."""
+    from factscale.corpus.labels import Spill
+    from factscale.corpus.wikidata import dump_to_raw, pass1, raw_from_passes
+
+    files = [shared / "dump-sample" / "latest-all.head50.json", shared / "dump-sample" / "items100.json.bz2"]
+    labels = [shared / "properties" / "wikidata-predicates.json"]
+    for opts in (DumpOptions(), DumpOptions(max_facts=2000)):
+        want = dump_to_raw(files, opts, label_files=labels)
+        spill = Spill(tmp_path / f"s{opts.max_facts}", batch_rows=97, bucket_rows=300)
+        got = raw_from_passes([pass1(p, opts, spill, f) for f, p in enumerate(files)], opts, spill, labels)
+        assert spill.parts["facts"] > 20 and spill.parts["labels"] >= 3
+        assert len(list((spill.root / "resolved").glob("b-*.parquet"))) >= 3
+        assert got[0].equals(want[0]) and got[1] == want[1] and got[2] == want[2]
+        assert want[0].height > 100 and want[1]["value_labels_unresolved"] > 0
+
+
+def _item(qid, label, claims=()):
+    return json.dumps({"type": "item", "id": qid, "labels": {"en": {"language": "en", "value": label}}, "claims": {
+        p: [{"rank": "normal", "mainsnak": {"snaktype": "value", "property": p, "datatype": "wikibase-item",
+                                            "datavalue": {"type": "wikibase-entityid", "value": {
+                                                "entity-type": "item", "numeric-id": int(v[1:]), "id": v}}}}]
+        for p, v in claims}, "sitelinks": {}})
+
+
+@pytest.mark.parametrize("sizes", [{}, {"batch_rows": 1, "bucket_rows": 1}])
+def test_value_labels_come_from_the_referring_file_then_the_tables_then_anywhere_in_the_dump(tmp_path, sizes):
+    """Q10 is read before anything refers to it (the old second pass); Q40 and Q50 are in a.json but referred to
+    only from b.json: the label table names Q40, so its label wins (as the in-memory code had it), Q50 keeps the
+    dump's; Q60 is nowhere."""
+    from factscale.corpus.wikidata import dump_to_raw
+
+    a, b, table = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "labels.tsv"
+    a.write_text("\n".join([_item("Q10", "early"), _item("Q1", "one", [("P17", "Q10"), ("P36", "Q20")]),
+                            _item("Q20", "twenty"), _item("Q40", "forty in the dump"), _item("Q50", "fifty")]) + "\n")
+    b.write_text(_item("Q2", "two", [("P17", "Q40"), ("P36", "Q50"), ("P19", "Q10")]) + "\n"
+                 + _item("Q3", "three", [("P19", "Q60")]) + "\n")
+    table.write_text("P17\tcountry\nP36\tcapital\nP19\tplace of birth\nQ40\tforty in the table\n")
+    raw, counts, _ = dump_to_raw([a, b], DumpOptions(), label_files=[table], **sizes)
+    got = {(r["subject_id"], r["relation"]): r["value"] for r in raw.iter_rows(named=True)}
+    assert got == {("Q1", "P17"): "early", ("Q1", "P36"): "twenty", ("Q2", "P17"): "forty in the table",
+                   ("Q2", "P36"): "fifty", ("Q2", "P19"): "early"}
+    assert counts["value_labels_unresolved"] == 1 and counts["dropped_value_label_unresolved"] == 1

@@ -39,12 +39,18 @@ def _files_info(paths) -> list[dict]:
 
 
 def build_from_dump(out_dir, dumps, opts: DumpOptions, label_files=(), templates_path=None, workers=1,
-                    progress=False, **kw) -> dict:
+                    progress=False, recipe=None, reuse=False, **kw) -> dict:
+    from factscale.corpus.build import _build_into, building, read_manifest
+
     templates = templates_for([], templates_path)[0] if templates_path else {}
-    raw, counts, errors = dump_to_raw(dumps, opts, label_files=label_files, workers=workers,
-                                      progress=progress, templates=templates)
-    info, options = dump_source(dumps, opts, label_files, templates_path, errors)
-    return build_corpus(raw, out_dir, source_info=info, counts=counts, options=options, **_rules(kw))
+    with building(out_dir, reuse_recipe=recipe if reuse else None) as tmp:
+        if tmp is None:  # reused: the dump is not read at all
+            return read_manifest(out_dir)
+        # pass 1 spills facts and labels into the build's private directory (``wikidata.dump_to_raw``)
+        raw, counts, errors = dump_to_raw(dumps, opts, label_files=label_files, workers=workers,
+                                          progress=progress, templates=templates, work_dir=tmp)
+        info, options = dump_source(dumps, opts, label_files, templates_path, errors)
+        return _build_into(raw, tmp, source_info=info, counts=counts, options=options, recipe=recipe, **_rules(kw))
 
 
 def dump_source(dumps, opts: DumpOptions, label_files, templates_path, errors) -> tuple[dict, dict]:

@@ -6,16 +6,16 @@ A shard is a byte range of an uncompressed dump file, starting and ending at lin
 by decompressing or bit-scanning the file first, which is not implemented here (``plan_shards`` says so).
 
 Each shard job runs the local build's unit of work (``wikidata.parse_chunks``, what ``--workers``
-processes run) over its lines and writes what those workers return - facts, labels, counts, the first
-errors - and its line count to ``shard-NNNNN/`` in the build's private directory (``build.building``),
-by renaming a finished directory into place: a shard there is complete, a finished shard is never parsed
-again (a requeued job that finds it returns at once), and a failed or requeued shard reruns alone.
+processes run) over its lines and writes what those workers return - facts and labels as parquet parts of
+bounded size (``labels.Spill``), counts, the first errors - and its line count to ``shard-NNNNN/`` in the
+build's private directory (``build.building``), by renaming a finished directory into place: a shard
+there is complete, a finished shard is never parsed again (a requeued job that finds it returns at once),
+and a failed or requeued shard reruns alone.
 
-The merge feeds the shards, in input order whatever order they finished in, to the same main-process
-code as a local build (``wikidata.Pass1`` and ``raw_from_passes``), so the result is the local build's:
-the same facts.parquet, the same corpus hash, the same counts. The one difference in the work done: the
-second label pass (labels of values first seen before anything referred to them, beyond the first
-million) reads the shards' label tables instead of rescanning the dump.
+The merge feeds the shards' parts, in input order whatever order they finished in, to the same
+main-process code as a local build (``wikidata.Pass1`` and ``raw_from_passes``, which resolve labels on
+disk: ``labels.resolve``), so the result is the local build's: the same facts.parquet, the same corpus
+hash, the same counts.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -37,13 +38,11 @@ import submitit
 
 from factscale.corpus.build import CorpusError, _build_into, building
 from factscale.corpus.dumpio import open_dump, range_lines
+from factscale.corpus.labels import BATCH_ROWS, BUCKET_ROWS, Spill
 from factscale.corpus.wikidata import MAX_ERRORS_KEPT, DumpOptions, Pass1, parse_chunks, raw_from_passes
 
 CLUSTERS = ("slurm", "local", "debug")
 COMPRESSED = (".bz2", ".gz")
-FACT_SCHEMA = {"subject_id": pl.String, "subject_label": pl.String, "relation": pl.String, "value": pl.String,
-               "value_id": pl.String, "unit_id": pl.String, "datatype": pl.String, "sitelinks": pl.Int64}
-LABEL_SCHEMA = {"id": pl.String, "label": pl.String}
 
 
 @dataclass
@@ -121,13 +120,16 @@ def _shard_path(shard_dir, s: dict) -> Path:
     return Path(shard_dir) / f"shard-{s['index']:05d}"
 
 
-def parse_shard(s: dict, opts: DumpOptions, shard_dir, processes: int = 1) -> dict:
-    """Parse one shard with ``processes`` workers into ``shard-NNNNN/`` (skipped if it is already there)."""
+def parse_shard(s: dict, opts: DumpOptions, shard_dir, processes: int = 1, batch_rows: int = BATCH_ROWS) -> dict:
+    """Parse one shard with ``processes`` workers into ``shard-NNNNN/`` (skipped if it is already there): its
+    facts and labels as parquet parts of at most ``batch_rows`` rows (``labels.Spill``), so a shard's memory
+    is one batch however large its range."""
     done = _shard_path(shard_dir, s)
     if done.is_dir():
         return {"index": s["index"], "reused": True}
     t0 = time.time()
-    facts, labels, counts, errors, n = [], [], Counter(), [], 0
+    part = Path(shard_dir) / f".{done.name}.part-{uuid.uuid4().hex[:8]}"
+    spill, counts, errors, n = Spill(part, batch_rows), Counter(), [], 0
 
     def counted(lines):
         nonlocal n
@@ -137,8 +139,8 @@ def parse_shard(s: dict, opts: DumpOptions, shard_dir, processes: int = 1) -> di
 
     def consume(lines):
         for fs, labs, c, errs in parse_chunks(counted(lines), opts, processes):
-            facts.extend(fs)
-            labels.extend(labs)
+            spill.add("facts", fs, s["file"])
+            spill.add("labels", labs, s["file"])
             counts.update(c)
             errors.extend(errs[: max(0, MAX_ERRORS_KEPT - len(errors))])
 
@@ -149,10 +151,7 @@ def parse_shard(s: dict, opts: DumpOptions, shard_dir, processes: int = 1) -> di
         broken = reader.broken
     else:
         consume(range_lines(s["path"], s["start"], s["end"]))
-    part = Path(shard_dir) / f".{done.name}.part-{uuid.uuid4().hex[:8]}"
-    part.mkdir(parents=True)
-    pl.DataFrame(facts, schema=FACT_SCHEMA, orient="row").write_parquet(part / "facts.parquet")
-    pl.DataFrame(labels, schema=LABEL_SCHEMA, orient="row").write_parquet(part / "labels.parquet")
+    spill.flush()
     meta = {"shard": s, "n_lines": n, "counts": dict(counts), "errors": errors, "broken": broken,
             "seconds": round(time.time() - t0, 3)}
     (part / "meta.json").write_text(json.dumps(meta))
@@ -160,7 +159,8 @@ def parse_shard(s: dict, opts: DumpOptions, shard_dir, processes: int = 1) -> di
         os.rename(part, done)  # atomic: the shard directory is complete or absent
     except OSError:  # a duplicate attempt finished first: its result is the same
         shutil.rmtree(part, ignore_errors=True)
-    return {"index": s["index"], "entities": counts["entities_seen"], "facts": len(facts), "seconds": meta["seconds"]}
+    return {"index": s["index"], "entities": counts["entities_seen"], "facts": spill.rows["facts"],
+            "seconds": meta["seconds"]}
 
 
 class ShardJob(submitit.helpers.Checkpointable):
@@ -170,41 +170,31 @@ class ShardJob(submitit.helpers.Checkpointable):
         return parse_shard(s, opts, shard_dir, processes)
 
 
-def _read_shard(shard_dir, s: dict):
-    d = _shard_path(shard_dir, s)
-    meta = json.loads((d / "meta.json").read_text())
-    return pl.read_parquet(d / "facts.parquet").rows(), pl.read_parquet(d / "labels.parquet").rows(), meta
-
-
-def merge(plan: list[dict], opts: DumpOptions, shard_dir, label_files=(), templates: dict | None = None):
+def merge(plan: list[dict], opts: DumpOptions, shard_dir, label_files=(), templates: dict | None = None,
+          bucket_rows: int = BUCKET_ROWS):
     """Finished shards -> (raw facts frame, counts, errors), exactly as ``wikidata.dump_to_raw`` makes them.
 
-    Shards are read in plan order (the order of the input), never in the order they finished."""
+    Shards are read in plan order (the order of the input), never in the order they finished, part by part
+    into the local build's ``Pass1`` and resolved on disk like it (``labels.resolve``)."""
     by_file: dict[int, list[dict]] = {}
     for s in sorted(plan, key=lambda s: s["index"]):
         by_file.setdefault(s["file"], []).append(s)
-    passes = []
-    for f in sorted(by_file):
-        acc, offset, broken = Pass1(by_file[f][0]["path"], opts), 0, []
-        for s in by_file[f]:
-            facts, labels, meta = _read_shard(shard_dir, s)
-            acc.add(facts, labels, Counter(meta["counts"]), meta["errors"], line_offset=offset)
-            offset += meta["n_lines"]
-            broken += [tuple(b) for b in meta["broken"]]
-        passes.append(acc.finish(broken))
-
-    def scan(missing):  # the second label pass, from the shards' label tables (the last occurrence wins)
-        wanted = pl.Series(sorted(missing), dtype=pl.String)
-        out = []
+    with tempfile.TemporaryDirectory(prefix=".merge-", dir=shard_dir) as work:
+        spill, passes = Spill(work, bucket_rows=bucket_rows), []
         for f in sorted(by_file):
-            found: dict[str, str] = {}
+            acc, offset, broken = Pass1(by_file[f][0]["path"], opts, spill, f), 0, []
             for s in by_file[f]:
-                df = pl.read_parquet(_shard_path(shard_dir, s) / "labels.parquet").filter(pl.col("id").is_in(wanted))
-                found.update(zip(df["id"], df["label"]))
-            out.append(found)
-        return out
-
-    return raw_from_passes(passes, opts, scan, label_files, templates)
+                d = _shard_path(shard_dir, s)
+                meta = json.loads((d / "meta.json").read_text())
+                acc.add([], [], Counter(meta["counts"]), meta["errors"], line_offset=offset)
+                for kind in ("facts", "labels"):
+                    for part in sorted((d / kind).glob("part-*.parquet")):
+                        rows = pl.read_parquet(part).drop("file")
+                        acc.add(rows, []) if kind == "facts" else acc.add([], rows)
+                offset += meta["n_lines"]
+                broken += [tuple(b) for b in meta["broken"]]
+            passes.append(acc.finish(broken))
+        return raw_from_passes(passes, opts, spill, label_files, templates)
 
 
 def _failure_line(exc: BaseException) -> str:

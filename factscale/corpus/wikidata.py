@@ -2,10 +2,12 @@
 
 Reads ``.json``, ``.json.gz`` and ``.json.bz2`` (decompressed on all cores, see ``dumpio``), in the
 dump's array layout (``[``, one entity per line ending in ``,``, possibly truncated without ``]``) or
-newline-delimited. Lines are parsed in a process pool (``workers``); the reader, the label table and the
-kept facts are the only state in the main process. Value entities' labels come from the dump itself (a
-second, cheap pass picks up entities that appeared before anything referred to them) or from a label
-table; property labels from the dump's property entities (a full dump has them) or ``--labels``.
+newline-delimited. Lines are parsed in a process pool (``workers``); the main process holds the reader and
+one batch of kept facts and (id, label) rows, spilled to parquet parts in the build's private directory
+(``labels.Spill``), whatever the dump's size. Labels are resolved on disk afterwards (``labels.resolve``):
+value entities' labels come from the dump itself (also entities read before anything referred to them:
+every label read is spilled, so no second pass over the dump is needed) or from a label table; property
+labels from the dump's property entities (a full dump has them) or ``--labels``.
 
 Statement rules: statements are selected by the mainsnak datatype (``datatypes`` module: by default
 items, times, quantities, monolingual texts and non-identifier strings); deprecated statements are
@@ -17,19 +19,21 @@ as "1950s"), quantities as amount + unit label, monolingual text only in the cho
 from __future__ import annotations
 
 import json
-import re
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
 
+import polars as pl
+
 from factscale.corpus.build import CorpusError
-from factscale.corpus.datatypes import (DEFAULT_DATATYPES, PLAIN_STRING_TYPES, STRING_ID, format_amount,
-                                        format_coordinate, format_time, snak_datatype, string_label_is_identifier,
-                                        string_value_is_identifier)
+from factscale.corpus.datatypes import (DEFAULT_DATATYPES, STRING_ID, format_amount,
+                                        format_coordinate, format_time, snak_datatype, string_value_is_identifier)
 from factscale.corpus.decode import default_backend, make_loads
 from factscale.corpus.dumpio import file_size, open_dump
+from factscale.corpus.labels import BATCH_ROWS, BUCKET_ROWS, Spill, resolve
 from factscale.corpus.tsv import load_label_table
 
 try:  # orjson parses dump lines ~2x faster; the json module is the fallback
@@ -40,7 +44,6 @@ except ImportError:  # pragma: no cover
     orjson = None
     _loads = json.loads
 
-_ID_RE = re.compile(rb'"id"\s*:\s*"([PQL]\d+)"')
 MAX_ERRORS_KEPT = 20
 EXPECTED_DUMP = ("a Wikidata JSON dump: .json, .json.gz or .json.bz2, in the dump's array layout "
                  "or one entity object per line")
@@ -250,43 +253,33 @@ def parse_chunks(lines, opts: DumpOptions, workers: int = 1, chunk_lines: int = 
 
 
 class Pass1:
-    """The main process's side of pass 1 over one file: the kept facts (up to ``max_facts``), labels of
-    referenced or property entities, counts and the first errors. Fed the chunks of ``parse_chunks`` in
-    file order (``stream_dump``), or whole shards in file order (``shards``): the same code either way.
-
-    Only labels of entities that some kept fact already refers to, and of properties, are kept, so
-    memory grows with the kept facts, not with the dump.
+    """The main process's side of pass 1 over one file: counts, the first errors, and the kept facts (up to
+    ``max_facts`` per file) and every (id, label) read, handed to ``spill`` (``labels.Spill``: parquet part
+    files in bounded batches). Fed the chunks of ``parse_chunks`` in file order (``pass1``), or whole
+    shards in file order (``shards``): the same code either way. Memory: one batch, whatever the dump's size.
     """
 
-    def __init__(self, path, opts: DumpOptions):
-        self.path, self.opts = path, opts
+    def __init__(self, path, opts: DumpOptions, spill: Spill, file_index: int = 0):
+        self.path, self.opts, self.spill, self.file_index = path, opts, spill, file_index
         self.counts: Counter = Counter()
         self.errors: list = []
-        self.facts: list[tuple] = []
-        self.needed: set[str] = set()
-        self.labels: dict[str, str] = {}
-        self.pending: dict[str, str] = {}  # labels of entities seen before anything referred to them (bounded)
+        self.kept = 0
 
-    def add(self, fs, labs, c, errs, line_offset: int = 0):
-        """One chunk's (or shard's) results; ``line_offset``: lines of the file before it."""
-        counts, facts, needed, labels, max_facts = self.counts, self.facts, self.needed, self.labels, self.opts.max_facts
-        counts.update(c)
+    def add(self, fs, labs, c=None, errs=(), line_offset: int = 0):
+        """One chunk's (or shard's) results: tuples or polars frames; ``line_offset``: lines of the file before it."""
+        self.counts.update(c or {})
         self.errors.extend((str(self.path), line_offset + n, msg)
                            for n, msg in errs[: max(0, MAX_ERRORS_KEPT - len(self.errors))])
-        for f in fs:
-            if max_facts is not None and len(facts) >= max_facts:
-                counts["facts_over_max_facts"] += 1
-                continue
-            facts.append(f)
-            needed.update(x for x in (f[4], f[5]) if x)
-        for eid, lab in labs:
-            if eid in needed or eid[0] == "P":
-                labels[eid] = lab
-            elif len(self.pending) < 1_000_000:
-                self.pending[eid] = lab
+        if self.opts.max_facts is not None and self.kept + len(fs) > self.opts.max_facts:
+            room = max(0, self.opts.max_facts - self.kept)
+            self.counts["facts_over_max_facts"] += len(fs) - room
+            fs = fs[:room]
+        self.kept += len(fs)
+        self.spill.add("facts", fs, self.file_index)
+        self.spill.add("labels", labs, self.file_index)
 
     def finish(self, broken: list):
-        """-> (facts, labels, needed ids, counts, errors); ``broken``: the reader's (line, message) breaks."""
+        """-> (counts, errors); ``broken``: the reader's (line, message) breaks."""
         path, counts, errors = self.path, self.counts, self.errors
         if broken:
             line, msg = broken[0]
@@ -297,21 +290,19 @@ class Pass1:
         if counts["entities_seen"] == 0:
             first = errors[0] if errors else (str(path), 1, "no entity object in the file")
             raise CorpusError(f"{path}: line {first[1]}: {first[2]}: no entity could be read; expected {EXPECTED_DUMP}")
-        for eid in self.needed - self.labels.keys():
-            if eid in self.pending:
-                self.labels[eid] = self.pending[eid]
-        return self.facts, self.labels, self.needed, counts, errors
+        self.spill.flush()
+        return counts, errors
 
 
-def stream_dump(path, opts: DumpOptions, workers: int = 1, chunk_lines: int = 256, progress: bool = False,
-                threads: int | None = None):
-    """Pass 1 over the dump. Returns (facts, labels of referenced or property entities, needed ids, counts, errors).
+def pass1(path, opts: DumpOptions, spill: Spill, file_index: int = 0, workers: int = 1, chunk_lines: int = 256,
+          progress: bool = False, threads: int | None = None):
+    """Pass 1 over one dump file into ``spill``. Returns (counts, errors).
 
     ``threads`` decompression threads (default: ``workers``). A broken compressed stream keeps what was
     read and is reported in ``errors`` and ``counts["malformed_compressed_stream"]``; a file with no
     entity at all is a CorpusError.
     """
-    acc = Pass1(path, opts)
+    acc = Pass1(path, opts, spill, file_index)
     with open_dump(path, threads or workers) as reader:
         bar = _Progress(path, progress)
         for fs, labs, c, errs in parse_chunks(reader.lines(), opts, workers, chunk_lines):
@@ -321,124 +312,79 @@ def stream_dump(path, opts: DumpOptions, workers: int = 1, chunk_lines: int = 25
     return acc.finish(reader.broken)
 
 
-def scan_labels(path, wanted: set[str], language: str, threads: int = 1) -> dict[str, str]:
-    """Second pass: labels of the wanted entities only (an id regex skips every other line unparsed)."""
-    found: dict[str, str] = {}
-    with open_dump(path, threads) as reader:
-        for line in reader.lines():
-            m = _ID_RE.search(line, 0, 400)
-            if m and m.group(1).decode() in wanted:
-                try:
-                    ent = parse_line(line)
-                except ValueError:
-                    continue
-                if ent and (lab := _label(ent, language)):
-                    found[ent["id"]] = lab
-    return found
+def stream_dump(path, opts: DumpOptions, workers: int = 1, chunk_lines: int = 256, progress: bool = False,
+                threads: int | None = None):
+    """Pass 1 over one file read back into memory: (fact tuples, (id, label) rows, counts, errors). For
+    inspection and tests; builds use ``pass1`` and resolve on disk (``dump_to_raw``)."""
+    with tempfile.TemporaryDirectory(prefix="factscale-pass1-") as d:
+        spill = Spill(d)
+        counts, errors = pass1(path, opts, spill, 0, workers, chunk_lines, progress, threads)
+        facts, labels = ([] if not spill.files(k) else pl.read_parquet(spill.files(k)).drop("file").rows()
+                         for k in ("facts", "labels"))
+    return facts, labels, counts, errors
 
 
-def _missing_labels_error(kind: str, ids: set[str], lang: str, flag_hint: str) -> CorpusError:
+def _missing_labels_error(kind: str, ids, lang: str, flag_hint: str, total: int | None = None) -> CorpusError:
     some = ", ".join(sorted(ids, key=lambda x: (len(x), x))[:5])
-    return CorpusError(f"no '{lang}' labels for {len(ids)} {kind} ({some}{', ...' if len(ids) > 5 else ''}), "
+    total = len(ids) if total is None else total
+    return CorpusError(f"no '{lang}' labels for {total} {kind} ({some}{', ...' if total > 5 else ''}), "
                        f"so no fact can be written: {flag_hint}")
 
 
 def dump_to_raw(paths, opts: DumpOptions, label_files=(), workers: int = 1, progress: bool = False,
-                templates: dict | None = None):
-    """All dump files -> (raw facts frame, counts, errors)."""
-    passes = [stream_dump(path, opts, workers=workers, progress=progress) for path in paths]
+                templates: dict | None = None, work_dir=None, batch_rows: int = BATCH_ROWS,
+                bucket_rows: int = BUCKET_ROWS):
+    """All dump files -> (raw facts frame, counts, errors). ``work_dir``: where pass 1 spills (the build's private
+    directory; default a temporary one), in parts of ``batch_rows`` rows, resolved in buckets of ``bucket_rows``."""
+    with tempfile.TemporaryDirectory(prefix="factscale-spill-", dir=work_dir) as d:
+        spill = Spill(d, batch_rows, bucket_rows)
+        passes = [pass1(path, opts, spill, f, workers=workers, progress=progress) for f, path in enumerate(paths)]
+        return raw_from_passes(passes, opts, spill, label_files, templates)
 
-    def scan(missing):
-        return [scan_labels(path, missing, opts.language, threads=workers) for path in paths]
 
-    return raw_from_passes(passes, opts, scan, label_files, templates)
-
-
-def raw_from_passes(passes, opts: DumpOptions, scan, label_files=(), templates: dict | None = None):
-    """Each file's pass 1 (``Pass1.finish``), in file order -> (raw facts frame, counts, errors).
-    ``scan(missing ids)``: the second pass, label dicts in file order (the last occurrence wins)."""
-    from factscale.corpus.build import raw_frame
+def raw_from_passes(passes, opts: DumpOptions, spill: Spill, label_files=(), templates: dict | None = None):
+    """Each file's pass 1 (``Pass1.finish``: counts, errors), in file order, and their ``spill`` -> (raw facts
+    frame, counts, errors). Labels and drop rules are resolved on disk (``labels.resolve``)."""
+    from factscale.corpus.build import RAW_SCHEMA, raw_frame
 
     counts: Counter = Counter()
-    errors, facts, labels, needed = [], [], {}, set()
-    for f, lab, need, c, e in passes:
-        facts += f
-        labels.update(lab)
-        needed |= need
+    errors = []
+    for c, e in passes:
         counts.update(c)
         errors += e
-    table: dict[str, str] = {}
-    for lf in label_files:
-        table.update(load_label_table(lf))
-    for k, v in table.items():
-        labels.setdefault(k, v)
-    missing = needed - labels.keys()
-    for found in scan(missing) if missing else []:
-        labels.update(found)
-    pids = {f[2] for f in facts}
-    counts["value_labels_unresolved"] = len(needed - labels.keys())
-    counts["property_labels_unresolved"] = len(pids - labels.keys())
-
-    rows = {k: [] for k in ("subject_id", "subject_label", "relation", "relation_label", "value", "value_id",
-                            "value_type", "popularity", "template")}
-    templates = templates or {}
-    keep_string_ids = STRING_ID in opts.datatypes
-    # a multi-valued attribute with a value we cannot name is dropped whole: keeping only its named values
-    # would make it look single-valued (Belgium "shares border with" France only) and pass the multi-value rule
-    n_values: Counter = Counter((f[0], f[2]) for f in facts)
-    unnamed = {(f[0], f[2]) for f in facts if (f[4] and f[4] not in labels) or (f[5] and f[5] not in labels)}
-    for sid, slabel, pid, value, value_id, unit_id, dtype, sitelinks in facts:
-        plabel = labels.get(pid)
-        if plabel is None:
-            counts["dropped_property_no_label"] += 1
-            continue
-        if (sid, pid) in unnamed and n_values[sid, pid] > 1:
-            counts["dropped_multi_valued_with_unnamed_value"] += 1
-            continue
-        if dtype == "string" and not keep_string_ids and string_label_is_identifier(plabel):
-            counts[f"dropped_datatype:{STRING_ID}"] += 1  # "Commons category", "postal code", "... ID"
-            continue
-        if value_id is not None:
-            value = labels.get(value_id)
-            if value is None:
-                counts["dropped_value_label_unresolved"] += 1
-                continue
-        if unit_id is not None:
-            unit = labels.get(unit_id)
-            if unit is None:
-                counts["dropped_unit_label_unresolved"] += 1
-                continue
-            value = f"{value} {unit}"
-        vtype = "item" if value_id is not None else "string" if dtype in PLAIN_STRING_TYPES else dtype
-        for k, v in zip(rows, (sid, slabel, pid, plabel, value, value_id, vtype, float(sitelinks),
-                               templates.get(pid, {}).get("template"))):
-            rows[k].append(v)
-    if facts and not rows["value"]:
+    tables = [load_label_table(lf) for lf in label_files]
+    kept, dropped, info, tallies = resolve(spill, tables, STRING_ID in opts.datatypes, templates or {})
+    counts["value_labels_unresolved"] = info["needed_unresolved"]
+    counts["property_labels_unresolved"] = len(info["pids_unresolved"])
+    counts.update(dropped)
+    raw = pl.read_parquet(kept) if kept else pl.DataFrame()
+    n_facts = spill.rows["facts"]
+    if n_facts and not raw.height:
         hint = ("the dump has no property entities with labels in this language; pass --labels FILE with "
                 "property labels (TSV 'P17<TAB>country' or JSON like properties/pid2name.json)")
-        if counts["dropped_property_no_label"] == len(facts):
-            raise _missing_labels_error("properties", pids - labels.keys(), opts.language, hint)
+        if counts["dropped_property_no_label"] == n_facts:
+            raise _missing_labels_error("properties", info["pids_unresolved"], opts.language, hint)
         if (counts["dropped_value_label_unresolved"] + counts["dropped_unit_label_unresolved"]
                 + counts["dropped_multi_valued_with_unnamed_value"]):
-            raise _missing_labels_error("value entities", needed - labels.keys(), opts.language,
+            raise _missing_labels_error("value entities", info["needed_first"], opts.language,
                                         "the dump does not contain those entities; pass --labels FILE "
-                                        "(TSV 'Q142<TAB>France') or build from a dump that includes them")
-    n = len(rows["value"])
-    rows["source"] = ["wikidata-dump"] * n
-    return _mark_to_many(raw_frame(rows), n_values), dict(counts), errors
+                                        "(TSV 'Q142<TAB>France') or build from a dump that includes them",
+                                        total=info["needed_unresolved"])
+    if raw.height:
+        raw = raw.with_columns(source=pl.lit("wikidata-dump"))
+        raw = raw.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in RAW_SCHEMA.items() if c not in raw.columns])
+        raw = raw.select([pl.col(c).cast(t) for c, t in RAW_SCHEMA.items()])
+    else:
+        raw = raw_frame([])
+    return _mark_to_many(raw, tallies), dict(counts), errors
 
 
-def _mark_to_many(df, n_values: Counter):
+def _mark_to_many(df, tallies):
     """Relations giving at least half their subjects several statements are to-many: cardinality N-M (values
     shared by subjects) or 1-M. Counted before the multi-value rule drops such pairs, so the sentences of
-    the facts that stay say "a twinned administrative body of", not "the" (``verbalize``)."""
-    import polars as pl
-
-    subjects, multi = Counter(), Counter()
-    for (_, pid), k in n_values.items():
-        subjects[pid] += 1
-        multi[pid] += k > 1
-    to_many = [p for p, s in subjects.items() if multi[p] and 2 * multi[p] >= s]
+    the facts that stay say "a twinned administrative body of", not "the" (``verbalize``). ``tallies``:
+    per relation, subjects and subjects with several statements (``labels.resolve``)."""
+    to_many = tallies.filter((pl.col("multi") > 0) & (2 * pl.col("multi") >= pl.col("subjects")))["relation"].to_list()
     if not to_many or df.height == 0:
         return df
     rel = pl.col("relation")
