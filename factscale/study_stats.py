@@ -175,7 +175,8 @@ def preference_per_seed(df: pl.DataFrame, column: str) -> pl.DataFrame:
                 alone[a] = r["mr"]
         for grp in sorted(alone.keys() & mixed.keys()):
             rows.append({SIZE: size, PARAMS: params, SEED: seed, "group": grp, "mr_alone": alone[grp],
-                         "mr_mixed": mixed[grp], "loss": alone[grp] - mixed[grp]})
+                         "mr_mixed": mixed[grp], "loss": alone[grp] - mixed[grp],
+                         "retention": mixed[grp] / alone[grp] if alone[grp] > 0 else None})
     if not rows:
         raise PlotError(f"preference by {column!r} needs, per seed, a run of each group alone (corpus.where: "
                         f"{column}=G) and a mixed run (no corpus.where, or several groups)")
@@ -183,20 +184,22 @@ def preference_per_seed(df: pl.DataFrame, column: str) -> pl.DataFrame:
 
 
 def preference_summary(df: pl.DataFrame, column: str) -> pl.DataFrame:
-    """Per size and group: MR alone, mixed, loss; and for each pair (A, B) of groups the preference for A
-    over B = loss(B) - loss(A), paired within seeds (> 0: A keeps more of what it stores alone)."""
+    """Per size and group: MR alone, mixed, loss and retention (mixed / alone); and for each pair (A, B) of
+    groups, paired within seeds, the preference for A over B in absolute terms, loss(B) - loss(A), and in
+    relative terms, retention(A) - retention(B). Both > 0: A keeps more of what it stores alone. They can
+    disagree: a group that stores more alone has more to lose."""
     p = preference_per_seed(df, column)
-    out = [_summarise(p.rename({"group": "group_"}), [SIZE, PARAMS, "group_"], ["mr_alone", "mr_mixed", "loss"])
-           .rename({"group_": "group"})]
-    wide = p.pivot(on="group", index=[SIZE, PARAMS, SEED], values="loss")
+    out = [_summarise(p.rename({"group": "group_"}), [SIZE, PARAMS, "group_"],
+                      ["mr_alone", "mr_mixed", "loss", "retention"]).rename({"group_": "group"})]
+    loss = p.pivot(on="group", index=[SIZE, PARAMS, SEED], values="loss")
+    kept = p.pivot(on="group", index=[SIZE, PARAMS, SEED], values="retention")
     groups = sorted(p["group"].unique().to_list())
-    pairs = {}
     for i, a in enumerate(groups):
         for b in groups[i + 1:]:
-            pairs[f"pref_{a}_over_{b}"] = pl.col(b) - pl.col(a)
-    if pairs:
-        s = _summarise(wide.with_columns(**pairs), [SIZE, PARAMS], list(pairs))
-        out.append(s.with_columns(group=pl.lit(None, dtype=pl.String)).select(out[0].columns))
+            for wide, name, expr in ((loss, f"pref_{a}_over_{b}", pl.col(b) - pl.col(a)),
+                                     (kept, f"pref_{a}_over_{b}_relative", pl.col(a) - pl.col(b))):
+                s = _summarise(wide.with_columns(expr.alias(name)), [SIZE, PARAMS], [name])
+                out.append(s.with_columns(group=pl.lit(None, dtype=pl.String)).select(out[0].columns))
     return pl.concat(out).sort(PARAMS)
 
 

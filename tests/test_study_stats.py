@@ -59,6 +59,9 @@ def test_preference_is_the_difference_of_the_groups_losses_paired_by_seed():
     assert pref["mean"] == pytest.approx((-0.2 - 0.4 - 0.1) / 3) and pref["n"] == 3
     loss = s.filter((pl.col("quantity") == "loss") & (pl.col("group") == "x1")).row(0, named=True)
     assert loss["mean"] == pytest.approx(0.3)
+    # relative: retention (mixed / alone) of x1 - of x4, per seed: 0.4 - 8/9, 1/3 - 1, 0.5 - 7/8
+    rel = s.filter(pl.col("quantity") == "pref_x1_over_x4_relative").row(0, named=True)
+    assert rel["mean"] == pytest.approx((0.4 - 8 / 9 + 1 / 3 - 1 + 0.5 - 7 / 8) / 3)
     with pytest.raises(PlotError, match="alone"):
         preference_summary(pl.DataFrame([r for r in rows if r["cfg.corpus.where"] is None]), "freq_level")
 
