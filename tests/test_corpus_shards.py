@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
 import os
 import shutil
@@ -65,8 +67,9 @@ def test_shards_finishing_in_any_order_merge_to_the_local_raw_facts(shared, corr
     opts = dump_options(spec)
     want, want_counts, want_errors = dump_to_raw(files, opts, label_files=spec.labels)
     assert want_counts["lines_malformed"] == 4 and want_counts["facts_over_max_facts"] > 0
-    plan = plan_shards(files, shards)
-    assert [s["end"] is None for s in plan] == [False] * (shards - 1) + [True]
+    plan = plan_shards(files, shards)  # with 5, both files split (the .bz2 one at its blocks), by uncompressed size
+    assert len(plan) == shards and [s["file"] for s in plan] == [0] * (1 + (shards > 2)) + [1] * (1 + 2 * (shards > 2))
+    assert [s.get("bz2", False) for s in plan if s["file"] == 1] == [shards > 2] * (1 + 2 * (shards > 2))
     for name, order in (("last-first", plan[::-1]), ("middle-out", plan[len(plan) // 2:] + plan[: len(plan) // 2])):
         d = tmp_path / name
         for s in order:
@@ -111,16 +114,19 @@ def _cli(*args):
     (["--cluster", "kubernetes"], "--cluster 'kubernetes'; allowed values: ['slurm', 'local', 'debug']"),
     (["--cluster", "local", "--shards", "0"], "--shards '0': expected a positive integer"),
     (["--cluster", "local", "--shards", "two"], "--shards 'two': expected a positive integer"),
-    (["--cluster", "local", "--shards", "3", "--only-bz2"], "items100.json.bz2 is compressed and a compressed file "
-                                                            "is one shard"),
+    (["--cluster", "local", "--shards", "3", "--only-gz"], "head50.json.gz is gzip-compressed and a .gz file is one "
+                                                           "shard"),
     (["--cluster", "local", "--shard-cpus", "0"], "--shard-cpus 0: must be > 0"),
     (["--shard-cpus", "2"], "--shard-cpus is an option of sharded builds"),
 ])
 def test_bad_sharding_options_are_one_error_line_before_anything_is_made(shared, tmp_path, capsys, flags, says):
     dumps = [shared / "dump-sample" / "items100.json.bz2"]
-    if "--only-bz2" not in flags:
+    if "--only-gz" in flags:
+        dumps = [tmp_path / "head50.json.gz"]
+        dumps[0].write_bytes(gzip.compress((shared / "dump-sample" / "latest-all.head50.json").read_bytes()))
+    else:
         dumps.insert(0, shared / "dump-sample" / "latest-all.head50.json")
-    flags = [f for f in flags if f != "--only-bz2"]
+    flags = [f for f in flags if f != "--only-gz"]
     with pytest.raises(SystemExit) as e:
         main(["corpus", "build", "--dump", *map(str, dumps), "-o", str(tmp_path / "out" / "wd"), *flags])
     out, err = capsys.readouterr()
@@ -186,3 +192,40 @@ def test_benchmark_script_checks_the_same_hash(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "same corpus hash and counts: True" in r.stdout and "sharded / local time: " in r.stdout
+
+
+def test_one_bz2_file_split_at_its_blocks_builds_the_local_corpus(shared, tmp_path):
+    """3 shards of one .bz2 file (uncompressed byte ranges, each entered at the bz2 block before it through the
+    saved block index) give the local build's corpus: same facts, hash, counts and error lines."""
+    src = shared / "dump-sample" / "items100.json.bz2"
+    spec = _spec(shared, [src])
+    plan = plan_shards([src], 3)
+    assert [(s["start"] > 0, s.get("bz2")) for s in plan] == [(False, True), (True, True), (True, True)]
+    assert plan[-1]["end"] == len(bz2.decompress(src.read_bytes())) and len(plan[0]["offsets"]) > 3
+    said = []
+    got = build_sharded(spec, tmp_path / "sharded", "debug", 3, ONE, log=said.append)
+    want = build_from_spec(spec, tmp_path / "local")
+    assert got["corpus_hash"] == want["corpus_hash"] and got["counts"] == want["counts"]
+    assert got["source"]["parse_errors"] == want["source"]["parse_errors"]
+    facts = [pl.read_parquet(tmp_path / d / "facts.parquet") for d in ("sharded", "local")]
+    assert facts[0].equals(facts[1]) and facts[0].height > 100
+    assert sum("shard" in x and "uncompressed bytes" in x for x in said) == 3, said
+    assert said[0].startswith("items100.json.bz2: ") and "bz2 blocks, 10 MB uncompressed, indexed in" in said[0]
+
+
+def test_a_bz2_file_that_cannot_be_indexed_is_one_shard_said_in_one_line(shared, tmp_path, monkeypatch):
+    src = shared / "dump-sample" / "items100.json.bz2"
+    cut = tmp_path / "truncated.json.bz2"
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])  # an interrupted download
+    said = []
+    plan = plan_shards([cut], 3, log=said.append)
+    assert [s["end"] for s in plan] == [None] and len(said) == 1
+    assert said[0].startswith("truncated.json.bz2 is one shard, not split at its bz2 blocks: it does not decompress")
+    import factscale.corpus.dumpio as dumpio
+
+    monkeypatch.setattr(dumpio, "_parallel_module", lambda suffix: None)  # as without indexed_bzip2
+    said.clear()
+    plan = plan_shards([src, shared / "dump-sample" / "latest-all.head50.json"], 4, log=said.append)
+    assert [s["end"] is None for s in plan] == [True, False, False, False]
+    assert said == ["items100.json.bz2 is one shard, not split at its bz2 blocks: indexed_bzip2 is not installed "
+                    "(pip install indexed_bzip2, or the 'fast' extra)"]

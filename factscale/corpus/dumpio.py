@@ -5,6 +5,10 @@ extra): both decompress blocks on all cores, where Python's ``bz2`` module reads
 (~15-40 MB/s of JSON per core, the bottleneck of a full-dump build). Without them, or with
 ``threads=1``, the standard library is used. A stream that breaks (a corrupted block, a truncated
 download) ends the file: what was read before stays, and the break is reported with its line.
+
+Ranges for sharded builds (``shards``): ``range_lines`` reads the lines that start in a byte range of an
+uncompressed file; ``bz2_range_lines`` does the same in the uncompressed content of a .bz2 file, entering it
+at the block before the range through a block index (``bz2_block_index``, indexed_bzip2's block offsets).
 """
 
 from __future__ import annotations
@@ -119,18 +123,60 @@ def file_size(path) -> int:
     return os.path.getsize(path)
 
 
+def _lines_in_range(fh, start: int, end: int):
+    if start > 0:
+        fh.seek(start - 1)
+        fh.readline()  # the line that began before ``start`` (or only the newline ending at start - 1)
+    pos = fh.tell()
+    while pos < end:
+        line = fh.readline()
+        if not line:
+            return
+        yield line
+        pos += len(line)
+
+
 def range_lines(path: str | Path, start: int, end: int):
     """Lines of an uncompressed file whose first byte lies in [start, end): consecutive byte ranges
     partition the file's lines exactly (a line crossing ``end`` belongs to this range, and the next
     range skips it), so a file can be parsed in shards without a pass to find line boundaries."""
     with open(path, "rb") as fh:
-        if start > 0:
-            fh.seek(start - 1)
-            fh.readline()  # the line that began before ``start`` (or only the newline ending at start - 1)
-        pos = fh.tell()
-        while pos < end:
-            line = fh.readline()
-            if not line:
-                return
-            yield line
-            pos += len(line)
+        yield from _lines_in_range(fh, start, end)
+
+
+def bz2_block_index(path: str | Path, threads: int = 1) -> tuple[dict | None, str]:
+    """(block offsets, '') of a .bz2 file - {compressed offset in bits: uncompressed offset in bytes}, as
+    indexed_bzip2's ``block_offsets()`` gives them, with the total uncompressed size under key -1 - or
+    (None, why) when it cannot be split: indexed_bzip2 missing, or a stream that does not decompress whole.
+    Building it decompresses the file once (on ``threads`` cores); a shard given it seeks without that."""
+    mod = _parallel_module(".bz2")
+    if mod is None:
+        return None, "indexed_bzip2 is not installed (pip install indexed_bzip2, or the 'fast' extra)"
+    try:
+        with mod.open(str(path), parallelization=threads) as fh:
+            bz = fh.raw.bz2reader
+            offsets = dict(bz.block_offsets())  # decompresses the whole file (in parallel) to find the blocks
+            size = bz.size()
+    except STREAM_ERRORS as e:
+        return None, f"it does not decompress whole ({type(e).__name__}: {str(e)[:80]})"
+    if min(offsets, default=32) != 32:  # a destroyed first block is skipped silently (see DumpReader.lines)
+        return None, "its first bz2 block is unreadable"
+    offsets[-1] = size
+    return offsets, ""
+
+
+def bz2_range_lines(path: str | Path, start: int, end: int, offsets: dict, broken: list, threads: int = 1):
+    """Lines of a .bz2 file whose first uncompressed byte lies in [start, end) - the rule of ``range_lines``
+    on the decompressed stream - reading from the block before ``start`` (``offsets``: ``bz2_block_index``),
+    not from the file's start. A decompression error ends the range and is recorded in ``broken``."""
+    import indexed_bzip2
+
+    with indexed_bzip2.open(str(path), parallelization=threads) as fh:
+        fh.raw.bz2reader.set_block_offsets({k: v for k, v in offsets.items() if k >= 0})
+        n = 0
+        try:
+            for line in _lines_in_range(fh, start, end):
+                n += 1
+                yield line
+        except STREAM_ERRORS as e:
+            broken.append((n + 1, f"{type(e).__name__}: {str(e)[:120]}; the rest of the file is skipped"))

@@ -1,9 +1,12 @@
 """Sharded dump builds: parse shards of the input as a submitit job array (SLURM, local or in-process), merge.
 
 A shard is a byte range of an uncompressed dump file, starting and ending at line boundaries
-(``dumpio.range_lines``: no pass over the file is needed to find them), or a whole compressed file: a
-``.gz`` stream cannot be entered in the middle, and a ``.bz2`` one only at block boundaries that are found
-by decompressing or bit-scanning the file first, which is not implemented here (``plan_shards`` says so).
+(``dumpio.range_lines``: no pass over the file is needed to find them); a range of the uncompressed content
+of a ``.bz2`` file, read by the same line rule after seeking to the bz2 block before it through a block index
+(``dumpio.bz2_block_index``: built once by the planner, which decompresses the file once on all cores, and
+saved in the build's private directory, so no shard decompresses from the file's start); or a whole file:
+a ``.gz`` stream cannot be entered in the middle, and a ``.bz2`` file is whole when indexed_bzip2 is missing
+or its stream does not decompress whole (``plan_shards`` says so in one line).
 
 Each shard job runs the local build's unit of work (``wikidata.parse_chunks``, what ``--workers``
 processes run) over its lines and writes what those workers return - facts and labels as parquet parts of
@@ -37,7 +40,7 @@ import polars as pl
 import submitit
 
 from factscale.corpus.build import CorpusError, _build_into, building
-from factscale.corpus.dumpio import open_dump, range_lines
+from factscale.corpus.dumpio import bz2_block_index, bz2_range_lines, open_dump, range_lines
 from factscale.corpus.labels import BATCH_ROWS, BUCKET_ROWS, Spill
 from factscale.corpus.wikidata import MAX_ERRORS_KEPT, DumpOptions, Pass1, parse_chunks, raw_from_passes
 
@@ -72,48 +75,87 @@ def parse_count(text, what: str = "--shards") -> int:
     return n
 
 
-def plan_shards(paths, shards: int | None = None) -> list[dict]:
-    """The shards of ``paths``: one per compressed file; uncompressed files share the rest of ``shards``
-    (default: one per file) in proportion to their size, each cut into equal byte ranges."""
+def plan_shards(paths, shards: int | None = None, log=print, threads: int | None = None) -> list[dict]:
+    """The shards of ``paths``: one per file, and the rest of ``shards`` (default: one per file) shared by the
+    files that can be split - uncompressed ones, and .bz2 ones through a block index (``dumpio.bz2_block_index``,
+    built here on ``threads`` cores) - in proportion to their uncompressed size, each cut into equal byte
+    ranges of its uncompressed content. A .gz file is one shard; so is a .bz2 file that cannot be indexed
+    (indexed_bzip2 missing, a broken stream), which is said in one line through ``log``."""
     paths = [Path(p) for p in paths]
     for p in paths:
         if not p.is_file():
             raise CorpusError(f"dump file not found: {p}" if not p.exists() else f"{p} is not a file")
     shards = len(paths) if shards is None else shards
-    plain = [i for i, p in enumerate(paths) if p.suffix not in COMPRESSED]
     if shards < len(paths):
         raise CorpusError(f"--shards {shards}: each of the {len(paths)} dump files is at least one shard; "
                           f"give --shards >= {len(paths)}")
-    if shards > len(paths) and not plain:
+    sizes, index, fell_back = {}, {}, False
+    for i, p in enumerate(paths):
+        if p.suffix == ".bz2" and shards > len(paths):
+            t = time.time()
+            offsets, why = bz2_block_index(p, threads or os.cpu_count() or 1)
+            if offsets is not None:
+                log(f"{p.name}: {len(offsets) - 1:,} bz2 blocks, {offsets[-1] / 1e6:,.0f} MB uncompressed, "
+                    f"indexed in {time.time() - t:.1f} s")
+            else:
+                log(f"{p.name} is one shard, not split at its bz2 blocks: {why}")
+                fell_back = True
+                continue
+            index[i], sizes[i] = offsets, max(offsets[-1], 1)
+        elif p.suffix not in COMPRESSED:
+            sizes[i] = max(p.stat().st_size, 1)
+    if shards > len(paths) and not sizes and not fell_back:
         name = paths[0].name
-        raise CorpusError(f"--shards {shards}: {name} is compressed and a compressed file is one shard (only "
-                          f"{len(paths)} here); decompress it (newline-delimited .json splits at line boundaries) "
-                          f"or split it into files, e.g. `bzcat {name} | split -l 1000000 -d "
+        raise CorpusError(f"--shards {shards}: {name} is gzip-compressed and a .gz file is one shard (only "
+                          f"{len(paths)} here); decompress it (newline-delimited .json splits at line boundaries), "
+                          f"recompress it with bzip2, or split it into files, e.g. `zcat {name} | split -l 1000000 -d "
                           f"--additional-suffix=.json - part-`")
-    k = {i: 1 for i in plain}
-    sizes = {i: max(paths[i].stat().st_size, 1) for i in plain}
-    heap = [(-sizes[i], i) for i in plain]  # the largest bytes-per-shard file gets the next shard
+    k = {i: 1 for i in sizes}
+    heap = [(-sizes[i], i) for i in sizes]  # the largest bytes-per-shard file gets the next shard
     heapq.heapify(heap)
-    for _ in range(shards - len(paths)):
+    for _ in range(shards - len(paths) if sizes else 0):
         _, i = heapq.heappop(heap)
         k[i] += 1
         heapq.heappush(heap, (-sizes[i] / k[i], i))
     out = []
     for f, p in enumerate(paths):
-        if f not in k:
+        if f not in k or (f in index and k[f] == 1):
             out.append({"file": f, "path": str(p), "start": 0, "end": None})
             continue
-        size = p.stat().st_size
+        size = index[f][-1] if f in index else p.stat().st_size
         cuts = [size * j // k[f] for j in range(k[f] + 1)]
-        out += [{"file": f, "path": str(p), "start": a, "end": b} for a, b in zip(cuts, cuts[1:])]
+        extra = {"bz2": True, "offsets": index[f]} if f in index else {}
+        out += [{"file": f, "path": str(p), "start": a, "end": b, **extra} for a, b in zip(cuts, cuts[1:])]
     for n, s in enumerate(out):
         s["index"] = n
     return out
 
 
+def save_indexes(plan: list[dict], shard_dir) -> None:
+    """Move the plan's bz2 block indexes into files in ``shard_dir`` (one per file), so that each job is sent
+    the path, not the index (a full dump's has ~2M blocks)."""
+    saved = {}
+    for s in plan:
+        if "offsets" in s:
+            offsets = s.pop("offsets")
+            if s["file"] not in saved:
+                saved[s["file"]] = Path(shard_dir) / f"bz2-index-{s['file']:05d}.parquet"
+                pl.DataFrame({"bits": list(offsets), "bytes": list(offsets.values())},
+                             schema={"bits": pl.Int64, "bytes": pl.Int64}).write_parquet(saved[s["file"]])
+            s["index_path"] = str(saved[s["file"]])
+
+
+def _offsets(s: dict) -> dict:
+    if "offsets" in s:
+        return s["offsets"]
+    return dict(pl.read_parquet(s["index_path"]).iter_rows())
+
+
 def describe(s: dict) -> str:
     name = Path(s["path"]).name
-    return f"{name}, whole file" if s["end"] is None else f"{name}, bytes {s['start']}-{s['end']}"
+    if s["end"] is None:
+        return f"{name}, whole file"
+    return f"{name}, {'uncompressed ' if s.get('bz2') else ''}bytes {s['start']}-{s['end']}"
 
 
 def _shard_path(shard_dir, s: dict) -> Path:
@@ -149,10 +191,13 @@ def parse_shard(s: dict, opts: DumpOptions, shard_dir, processes: int = 1, batch
         with open_dump(s["path"], processes) as reader:
             consume(reader.lines())
         broken = reader.broken
+    elif s.get("bz2"):  # a range of a .bz2 file's content, entered at the block before it
+        consume(bz2_range_lines(s["path"], s["start"], s["end"], _offsets(s), broken, processes))
     else:
         consume(range_lines(s["path"], s["start"], s["end"]))
     spill.flush()
-    meta = {"shard": s, "n_lines": n, "counts": dict(counts), "errors": errors, "broken": broken,
+    shard = {k: v for k, v in s.items() if k != "offsets"}  # the index stays in its file
+    meta = {"shard": shard, "n_lines": n, "counts": dict(counts), "errors": errors, "broken": broken,
             "seconds": round(time.time() - t0, 3)}
     (part / "meta.json").write_text(json.dumps(meta))
     try:
@@ -184,6 +229,8 @@ def merge(plan: list[dict], opts: DumpOptions, shard_dir, label_files=(), templa
         for f in sorted(by_file):
             acc, offset, broken = Pass1(by_file[f][0]["path"], opts, spill, f), 0, []
             for s in by_file[f]:
+                if broken:  # the local build stops reading a file where its stream broke; so does the merge
+                    break
                 d = _shard_path(shard_dir, s)
                 meta = json.loads((d / "meta.json").read_text())
                 acc.add([], [], Counter(meta["counts"]), meta["errors"], line_offset=offset)
@@ -299,7 +346,7 @@ def build_sharded(spec, out, cluster: str = "local", shards=None, res: ShardReso
     res.check()
     if cluster == "slurm":
         check_fits(res)
-    plan = plan_shards(spec.dump, None if shards is None else parse_count(shards))
+    plan = plan_shards(spec.dump, None if shards is None else parse_count(shards), log, spec.workers)
     opts = dump_options(spec)
     templates = templates_for([], spec.templates)[0] if spec.templates else {}
     outp = Path(out).resolve()
@@ -307,6 +354,7 @@ def build_sharded(spec, out, cluster: str = "local", shards=None, res: ShardReso
     with building(out) as tmp:
         shard_dir = tmp / "_shards"
         shard_dir.mkdir()
+        save_indexes(plan, shard_dir)
         run_shards(plan, opts, shard_dir, cluster, res, folder, log)
         t = time.time()
         raw, counts, errors = merge(plan, opts, shard_dir, spec.labels, templates)
