@@ -198,6 +198,23 @@ def test_interval_coverage_is_roughly_right():
     assert 0.75 <= hits / n_sims <= 1.0
 
 
+@pytest.mark.slow
+def test_joint_law_interval_coverage_is_roughly_right():
+    """The joint law C(N, E) over 4 sizes x 4 annealed budgets x 2 seeds: each parameter's 95% interval
+    contains the truth in most of 40 simulations (measured here: k* 38/40, a 35/40, b 38/40)."""
+    truth = {"kstar": 0.08, "a": 0.06, "b": 0.02, "c": 0.0}
+    hits = {p: 0 for p in ("kstar", "a", "b")}
+    n_sims = 40
+    for i in range(n_sims):
+        df = simulate("joint", truth, np.random.default_rng(300 + i), seeds=2, budgets=(10, 30, 100, 300),
+                      sizes={k: SIZES[k] for k in ("s1", "s2", "s3", "s4")})
+        r = fit_law(df, "joint", n_boot=100, n_starts=2, seed=i)
+        for p in hits:
+            assert r["params"][p]["ci_low"] is not None, r["params"][p]["no_interval"]
+            hits[p] += within(r, truth, p)
+    assert all(0.75 <= h / n_sims <= 1.0 for h in hits.values()), hits
+
+
 def test_predict_takes_arrays_and_holdout_reports_extrapolation_error():
     good = simulate("linear", {"k": 0.05, "c": 0.0}, np.random.default_rng(5), noise=0.01)
     r = fit_law(good, "linear-size", n_boot=0)
