@@ -1,14 +1,16 @@
-"""Peak memory of label resolution (``corpus/labels.py``) against the number of entities, and of the old way.
+"""Peak memory and time of label resolution (``corpus/labels.py``) against the number of entities, and the old way.
 
 Input: pass 1 of the 149 real entities of ../shared/data/wikidata/dump-sample (their kept facts and labels),
 plus a label row for every value they refer to (as a full dump would have), replicated ``--scales`` times
 with renamed item ids (Q42 -> Q42000007 in copy 7, so every copy is new entities, values and labels).
 Each scale runs in a fresh process: the copies are written as spill parts of ``--batch-rows`` rows, the
 process's peak RSS is reset (``/proc/self/clear_refs``), then ``labels.resolve`` runs with buckets of
-``--bucket-rows`` label rows, and its peak RSS is read (VmHWM). For comparison, the same process holds what
-the in-memory code held for the same input (a list of fact tuples and a dict of labels).
+``--bucket-rows`` rows (label rows + referenced ids), and its time and peak RSS are read (VmHWM). For
+comparison, the same process holds what the in-memory code held for the same input (a list of fact tuples and
+a dict of labels). Time per million facts is printed so that linear growth shows as a flat column.
 
     python benchmarks/bench_labels.py --scales 1,10,100
+    python benchmarks/bench_labels.py --scales 1000 --ways disk    # one size, resolution only
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def main():
     ap.add_argument("--scales", default="1,10,100")
     ap.add_argument("--batch-rows", type=int, default=50_000)
     ap.add_argument("--bucket-rows", type=int, default=100_000)
+    ap.add_argument("--ways", default="disk,in-memory", help="disk (labels.resolve), in-memory (the old way's data)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
@@ -105,22 +108,28 @@ def main():
         print(json.dumps(one_scale(int(scale), a.batch_rows, a.bucket_rows, way)))
         return
     rows = []
-    print(f"parts of {a.batch_rows:,} rows, buckets of {a.bucket_rows:,} label rows; each run a fresh process")
-    print(f"{'way':<10} {'copies':>6} {'facts':>11} {'labels':>10} {'buckets':>7} {'seconds':>8} {'peak RSS MB':>11}"
-          f" {'above start':>11}")
-    for way in ("disk", "in-memory"):
+    print(f"parts of {a.batch_rows:,} rows, buckets of {a.bucket_rows:,} rows (labels + referenced ids); "
+          "each run a fresh process")
+    print(f"{'way':<10} {'copies':>6} {'facts':>11} {'labels':>10} {'buckets':>7} {'seconds':>8} {'s / 1M facts':>12}"
+          f" {'peak RSS MB':>11} {'above start':>11}")
+    ways = a.ways.split(",")
+    for way in ways:
         for scale in map(int, a.scales.split(",")):
             r = subprocess.run([sys.executable, __file__, "--one", f"{scale}:{way}", "--batch-rows", str(a.batch_rows),
                                 "--bucket-rows", str(a.bucket_rows)], capture_output=True, text=True, check=True)
             row = {**json.loads(r.stdout.strip().splitlines()[-1]), "way": way}
             rows.append(row)
             print(f"{way:<10} {scale:>6} {row['facts']:>11,} {row['labels']:>10,} {row['buckets']:>7} "
-                  f"{row['seconds']:>8.1f} {row['peak_mb']:>11.0f} {row['peak_mb'] - row['rss_before_mb']:>11.0f}")
-    for way in ("disk", "in-memory"):
+                  f"{row['seconds']:>8.1f} {1e6 * row['seconds'] / row['facts']:>12.2f} {row['peak_mb']:>11.0f} "
+                  f"{row['peak_mb'] - row['rss_before_mb']:>11.0f}")
+    for way in ways:
         got = [r for r in rows if r["way"] == way]
         lo, hi = got[0], got[-1]
         print(f"{way} peak RSS {hi['scale']}x / {lo['scale']}x entities: {hi['peak_mb'] / lo['peak_mb']:.2f}x "
               f"({lo['peak_mb']:.0f} -> {hi['peak_mb']:.0f} MB)")
+        if way == "disk" and len(got) > 1:
+            print(f"disk time {hi['scale']}x / {lo['scale']}x entities: {hi['seconds'] / lo['seconds']:.1f}x "
+                  f"({lo['seconds']:.1f} -> {hi['seconds']:.1f} s; linear: {hi['facts'] / lo['facts']:.0f}x)")
 
 
 if __name__ == "__main__":

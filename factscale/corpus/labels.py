@@ -1,32 +1,43 @@
-"""Pass-1 spill and label resolution on disk: memory bounded by batch and bucket sizes, not by the dump.
+"""Pass-1 spill and label resolution on disk: memory bounded by batch and bucket sizes, time linear in the dump.
 
 Pass 1 (``wikidata.Pass1``) writes every kept fact and every (id, label) it reads, in file order, to parquet
 part files of at most ``batch_rows`` rows in the build's private directory (``Spill``). ``resolve`` then
-names the facts with polars over those files:
+names the facts with a partitioned (grace) hash join, so every spilled row is read a fixed number of times:
 
-1. **Labels**, per bucket of ids (hash of the id modulo K, K = label rows / ``bucket_rows``): the ids wanted
-   (value and unit ids of kept facts, relation ids) get, in this order of precedence,
-   (a) their label in the last file that refers to them (or, for a property, that holds it), last
-   occurrence in that file; (b) the ``--labels`` tables (a later file wins); (c) their label anywhere in the
-   dump (the last occurrence): entities read before anything referred to them, what the second pass over
-   the dump used to find, now read from the spilled label rows instead of decompressing the dump again.
-   This is the in-memory code's rule whenever an id's label is the same at each of its occurrences in a file
-   (true of real dumps; its 1M-entry pending table only changed which of (b) and (c) came first beyond it).
-2. **Facts**, per fact part in file order: the labels of the part's ids are looked up in the resolved
-   buckets (a streaming semi-join: memory of one part), and each (subject, relation)'s number of values and
-   unnamed values are counted per bucket of subjects; a second pass per part applies the drop rules in the
-   in-memory code's order, with its count names, and writes the kept rows. Fact order is file order.
+1. **Partition**: one pass over the fact parts writes each referenced id (value id, unit id) with its fact's
+   position (``pos``, the fact's index in file order) and file to the bucket of its id (hash of the id modulo
+   K, K = (label rows + table rows + facts) / ``bucket_rows``); one pass over the label parts and the
+   ``--labels`` tables does the same with (id, label, sequence number). Buckets are append-only Arrow IPC
+   streams (``_Buckets``), so a bucket holds its rows in fact (or label) order. Relation ids (a few thousand
+   in a full dump) are kept in memory and joined to the buckets like the others.
+2. **Labels**, per bucket: the ids wanted (its value and unit ids, its relation ids) get, in this order of
+   precedence, (a) their label in the last file that refers to them (or, for a property, that holds it),
+   last occurrence in that file; (b) the ``--labels`` tables (a later file wins); (c) their label anywhere
+   in the dump (the last occurrence): entities read before anything referred to them, what the second pass
+   over the dump used to find, now read from the spilled label rows instead of decompressing the dump
+   again. This is the in-memory code's rule whenever an id's label is the same at each of its occurrences
+   in a file (true of real dumps; its 1M-entry pending table only changed which of (b) and (c) came first
+   beyond it). Each bucket's references with their labels go to a run (``runs/``) in ``pos`` order.
+3. **Facts** in file order, per chunk of fact parts: the runs are read as a K-way merge (``_Run``: one
+   sequential reader per run hands out the chunk's ``pos`` range), so each run is read once. The named facts
+   are partitioned again by subject; per subject bucket, each (subject, relation)'s values and unnamed values
+   are counted and the positions of the facts the multi-value rule drops go to runs (``drops/``) merged in
+   by a last pass, which applies the drop rules in the in-memory code's order, with its count names.
 
-Only the per-relation tallies (a few thousand relations) and the first ids of error messages stay in memory.
+Only the relation labels and per-relation tallies (a few thousand relations), one batch per open bucket or
+run, and the first ids of error messages stay in memory.
 """
 
 from __future__ import annotations
 
+import resource
 import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from factscale.corpus.datatypes import PLAIN_STRING_TYPES, STRING_ID, string_label_is_identifier
 
@@ -34,8 +45,11 @@ FACT_SCHEMA = {"subject_id": pl.String, "subject_label": pl.String, "relation": 
                "value_id": pl.String, "unit_id": pl.String, "datatype": pl.String, "sitelinks": pl.Int64}
 LABEL_SCHEMA = {"id": pl.String, "label": pl.String}
 BATCH_ROWS = 500_000  # facts or labels per part file (~25-60 MB in memory while written or read)
-BUCKET_ROWS = 4_000_000  # label rows per resolution bucket
+BUCKET_ROWS = 4_000_000  # label rows + referenced ids per resolution bucket
 _SEED = 0x5EED
+_REF = {"id": pl.String, "file": pl.UInt32, "pos": pl.UInt64, "unit": pl.Boolean}
+_LAB = {"id": pl.String, "label": pl.String, "file": pl.UInt32, "seq": pl.UInt64}
+_SUBJ = {"subject_id": pl.String, "relation": pl.String, "unnamed": pl.Boolean, "pos": pl.UInt64}
 
 
 class Spill:
@@ -105,150 +119,282 @@ class Spill:
         return out
 
 
-def _scan(files, schema: dict) -> pl.LazyFrame:
-    if not files:
-        return pl.LazyFrame(schema={**schema, "file": pl.UInt32})
-    return pl.scan_parquet(files)
+def _n_buckets(rows: int, bucket_rows: int) -> int:
+    """K for ``rows`` rows in buckets of ``bucket_rows``: while partitioning and merging one file per bucket is
+    open (two sets at once), so the soft limit on open files is raised if it must be, or K lowered to fit."""
+    k_n = max(1, -(-rows // bucket_rows))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 2 * k_n + 256:
+        soft = 2 * k_n + 256 if hard == resource.RLIM_INFINITY else min(hard, 2 * k_n + 256)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        k_n = min(k_n, max(1, (soft - 256) // 2))
+    return k_n
 
 
-def _bucket(col: str, k: int, n: int) -> pl.Expr:
-    return (pl.col(col).hash(_SEED) % n) == k
+def _bucket_of(col: str, k_n: int) -> pl.Expr:
+    return (pl.col(col).hash(_SEED) % k_n).cast(pl.UInt32)
+
+
+class _Buckets:
+    """K append-only Arrow IPC streams ``root/b-K.arrow``: rows go to the bucket of ``col``'s hash in the order
+    added. Rows wait in one buffer of ``batch_rows`` rows and are written one batch per bucket per flush, so
+    memory is one buffer and the files are written once, sequentially."""
+
+    def __init__(self, root: Path, k_n: int, col: str, schema: dict, batch_rows: int):
+        self.root, self.k_n, self.col, self.schema, self.batch_rows = root, k_n, col, schema, batch_rows
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        self._buf, self._n, self._out = [], 0, {}
+
+    def path(self, k: int) -> Path:
+        return self.root / f"b-{k:05d}.arrow"
+
+    def add(self, df: pl.DataFrame):
+        if df.height:
+            self._buf.append(df.select([pl.col(c).cast(t) for c, t in self.schema.items()]))
+            self._n += df.height
+        if self._n >= self.batch_rows:
+            self._flush()
+
+    def _flush(self):
+        if not self._buf:
+            return
+        # one stable sort by bucket and zero-copy slices: per flush a fixed number of polars calls, not one per bucket
+        df = pl.concat(self._buf)
+        self._buf, self._n = [], 0  # at most two copies of the buffer alive at once
+        df = df.with_columns(_k=_bucket_of(self.col, self.k_n)).sort("_k", maintain_order=True)
+        ks, starts = df["_k"].to_numpy(), np.flatnonzero(np.diff(df["_k"].to_numpy())) + 1
+        t, df = df.drop("_k").to_arrow(), None
+        for lo, hi in zip([0, *starts], [*starts, len(ks)]):
+            self.write(int(ks[lo]), t.slice(lo, hi - lo))
+
+    def write(self, k: int, rows, max_chunk: int | None = None):
+        """Append ``rows`` (a polars or Arrow table) to bucket ``k``, in stored batches of ``max_chunk`` rows."""
+        t = rows.to_arrow() if isinstance(rows, pl.DataFrame) else rows
+        if k not in self._out:
+            sink = pa.OSFile(str(self.path(k)), "wb")
+            self._out[k] = (sink, pa.ipc.new_stream(sink, t.schema))
+        self._out[k][1].write_table(t, max_chunksize=max_chunk)
+
+    def close(self):
+        self._flush()
+        for sink, writer in self._out.values():
+            writer.close()
+            sink.close()
+        self._out.clear()
+
+    def read(self, k: int) -> pl.DataFrame:
+        p = self.path(k)
+        if not p.exists():
+            return pl.DataFrame(schema=self.schema)
+        with pa.OSFile(str(p)) as src:
+            return pl.from_arrow(pa.ipc.open_stream(src).read_all())
+
+
+class _Run:
+    """Sequential reader of one run (rows in ``pos`` order): ``until(hi)`` hands out its rows below ``hi``, one
+    stored batch in memory at a time. Reading every run chunk by chunk reads each run once: a K-way merge."""
+
+    def __init__(self, path: Path):
+        self._src = pa.OSFile(str(path)) if path.exists() else None
+        self._reader = pa.ipc.open_stream(self._src) if self._src else None
+        self._left: pa.RecordBatch | None = None
+        self._pos = None
+
+    def until(self, hi: int) -> list[pa.RecordBatch]:
+        out = []
+        while True:
+            if self._left is None:
+                if self._reader is None:
+                    return out
+                try:
+                    self._left = self._reader.read_next_batch()
+                except StopIteration:
+                    self.close()
+                    return out
+                self._pos = self._left.column("pos").to_numpy()
+            n = int(np.searchsorted(self._pos, hi, side="left"))
+            if n < len(self._pos):
+                if n:
+                    out.append(self._left.slice(0, n))
+                    self._left, self._pos = self._left.slice(n), self._pos[n:]
+                return out
+            out.append(self._left)
+            self._left = None
+
+    def close(self):
+        if self._src:
+            self._src.close()
+        self._src = self._reader = None
+
+
+def _merged(runs: list[_Run], hi: int, schema: dict) -> pl.DataFrame:
+    got = [b for r in runs for b in r.until(hi)]
+    return pl.from_arrow(pa.Table.from_batches(got)) if got else pl.DataFrame(schema=schema)
 
 
 def _first_ids(ids: list[str], have: list[str], keep: int = 5) -> list[str]:
     return sorted({*have, *ids}, key=lambda x: (len(x), x))[:keep]
 
 
-def resolve_labels(spill: Spill, tables: list[dict]) -> dict:
-    """Step 1: ``resolved/b-K.parquet`` (id, label) per bucket; returns the counts of ids left unnamed and the
-    first of them (for the error lines)."""
-    facts = _scan(spill.files("facts"), FACT_SCHEMA)
-    labels = _scan(spill.files("labels"), LABEL_SCHEMA).with_row_index("seq")
-    tdir = spill.root / "tables"
-    tdir.mkdir(exist_ok=True)
-    tfiles = []
-    for n, table in enumerate(tables):  # a later --labels file wins: its rows come later
-        if table:
-            tfiles.append(tdir / f"part-{n:07d}.parquet")
-            pl.DataFrame({"id": list(table), "label": list(table.values())},
-                         schema=LABEL_SCHEMA).write_parquet(tfiles[-1])
-    table_rows = pl.scan_parquet(tfiles).with_row_index("seq") if tfiles else None
-    refs = pl.concat([facts.select("file", id="value_id"), facts.select("file", id="unit_id")]).drop_nulls("id")
-    rels = facts.select(id="relation")
-    k_n = max(1, -(-(spill.rows["labels"] + sum(map(len, tables))) // spill.bucket_rows))
-    out = spill.root / "resolved"
-    out.mkdir(exist_ok=True)
+def _partition(spill: Spill, tables: list[dict], k_n: int):
+    """Step 1: referenced ids and label rows into buckets; returns (refs, labels, tables) buckets and the
+    relation ids."""
+    root, batch = spill.root, spill.batch_rows
+    refs = _Buckets(root / "refs", k_n, "id", _REF, batch)
+    rels, pos = pl.Series("id", [], dtype=pl.String), 0
+    for f in spill.files("facts"):
+        part = pl.read_parquet(f, columns=["relation", "value_id", "unit_id", "file"])
+        part = part.with_columns(pos=pl.int_range(pos, pos + part.height, dtype=pl.UInt64))
+        pos += part.height
+        rels = pl.concat([rels, part["relation"].unique().alias("id")]).unique()  # a few thousand ids
+        refs.add(pl.concat([part.select("file", "pos", id="value_id", unit=pl.lit(False)),
+                            part.select("file", "pos", id="unit_id", unit=pl.lit(True))])
+                 .drop_nulls("id").sort("pos", "unit"))
+    refs.close()
+    labs = _Buckets(root / "labs", k_n, "id", _LAB, batch)
+    seq = 0
+    for f in spill.files("labels"):
+        part = pl.read_parquet(f, columns=["id", "label", "file"])
+        labs.add(part.with_columns(seq=pl.int_range(seq, seq + part.height, dtype=pl.UInt64)))
+        seq += part.height
+    labs.close()
+    tabs, seq = _Buckets(root / "tables", k_n, "id", _LAB, batch), 0
+    for table in tables:  # a later --labels file wins: its rows come later
+        tabs.add(pl.DataFrame({"id": list(table), "label": list(table.values())}, schema=LABEL_SCHEMA)
+                 .with_columns(file=pl.lit(0, dtype=pl.UInt32), seq=pl.int_range(seq, seq + len(table), dtype=pl.UInt64)))
+        seq += len(table)
+    tabs.close()
+    return refs, labs, tabs, rels.sort().to_frame()
+
+
+def resolve_labels(spill: Spill, tables: list[dict]) -> tuple[dict, dict, list[Path]]:
+    """Steps 1-2: -> (info: counts of ids left unnamed and the first of them, for the error lines; relation
+    labels; runs ``runs/b-K.arrow`` of (pos, unit, label) per bucket, in ``pos`` order)."""
+    k_n = _n_buckets(spill.rows["labels"] + sum(map(len, tables)) + spill.rows["facts"], spill.bucket_rows)
+    refs, labs, tabs, rels = _partition(spill, tables, k_n)
+    rels = rels.with_columns(_k=_bucket_of("id", k_n))
+    runs = _Buckets(spill.root / "runs", k_n, "pos", {"pos": pl.UInt64, "unit": pl.Boolean, "label": pl.String}, 1)
+    run_batch = max(1024, spill.batch_rows // k_n)  # the merge holds one stored batch per run: ~batch_rows rows
     info = {"buckets": k_n, "needed": 0, "needed_unresolved": 0, "needed_first": [], "pids_unresolved": []}
+    rel_labels = {}
     for k in range(k_n):
-        ref = refs.filter(_bucket("id", k, k_n)).unique().collect(engine="streaming")
-        rel = rels.filter(_bucket("id", k, k_n)).unique().collect(engine="streaming")
+        ref = refs.read(k)
+        rel = rels.filter(pl.col("_k") == k).select("id")
         wanted = pl.concat([ref.select("id"), rel]).unique()
-        lab = labels.filter(_bucket("id", k, k_n)).join(wanted.lazy(), on="id", how="semi").collect(engine="streaming")
-        own = (lab.join(ref.with_columns(ref=pl.lit(True)), on=["id", "file"], how="left")
+        lab = labs.read(k).join(wanted, on="id", how="semi")
+        own = (lab.join(ref.select("id", "file").unique().with_columns(ref=pl.lit(True)), on=["id", "file"], how="left")
                .with_columns(own=pl.col("ref").fill_null(False) | pl.col("id").str.starts_with("P")))
         in_dump = own.sort("seq").group_by("id").agg(
             a=pl.col("label").filter(pl.col("own")).last(), c=pl.col("label").last())
-        got = wanted.join(in_dump, on="id", how="left")
-        if table_rows is not None:
-            tab = (table_rows.filter(_bucket("id", k, k_n)).join(wanted.lazy(), on="id", how="semi")
-                   .sort("seq").group_by("id").agg(b=pl.col("label").last()).collect(engine="streaming"))
-            got = got.join(tab, on="id", how="left")
-        else:
-            got = got.with_columns(b=pl.lit(None, dtype=pl.String))
-        got = got.select("id", label=pl.coalesce("a", "b", "c"))
-        got.drop_nulls("label").write_parquet(out / f"b-{k:05d}.parquet")
+        tab = (tabs.read(k).join(wanted, on="id", how="semi").sort("seq").group_by("id")
+               .agg(b=pl.col("label").last()))
+        got = (wanted.join(in_dump, on="id", how="left").join(tab, on="id", how="left")
+               .select("id", label=pl.coalesce("a", "b", "c")))
         missing = got.filter(pl.col("label").is_null())["id"]
         needed = ref["id"].unique()
         unnamed = needed.filter(needed.is_in(missing.implode()))
         info["needed"] += needed.len()
         info["needed_unresolved"] += unnamed.len()
-        info["needed_first"] = _first_ids(unnamed.sort().head(1000).to_list(), info["needed_first"])
+        first = unnamed.to_frame().sort(pl.col("id").str.len_chars(), "id").head(5)["id"].to_list()
+        info["needed_first"] = _first_ids(first, info["needed_first"])
         info["pids_unresolved"] += rel["id"].filter(rel["id"].is_in(missing.implode())).to_list()
-    return info
+        rel_labels.update(rel.join(got, on="id").drop_nulls("label").iter_rows())
+        if ref.height:
+            runs.write(k, ref.join(got, on="id", how="left", maintain_order="left").select("pos", "unit", "label"),
+                       max_chunk=run_batch)
+    runs.close()
+    for b in (refs, labs, tabs):
+        shutil.rmtree(b.root)
+    return info, rel_labels, [runs.path(k) for k in range(k_n)]
 
 
-def _lookup(resolved: list[Path], ids: pl.Series) -> pl.DataFrame:
-    """Labels of ``ids`` from the resolved buckets, streaming (memory of the ids, not of the table)."""
-    if not resolved:
-        return pl.DataFrame(schema=LABEL_SCHEMA)
-    return (pl.scan_parquet(resolved).join(pl.LazyFrame({"id": ids.unique().drop_nulls()}), on="id", how="semi")
-            .collect(engine="streaming"))
-
-
-def _named(part: pl.DataFrame, table: pl.DataFrame) -> pl.DataFrame:
-    for col, name in (("relation", "plabel"), ("value_id", "vlabel"), ("unit_id", "ulabel")):
-        part = part.join(table.rename({"id": col, "label": name}), on=col, how="left", maintain_order="left")
-    return part
+def _rules(part: pl.DataFrame, keep_string_ids: bool, id_labels: dict, templates: dict, counts: Counter):
+    """The in-memory code's drop rules, in its order and with its count names -> the kept rows, named."""
+    if not keep_string_ids:
+        for lab in part.filter(pl.col("datatype") == "string")["plabel"].drop_nulls().unique():
+            if lab not in id_labels:
+                id_labels[lab] = bool(string_label_is_identifier(lab))
+    idl = [k for k, v in id_labels.items() if v]
+    reason = (pl.when(pl.col("plabel").is_null()).then(pl.lit("dropped_property_no_label"))
+              .when(pl.col("multi_drop")).then(pl.lit("dropped_multi_valued_with_unnamed_value"))
+              .when((pl.col("datatype") == "string") & pl.lit(not keep_string_ids) & pl.col("plabel").is_in(idl))
+              .then(pl.lit(f"dropped_datatype:{STRING_ID}"))  # "Commons category", "... ID"
+              .when(pl.col("value_id").is_not_null() & pl.col("vlabel").is_null())
+              .then(pl.lit("dropped_value_label_unresolved"))
+              .when(pl.col("unit_id").is_not_null() & pl.col("ulabel").is_null())
+              .then(pl.lit("dropped_unit_label_unresolved")))
+    part = part.with_columns(reason=reason)
+    counts.update(dict(part["reason"].drop_nulls().value_counts().iter_rows()))
+    part = part.filter(pl.col("reason").is_null())
+    value = pl.coalesce("vlabel", "value")
+    value = pl.when(pl.col("unit_id").is_not_null()).then(pl.concat_str(value, pl.lit(" "), "ulabel")).otherwise(value)
+    vtype = (pl.when(pl.col("value_id").is_not_null()).then(pl.lit("item"))
+             .when(pl.col("datatype").is_in(list(PLAIN_STRING_TYPES))).then(pl.lit("string")).otherwise(pl.col("datatype")))
+    tmpl = {p: t["template"] for p, t in templates.items() if isinstance(t, dict) and t.get("template")}
+    return part.select("subject_id", "subject_label", "relation", relation_label="plabel", value=value,
+                       value_id="value_id", value_type=vtype, popularity=pl.col("sitelinks").cast(pl.Float64),
+                       template=pl.col("relation").replace_strict(tmpl, default=None, return_dtype=pl.String))
 
 
 def resolve(spill: Spill, tables: list[dict], keep_string_ids: bool, templates: dict):
     """Spilled pass 1 -> (kept part files, counts, info, per-relation (subjects, multi-valued subjects)).
 
     Kept rows are those of ``wikidata.raw_from_passes``, in fact order, with its columns."""
-    info = resolve_labels(spill, tables)
-    resolved = sorted((spill.root / "resolved").glob("b-*.parquet"))
-    named_dir, kept_dir, pairs_dir = (spill.root / d for d in ("named", "kept", "pairs"))
-    for d in (named_dir, kept_dir, pairs_dir):
+    info, rel_labels, run_paths = resolve_labels(spill, tables)
+    plabels = pl.DataFrame({"relation": list(rel_labels), "plabel": list(rel_labels.values())},
+                           schema={"relation": pl.String, "plabel": pl.String})
+    named_dir, kept_dir = spill.root / "named", spill.root / "kept"
+    for d in (named_dir, kept_dir):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir()
-    named = []
-    for n, f in enumerate(spill.chunks("facts", spill.bucket_rows)):
-        part = pl.read_parquet(f)
-        ids = pl.concat([part["relation"], part["value_id"], part["unit_id"]])
-        part = _named(part, _lookup(resolved, ids)).with_columns(
+    k_s = -(-spill.rows["facts"] // spill.bucket_rows)
+    subj = _Buckets(spill.root / "subjects", k_s, "subject_id", _SUBJ, spill.batch_rows)
+    runs, named, lo = [_Run(p) for p in run_paths], [], 0
+    for n, files in enumerate(spill.chunks("facts", spill.bucket_rows)):
+        part = pl.read_parquet(files)
+        part = part.with_columns(pos=pl.int_range(lo, lo + part.height, dtype=pl.UInt64))
+        lo += part.height
+        got = _merged(runs, lo, {"pos": pl.UInt64, "unit": pl.Boolean, "label": pl.String})
+        for unit, name in ((False, "vlabel"), (True, "ulabel")):
+            part = part.join(got.filter(pl.col("unit") == unit).select("pos", pl.col("label").alias(name)),
+                             on="pos", how="left", maintain_order="left")
+        part = part.join(plabels, on="relation", how="left", maintain_order="left").with_columns(
             unnamed=(pl.col("value_id").is_not_null() & pl.col("vlabel").is_null())
             | (pl.col("unit_id").is_not_null() & pl.col("ulabel").is_null()))
-        named.append(named_dir / f"part-{n:07d}.parquet")
-        part.write_parquet(named[-1])
+        named.append((named_dir / f"part-{n:07d}.parquet", lo))
+        part.write_parquet(named[-1][0])
+        subj.add(part.select(*_SUBJ))
+    subj.close()
+    for r in runs:
+        r.close()
+    shutil.rmtree(spill.root / "runs")
 
     # values per (subject, relation), over every file: the multi-value drop and the to-many marks need them
-    k_n = max(1, -(-spill.rows["facts"] // spill.bucket_rows)) if named else 0
+    drops = _Buckets(spill.root / "drops", k_s, "pos", {"pos": pl.UInt64}, 1)
     per_rel = []
-    pair_files = []
-    for k in range(k_n):
-        pairs = (pl.scan_parquet(named).filter(_bucket("subject_id", k, k_n))
-                 .group_by("subject_id", "relation").agg(n=pl.len(), unnamed=pl.col("unnamed").any())
-                 .collect(engine="streaming"))
+    for k in range(k_s):
+        rows = subj.read(k)
+        pairs = rows.group_by("subject_id", "relation").agg(n=pl.len(), unnamed=pl.col("unnamed").any())
         per_rel.append(pairs.group_by("relation").agg(subjects=pl.len(), multi=(pl.col("n") > 1).sum()))
         drop = pairs.filter((pl.col("n") > 1) & pl.col("unnamed")).select("subject_id", "relation")
-        pair_files.append(pairs_dir / f"b-{k:05d}.parquet")
-        drop.write_parquet(pair_files[-1])
+        hit = rows.join(drop, on=["subject_id", "relation"], how="semi", maintain_order="left").select("pos")
+        if hit.height:
+            drops.write(k, hit, max_chunk=max(1024, spill.batch_rows // k_s))
+    drops.close()
+    shutil.rmtree(subj.root)
     tallies = (pl.concat(per_rel).group_by("relation").agg(pl.col("subjects", "multi").sum())
                if per_rel else pl.DataFrame(schema={"relation": pl.String, "subjects": pl.UInt32, "multi": pl.UInt32}))
 
     counts: Counter = Counter()
     id_labels: dict[str, bool] = {}
-    kept = []
-    for n, f in enumerate(named):
+    kept, runs = [], [_Run(drops.path(k)) for k in range(k_s)]
+    for n, (f, hi) in enumerate(named):
         part = pl.read_parquet(f)
-        drops = (pl.scan_parquet(pair_files).join(pl.LazyFrame({"subject_id": part["subject_id"].unique()}),
-                                                  on="subject_id", how="semi").collect(engine="streaming"))
-        part = part.join(drops.with_columns(multi_drop=pl.lit(True)), on=["subject_id", "relation"], how="left",
-                         maintain_order="left")
-        if not keep_string_ids:
-            for lab in part.filter(pl.col("datatype") == "string")["plabel"].drop_nulls().unique():
-                if lab not in id_labels:
-                    id_labels[lab] = bool(string_label_is_identifier(lab))
-        idl = [k for k, v in id_labels.items() if v]
-        reason = (pl.when(pl.col("plabel").is_null()).then(pl.lit("dropped_property_no_label"))
-                  .when(pl.col("multi_drop").fill_null(False)).then(pl.lit("dropped_multi_valued_with_unnamed_value"))
-                  .when((pl.col("datatype") == "string") & pl.lit(not keep_string_ids) & pl.col("plabel").is_in(idl))
-                  .then(pl.lit(f"dropped_datatype:{STRING_ID}"))  # "Commons category", "... ID"
-                  .when(pl.col("value_id").is_not_null() & pl.col("vlabel").is_null())
-                  .then(pl.lit("dropped_value_label_unresolved"))
-                  .when(pl.col("unit_id").is_not_null() & pl.col("ulabel").is_null())
-                  .then(pl.lit("dropped_unit_label_unresolved")))
-        part = part.with_columns(reason=reason)
-        counts.update(dict(part["reason"].drop_nulls().value_counts().iter_rows()))
-        part = part.filter(pl.col("reason").is_null())
-        value = pl.coalesce("vlabel", "value")
-        value = pl.when(pl.col("unit_id").is_not_null()).then(pl.concat_str(value, pl.lit(" "), "ulabel")).otherwise(value)
-        vtype = (pl.when(pl.col("value_id").is_not_null()).then(pl.lit("item"))
-                 .when(pl.col("datatype").is_in(list(PLAIN_STRING_TYPES))).then(pl.lit("string")).otherwise(pl.col("datatype")))
-        tmpl = {p: t["template"] for p, t in templates.items() if isinstance(t, dict) and t.get("template")}
-        out = part.select("subject_id", "subject_label", "relation", relation_label="plabel", value=value,
-                          value_id="value_id", value_type=vtype, popularity=pl.col("sitelinks").cast(pl.Float64),
-                          template=pl.col("relation").replace_strict(tmpl, default=None, return_dtype=pl.String))
+        dropped = _merged(runs, hi, {"pos": pl.UInt64})["pos"]
+        part = part.with_columns(multi_drop=pl.col("pos").is_in(dropped.implode()))
         kept.append(kept_dir / f"part-{n:07d}.parquet")
-        out.write_parquet(kept[-1])
+        _rules(part, keep_string_ids, id_labels, templates, counts).write_parquet(kept[-1])
+    for r in runs:
+        r.close()
     return kept, counts, info, tallies
