@@ -54,10 +54,12 @@ def fig_compatibility(df: pl.DataFrame):
     t = compatibility_summary(df)
     t = t.filter(pl.col("budget") == pl.col("budget").max().over("cfg.model.size"))
     sizes = t.sort("non_embedding_params")["cfg.model.size"].unique(maintain_order=True).to_list()
-    fig, axes = _subplots(2 * len(sizes), (9 * len(sizes), 4))
+    fig = Figure(figsize=(11, 3.8 * len(sizes)))
+    axes = fig.subplots(len(sizes), 2, squeeze=False).ravel()  # one row per size: MRs, then differences
     for i, size in enumerate(sizes):
         ts = t.filter(pl.col("cfg.model.size") == size)
         budget = ts["budget"][0]
+        axes[2 * i].set_ylim(0, 1.05)
         _seed_bars(axes[2 * i], ts, "group", ["fwd_control", "fwd_twice", "fwd_paraphrase", "fwd_inverse"],
                    ["fact once (control)", "fact twice, same words", "fact + paraphrase", "fact + inverse"],
                    f"{size}, {budget} epochs: MR of the forward statement", "memorization rate")
