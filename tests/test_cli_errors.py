@@ -60,18 +60,21 @@ def test_bad_input_is_one_error_line(files, args, needles, capsys):
     assert not (files / "c").exists() and not (files / "x.parquet").exists()
 
 
-def test_a_second_concurrent_train_is_one_error_line(tiny_corpus, tmp_path):
+def test_a_second_concurrent_train_is_one_error_line(tiny_corpus, tmp_path, capsys):
+    from factscale.cli import main
+
     cfg = tiny_run_config(tiny_corpus, tmp_path)
     rd = RunDir(cfg)
     rd.create()
-    assert rd.lock.acquire()  # another process is training this run
+    assert rd.lock.acquire()  # another process is training this run (flock: a second open conflicts, same process too)
     try:
         args = [f"{k}={v}" for k, v in {"corpus.path": tiny_corpus, "runs_dir": tmp_path, "model.size": "30k",
                                         "train.epochs": 60, "train.batch_size": 4, "train.seq_len": 64,
                                         "train.loss_on": "value", "optim.lr": 0.01, "optim.schedule": "constant",
                                         "probe.every_epochs": 20}.items()]
-        r = cli("train", *args)
-        _one_error_line(r, "already running")
+        with pytest.raises(SystemExit) as e:  # in-process: the console script's main(), without ~5 s of imports
+            main(["train", *args])
+        _one_error_line(subprocess.CompletedProcess([], e.value.code, "", capsys.readouterr().err), "already running")
     finally:
         rd.lock.release()
 

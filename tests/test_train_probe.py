@@ -131,8 +131,7 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(tiny_corpus, tmp
     d = run_dir(cfg)
     last = d / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])  # truncated
-    r = _train_cli(args)
-    assert r.returncode == 0, r.stderr[-2000:]
+    run(cfg)  # the resume in-process: the same run() the CLI calls
     res = pl.read_parquet(d / "results.parquet")
     assert res["resumed_from_epoch"][0] == 3  # prev.ckpt: the epoch before the torn one
     assert (d / "checkpoints" / "last.ckpt.corrupt").exists()
@@ -158,15 +157,16 @@ def test_unreadable_checkpoints_restart_from_scratch_with_a_note(tiny_corpus, tm
     assert any("restarting from epoch 0" in e for e in events), events
 
 
-def test_raising_run_is_failed_and_a_rerun_clears_it(tiny_corpus, tmp_path):
-    over = {"train.epochs": 3, "probe.every_epochs": 3, "model.size": "2k"}
-    args = _cli_args(tiny_corpus, tmp_path, over)
-    r = _train_cli(args, fault="raise@2")
-    assert r.returncode != 0 and "injected fault" in r.stderr
-    cfg = tiny_run_config(tiny_corpus, tmp_path, **over)
+def test_raising_run_is_failed_and_a_rerun_clears_it(tiny_corpus, tmp_path, monkeypatch):
+    # in-process (the same run() the CLI calls; a CLI process costs ~5 s of imports): the fault is an exception
+    cfg = tiny_run_config(tiny_corpus, tmp_path, **{"train.epochs": 3, "probe.every_epochs": 3, "model.size": "2k"})
+    monkeypatch.setenv("FACTSCALE_FAULT", "raise@2")
+    with pytest.raises(RuntimeError, match="injected fault"):
+        run(cfg)
     st = RunDir(cfg).status()
     assert st["state"] == "failed" and "injected fault" in st["error"]
-    assert _train_cli(args).returncode == 0
+    monkeypatch.delenv("FACTSCALE_FAULT")
+    run(cfg)
     assert RunDir(cfg).status()["state"] == "done"
 
 
