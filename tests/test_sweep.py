@@ -277,6 +277,8 @@ def test_slurm_parameters_and_sbatch_lines_for_ddp(tmp_path):
     assert single["tasks_per_node"] == 1 and single["nodes"] == 1
 
 
+# Python reports the KeyboardInterrupt it swallows in the finalizer: that report is what this test provokes
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_ctrl_c_landing_in_a_finalizer_still_stops_the_local_launcher():
     """Python swallows a KeyboardInterrupt raised inside ``__del__`` (the garbage collector runs finalizers of
     submitit jobs and files at any allocation), which once left the launcher polling forever after a Ctrl-C;
