@@ -32,41 +32,45 @@ def _groups(df: pl.DataFrame, by: str, split: str = "train") -> pl.DataFrame:
     return d
 
 
-def _seed_bars(ax, t: pl.DataFrame, x: str, quantities: list[str], labels: list[str], title: str, ylabel: str):
-    """Bars of per-seed means with their t intervals (no bar error where there are < 3 seeds)."""
-    rows = {r["quantity"]: r for r in t.iter_rows(named=True)}
-    xs = np.arange(len(quantities))
-    means = [rows[q]["mean"] if q in rows else np.nan for q in quantities]
-    err = np.array([[m - rows[q]["lo"], rows[q]["hi"] - m] if q in rows and rows[q]["lo"] is not None else [0, 0]
-                    for q, m in zip(quantities, means)]).T
-    ax.bar(xs, means, yerr=err, capsize=4, color=sns.color_palette("deep", len(xs)))
-    ax.set_xticks(xs, labels, rotation=20, ha="right", fontsize=8)
-    n = max((rows[q]["n"] for q in quantities if q in rows), default=0)
-    ax.set(ylabel=ylabel, title=f"{title}\n(mean of {n} seeds, 95% t interval{'' if n >= 3 else ': none, < 3 seeds'})")
+def _seed_lines(ax, t: pl.DataFrame, quantities: list[str], labels: list[str], title: str, ylabel: str):
+    """Per-seed means vs epoch budget with their t intervals as error bars (none below 3 seeds)."""
+    n = 0
+    for k, (q, label) in enumerate(zip(quantities, labels)):
+        d = t.filter(pl.col("quantity") == q).sort("budget")
+        if d.height == 0:
+            continue
+        lo = (d["mean"] - d["lo"].fill_null(d["mean"])).to_numpy()
+        hi = (d["hi"].fill_null(d["mean"]) - d["mean"]).to_numpy()
+        ax.errorbar(d["budget"].to_numpy() * (1 + 0.02 * (k - 1.5)), d["mean"].to_numpy(), yerr=[lo, hi],
+                    marker="o", capsize=3, label=label)  # budgets nudged apart so the bars do not overlap
+        n = max(n, int(d["n"].max()))
+    ax.set(xscale="log", xlabel="epoch budget (annealed end point of each)", ylabel=ylabel,
+           title=f"{title}\n(mean of {n} seeds, 95% t interval{'' if n >= 3 else ': none, < 3 seeds'})")
+    ax.set_xticks(sorted(t["budget"].unique().to_list()), [str(b) for b in sorted(t["budget"].unique().to_list())])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.title.set_fontsize(9)
+    ax.legend(fontsize=7)
 
 
 def fig_compatibility(df: pl.DataFrame):
-    """Forward-statement MR per group (control, twice, paraphrase, inverse) and the differences, at the
-    largest budget's annealed end point, for each model size."""
+    """Forward-statement MR per group (control, twice, paraphrase, inverse) and the differences vs the epoch
+    budget (annealed end points), one row per model size."""
     from factscale.study_stats import compatibility_summary
 
     t = compatibility_summary(df)
-    t = t.filter(pl.col("budget") == pl.col("budget").max().over("cfg.model.size"))
     sizes = t.sort("non_embedding_params")["cfg.model.size"].unique(maintain_order=True).to_list()
     fig = Figure(figsize=(11, 3.8 * len(sizes)))
     axes = fig.subplots(len(sizes), 2, squeeze=False).ravel()  # one row per size: MRs, then differences
     for i, size in enumerate(sizes):
         ts = t.filter(pl.col("cfg.model.size") == size)
-        budget = ts["budget"][0]
-        axes[2 * i].set_ylim(0, 1.05)
-        _seed_bars(axes[2 * i], ts, "group", ["fwd_control", "fwd_twice", "fwd_paraphrase", "fwd_inverse"],
-                   ["fact once (control)", "fact twice, same words", "fact + paraphrase", "fact + inverse"],
-                   f"{size}, {budget} epochs: MR of the forward statement", "memorization rate")
-        _seed_bars(axes[2 * i + 1], ts, "diff", ["twice_minus_control", "paraphrase_minus_control",
-                                                 "paraphrase_minus_twice", "inverse_minus_control"],
-                   ["twice - control", "paraphrase - control", "paraphrase - twice", "inverse - control"],
-                   f"{size}, {budget} epochs: differences in forward-statement MR", "difference in MR")
+        _seed_lines(axes[2 * i], ts, ["fwd_control", "fwd_twice", "fwd_paraphrase", "fwd_inverse"],
+                    ["fact once (control)", "fact twice, same words", "fact + paraphrase", "fact + inverse"],
+                    f"{size}: MR of the forward statement", "memorization rate")
+        axes[2 * i].set_ylim(-0.02, 1.05)
+        _seed_lines(axes[2 * i + 1], ts, ["twice_minus_control", "paraphrase_minus_control",
+                                          "paraphrase_minus_twice", "inverse_minus_control"],
+                    ["twice - control", "paraphrase - control", "paraphrase - twice", "inverse - control"],
+                    f"{size}: differences in forward-statement MR", "difference in MR")
         axes[2 * i + 1].axhline(0, color="grey", lw=1)
     fig.tight_layout()
     return fig

@@ -3,8 +3,10 @@
 Every reported difference is formed *within a seed* (the treatment and its control share the seed's
 corpus order and initialisation), then summarised over seeds as a mean with a Student-t 95% interval.
 Fewer than ``MIN_SEEDS`` seeds give the mean and no interval (``why`` says so): an interval from two runs
-is not worth printing. The within-run binomial noise of an MR is part of the seed-to-seed spread, so it
-is not added again.
+is not worth printing. The intervals are conditional on the corpus: every seed trains on the same facts in
+the same groups, so they carry training noise only. A difference between two groups of different facts
+also has fact-sampling noise (binomial: ~0.06 in MR for two groups of 128 facts near MR 0.5) that seeds
+cannot show; vary the corpus seed to include it.
 
 - overwriting (``train.order`` blocked / first-phase-only / interleaved, two phases): forgetting =
   phase-1 MR of the control (phase 1 trained throughout) - phase-1 MR under blocked order, at the end;
@@ -45,7 +47,21 @@ def fmt(d: dict, digits: int = 3) -> str:
     m = f"{d['mean']:.{digits}f}"
     if d["lo"] is None:
         return f"{m} (n={d['n']}, no interval: {d['why']})"
-    return f"{m} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}] (n={d['n']})"
+    same = " (every seed gave the same value)" if d["hi"] - d["lo"] == 0 else ""
+    return f"{m} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}] (n={d['n']}){same}"
+
+
+def _unique(rows, key, what: str) -> dict:
+    """{key(row): row}, refusing two rows for one key (a re-run or a concatenated table would otherwise
+    let whichever row came last win, silently)."""
+    out = {}
+    for r in rows:
+        k = key(r)
+        if k in out:
+            raise PlotError(f"{what}: two probe rows for {k} (runs {out[k].get('run_id')} and {r.get('run_id')}); "
+                            "collect one run per design point and seed")
+        out[k] = r
+    return out
 
 
 def _rows(df: pl.DataFrame, by: str) -> pl.DataFrame:
@@ -63,7 +79,8 @@ def _summarise(per_seed: pl.DataFrame, keys: list[str], quantities: list[str]) -
         for q in quantities:
             if q in g.columns:
                 out.append({**dict(zip(keys, key)), "quantity": q, **seed_interval(g[q].to_list())})
-    return pl.DataFrame(out, schema_overrides={"lo": pl.Float64, "hi": pl.Float64, "why": pl.String})
+    return pl.DataFrame(out, schema_overrides={"lo": pl.Float64, "hi": pl.Float64, "why": pl.String}
+                        ).sort(PARAMS, maintain_order=True)  # sizes in parameter order, not text order
 
 
 def overwriting_per_seed(df: pl.DataFrame) -> pl.DataFrame:
@@ -75,11 +92,18 @@ def overwriting_per_seed(df: pl.DataFrame) -> pl.DataFrame:
     if not {"blocked", "first-phase-only"} <= orders:
         raise PlotError(f"overwriting needs runs with train.order blocked and first-phase-only (the control); "
                         f"got {sorted(orders)}")
+    phases = sorted(d["group"].unique().to_list())
+    if phases != ["p1", "p2"]:
+        raise PlotError(f"overwriting summarises two phases p1, p2; the results have {phases}")
     rows = []
     for (size, params, seed), g in d.group_by([SIZE, PARAMS, SEED]):
         E = int(g["cfg.train.epochs"].max())
-        mr = {(r[ORDER], r["epoch"], r["group"]): r["mr"] for r in g.iter_rows(named=True)}
-        end, mid = E, max(e for e in g["epoch"].unique().to_list() if e <= E // 2)
+        rs = _unique(g.iter_rows(named=True), lambda r: (r[ORDER], r["epoch"], r["group"]), "overwriting")
+        mr = {k: r["mr"] for k, r in rs.items()}
+        end, mid = E, E // 2
+        if E % 2 or mid not in set(g["epoch"].to_list()):
+            raise PlotError(f"overwriting needs a probe at the phase boundary, epoch {E}/2 (train.epochs even, "
+                            "probe.every_epochs dividing it)")
         row = {SIZE: size, PARAMS: params, SEED: seed, "boundary_epoch": mid, "end_epoch": end}
         for order, tag in (("blocked", "blocked"), ("first-phase-only", "control"), ("interleaved", "interleaved")):
             for ph in ("p1", "p2"):
@@ -108,7 +132,7 @@ def compatibility_per_seed(df: pl.DataFrame) -> pl.DataFrame:
     d = _rows(df, "part").filter(pl.col("epoch") == pl.col("cfg.train.epochs"))
     rows = []
     for (size, params, seed, budget), g in d.group_by([SIZE, PARAMS, SEED, "cfg.train.epochs"]):
-        at = {r["group"]: r for r in g.iter_rows(named=True)}
+        at = _unique(g.iter_rows(named=True), lambda r: r["group"], f"compatibility ({size}, seed {seed}, {budget})")
 
         def mr(part, at=at):
             return at[part]["mr"] if part in at else None
@@ -169,10 +193,15 @@ def preference_per_seed(df: pl.DataFrame, column: str) -> pl.DataFrame:
         alone, mixed = {}, {}
         for r in g.iter_rows(named=True):
             a = _alone_group(r[WHERE], column)
-            if a is None:
-                mixed[r["group"]] = r["mr"]
-            elif r["group"] == a:
-                alone[a] = r["mr"]
+            if r[WHERE] is not None and a is None and not r[WHERE].partition("=")[0].strip() == column:
+                raise PlotError(f"preference by {column!r}: run {r.get('run_id')} has corpus.where={r[WHERE]!r}, "
+                                f"on another column; summarise runs grouped by {column!r} only")
+            into = mixed if a is None else alone if r["group"] == a else None
+            if into is not None:
+                if r["group"] in into:
+                    raise PlotError(f"preference: two {'mixed' if a is None else 'alone'} rows for group "
+                                    f"{r['group']} ({size}, seed {seed}); collect one run per design point")
+                into[r["group"]] = r["mr"]
         for grp in sorted(alone.keys() & mixed.keys()):
             rows.append({SIZE: size, PARAMS: params, SEED: seed, "group": grp, "mr_alone": alone[grp],
                          "mr_mixed": mixed[grp], "loss": alone[grp] - mixed[grp],

@@ -83,3 +83,31 @@ def test_compatibility_differences_and_the_plateau_change_between_budgets():
     # redundant (55 + 40 facts) - control (30 + 30) at 100 epochs; (62 + 40) - (50 + 30) at 200
     assert p["extra_facts_paraphrase"].to_list() == pytest.approx([35.0, 22.0])
     assert p["extra_facts_paraphrase_change"][1] == pytest.approx(-13.0)
+
+
+def test_duplicate_rows_and_a_missing_boundary_probe_are_refused_not_resolved_silently():
+    rows = []
+    for seed in range(3):
+        rows += _phase_rows(seed, "blocked", {(100, "p1"): 0.4, (200, "p1"): 0.1, (200, "p2"): 0.5})
+        rows += _phase_rows(seed, "first-phase-only", {(100, "p1"): 0.4, (200, "p1"): 0.6, (200, "p2"): 0.0})
+    with pytest.raises(PlotError, match="two probe rows"):  # e.g. a re-run collected beside the first
+        overwriting_per_seed(pl.DataFrame(rows + [{**rows[0], "run_id": "again", "mr": 0.9}]))
+    no_boundary = [r for r in rows if r["epoch"] != 100]
+    with pytest.raises(PlotError, match="phase boundary"):
+        overwriting_per_seed(pl.DataFrame(no_boundary))
+
+
+def test_compatibility_change_is_taken_within_each_size_and_seed():
+    rows = []
+    for size, params in (("5k", 3588), ("10k", 9664)):
+        for seed in range(2):
+            for budget in (100, 200, 400):
+                mr = {"control-forward/forward": 0.1 * seed, "twice/forward": budget / 1000 + params / 1e5,
+                      "paraphrase/forward": 0.0, "inverse/forward": 0.0}
+                rows += [{"split": "train", "group_by": "part", "group": part, "epoch": budget,
+                          "cfg.train.epochs": budget, "mr": v, "capacity": v, "cfg.seed": seed,
+                          "cfg.model.size": size, "non_embedding_params": params} for part, v in mr.items()]
+    p = compatibility_per_seed(pl.DataFrame(rows).sample(fraction=1.0, shuffle=True, seed=1))
+    for r in p.iter_rows(named=True):
+        expected = None if r["budget"] == 100 else -(r["budget"] / 2) / 1000  # twice grows, so paraphrase-twice falls
+        assert r["paraphrase_minus_twice_change"] == (None if expected is None else pytest.approx(expected)), r

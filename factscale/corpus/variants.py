@@ -2,7 +2,7 @@
 overwriting). Each variant adds columns to every fact row and is recorded in the manifest.
 
 - ``compatibility``: redundant facts beside matched controls. From base facts whose value names one
-  subject only (so the inverse is one fact, not a contradiction), five disjoint groups of n are drawn:
+  subject only (so the inverse is one fact, not a contradiction), six disjoint groups of n are drawn:
 
   ==================  =====================================================  ==================
   group (``variant``)  facts in the corpus                                  what it tests
