@@ -5,6 +5,8 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+import subprocess
+import sys
 
 import polars as pl
 import pytest
@@ -408,23 +410,50 @@ def test_value_labels_come_from_the_referring_file_then_the_tables_then_anywhere
 def test_bucket_runs_merge_back_in_fact_order(tmp_path):
     """The grace join's plumbing: rows partitioned by id hash keep their order within each bucket, and reading
     the buckets as runs chunk by chunk (ranges that cut stored batches anywhere) gives every row once, in order."""
-    from factscale.corpus.labels import _SEED, _Buckets, _merged, _Run
+    from factscale.corpus.spillio import _SEED, Buckets, Run, merged
 
     n = 5_000
     rows = pl.DataFrame({"pos": pl.Series(range(n), dtype=pl.UInt64),
                          "id": [f"Q{(i * 7919) % 613}" for i in range(n)]})
-    buckets = _Buckets(tmp_path / "b", 7, "id", {"pos": pl.UInt64, "id": pl.String}, batch_rows=301)
+    buckets = Buckets(tmp_path / "b", 7, "id", {"pos": pl.UInt64, "id": pl.String}, batch_rows=301)
     for off in range(0, n, 97):
         buckets.add(rows.slice(off, 97))
     buckets.close()
     back = [buckets.read(k) for k in range(7)]
     assert sum(b.height for b in back) == n and sum(b.height > 0 for b in back) == 7
     assert all(b["pos"].is_sorted() and (b["id"].hash(_SEED) % 7 == k).all() for k, b in enumerate(back))
-    runs = _Buckets(tmp_path / "r", 7, "pos", {"pos": pl.UInt64, "id": pl.String}, 1)
+    runs = Buckets(tmp_path / "r", 7, "pos", {"pos": pl.UInt64, "id": pl.String}, 1)
     for k, b in enumerate(back):
         runs.write(k, b, max_chunk=53)
     runs.close()
-    readers = [_Run(runs.path(k)) for k in range(7)]
-    got = [_merged(readers, hi, {"pos": pl.UInt64, "id": pl.String}).sort("pos") for hi in (0, 1, 250, 251, 4999, 9999)]
+    readers = [Run(runs.path(k)) for k in range(7)]
+    got = [merged(readers, hi, {"pos": pl.UInt64, "id": pl.String}).sort("pos") for hi in (0, 1, 250, 251, 4999, 9999)]
     assert [g.height for g in got] == [0, 1, 249, 1, 4748, 1]
     assert pl.concat(got).equals(rows)
+
+
+def test_label_resolution_under_a_low_open_file_limit_lowers_the_buckets_and_says_so(tmp_path):
+    """With the hard limit on open files at 300 and one label row per bucket asked for, the buckets are fewer
+    (a warning line says so) and the result is the default sizes' - not 'Too many open files'."""
+    dump = tmp_path / "d.json"
+    lines = [_item("Q1", "Alpha"), _item("Q2", "Beta")]
+    lines += [_item(f"Q{i}", f"Item {i}", [("P17", "Q1" if i % 2 else "Q2")]) for i in range(10, 1510)]
+    dump.write_text("\n".join(lines) + "\n")
+    labels = tmp_path / "p.tsv"
+    labels.write_text("P17\tcountry\n")
+    script = f"""
+import json, resource, sys
+sys.path[:0] = {sys.path!r}
+resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
+from factscale.corpus.labels import Spill
+from factscale.corpus.wikidata import DumpOptions, dump_to_raw, pass1, raw_from_passes
+opts = DumpOptions()
+spill = Spill({str(tmp_path / "s")!r}, batch_rows=50, bucket_rows=1)
+got = raw_from_passes([pass1({str(dump)!r}, opts, spill, 0)], opts, spill, [{str(labels)!r}])
+want = dump_to_raw([{str(dump)!r}], opts, label_files=[{str(labels)!r}])
+print(json.dumps([got[0].equals(want[0]), got[0].height, got[1] == want[1]]))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == [True, 1500, True]
+    assert "buckets instead of" in r.stderr and "open-file limit 300" in r.stderr

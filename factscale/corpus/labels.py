@@ -8,7 +8,7 @@ names the facts with a partitioned (grace) hash join, so every spilled row is re
    position (``pos``, the fact's index in file order) and file to the bucket of its id (hash of the id modulo
    K, K = (label rows + table rows + facts) / ``bucket_rows``); one pass over the label parts and the
    ``--labels`` tables does the same with (id, label, sequence number). Buckets are append-only Arrow IPC
-   streams (``_Buckets``), so a bucket holds its rows in fact (or label) order. Relation ids (a few thousand
+   streams (``Buckets``), so a bucket holds its rows in fact (or label) order. Relation ids (a few thousand
    in a full dump) are kept in memory and joined to the buckets like the others.
 2. **Labels**, per bucket: the ids wanted (its value and unit ids, its relation ids) get, in this order of
    precedence, (a) their label in the last file that refers to them (or, for a property, that holds it),
@@ -18,7 +18,7 @@ names the facts with a partitioned (grace) hash join, so every spilled row is re
    again. This is the in-memory code's rule whenever an id's label is the same at each of its occurrences
    in a file (true of real dumps; its 1M-entry pending table only changed which of (b) and (c) came first
    beyond it). Each bucket's references with their labels go to a run (``runs/``) in ``pos`` order.
-3. **Facts** in file order, per chunk of fact parts: the runs are read as a K-way merge (``_Run``: one
+3. **Facts** in file order, per chunk of fact parts: the runs are read as a K-way merge (``Run``: one
    sequential reader per run hands out the chunk's ``pos`` range), so each run is read once. The named facts
    are partitioned again by subject; per subject bucket, each (subject, relation)'s values and unnamed values
    are counted and the positions of the facts the multi-value rule drops go to runs (``drops/``) merged in
@@ -30,23 +30,21 @@ run, and the first ids of error messages stay in memory.
 
 from __future__ import annotations
 
-import resource
 import shutil
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from factscale.corpus.datatypes import PLAIN_STRING_TYPES, STRING_ID, string_label_is_identifier
+from factscale.corpus.spillio import bucket_of, Buckets, merged, n_buckets, OPEN, Run
+
 
 FACT_SCHEMA = {"subject_id": pl.String, "subject_label": pl.String, "relation": pl.String, "value": pl.String,
                "value_id": pl.String, "unit_id": pl.String, "datatype": pl.String, "sitelinks": pl.Int64}
 LABEL_SCHEMA = {"id": pl.String, "label": pl.String}
 BATCH_ROWS = 500_000  # facts or labels per part file (~25-60 MB in memory while written or read)
 BUCKET_ROWS = 4_000_000  # label rows + referenced ids per resolution bucket
-_SEED = 0x5EED
 _REF = {"id": pl.String, "file": pl.UInt32, "pos": pl.UInt64, "unit": pl.Boolean}
 _LAB = {"id": pl.String, "label": pl.String, "file": pl.UInt32, "seq": pl.UInt64}
 _SUBJ = {"subject_id": pl.String, "relation": pl.String, "unnamed": pl.Boolean, "pos": pl.UInt64}
@@ -119,120 +117,6 @@ class Spill:
         return out
 
 
-def _n_buckets(rows: int, bucket_rows: int) -> int:
-    """K for ``rows`` rows in buckets of ``bucket_rows``: while partitioning and merging one file per bucket is
-    open (two sets at once), so the soft limit on open files is raised if it must be, or K lowered to fit."""
-    k_n = max(1, -(-rows // bucket_rows))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < 2 * k_n + 256:
-        soft = 2 * k_n + 256 if hard == resource.RLIM_INFINITY else min(hard, 2 * k_n + 256)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        k_n = min(k_n, max(1, (soft - 256) // 2))
-    return k_n
-
-
-def _bucket_of(col: str, k_n: int) -> pl.Expr:
-    return (pl.col(col).hash(_SEED) % k_n).cast(pl.UInt32)
-
-
-class _Buckets:
-    """K append-only Arrow IPC streams ``root/b-K.arrow``: rows go to the bucket of ``col``'s hash in the order
-    added. Rows wait in one buffer of ``batch_rows`` rows and are written one batch per bucket per flush, so
-    memory is one buffer and the files are written once, sequentially."""
-
-    def __init__(self, root: Path, k_n: int, col: str, schema: dict, batch_rows: int):
-        self.root, self.k_n, self.col, self.schema, self.batch_rows = root, k_n, col, schema, batch_rows
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
-        self._buf, self._n, self._out = [], 0, {}
-
-    def path(self, k: int) -> Path:
-        return self.root / f"b-{k:05d}.arrow"
-
-    def add(self, df: pl.DataFrame):
-        if df.height:
-            self._buf.append(df.select([pl.col(c).cast(t) for c, t in self.schema.items()]))
-            self._n += df.height
-        if self._n >= self.batch_rows:
-            self._flush()
-
-    def _flush(self):
-        if not self._buf:
-            return
-        # one stable sort by bucket and zero-copy slices: per flush a fixed number of polars calls, not one per bucket
-        df = pl.concat(self._buf)
-        self._buf, self._n = [], 0  # at most two copies of the buffer alive at once
-        df = df.with_columns(_k=_bucket_of(self.col, self.k_n)).sort("_k", maintain_order=True)
-        ks, starts = df["_k"].to_numpy(), np.flatnonzero(np.diff(df["_k"].to_numpy())) + 1
-        t, df = df.drop("_k").to_arrow(), None
-        for lo, hi in zip([0, *starts], [*starts, len(ks)]):
-            self.write(int(ks[lo]), t.slice(lo, hi - lo))
-
-    def write(self, k: int, rows, max_chunk: int | None = None):
-        """Append ``rows`` (a polars or Arrow table) to bucket ``k``, in stored batches of ``max_chunk`` rows."""
-        t = rows.to_arrow() if isinstance(rows, pl.DataFrame) else rows
-        if k not in self._out:
-            sink = pa.OSFile(str(self.path(k)), "wb")
-            self._out[k] = (sink, pa.ipc.new_stream(sink, t.schema))
-        self._out[k][1].write_table(t, max_chunksize=max_chunk)
-
-    def close(self):
-        self._flush()
-        for sink, writer in self._out.values():
-            writer.close()
-            sink.close()
-        self._out.clear()
-
-    def read(self, k: int) -> pl.DataFrame:
-        p = self.path(k)
-        if not p.exists():
-            return pl.DataFrame(schema=self.schema)
-        with pa.OSFile(str(p)) as src:
-            return pl.from_arrow(pa.ipc.open_stream(src).read_all())
-
-
-class _Run:
-    """Sequential reader of one run (rows in ``pos`` order): ``until(hi)`` hands out its rows below ``hi``, one
-    stored batch in memory at a time. Reading every run chunk by chunk reads each run once: a K-way merge."""
-
-    def __init__(self, path: Path):
-        self._src = pa.OSFile(str(path)) if path.exists() else None
-        self._reader = pa.ipc.open_stream(self._src) if self._src else None
-        self._left: pa.RecordBatch | None = None
-        self._pos = None
-
-    def until(self, hi: int) -> list[pa.RecordBatch]:
-        out = []
-        while True:
-            if self._left is None:
-                if self._reader is None:
-                    return out
-                try:
-                    self._left = self._reader.read_next_batch()
-                except StopIteration:
-                    self.close()
-                    return out
-                self._pos = self._left.column("pos").to_numpy()
-            n = int(np.searchsorted(self._pos, hi, side="left"))
-            if n < len(self._pos):
-                if n:
-                    out.append(self._left.slice(0, n))
-                    self._left, self._pos = self._left.slice(n), self._pos[n:]
-                return out
-            out.append(self._left)
-            self._left = None
-
-    def close(self):
-        if self._src:
-            self._src.close()
-        self._src = self._reader = None
-
-
-def _merged(runs: list[_Run], hi: int, schema: dict) -> pl.DataFrame:
-    got = [b for r in runs for b in r.until(hi)]
-    return pl.from_arrow(pa.Table.from_batches(got)) if got else pl.DataFrame(schema=schema)
-
-
 def _first_ids(ids: list[str], have: list[str], keep: int = 5) -> list[str]:
     return sorted({*have, *ids}, key=lambda x: (len(x), x))[:keep]
 
@@ -241,7 +125,7 @@ def _partition(spill: Spill, tables: list[dict], k_n: int):
     """Step 1: referenced ids and label rows into buckets; returns (refs, labels, tables) buckets and the
     relation ids."""
     root, batch = spill.root, spill.batch_rows
-    refs = _Buckets(root / "refs", k_n, "id", _REF, batch)
+    refs = Buckets(root / "refs", k_n, "id", _REF, batch)
     rels, pos = pl.Series("id", [], dtype=pl.String), 0
     for f in spill.files("facts"):
         part = pl.read_parquet(f, columns=["relation", "value_id", "unit_id", "file"])
@@ -252,14 +136,14 @@ def _partition(spill: Spill, tables: list[dict], k_n: int):
                             part.select("file", "pos", id="unit_id", unit=pl.lit(True))])
                  .drop_nulls("id").sort("pos", "unit"))
     refs.close()
-    labs = _Buckets(root / "labs", k_n, "id", _LAB, batch)
+    labs = Buckets(root / "labs", k_n, "id", _LAB, batch)
     seq = 0
     for f in spill.files("labels"):
         part = pl.read_parquet(f, columns=["id", "label", "file"])
         labs.add(part.with_columns(seq=pl.int_range(seq, seq + part.height, dtype=pl.UInt64)))
         seq += part.height
     labs.close()
-    tabs, seq = _Buckets(root / "tables", k_n, "id", _LAB, batch), 0
+    tabs, seq = Buckets(root / "tables", k_n, "id", _LAB, batch), 0
     for table in tables:  # a later --labels file wins: its rows come later
         tabs.add(pl.DataFrame({"id": list(table), "label": list(table.values())}, schema=LABEL_SCHEMA)
                  .with_columns(file=pl.lit(0, dtype=pl.UInt32), seq=pl.int_range(seq, seq + len(table), dtype=pl.UInt64)))
@@ -271,10 +155,10 @@ def _partition(spill: Spill, tables: list[dict], k_n: int):
 def resolve_labels(spill: Spill, tables: list[dict]) -> tuple[dict, dict, list[Path]]:
     """Steps 1-2: -> (info: counts of ids left unnamed and the first of them, for the error lines; relation
     labels; runs ``runs/b-K.arrow`` of (pos, unit, label) per bucket, in ``pos`` order)."""
-    k_n = _n_buckets(spill.rows["labels"] + sum(map(len, tables)) + spill.rows["facts"], spill.bucket_rows)
+    k_n = n_buckets(spill.rows["labels"] + sum(map(len, tables)) + spill.rows["facts"], spill.bucket_rows)
     refs, labs, tabs, rels = _partition(spill, tables, k_n)
-    rels = rels.with_columns(_k=_bucket_of("id", k_n))
-    runs = _Buckets(spill.root / "runs", k_n, "pos", {"pos": pl.UInt64, "unit": pl.Boolean, "label": pl.String}, 1)
+    rels = rels.with_columns(_k=bucket_of("id", k_n))
+    runs = Buckets(spill.root / "runs", k_n, "pos", {"pos": pl.UInt64, "unit": pl.Boolean, "label": pl.String}, 1)
     run_batch = max(1024, spill.batch_rows // k_n)  # the merge holds one stored batch per run: ~batch_rows rows
     info = {"buckets": k_n, "needed": 0, "needed_unresolved": 0, "needed_first": [], "pids_unresolved": []}
     rel_labels = {}
@@ -340,7 +224,19 @@ def _rules(part: pl.DataFrame, keep_string_ids: bool, id_labels: dict, templates
 def resolve(spill: Spill, tables: list[dict], keep_string_ids: bool, templates: dict):
     """Spilled pass 1 -> (kept part files, counts, info, per-relation (subjects, multi-valued subjects)).
 
-    Kept rows are those of ``wikidata.raw_from_passes``, in fact order, with its columns."""
+    Kept rows are those of ``wikidata.raw_from_passes``, in fact order, with its columns. On failure every
+    spill file it opened is closed before the error propagates (the spill directory can then be removed)."""
+    try:
+        return _resolve(spill, tables, keep_string_ids, templates)
+    except BaseException:
+        for h in OPEN:
+            h.abort()
+        raise
+    finally:
+        OPEN.clear()
+
+
+def _resolve(spill: Spill, tables: list[dict], keep_string_ids: bool, templates: dict):
     info, rel_labels, run_paths = resolve_labels(spill, tables)
     plabels = pl.DataFrame({"relation": list(rel_labels), "plabel": list(rel_labels.values())},
                            schema={"relation": pl.String, "plabel": pl.String})
@@ -348,14 +244,14 @@ def resolve(spill: Spill, tables: list[dict], keep_string_ids: bool, templates: 
     for d in (named_dir, kept_dir):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir()
-    k_s = -(-spill.rows["facts"] // spill.bucket_rows)
-    subj = _Buckets(spill.root / "subjects", k_s, "subject_id", _SUBJ, spill.batch_rows)
-    runs, named, lo = [_Run(p) for p in run_paths], [], 0
+    k_s = n_buckets(spill.rows["facts"], spill.bucket_rows)  # open beside the K label runs: both fit the limit
+    subj = Buckets(spill.root / "subjects", k_s, "subject_id", _SUBJ, spill.batch_rows)
+    runs, named, lo = [Run(p) for p in run_paths], [], 0
     for n, files in enumerate(spill.chunks("facts", spill.bucket_rows)):
         part = pl.read_parquet(files)
         part = part.with_columns(pos=pl.int_range(lo, lo + part.height, dtype=pl.UInt64))
         lo += part.height
-        got = _merged(runs, lo, {"pos": pl.UInt64, "unit": pl.Boolean, "label": pl.String})
+        got = merged(runs, lo, {"pos": pl.UInt64, "unit": pl.Boolean, "label": pl.String})
         for unit, name in ((False, "vlabel"), (True, "ulabel")):
             part = part.join(got.filter(pl.col("unit") == unit).select("pos", pl.col("label").alias(name)),
                              on="pos", how="left", maintain_order="left")
@@ -371,7 +267,7 @@ def resolve(spill: Spill, tables: list[dict], keep_string_ids: bool, templates: 
     shutil.rmtree(spill.root / "runs")
 
     # values per (subject, relation), over every file: the multi-value drop and the to-many marks need them
-    drops = _Buckets(spill.root / "drops", k_s, "pos", {"pos": pl.UInt64}, 1)
+    drops = Buckets(spill.root / "drops", k_s, "pos", {"pos": pl.UInt64}, 1)
     per_rel = []
     for k in range(k_s):
         rows = subj.read(k)
@@ -388,10 +284,10 @@ def resolve(spill: Spill, tables: list[dict], keep_string_ids: bool, templates: 
 
     counts: Counter = Counter()
     id_labels: dict[str, bool] = {}
-    kept, runs = [], [_Run(drops.path(k)) for k in range(k_s)]
+    kept, runs = [], [Run(drops.path(k)) for k in range(k_s)]
     for n, (f, hi) in enumerate(named):
         part = pl.read_parquet(f)
-        dropped = _merged(runs, hi, {"pos": pl.UInt64})["pos"]
+        dropped = merged(runs, hi, {"pos": pl.UInt64})["pos"]
         part = part.with_columns(multi_drop=pl.col("pos").is_in(dropped.implode()))
         kept.append(kept_dir / f"part-{n:07d}.parquet")
         _rules(part, keep_string_ids, id_labels, templates, counts).write_parquet(kept[-1])

@@ -238,8 +238,8 @@ def merge(plan: list[dict], opts: DumpOptions, shard_dir, label_files=(), templa
                     for part in sorted((d / kind).glob("part-*.parquet")):
                         rows = pl.read_parquet(part).drop("file")
                         acc.add(rows, []) if kind == "facts" else acc.add([], rows)
+                broken += [(offset + b[0], b[1]) for b in meta["broken"]]  # a shard counts lines from its start
                 offset += meta["n_lines"]
-                broken += [tuple(b) for b in meta["broken"]]
             passes.append(acc.finish(broken))
         return raw_from_passes(passes, opts, spill, label_files, templates)
 
