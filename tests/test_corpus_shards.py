@@ -197,6 +197,7 @@ def test_benchmark_script_checks_the_same_hash(tmp_path):
 def test_one_bz2_file_split_at_its_blocks_builds_the_local_corpus(shared, tmp_path):
     """3 shards of one .bz2 file (uncompressed byte ranges, each entered at the bz2 block before it through the
     saved block index) give the local build's corpus: same facts, hash, counts and error lines."""
+    pytest.importorskip("indexed_bzip2", reason="splitting a .bz2 needs the fast extra: pip install -e '.[fast]'")
     src = shared / "dump-sample" / "items100.json.bz2"
     spec = _spec(shared, [src])
     plan = plan_shards([src], 3)
