@@ -292,8 +292,7 @@ def cmd_study(a):
 
     df = pl.read_parquet(a.results)
     if a.kind == "preference":
-        column = a.column or next((c for c in ("freq_level", "rarity_bucket") if
-                                   df.filter(pl.col("group_by") == c).height), "freq_level")
+        column = a.column or st.preference_column(df)
         t, title = st.preference_summary(df, column), f"preference by {column}: MR alone, mixed, loss = alone - mixed"
     elif a.kind == "overwriting":
         t, title = st.overwriting_summary(df), "overwriting: phase MRs (annealed end), forgetting = control - blocked"

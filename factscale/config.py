@@ -46,10 +46,13 @@ class CorpusRef:
 
     def where_filter(self) -> tuple[str, list[str]] | None:
         """(column, allowed values) of ``where``, or None."""
-        if self.where is None:
-            return None
-        col, _, vals = str(self.where).partition("=")
-        return col.strip(), [v.strip() for v in vals.split(",") if v.strip()]
+        return None if self.where is None else parse_where(self.where)
+
+
+def parse_where(text: str) -> tuple[str, list[str]]:
+    """``column=value[,value...]`` -> (column, values): the one reading of ``corpus.where``."""
+    col, _, vals = str(text).partition("=")
+    return col.strip(), [v.strip() for v in vals.split(",") if v.strip()]
 
 
 @dataclass

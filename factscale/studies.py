@@ -16,20 +16,13 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from factscale.study_stats import compatibility_summary, preference_column, preference_per_seed, rows_by
 from factscale.vocab import PlotError, final_probes
 
 
 def _subplots(ncols: int, figsize):
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
-
-
-def _groups(df: pl.DataFrame, by: str, split: str = "train") -> pl.DataFrame:
-    d = df.filter((pl.col("split") == split) & (pl.col("group_by") == by))
-    if d.height == 0:
-        raise PlotError(f"no probe rows broken down by {by!r}: build the corpus with the study's variant and "
-                        f"set probe.group_columns: [{by}]")
-    return d
 
 
 def _seed_lines(ax, t: pl.DataFrame, quantities: list[str], labels: list[str], title: str, ylabel: str):
@@ -55,8 +48,6 @@ def _seed_lines(ax, t: pl.DataFrame, quantities: list[str], labels: list[str], t
 def fig_compatibility(df: pl.DataFrame):
     """Forward-statement MR per group (control, twice, paraphrase, inverse) and the differences vs the epoch
     budget (annealed end points), one row per model size."""
-    from factscale.study_stats import compatibility_summary
-
     t = compatibility_summary(df)
     sizes = t.sort("non_embedding_params")["cfg.model.size"].unique(maintain_order=True).to_list()
     fig = Figure(figsize=(11, 3.8 * len(sizes)))
@@ -78,12 +69,8 @@ def fig_compatibility(df: pl.DataFrame):
 
 def fig_preference(df: pl.DataFrame):
     """MR of each group trained alone vs mixed with the other groups (equal exposures per fact), per size."""
-    from factscale.study_stats import preference_per_seed
-
-    cols = [c for c in ("freq_level", "rarity_bucket") if df.filter(pl.col("group_by") == c).height]
-    if not cols:
-        raise PlotError("no frequency/difficulty breakdown: set probe.group_columns: [freq_level] or [rarity_bucket]")
-    p = preference_per_seed(df, cols[0])
+    column = preference_column(df)
+    p = preference_per_seed(df, column)
     long = pl.concat([p.select("cfg.model.size", "group", pl.col("mr_alone").alias("mr"), pl.lit("alone").alias("trained")),
                       p.select("cfg.model.size", "group", pl.col("mr_mixed").alias("mr"), pl.lit("mixed").alias("trained"))])
     sizes = p.sort("non_embedding_params")["cfg.model.size"].unique(maintain_order=True).to_list()
@@ -92,7 +79,7 @@ def fig_preference(df: pl.DataFrame):
         d = long.filter(pl.col("cfg.model.size") == size).sort("group")
         sns.barplot(d.to_pandas(), x="group", y="mr", hue="trained", ax=ax, errorbar=("pi", 100), capsize=0.1)
         n = p.filter(pl.col("cfg.model.size") == size)["cfg.seed"].n_unique()
-        ax.set(xlabel=cols[0], ylabel="memorization rate (annealed end point)", ylim=(0, 1.02),
+        ax.set(xlabel=column, ylabel="memorization rate (annealed end point)", ylim=(0, 1.02),
                title=f"{size}: each group alone vs mixed, equal exposures per fact\n(mean of {n} seeds, bars: range)")
         ax.title.set_fontsize(9)
     fig.tight_layout()
@@ -101,7 +88,7 @@ def fig_preference(df: pl.DataFrame):
 
 def fig_overwriting(df: pl.DataFrame):
     """Phase MRs vs epochs: blocked order, the continued-phase-1 control and interleaved order, per size."""
-    d = _groups(df, "phase")
+    d = rows_by(df, "phase")
     if "cfg.train.order" not in d.columns:
         raise PlotError("results lack cfg.train.order")
     d = d.with_columns(curve=pl.format("{} under {}", "group", "cfg.train.order"))

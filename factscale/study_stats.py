@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from factscale.config import parse_where
 from factscale.vocab import PlotError
 
 MIN_SEEDS = 3
@@ -64,12 +65,21 @@ def _unique(rows, key, what: str) -> dict:
     return out
 
 
-def _rows(df: pl.DataFrame, by: str) -> pl.DataFrame:
-    d = df.filter((pl.col("split") == "train") & (pl.col("group_by") == by))
+def rows_by(df: pl.DataFrame, by: str, split: str = "train") -> pl.DataFrame:
+    """The probe rows of ``split`` broken down by ``by`` (a study's group column)."""
+    d = df.filter((pl.col("split") == split) & (pl.col("group_by") == by))
     if d.height == 0:
-        raise PlotError(f"no training probe rows broken down by {by!r}: build the corpus with the study's "
+        raise PlotError(f"no {split} probe rows broken down by {by!r}: build the corpus with the study's "
                         f"variant and set probe.group_columns: [{by}]")
     return d
+
+
+def preference_column(df: pl.DataFrame) -> str:
+    """The grouping column of a preference study's results: frequency level, else difficulty bucket."""
+    for c in ("freq_level", "rarity_bucket"):
+        if df.filter(pl.col("group_by") == c).height:
+            return c
+    raise PlotError("no frequency/difficulty breakdown: set probe.group_columns: [freq_level] or [rarity_bucket]")
 
 
 def _summarise(per_seed: pl.DataFrame, keys: list[str], quantities: list[str]) -> pl.DataFrame:
@@ -85,7 +95,7 @@ def _summarise(per_seed: pl.DataFrame, keys: list[str], quantities: list[str]) -
 
 def overwriting_per_seed(df: pl.DataFrame) -> pl.DataFrame:
     """Per (size, seed): phase MRs at the phase boundary and at the (annealed) end, for each order."""
-    d = _rows(df, "phase")
+    d = rows_by(df, "phase")
     if ORDER not in d.columns:
         raise PlotError("results lack cfg.train.order")
     orders = set(d[ORDER].unique().to_list())
@@ -129,7 +139,7 @@ def compatibility_per_seed(df: pl.DataFrame) -> pl.DataFrame:
     """Per (size, seed, epoch budget), at the budget's final (annealed) probe: MR of the forward statement in
     each group, the differences, and each redundant set's extra facts over its control. With several budgets
     (cooldown branches), ``*_change`` = the value at this budget - at the next smaller one: ~0 at a plateau."""
-    d = _rows(df, "part").filter(pl.col("epoch") == pl.col("cfg.train.epochs"))
+    d = rows_by(df, "part").filter(pl.col("epoch") == pl.col("cfg.train.epochs"))
     rows = []
     for (size, params, seed, budget), g in d.group_by([SIZE, PARAMS, SEED, "cfg.train.epochs"]):
         at = _unique(g.iter_rows(named=True), lambda r: r["group"], f"compatibility ({size}, seed {seed}, {budget})")
@@ -176,15 +186,14 @@ def _alone_group(where: str | None, column: str) -> str | None:
     """The one group a ``corpus.where`` run trained alone, or None for a mixed run."""
     if where is None:
         return None
-    col, _, vals = where.partition("=")
-    vals = [v.strip() for v in vals.split(",") if v.strip()]
-    return vals[0] if col.strip() == column and len(vals) == 1 else None
+    col, vals = parse_where(where)
+    return vals[0] if col == column and len(vals) == 1 else None
 
 
 def preference_per_seed(df: pl.DataFrame, column: str) -> pl.DataFrame:
     """Per (size, seed, group) at the final probe: MR trained alone, MR mixed with the other groups, and
     the loss from competing (alone - mixed). Groups without both runs are left out."""
-    d = _rows(df, column)
+    d = rows_by(df, column)
     d = d.filter(pl.col("epoch") == pl.col("cfg.train.epochs"))
     if WHERE not in d.columns:
         d = d.with_columns(pl.lit(None, dtype=pl.String).alias(WHERE))
@@ -193,7 +202,7 @@ def preference_per_seed(df: pl.DataFrame, column: str) -> pl.DataFrame:
         alone, mixed = {}, {}
         for r in g.iter_rows(named=True):
             a = _alone_group(r[WHERE], column)
-            if r[WHERE] is not None and a is None and not r[WHERE].partition("=")[0].strip() == column:
+            if r[WHERE] is not None and a is None and parse_where(r[WHERE])[0] != column:
                 raise PlotError(f"preference by {column!r}: run {r.get('run_id')} has corpus.where={r[WHERE]!r}, "
                                 f"on another column; summarise runs grouped by {column!r} only")
             into = mixed if a is None else alone if r["group"] == a else None
