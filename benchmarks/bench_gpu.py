@@ -2,10 +2,14 @@
 
     python benchmarks/bench_gpu.py [--sizes 1m,3m,10m,30m,100m] [--batch 32] [--seq 256] [--steps 20]
                                    [--vocab 2048] [--scored 0.25] [--precision auto]
+                                   [--attention isolated] [--fact-len 16]
 
 Per registry size: the step factscale trains with (``train.scored_loss``: output head at the scored
 positions only, here a random ``--scored`` fraction like ``loss_on: value``; bf16 autocast on a GPU; fused
-AdamW; gradient clipping; batches from pinned memory), timed after warm-up with device syncs. Prints
+AdamW; gradient clipping; batches from pinned memory; ``isolated`` attention, the default, with a fact
+starting every ``--fact-len`` tokens and the block-diagonal mask of ``train.fact_isolation``, which keeps
+SDPA off its mask-free flash kernel; ``--attention packed`` shows that kernel's rate), timed after warm-up
+with device syncs. Prints
 tokens/s and MFU = model FLOP/s / peak FLOP/s, with model FLOPs per token (PaLM's convention, attention
 over the full context):
 
@@ -25,7 +29,7 @@ import torch
 
 from factscale.config import ModelConfig
 from factscale.models import build_model, non_embedding_params, resolve_shape
-from factscale.train import scored_loss
+from factscale.train import fact_isolation, scored_loss
 
 # dense bf16 tensor-core peaks from the vendors' spec sheets (no sparsity)
 SPEC_BF16 = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12, "H100": 989e12,
@@ -66,6 +70,7 @@ def measure(size: str, device: torch.device, bf16: bool, a) -> dict:
     gen = torch.Generator().manual_seed(0)
     pin = device.type == "cuda"
     ids = torch.randint(3, a.vocab, (a.batch, a.seq), generator=gen)
+    ids[:, ::a.fact_len] = 1  # <bos>: facts of --fact-len tokens (isolated attention restarts there)
     labels = torch.where(torch.rand(a.batch, a.seq, generator=gen) < a.scored, ids, torch.full_like(ids, -100))
     if pin:
         ids, labels = ids.pin_memory(), labels.pin_memory()
@@ -73,7 +78,8 @@ def measure(size: str, device: torch.device, bf16: bool, a) -> dict:
     def step():
         x, y = ids.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = scored_loss(model, x, y)
+            iso = fact_isolation(x, 1) if a.attention == "isolated" else (None, None)
+            loss = scored_loss(model, x, y, *iso)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         opt.step()
@@ -106,6 +112,8 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    ap.add_argument("--attention", choices=["isolated", "packed"], default="isolated", help="train.attention")
+    ap.add_argument("--fact-len", type=int, default=16, help="tokens per fact under isolated attention")
     a = ap.parse_args()
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
@@ -118,7 +126,8 @@ def main():
     peak = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32)
     spec = spec_peak(name) if gpu and bf16 else None
     print(f"device: {name}; precision {'bf16 autocast' if bf16 else 'fp32'}; batch {a.batch} x {a.seq}; "
-          f"vocab {a.vocab}; scored fraction {a.scored}")
+          f"vocab {a.vocab}; scored fraction {a.scored}; attention {a.attention}"
+          + (f" (facts of {a.fact_len} tokens)" if a.attention == "isolated" else ""))
     print(f"measured dense matmul peak: {peak / 1e12:.2f} TFLOP/s"
           + (f"; spec sheet: {spec / 1e12:.0f} TFLOP/s" if spec else ""))
     print(f"{'size':>6} {'non-emb params':>15} {'ms/step':>9} {'tokens/s':>12} {'TFLOP/s':>8} {'MFU (measured peak)':>20}"

@@ -1,13 +1,15 @@
 """Training throughput: factscale's Lightning path beside a plain PyTorch loop, same model/data/batch.
 
     python benchmarks/bench_train.py [--size 1m] [--steps 40] [--batch 16] [--seq 128] [--loss-on value]
-                                     [--vocab 512] [--threads 1] [--compile]
+                                     [--attention isolated] [--vocab 512] [--threads 1] [--compile]
 
 Both loops train the same transformers model (same init), on the same packed batches, with AdamW, the
-same LR schedule and gradient clipping. The plain loop is the obvious one (``model(..., labels=...)``,
-full logits); factscale's is ``FactLM.training_step`` under Lightning (with ``loss_on: value`` the
-output head runs only at scored positions). Defaults are the demo's regime (value-only loss, 512-token
-vocabulary, one thread per run). Prints tokens/s of each, the ratio, the loss of both on the same
+same LR schedule and gradient clipping, and the same attention. The plain loop is the obvious one
+(``model(..., labels=...)``, full logits; under ``isolated`` attention it passes the restarting
+``position_ids`` and lets transformers build the block-diagonal mask); factscale's is
+``FactLM.training_step`` under Lightning (with ``loss_on: value`` the output head runs only at scored
+positions; under ``isolated`` it builds the mask itself, ``train.fact_isolation``). Defaults are the
+demo's regime (value-only loss, isolated attention, 512-token vocabulary, one thread per run). Prints tokens/s of each, the ratio, the loss of both on the same
 steps (they must agree), and achieved FLOP/s (6 * non-embedding params * tokens, plus the attention and
 output-layer terms) against this machine's measured fp32 matmul peak.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +34,7 @@ from factscale.corpus import SyntheticSpec, build_synthetic
 from factscale.corpus.build import load_corpus
 from factscale.data import FactDataModule
 from factscale.models import non_embedding_params, resolve_shape
-from factscale.train import FactLM, lr_lambda
+from factscale.train import FactLM, fact_isolation, fact_positions, lr_lambda
 
 
 def matmul_peak(n=1024, reps=20) -> float:
@@ -59,13 +62,42 @@ class StepTimer(L.Callback):
             self.t1 = time.perf_counter()
 
 
+def mask_timing(model, ids: torch.Tensor, reps: int = 500) -> tuple[float, float]:
+    """Seconds to build one batch's isolation mask: transformers' own from restarting position_ids (what the
+    plain loop gets), and train.fact_isolation; the two masks are checked equal first."""
+    from transformers.masking_utils import create_causal_mask
+
+    bos = model.config.bos_token_id
+    emb = model.get_input_embeddings()(ids).detach()
+
+    def theirs():
+        return create_causal_mask(config=model.config, inputs_embeds=emb, attention_mask=None, cache=None,
+                                  position_ids=fact_positions(ids, bos))
+
+    def ours():
+        return fact_isolation(ids, bos)[1]
+
+    assert torch.equal(theirs(), ours())
+    best = {}
+    for _ in range(3):
+        for f in (theirs, ours):
+            t = time.perf_counter()
+            for _ in range(reps):
+                f()
+            best[f] = min(best.get(f, float("inf")), (time.perf_counter() - t) / reps)
+    return best[theirs], best[ours]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="1m")
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=5, help="paired rounds of both loops")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--loss-on", default="value", choices=["all", "value"])
+    ap.add_argument("--attention", default="isolated", choices=["isolated", "packed"],
+                    help="train.attention of both loops (the demo trains isolated)")
     ap.add_argument("--vocab", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile", action="store_true", help="train.compile=true for the factscale path")
@@ -79,8 +111,7 @@ def main():
     cfg = load_run_config(None, {"corpus.path": str(tmp / "c"), "runs_dir": str(tmp / "r"), "model.size": a.size,
                                  "train.batch_size": a.batch, "train.seq_len": a.seq, "train.epochs": 1,
                                  "train.progress_bar": False, "train.loss_on": a.loss_on,
-                                 "train.compile": a.compile,
-                                 "train.attention": "packed"})  # the plain loop below attends over whole windows
+                                 "train.compile": a.compile, "train.attention": a.attention})
     dm = FactDataModule(cfg, facts, pad_id=0)
     ids, labels = dm.epoch_tensors(0)
     n_batches = ids.shape[0] // a.batch
@@ -105,7 +136,8 @@ def main():
             if i == warm:
                 t = time.perf_counter()
             b = slice(i * a.batch, (i + 1) * a.batch)
-            loss = model(input_ids=ids[b], labels=labels[b]).loss
+            pos = fact_positions(ids[b], module.model.config.bos_token_id) if a.attention == "isolated" else None
+            loss = model(input_ids=ids[b], labels=labels[b], position_ids=pos, use_cache=False).loss
             plain_losses.append(loss.item())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -127,11 +159,17 @@ def main():
         fs_losses[:] = timer.losses
         return (timer.t1 - timer.t0) / timer.steps
 
-    # alternate the two, best of three each: a shared machine's noise hits both alike
-    t_plain, t_fs = float("inf"), float("inf")
-    for _ in range(3):
-        t_plain = min(t_plain, plain_loop())
-        t_fs = min(t_fs, factscale_path())
+    # Rounds of both, back to back, the order alternating. This machine's speed drifts by up to 2x between
+    # seconds, so a ratio within a round (paired) is steadier than one of two bests taken minutes apart; the
+    # median over rounds is the headline, the per-round ratios show the spread.
+    t_plain, t_fs, ratios = float("inf"), float("inf"), []
+    for r in range(a.rounds):
+        if r % 2:
+            f, p = factscale_path(), plain_loop()
+        else:
+            p, f = plain_loop(), factscale_path()
+        t_plain, t_fs = min(t_plain, p), min(t_fs, f)
+        ratios.append(p / f)
 
     s = resolve_shape(cfg.model)
     n = non_embedding_params(cfg.model.arch, s)
@@ -139,8 +177,9 @@ def main():
     flops_tok = 6 * n + 6 * s.n_layers * a.seq * s.hidden + 6 * s.hidden * vocab
     peak = matmul_peak()
     print(f"model {a.size}: {n:,} non-emb params; vocab {vocab}; batch {a.batch} x {a.seq}; loss_on={a.loss_on}; "
-          f"{tokens_per_step} real tokens/step; {torch.get_num_threads()} threads; compile={a.compile}")
-    for name, dt in (("plain PyTorch loop", t_plain), ("factscale (Lightning)", t_fs)):
+          f"attention={a.attention}; {tokens_per_step} real tokens/step; {torch.get_num_threads()} threads; "
+          f"compile={a.compile}")
+    for name, dt in (("plain PyTorch loop", t_plain), ("factscale (Lightning)", t_fs)):  # best round of each
         tps = tokens_per_step / dt
         print(f"{name:<24} {dt * 1000:8.1f} ms/step {tps:10,.0f} tokens/s  "
               f"{tps * flops_tok / 1e9:6.2f} GFLOP/s ({tps * flops_tok / peak:.0%} of matmul peak)")
@@ -148,7 +187,12 @@ def main():
     diff = max(abs(x - y) for x, y in zip(plain_losses, fs_losses))
     print(f"loss, same {len(fs_losses)} steps from the same init: plain {plain_losses[0]:.4f} -> {plain_losses[-1]:.4f}, "
           f"factscale {fs_losses[0]:.4f} -> {fs_losses[-1]:.4f} (largest difference {diff:.1e})")
-    print(f"factscale / plain: {t_plain / t_fs:.2f}x")
+    if a.attention == "isolated":
+        t_theirs, t_ours = mask_timing(module.model, ids[: a.batch])
+        print(f"isolation mask per batch: transformers from position_ids {t_theirs * 1e6:.0f} us, "
+              f"train.fact_isolation {t_ours * 1e6:.0f} us ({t_theirs / t_ours:.1f}x)")
+    print(f"per-round factscale / plain: {', '.join(f'{x:.2f}' for x in ratios)}; best times: {t_plain / t_fs:.2f}x")
+    print(f"factscale / plain: {statistics.median(ratios):.2f}x (median of {len(ratios)} paired rounds)")
 
 
 if __name__ == "__main__":

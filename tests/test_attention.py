@@ -13,7 +13,7 @@ from conftest import tiny_run_config
 from factscale.config import ConfigError, ModelConfig
 from factscale.data import FactDataModule
 from factscale.models import ARCHS, build_model
-from factscale.train import FactLM, fact_positions
+from factscale.train import FactLM, fact_isolation, fact_positions
 
 BOS, EOS, PAD, VOCAB = 1, 2, 0, 64
 
@@ -63,16 +63,21 @@ def test_isolated_window_logits_equal_each_fact_alone(arch):
     model = tiny_model(arch)
     _, ids, _ = packed_windows("isolated")
     with torch.no_grad():
+        # transformers' own mask from restarting positions, and the one training builds (fact_isolation)
         iso = model(input_ids=ids, position_ids=fact_positions(ids, BOS), use_cache=False).logits
+        pos, mask = fact_isolation(ids, BOS)
+        ours = model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False).logits
         plain = model(input_ids=ids, use_cache=False).logits  # packed: causal over the whole window
-        worst_iso = worst_plain = 0.0
+        worst_iso = worst_ours = worst_plain = 0.0
         for r in range(len(ids)):
             for s, e in segments(ids[r]):
                 alone = model(input_ids=ids[r:r + 1, s:e]).logits[0]
                 worst_iso = max(worst_iso, (iso[r, s:e] - alone).abs().max().item())
+                worst_ours = max(worst_ours, (ours[r, s:e] - alone).abs().max().item())
                 if s > 0:  # a fact after another one in its window
                     worst_plain = max(worst_plain, (plain[r, s:e] - alone).abs().max().item())
-    assert worst_iso < 1e-5
+    assert worst_iso < 1e-5 and worst_ours < 1e-5
+    assert torch.equal(iso, ours)  # the same mask, so the same numbers (padding included)
     assert worst_plain > 1e-3  # packed attention really does see the neighbours: the check above can fail
 
 
@@ -104,6 +109,24 @@ def test_isolated_training_loss_equals_facts_alone(loss_on):
         packed = attached(packed_cfg, model).training_step((ids, labels), 0).item()
     assert abs(isolated - alone) < 1e-5
     assert abs(packed - alone) > 1e-4
+
+
+def test_isolation_mask_is_the_one_transformers_builds_from_positions():
+    from transformers.masking_utils import create_causal_mask
+
+    model = tiny_model("qwen2")
+    _, ids, _ = packed_windows("isolated")
+    pos, mask = fact_isolation(ids, BOS)
+    embeds = model.get_input_embeddings()(ids)
+    theirs = create_causal_mask(config=model.config, inputs_embeds=embeds, attention_mask=None, cache=None,
+                                position_ids=pos)
+    assert theirs.shape == mask.shape == (len(ids), 1, ids.shape[1], ids.shape[1])
+    assert torch.equal(theirs, mask)
+    # slow and obvious: token j is visible from token i iff j <= i and no <bos> lies in (j, i]
+    for r in range(len(ids)):
+        for i in range(ids.shape[1]):
+            for j in range(ids.shape[1]):
+                assert bool(mask[r, 0, i, j]) == (j <= i and not bool((ids[r, j + 1:i + 1] == BOS).any()))
 
 
 def test_attention_option_is_validated_and_defaults_to_isolated():
