@@ -8,10 +8,13 @@ same LR schedule and gradient clipping, and the same attention. The plain loop i
 (``model(..., labels=...)``, full logits; under ``isolated`` attention it passes the restarting
 ``position_ids`` and lets transformers build the block-diagonal mask); factscale's is
 ``FactLM.training_step`` under Lightning (with ``loss_on: value`` the output head runs only at scored
-positions; under ``isolated`` it builds the mask itself, ``train.fact_isolation``). Defaults are the
-demo's regime (value-only loss, isolated attention, 512-token vocabulary, one thread per run). Prints tokens/s of each, the ratio, the loss of both on the same
-steps (they must agree), and achieved FLOP/s (6 * non-embedding params * tokens, plus the attention and
-output-layer terms) against this machine's measured fp32 matmul peak.
+positions; under ``isolated`` it builds the mask itself, ``train.fact_isolation``), in paired rounds of
+both with the order alternating, and once more as factscale's loss (``FactLM.batch_loss``) in the plain
+loop, without Lightning, to show what the Trainer costs. Defaults are the demo's regime (value-only loss,
+isolated attention, 512-token vocabulary, one thread per run). Prints tokens/s of each, the ratio (median
+of the paired rounds), the loss of both on the same steps (they must agree), the isolation mask's cost
+both ways, and achieved FLOP/s (6 * non-embedding params * tokens, plus the attention and output-layer
+terms) against this machine's measured fp32 matmul peak.
 """
 
 from __future__ import annotations
@@ -125,20 +128,26 @@ def main():
 
     plain_losses = []
 
-    def plain_loop() -> float:
-        model = plain_model
+    def plain_loop(factscale_loss: bool = False) -> float:
+        """The obvious loop; with ``factscale_loss`` the same loop around FactLM.batch_loss (factscale's
+        loss without Lightning, on the module's own model): what Lightning itself costs."""
+        model = module.model if factscale_loss else plain_model
         model.load_state_dict(init)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, warm + steps))  # as Lightning's max_steps
         model.train()
-        plain_losses.clear()
+        if not factscale_loss:
+            plain_losses.clear()
         for i in range(warm + steps):
             if i == warm:
                 t = time.perf_counter()
             b = slice(i * a.batch, (i + 1) * a.batch)
-            pos = fact_positions(ids[b], module.model.config.bos_token_id) if a.attention == "isolated" else None
-            loss = model(input_ids=ids[b], labels=labels[b], position_ids=pos, use_cache=False).loss
-            plain_losses.append(loss.item())
+            if factscale_loss:
+                loss = module.batch_loss(ids[b], labels[b])
+            else:
+                pos = fact_positions(ids[b], module.model.config.bos_token_id) if a.attention == "isolated" else None
+                loss = model(input_ids=ids[b], labels=labels[b], position_ids=pos, use_cache=False).loss
+                plain_losses.append(loss.item())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -162,7 +171,7 @@ def main():
     # Rounds of both, back to back, the order alternating. This machine's speed drifts by up to 2x between
     # seconds, so a ratio within a round (paired) is steadier than one of two bests taken minutes apart; the
     # median over rounds is the headline, the per-round ratios show the spread.
-    t_plain, t_fs, ratios = float("inf"), float("inf"), []
+    t_plain, t_fs, t_bare, ratios, lightning = float("inf"), float("inf"), float("inf"), [], []
     for r in range(a.rounds):
         if r % 2:
             f, p = factscale_path(), plain_loop()
@@ -170,6 +179,9 @@ def main():
             p, f = plain_loop(), factscale_path()
         t_plain, t_fs = min(t_plain, p), min(t_fs, f)
         ratios.append(p / f)
+        bare = plain_loop(factscale_loss=True)
+        t_bare = min(t_bare, bare)
+        lightning.append(f / bare)
 
     s = resolve_shape(cfg.model)
     n = non_embedding_params(cfg.model.arch, s)
@@ -183,6 +195,8 @@ def main():
         tps = tokens_per_step / dt
         print(f"{name:<24} {dt * 1000:8.1f} ms/step {tps:10,.0f} tokens/s  "
               f"{tps * flops_tok / 1e9:6.2f} GFLOP/s ({tps * flops_tok / peak:.0%} of matmul peak)")
+    print(f"factscale's loss without Lightning: {t_bare * 1000:.1f} ms/step; Lightning / bare, median of rounds: "
+          f"{statistics.median(lightning):.2f}x (what the Trainer's loop itself costs)")
     print(f"measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
     diff = max(abs(x - y) for x, y in zip(plain_losses, fs_losses))
     print(f"loss, same {len(fs_losses)} steps from the same init: plain {plain_losses[0]:.4f} -> {plain_losses[-1]:.4f}, "

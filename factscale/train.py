@@ -130,15 +130,19 @@ class FactLM(L.LightningModule):
             self.model.base_model.compile()
             self._compiled = True
 
-    def training_step(self, batch, batch_idx):
-        ids, labels = batch
+    def batch_loss(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of one packed batch, as this run's attention and loss_on say."""
         pos = mask = None
         if self.cfg.train.attention == "isolated":
             pos, mask = fact_isolation(ids, self.model.config.bos_token_id)
         if self.cfg.train.loss_on == "value":
-            loss = scored_loss(self.model, ids, labels, pos, mask)
-        else:  # nearly every position is scored: the plain full-logits path (no data-dependent shapes)
-            loss = self.model(input_ids=ids, labels=labels, position_ids=pos, attention_mask=mask, use_cache=False).loss
+            return scored_loss(self.model, ids, labels, pos, mask)
+        # nearly every position is scored: the plain full-logits path (no data-dependent shapes)
+        return self.model(input_ids=ids, labels=labels, position_ids=pos, attention_mask=mask, use_cache=False).loss
+
+    def training_step(self, batch, batch_idx):
+        ids, labels = batch
+        loss = self.batch_loss(ids, labels)
         self.tokens_seen += (ids != self.model.config.pad_token_id).sum()
         # only on the steps the logger writes (a self.log call costs ~2 ms, a tiny model's step ~15 ms);
         # the epoch mean is logged by callbacks.EpochLoss
