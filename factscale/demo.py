@@ -26,7 +26,8 @@ from factscale import fit, plots
 from factscale.config import ConfigError, read_yaml_mapping, set_dotted
 from factscale.fsio import write_json_atomic
 from factscale.results import collect, write_parquet_atomic
-from factscale.sweep import _spec_from_dict, launch
+from factscale.sweep import launch
+from factscale.sweepspec import spec_from_dict
 from factscale.vocab import SIZE, overall
 
 DEMO_SPEC = Path(__file__).with_name("demo.yaml")  # also sweeps/demo.yaml (a link)
@@ -139,7 +140,7 @@ def report(summary: dict, held: pl.DataFrame, log=print) -> None:
 def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> dict:
     t0 = time.time()
     out = Path(out)
-    spec = _spec_from_dict(demo_spec(out, quick), "demo")
+    spec = spec_from_dict(demo_spec(out, quick), "demo")
     g = spec.grid
     budget = max(g["train.epochs"])
     log(f"[1/4] corpus + training: {len(g['model.size'])} sizes x {len(g['seed'])} seeds, each a trunk with "

@@ -20,7 +20,8 @@ from factscale.config import ConfigError
 from factscale.laws import LAWS
 from factscale.results import collect
 from factscale.rundir import RunDir
-from factscale.sweep import _spec_from_dict, expand, launch, sweep_status
+from factscale.sweep import launch, sweep_status
+from factscale.sweepspec import expand, spec_from_dict
 from factscale.train import run
 from factscale.vocab import final_probes, overall
 
@@ -57,7 +58,7 @@ def _same_metrics(a: pl.DataFrame, b: pl.DataFrame):
 
 
 def test_branches_equal_standalone_wsd_runs(tiny_corpus, tmp_path):
-    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus), "spec")
+    spec = spec_from_dict(_spec(tmp_path, tiny_corpus), "spec")
     recs = launch(spec, cluster="debug", log=lambda *_: None)
     assert [r["state"] for r in recs] == ["done"]  # one job: the trunk, then both branches
     df, rep = collect(tmp_path / "runs")
@@ -137,7 +138,7 @@ def test_a_killed_trunk_and_a_branch_killed_mid_decay_resume_never_restart(tiny_
     end exactly like standalone runs."""
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump(_spec(tmp_path, tiny_corpus)))
-    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus), "spec")
+    spec = spec_from_dict(_spec(tmp_path, tiny_corpus), "spec")
     (g,) = groups(expand(spec))
     trunk, b5, b10 = RunDir(g.trunk), *(RunDir(c) for c in g.branches)
 
@@ -172,7 +173,7 @@ def test_bad_branch_configs_fail_before_anything_is_created(tiny_corpus, tmp_pat
     for section, vals in base_over.items():
         d["base"][section].update(vals)
     with pytest.raises(ConfigError, match=field):
-        launch(_spec_from_dict(d, "spec"), cluster="debug", log=lambda *_: None)
+        launch(spec_from_dict(d, "spec"), cluster="debug", log=lambda *_: None)
     if field == "optim.schedule":  # through the CLI's main(): one error line, exit 2
         from factscale.cli import main
 
@@ -188,7 +189,7 @@ def test_bad_branch_configs_fail_before_anything_is_created(tiny_corpus, tmp_pat
 def test_plan_shows_the_trunk_the_branches_and_the_epochs_saved(tiny_corpus, tmp_path):
     from factscale.branches import plan_lines
 
-    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, grid={"train.epochs": [5, 10], "seed": [0, 1]}), "s")
+    spec = spec_from_dict(_spec(tmp_path, tiny_corpus, grid={"train.epochs": [5, 10], "seed": [0, 1]}), "s")
     out = "\n".join(plan_lines(expand(spec)))  # what `sweep plan` prints below its run table
     assert out.count("trunk _trunks/") == 2 and out.count("  branch ") == 4
     assert "decay epochs 7-10 (4 trained)" in out
@@ -199,7 +200,7 @@ def test_plan_shows_the_trunk_the_branches_and_the_epochs_saved(tiny_corpus, tmp
 def test_an_unreadable_fork_checkpoint_makes_its_branch_run_standalone(tiny_corpus, tmp_path):
     from factscale.branches import BranchGroup, fork_path, groups, run_group
 
-    (g,) = groups(expand(_spec_from_dict(_spec(tmp_path, tiny_corpus), "spec")))
+    (g,) = groups(expand(spec_from_dict(_spec(tmp_path, tiny_corpus), "spec")))
     assert isinstance(g, BranchGroup) and g.forks == [3, 6]
     payload = g.payload()
     payload["forks"], payload["branches"] = [6], payload["branches"][1:]  # the 10-epoch branch only

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from factscale.rundir import RunDir, run_dir
-from factscale.sweep import _spec_from_dict, expand, launch, sweep_status
+from factscale.sweep import launch, sweep_status
+from factscale.sweepspec import expand, spec_from_dict
 
 pytestmark = [pytest.mark.slurm]
 
@@ -76,7 +77,7 @@ def test_job_array_through_the_cli_and_collect(tmp_path, tiny_corpus):
         assert sorted(g["epoch"].to_list()) == list(range(2, epochs + 1, 2))
         assert g["mr"].is_between(0, 1).all() and (g["capacity"] <= g["n_facts"]).all()
     assert (df["git_sha"] != "").all() and df["version.torch"].n_unique() == 1
-    jobs = json.loads((run_dir(expand(_spec_from_dict(yaml.safe_load(p.read_text()), "x"))[0]) / "jobs.json")
+    jobs = json.loads((run_dir(expand(spec_from_dict(yaml.safe_load(p.read_text()), "x"))[0]) / "jobs.json")
                       .read_text())
     assert jobs[0]["cluster"] == "slurm" and "_" in jobs[0]["job_id"]  # an array task id
 
@@ -118,7 +119,7 @@ def test_preempted_job_requeues_and_resumes_to_the_same_result(tmp_path, tiny_co
     outcome does not depend on the machine's speed: submitit requeues, the new attempt resumes from epoch 6
     and ends exactly like an uninterrupted run."""
     # time_min > 10: submitit then classifies an early USR2 as a preemption, not a time-out
-    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, {"model.size": ["10k"], "train.epochs": [12]},
+    spec = spec_from_dict(_spec(tmp_path, tiny_corpus, {"model.size": ["10k"], "train.epochs": [12]},
                                  time_min=30), "x")
     cfg = expand(spec)[0]
     [rec] = _submit(spec, monkeypatch, fault="usr2@6")
@@ -138,7 +139,7 @@ def test_real_time_limit_requeues_and_resumes(tmp_path, tiny_corpus, monkeypatch
     """A real 1-minute SLURM limit. The first attempt stalls after epoch 3 (an injected fault), so it cannot
     finish inside the limit on any machine: SLURM sends USR2 before the limit, submitit requeues, the next
     attempt resumes and finishes with the metrics of an uninterrupted run."""
-    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, {"model.size": ["5k"], "train.epochs": [8]},
+    spec = spec_from_dict(_spec(tmp_path, tiny_corpus, {"model.size": ["5k"], "train.epochs": [8]},
                                  time_min=1, signal_delay_s=30, max_requeues=6), "x")
     cfg = expand(spec)[0]
     [rec] = _submit(spec, monkeypatch, fault="stall@3")
@@ -150,7 +151,7 @@ def test_real_time_limit_requeues_and_resumes(tmp_path, tiny_corpus, monkeypatch
 
 
 def test_raising_run_is_failed_with_its_error(tmp_path, tiny_corpus, monkeypatch):
-    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, {"train.epochs": [2]}), "x")
+    spec = spec_from_dict(_spec(tmp_path, tiny_corpus, {"train.epochs": [2]}), "x")
     [rec] = _submit(spec, monkeypatch, fault="raise@1", wait=True)
     assert rec["state"] == "failed" and "injected fault" in rec["error"]
     [st] = sweep_status(spec)
@@ -161,7 +162,7 @@ def test_raising_run_is_failed_with_its_error(tmp_path, tiny_corpus, monkeypatch
 def test_relaunch_never_submits_a_queued_or_running_run_twice(tmp_path, tiny_corpus):
     """Whatever state the first job is in when the second launch looks (pending, running or done), the run
     is submitted once and trained once."""
-    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, {"train.epochs": [4]}), "x")
+    spec = spec_from_dict(_spec(tmp_path, tiny_corpus, {"train.epochs": [4]}), "x")
     cfg = expand(spec)[0]
     [first] = launch(spec, cluster="slurm", wait=False, log=lambda *_: None)
     [second] = launch(spec, cluster="slurm", wait=False, log=lambda *_: None)
@@ -174,7 +175,7 @@ def test_relaunch_never_submits_a_queued_or_running_run_twice(tmp_path, tiny_cor
 def test_cancelled_job_shows_as_interrupted_with_its_job(tmp_path, tiny_corpus, monkeypatch):
     """scancel of a running job: status says the run was interrupted, by which job, and that a relaunch
     resumes it (no submitit warning, no 'pending')."""
-    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, {"train.epochs": [4]}), "x")
+    spec = spec_from_dict(_spec(tmp_path, tiny_corpus, {"train.epochs": [4]}), "x")
     cfg = expand(spec)[0]
     [rec] = _submit(spec, monkeypatch, fault="stall@1")
     rd = RunDir(cfg)

@@ -17,7 +17,8 @@ from conftest import ROOT
 from factscale.config import ConfigError
 from factscale.results import CollectError, collect
 from factscale.rundir import RunDir
-from factscale.sweep import SlurmResources, _spec_from_dict, expand, launch, load_spec, slurm_parameters, sweep_status
+from factscale.sweep import launch, slurm_parameters, sweep_status
+from factscale.sweepspec import SlurmResources, expand, load_spec, spec_from_dict
 
 SHIPPED = sorted((ROOT / "sweeps").glob("*.yaml"))
 
@@ -65,13 +66,13 @@ def _spec(tmp_path, corpus, **over):
 def test_bad_specs_name_the_key(tmp_path, tiny_corpus):
     bad = _spec(tmp_path, tiny_corpus, grid={"train.epoch": [1]})
     with pytest.raises(ConfigError, match="unknown config key 'train.epoch'"):
-        expand(_spec_from_dict(bad, "x"))
+        expand(spec_from_dict(bad, "x"))
     bad = _spec(tmp_path, tiny_corpus, grid={"model.size": ["2k", "7b"]})
     with pytest.raises(ConfigError, match=r"model.size '7b' is not in the registry; allowed values"):
-        expand(_spec_from_dict(bad, "x"))
+        expand(spec_from_dict(bad, "x"))
     bad = _spec(tmp_path, tiny_corpus, resources={"slurm": {"gpus": 1}})
     with pytest.raises(ConfigError, match="unknown config key 'resources.slurm.gpus'"):
-        _spec_from_dict(bad, "x")
+        spec_from_dict(bad, "x")
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump({**_spec(tmp_path, tiny_corpus), "grid": {"seed": 3}}))
     r = cli("sweep", "plan", p)
@@ -120,7 +121,7 @@ def test_two_concurrent_launches_run_each_run_once(tmp_path, tiny_corpus):
 
 
 def test_failed_run_shows_as_failed_and_collect_reports_it(tmp_path, tiny_corpus, monkeypatch):
-    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, grid={"train.epochs": [1, 2]}), "x")
+    spec = spec_from_dict(_spec(tmp_path, tiny_corpus, grid={"train.epochs": [1, 2]}), "x")
     monkeypatch.setenv("FACTSCALE_FAULT", "raise@2")  # only the 2-epoch run reaches epoch 2
     recs = launch(spec, cluster="debug", log=lambda *_: None)
     states = sorted(r["state"] for r in recs)
@@ -133,7 +134,7 @@ def test_failed_run_shows_as_failed_and_collect_reports_it(tmp_path, tiny_corpus
 
 
 def test_bad_run_config_in_a_sweep_fails_before_anything_is_created(tmp_path, tiny_corpus):
-    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, grid={"train.seq_len": [64, 4]}), "x")
+    spec = spec_from_dict(_spec(tmp_path, tiny_corpus, grid={"train.seq_len": [64, 4]}), "x")
     with pytest.raises(ConfigError, match="train.seq_len=4 is shorter than the longest fact"):
         launch(spec, cluster="local", log=lambda *_: None)
     assert not (tmp_path / "runs").exists()
@@ -145,12 +146,12 @@ def test_edited_corpus_recipe_rebuilds_and_never_reuses_stale_results(tmp_path):
     d = _spec(tmp_path, tmp_path / "corpus", grid={"model.size": ["2k"]})
     d["base"]["train"]["epochs"] = 1
     d["corpus_build"] = {"synthetic": {"n_keys": 60, "vocab_sizes": [8]}, "vocab_size": 300}
-    first = launch(_spec_from_dict(d, "x"), cluster="debug", log=lambda *_: None)
+    first = launch(spec_from_dict(d, "x"), cluster="debug", log=lambda *_: None)
     assert [r["state"] for r in first] == ["done"]
-    same = launch(_spec_from_dict(d, "x"), cluster="debug", log=lambda *_: None)
+    same = launch(spec_from_dict(d, "x"), cluster="debug", log=lambda *_: None)
     assert same[0].get("skipped") and same[0]["run_id"] == first[0]["run_id"]
     d["corpus_build"]["synthetic"]["n_keys"] = 40
-    edited = launch(_spec_from_dict(d, "x"), cluster="debug", log=lambda *_: None)
+    edited = launch(spec_from_dict(d, "x"), cluster="debug", log=lambda *_: None)
     assert not edited[0].get("skipped") and edited[0]["run_id"] != first[0]["run_id"]
     from factscale.corpus.build import load_corpus
 
@@ -204,7 +205,7 @@ def test_ctrl_c_of_a_local_launch_is_one_line_and_the_run_resumes(tmp_path, tiny
     proc = subprocess.Popen([sys.executable, "-c", terminal, "sweep", "launch", str(p)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        rd = RunDir(expand(_spec_from_dict(d, "x"))[0])
+        rd = RunDir(expand(spec_from_dict(d, "x"))[0])
         deadline = time.time() + 600  # bounds a wait for an event; nothing depends on the speed
         while not rd.last_ckpt.exists():
             assert proc.poll() is None, proc.communicate()
@@ -234,7 +235,7 @@ def test_collect_refuses_mixed_corpora(tmp_path, tiny_corpus):
     other = tmp_path / "other"
     build_synthetic(other, SyntheticSpec(n_keys=60, vocab_sizes=[8], seed=5), vocab_size=300)
     for corpus in (tiny_corpus, other):
-        spec = _spec_from_dict(_spec(tmp_path, corpus, grid={"model.size": ["2k"]}), "x")
+        spec = spec_from_dict(_spec(tmp_path, corpus, grid={"model.size": ["2k"]}), "x")
         launch(spec, cluster="debug", log=lambda *_: None)
     with pytest.raises(CollectError, match="different corpora"):
         collect(tmp_path / "runs")
@@ -252,7 +253,7 @@ def test_unwritable_run_directory_fails_before_training(tmp_path, tiny_corpus):
     else:
         runs_dir = tmp_path / "ro"
         runs_dir.mkdir(mode=0o500)
-    spec = _spec_from_dict(_spec(tmp_path, tiny_corpus, runs_dir=str(runs_dir), grid={"model.size": ["2k"]}), "x")
+    spec = spec_from_dict(_spec(tmp_path, tiny_corpus, runs_dir=str(runs_dir), grid={"model.size": ["2k"]}), "x")
     from factscale.train import run
 
     with pytest.raises(OSError, match="not writable"):

@@ -285,7 +285,8 @@ def run_shards(plan: list[dict], opts: DumpOptions, shard_dir, cluster: str, res
         return
     args = [(s, opts, str(shard_dir), res.cpus) for s in todo]
     if cluster == "slurm":
-        from factscale.sweep import SlurmResources, slurm_parameters  # the sweeps' SLURM layer
+        from factscale.sweep import slurm_parameters  # the sweeps' SLURM layer
+        from factscale.sweepspec import SlurmResources
 
         r = SlurmResources(time_min=res.time_min, cpus_per_task=res.cpus, mem_gb=res.mem_gb,
                            partition=res.partition, account=res.account, max_requeues=res.max_requeues)
