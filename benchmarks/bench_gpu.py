@@ -11,7 +11,7 @@ starting every ``--fact-len`` tokens and the block-diagonal mask of ``train.fact
 SDPA off its mask-free flash kernel; ``--attention packed`` shows that kernel's rate), timed after warm-up
 with device syncs. Prints
 tokens/s and MFU = model FLOP/s / peak FLOP/s, with model FLOPs per token (PaLM's convention, attention
-over the full context):
+over the full context, also where isolated attention masks most of it):
 
     6 * N_non-embedding + 12 * layers * hidden * seq + 6 * hidden * vocab * scored_fraction
 
@@ -115,6 +115,8 @@ def main():
     ap.add_argument("--attention", choices=["isolated", "packed"], default="isolated", help="train.attention")
     ap.add_argument("--fact-len", type=int, default=16, help="tokens per fact under isolated attention")
     a = ap.parse_args()
+    if a.fact_len < 2:
+        ap.error("--fact-len must be at least 2 (<bos> and one more token)")
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
     bf16 = a.precision == "bf16" or (a.precision == "auto" and gpu)

@@ -11,17 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def key_values(text: str | None) -> dict:
-    out = {}
-    for part in filter(None, (text or "").split(",")):
-        if "=" not in part:
-            from factscale.config import ConfigError
-
-            raise ConfigError(f"expected key=value, got {part!r}")
-        k, v = part.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+from factscale.config import key_values
 
 
 def cmd_sizes(a):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from factscale.cli import key_values
+from factscale.config import key_values
 
 
 def _variants(items: list[str] | None) -> dict | None:

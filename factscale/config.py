@@ -55,6 +55,17 @@ def parse_where(text: str) -> tuple[str, list[str]]:
     return col.strip(), [v.strip() for v in vals.split(",") if v.strip()]
 
 
+def key_values(text: str | None) -> dict:
+    """``a=1,b=x`` -> {"a": "1", "b": "x"} (values stay strings): the CLI's key=value lists."""
+    out = {}
+    for part in filter(None, (text or "").split(",")):
+        if "=" not in part:
+            raise ConfigError(f"expected key=value, got {part!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
 @dataclass
 class ModelConfig:
     arch: Literal["qwen2", "llama", "gpt2"] = "qwen2"

@@ -25,7 +25,7 @@ from factscale.corpus.build import read_manifest
 from factscale.corpus.spec import build as build_corpus_from
 from factscale.models import non_embedding_params, resolve_shape
 from factscale.rundir import RunDir, run_name
-from factscale.sweepspec import SlurmResources, SweepSpec, expand
+from factscale.sweepspec import LocalResources, Resources, SlurmResources, SweepSpec, expand, load_spec  # noqa: F401 (re-exported)
 
 
 def ensure_corpus(spec: SweepSpec, log=print) -> None:

@@ -85,17 +85,22 @@ def fact_positions(ids: torch.Tensor, bos_id: int) -> torch.Tensor:
     return t - start
 
 
-def fact_isolation(ids: torch.Tensor, bos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(position_ids, attention mask) that make every fact of a packed window attend only to itself.
+def fact_isolation(ids: torch.Tensor, bos_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(position_ids, SDPA attention mask) that make every fact of a packed window attend only to itself.
 
     The mask is the block-diagonal causal one, ``(batch, 1, seq, seq)`` booleans (True = attend), that
-    transformers would build itself from restarting ``position_ids`` (masking_utils:
-    ``find_packed_sequence_indices`` and a chain of mask functions); a 4D mask is used as given, so building
-    it here in two tensor ops instead costs ~0.7 ms less per step of a tiny model on this CPU (~6%,
-    benchmarks/bench_train.py). RoPE / GPT-2's ``wpe`` see the positions the fact would have alone. The
-    tests prove the logits equal those of each fact run alone, for every architecture.
+    transformers builds itself for SDPA from restarting ``position_ids`` (masking_utils:
+    ``find_packed_sequence_indices`` and a chain of mask functions): ``None`` when no window holds more than
+    one fact (plain causal attention, SDPA's mask-free kernels), else the mask. A 4D mask is used as given,
+    and two tensor ops here take ~0.16 ms per 32 x 64 batch instead of ~0.52 ms on this CPU
+    (benchmarks/bench_train.py prints both). Boolean masks are SDPA's convention only: eager attention
+    would add them to the scores (FactLM.batch_loss passes the mask to SDPA models only). RoPE / GPT-2's
+    ``wpe`` see the positions the fact would have alone. The tests prove the mask equal to transformers'
+    own and the logits equal to those of each fact run alone, for every architecture.
     """
     fact = (ids == bos_id).cumsum(dim=1)  # which fact of its window each token belongs to
+    if not bool((fact[:, -1] != fact[:, 0]).any()):  # one fact per window: causal (as transformers decides)
+        return fact_positions(ids, bos_id), None
     causal = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool, device=ids.device).tril_()
     return fact_positions(ids, bos_id), (fact[:, None, :, None] == fact[:, None, None, :]) & causal
 
@@ -135,6 +140,8 @@ class FactLM(L.LightningModule):
         pos = mask = None
         if self.cfg.train.attention == "isolated":
             pos, mask = fact_isolation(ids, self.model.config.bos_token_id)
+            if self.model.config._attn_implementation != "sdpa":
+                mask = None  # a boolean mask is SDPA's convention; others build theirs from the positions
         if self.cfg.train.loss_on == "value":
             return scored_loss(self.model, ids, labels, pos, mask)
         # nearly every position is scored: the plain full-logits path (no data-dependent shapes)
@@ -158,16 +165,20 @@ class FactLM(L.LightningModule):
         elif gradient_clip_val:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    def configure_optimizers(self):
+    def optimizer(self, fused: bool = True) -> torch.optim.AdamW:
+        """AdamW as configured; weight decay on matrices only (not on norms and biases)."""
         o = self.cfg.optim
         decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.ndim < 2]  # norms and biases
-        opt = torch.optim.AdamW(
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        return torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
             # one kernel for all parameters instead of a Python loop of small ones (CPU and CUDA)
-            fused=self.device.type in ("cuda", "cpu"),
+            fused=fused and self.device.type in ("cuda", "cpu"),
         )
+
+    def configure_optimizers(self):
+        opt = self.optimizer()
         total = int(self.trainer.estimated_stepping_batches)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.cfg, total, self.trainer))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -89,9 +89,10 @@ def attached(cfg, model) -> FactLM:
     return m
 
 
-@pytest.mark.parametrize("loss_on", ["value", "all"])
-def test_isolated_training_loss_equals_facts_alone(loss_on):
+@pytest.mark.parametrize("loss_on,attn", [("value", "sdpa"), ("all", "sdpa"), ("value", "eager")])
+def test_isolated_training_loss_equals_facts_alone(loss_on, attn):
     model = tiny_model("qwen2")
+    model.set_attn_implementation(attn)  # eager would add a boolean mask to its scores: it must not get one
     cfg, ids, labels = packed_windows("isolated", loss_on)
     total, count = 0.0, 0
     with torch.no_grad():
@@ -122,6 +123,13 @@ def test_isolation_mask_is_the_one_transformers_builds_from_positions():
                                 position_ids=pos)
     assert theirs.shape == mask.shape == (len(ids), 1, ids.shape[1], ids.shape[1])
     assert torch.equal(theirs, mask)
+    # one fact per window (none restarts): plain causal attention, no mask, as transformers decides
+    single = ids[:, :4].clone()
+    single[:, 0] = BOS
+    single[:, 1:] = 5
+    assert fact_isolation(single, BOS)[1] is None
+    assert create_causal_mask(config=model.config, inputs_embeds=model.get_input_embeddings()(single),
+                              attention_mask=None, cache=None, position_ids=fact_positions(single, BOS)) is None
     # slow and obvious: token j is visible from token i iff j <= i and no <bos> lies in (j, i]
     for r in range(len(ids)):
         for i in range(ids.shape[1]):

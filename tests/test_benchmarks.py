@@ -37,6 +37,6 @@ def test_bench_train_runs_and_both_loops_agree_on_the_loss():
     lines = {line.split(":")[0]: line for line in out.stdout.splitlines()}
     assert "attention=isolated" in out.stdout  # the demo's attention is the default
     diff = float(lines["loss, same 9 steps from the same init"].rsplit("largest difference ", 1)[1].rstrip(")"))
-    assert diff < 1e-2  # the same model, data and schedule: the two loops train alike
+    assert diff < 1e-4  # the same model, data, schedule and AdamW settings: the two loops train alike
     assert "isolation mask per batch" in lines  # the mask timing ran (it checks the two masks equal first)
     assert lines["factscale / plain"].endswith("(median of 1 paired rounds)")
