@@ -1,7 +1,8 @@
 """Training throughput: factscale's Lightning path beside a plain PyTorch loop, same model/data/batch.
 
-    python benchmarks/bench_train.py [--size 1m] [--steps 40] [--batch 16] [--seq 128] [--loss-on value]
-                                     [--attention isolated] [--vocab 512] [--threads 1] [--compile]
+    python benchmarks/bench_train.py [--regime mixed|demo] [--size 1m] [--steps 40] [--batch 16] [--seq 128]
+                                     [--loss-on value] [--attention isolated] [--vocab 512] [--threads 1]
+                                     [--rounds 5] [--compile]
 
 Both loops train the same transformers model (same init), on the same packed batches, with the same LR
 schedule, AdamW hyperparameters and gradient clipping, and the same attention. The plain loop is the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import logging
 import statistics
 import tempfile
@@ -33,11 +35,14 @@ from transformers import AutoTokenizer
 
 import lightning as L
 
-from factscale.config import load_run_config
+from factscale.config import load_run_config, read_yaml_mapping
 from factscale.corpus import SyntheticSpec, build_synthetic
 from factscale.corpus.build import load_corpus
+from factscale.corpus.spec import build as build_corpus
+from factscale.demo import DEMO_SPEC
 from factscale.data import FactDataModule
 from factscale.models import non_embedding_params, resolve_shape
+from factscale.sweepspec import spec_from_dict
 from factscale.train import FactLM, fact_isolation, fact_positions, lr_lambda
 
 
@@ -95,11 +100,15 @@ def mask_timing(model, ids: torch.Tensor, reps: int = 500) -> tuple[float, float
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--regime", default="mixed", choices=["mixed", "demo"],
+                    help="mixed: 3,000 keys x attributes of 64/256/1024 values under a --vocab tokenizer (the earlier "
+                         "demo's, issue 11's target); demo: factscale/demo.yaml's corpus recipe (one 64-way attribute, "
+                         "'[X]: [Y]', 1,024 tokens) with enough keys for --steps batches, its batch and seq_len")
     ap.add_argument("--size", default="1m")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=5, help="paired rounds of both loops")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--batch", type=int, help="default 16 (mixed) / the demo's 32 (demo)")
+    ap.add_argument("--seq", type=int, help="default 128 (mixed) / the demo's 32 (demo)")
     ap.add_argument("--loss-on", default="value", choices=["all", "value"])
     ap.add_argument("--attention", default="isolated", choices=["isolated", "packed"],
                     help="train.attention of both loops (the demo trains isolated)")
@@ -110,7 +119,18 @@ def main():
     torch.set_num_threads(a.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="factscale-bench-train-"))
-    build_synthetic(tmp / "c", SyntheticSpec(n_keys=3000, vocab_sizes=[64, 256, 1024]), vocab_size=a.vocab)
+    if a.regime == "demo":
+        demo = spec_from_dict(read_yaml_mapping(DEMO_SPEC, "demo sweep"), str(DEMO_SPEC))
+        train = demo.base["train"]
+        a.batch, a.seq = a.batch or train["batch_size"], a.seq or train["seq_len"]
+        # the demo's recipe; keys enough for warm-up + --steps batches in one epoch (the step's cost does not
+        # depend on the number of keys: same model, batch shape and vocabulary)
+        recipe = dataclasses.replace(demo.corpus_build, synthetic={**demo.corpus_build.synthetic,
+                                                                   "n_keys": 8 * a.batch * (a.steps + 10)})
+        build_corpus(recipe, tmp / "c")
+    else:
+        a.batch, a.seq = a.batch or 16, a.seq or 128
+        build_synthetic(tmp / "c", SyntheticSpec(n_keys=3000, vocab_sizes=[64, 256, 1024]), vocab_size=a.vocab)
     facts, _ = load_corpus(tmp / "c")
     warm = 5
     cfg = load_run_config(None, {"corpus.path": str(tmp / "c"), "runs_dir": str(tmp / "r"), "model.size": a.size,
@@ -189,7 +209,8 @@ def main():
     # per token: 6N for the weights, attention scores/values 6*L*T*h (causal: ~half), output layer 6*h*V
     flops_tok = 6 * n + 6 * s.n_layers * a.seq * s.hidden + 6 * s.hidden * vocab
     peak = matmul_peak()
-    print(f"model {a.size}: {n:,} non-emb params; vocab {vocab}; batch {a.batch} x {a.seq}; loss_on={a.loss_on}; "
+    print(f"regime {a.regime}; model {a.size}: {n:,} non-emb params; vocab {vocab}; batch {a.batch} x {a.seq}; "
+          f"loss_on={a.loss_on}; "
           f"attention={a.attention}; {tokens_per_step} real tokens/step; {torch.get_num_threads()} threads; "
           f"compile={a.compile}")
     for name, dt in (("plain PyTorch loop", t_plain), ("factscale (Lightning)", t_fs)):  # best round of each
