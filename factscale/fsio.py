@@ -1,7 +1,9 @@
 """Atomic file writes: the one helper every file factscale writes goes through.
 
 A reader (or a process killed mid-write) sees the old file or the new one, never a torn one: the data
-goes to a private temporary name in the same directory, is fsynced, then renamed over the target.
+goes to a private temporary name in the same directory, is fsynced, then renamed over the target, and
+the directory is fsynced so that the rename itself survives a crash (on POSIX a directory entry is the
+directory's data).
 Files get the ordinary umask-derived mode (``mkstemp`` alone would leave them 0600).
 """
 
@@ -33,7 +35,22 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """Flush a directory's entries (a rename into it) to disk; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory: the file data itself is already synced
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: str | Path, obj, **kw) -> Path:

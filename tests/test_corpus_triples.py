@@ -52,7 +52,7 @@ def test_trex_rendering_uses_lama_templates_and_counts(trex):
     assert df.filter(pl.col("popularity").is_not_null()).height > 0
 
 
-@pytest.mark.slow  # ~10 s: three tokenizations of every T-REx fact; the fast tier checks alignment on Wikidata and TSV builds
+@pytest.mark.slow  # ~10 s: three tokenizations of every T-REx fact (the fast tier checks Wikidata and TSV builds)
 def test_value_is_token_aligned_for_every_real_fact(trex):
     """Tokenizing the full text and tokenizing prompt + value separately agree, fact by fact."""
     out, m = trex
