@@ -12,11 +12,11 @@ block-diagonal mask); factscale's is ``FactLM.training_step`` under Lightning (w
 output head runs only at scored positions; under ``isolated`` it builds the mask itself,
 ``train.fact_isolation``; fused AdamW). A third loop runs factscale's loss and optimizer without Lightning
 (``FactLM.batch_loss``), to show what the Trainer costs. Rounds of all three, the order rotating; the
-ratio is the median of the per-round ratios. Defaults are the demo's regime (value-only loss, isolated
-attention, 512-token vocabulary, one thread per run). Prints tokens/s of each, the ratio, the loss of both
-on the same steps (they must agree), the isolation mask's cost both ways, and achieved FLOP/s
-(6 * non-embedding params * tokens, plus the attention and output-layer terms) against this machine's
-measured fp32 matmul peak.
+ratio is the median of the per-round ratios. Defaults: the earlier demo's corpus (``--regime mixed``, a
+512-token vocabulary), value-only loss, the demo's isolated attention, one thread per run. Prints tokens/s
+of each, the ratio, the loss of both on the same steps (they must agree), the isolation mask's cost both
+ways, and achieved FLOP/s (6 * non-embedding params * tokens, plus the attention and output-layer terms)
+against this machine's measured fp32 matmul peak.
 """
 
 from __future__ import annotations
@@ -210,9 +210,8 @@ def main():
     flops_tok = 6 * n + 6 * s.n_layers * a.seq * s.hidden + 6 * s.hidden * vocab
     peak = matmul_peak()
     print(f"regime {a.regime}; model {a.size}: {n:,} non-emb params; vocab {vocab}; batch {a.batch} x {a.seq}; "
-          f"loss_on={a.loss_on}; "
-          f"attention={a.attention}; {tokens_per_step} real tokens/step; {torch.get_num_threads()} threads; "
-          f"compile={a.compile}")
+          f"loss_on={a.loss_on}; attention={a.attention}; {tokens_per_step} real tokens/step; "
+          f"{torch.get_num_threads()} threads; compile={a.compile}")
     for name, dt in (("plain PyTorch loop", t_plain), ("factscale (Lightning)", t_fs)):  # best round of each
         tps = tokens_per_step / dt
         print(f"{name:<24} {dt * 1000:8.1f} ms/step {tps:10,.0f} tokens/s  "
