@@ -198,8 +198,11 @@ class ProbeConfig:
     """Extra facts.parquet columns to break the metrics down by (e.g. variant group, phase)."""
 
     def __post_init__(self):
-        if not isinstance(self.every_epochs, int) or self.every_epochs < 1:
-            raise ConfigError(f"probe.every_epochs must be a positive integer, got {self.every_epochs!r}")
+        for name in ("every_epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"probe.{name} must be a positive integer, got {v!r}")
+        _positive_or_none(self, "max_train_facts", "probe")
         bad = set(self.splits) - {"train", "heldout"}
         if bad:
             raise ConfigError(f"probe.splits: unknown {sorted(bad)}; allowed: ['heldout', 'train']")

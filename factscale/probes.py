@@ -74,8 +74,11 @@ def probe_batched(model, input_ids, value_starts=None, pad_id: int = 0, batch_si
     model.eval()
     rank, world = _rank_world()
     head = model.get_output_embeddings()
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"probe batch_size must be a positive integer, got {batch_size!r}")
     wrong = torch.zeros(tokens.n, dtype=torch.long, device=device)
     nats = torch.zeros(tokens.n, dtype=torch.float64, device=device)
+    scored = torch.zeros(tokens.n, dtype=torch.long, device=device)  # value positions scored, per fact
     for k, b in enumerate(range(0, tokens.n, batch_size)):
         if k % world != rank:
             continue
@@ -90,9 +93,17 @@ def probe_batched(model, input_ids, value_starts=None, pad_id: int = 0, batch_si
         fact = rows + b
         wrong.index_add_(0, fact, (logits.argmax(-1) != targets).long())
         nats.index_add_(0, fact, F.cross_entropy(logits, targets, reduction="none").double())
+        scored.index_add_(0, fact, torch.ones_like(fact))
     if world > 1:  # each fact was probed on exactly one rank; zeros elsewhere
         torch.distributed.all_reduce(wrong)
         torch.distributed.all_reduce(nats)
+        torch.distributed.all_reduce(scored)
+    # a fact none of whose value tokens was scored would count as memorized (wrong == 0): refuse it
+    expected = (tokens.lengths - tokens.value_starts.clamp(min=1)).clamp(min=0).to(device)
+    if tokens.n and not (torch.equal(scored, expected) and bool((expected > 0).all())):
+        missing = int(((scored != expected) | (expected == 0)).sum())
+        raise RuntimeError(f"probe scored {int(scored.sum())} of {int(expected.sum())} value tokens: {missing} of "
+                           f"{tokens.n} facts not fully probed (a fact with no value token cannot be probed)")
     model.train(was_training)
     correct = np.zeros(tokens.n, dtype=bool)
     bits = np.zeros(tokens.n, dtype=np.float64)

@@ -228,10 +228,11 @@ def validate(cfg: RunConfig, facts: pl.DataFrame) -> None:
     """Everything about a run that can be checked before its directory exists (ConfigError names the field)."""
     resolve_shape(cfg.model)
     resolve_device(cfg)
-    for field in ("repeat_by", "phase_column"):
-        col = getattr(cfg.train, field)
+    columns = [("train.repeat_by", cfg.train.repeat_by), ("train.phase_column", cfg.train.phase_column),
+               ("probe.freq_column", cfg.probe.freq_column), *(("probe.group_columns", c) for c in cfg.probe.group_columns)]
+    for field, col in columns:
         if col is not None and col not in facts.columns:
-            raise ConfigError(f"train.{field}: column {col!r} is not in facts.parquet; available: {sorted(facts.columns)}")
+            raise ConfigError(f"{field}: column {col!r} is not in facts.parquet; available: {sorted(facts.columns)}")
     train, _ = select_facts(facts, cfg)
     if train.height == 0:
         raise ConfigError(f"corpus.path {cfg.corpus.path}: no training facts")

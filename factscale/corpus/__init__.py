@@ -43,7 +43,8 @@ def build_from_dump(out_dir, dumps, opts: DumpOptions, label_files=(), templates
     from factscale.corpus.build import _build_into, building, read_manifest
 
     templates = templates_for([], templates_path)[0] if templates_path else {}
-    with building(out_dir, reuse_recipe=recipe if reuse else None) as tmp:
+    sources = [*dumps, *label_files, templates_path]
+    with building(out_dir, reuse_recipe=recipe if reuse else None, sources=sources) as tmp:
         if tmp is None:  # reused: the dump is not read at all
             return read_manifest(out_dir)
         # pass 1 spills facts and labels into the build's private directory (``wikidata.dump_to_raw``)
@@ -72,7 +73,8 @@ def build_from_triples(out_dir, paths, label_files=(), templates_path=None, **kw
     raw, counts, errors, files = read_triples(paths, templates=templates, labels=labels)
     info = {"kind": "triples", "files": _files_info(files), "label_files": _files_info(label_files),
             "templates": tpath, "parse_errors": [list(e) for e in errors]}
-    return build_corpus(raw, out_dir, source_info=info, counts=counts, **_rules(kw))
+    return build_corpus(raw, out_dir, source_info=info, counts=counts,
+                        sources=[*paths, *files, *label_files, tpath], **_rules(kw))
 
 
 def build_from_datasets(out_dir, source, columns=None, split=None, label_files=(), templates_path=None, **kw) -> dict:
@@ -87,4 +89,6 @@ def build_from_datasets(out_dir, source, columns=None, split=None, label_files=(
     info = {"kind": "datasets", "files": _files_info(files), "label_files": _files_info(label_files),
             "templates": templates_path, "columns": columns or {}, "split": split,
             "parse_errors": [list(e) for e in errors]}
-    return build_corpus(raw, out_dir, source_info=info, counts=counts, **_rules(kw))
+    return build_corpus(raw, out_dir, source_info=info, counts=counts,
+                        sources=[*([source] if isinstance(source, (str, Path)) else source), *files, *label_files,
+                                 templates_path], **_rules(kw))

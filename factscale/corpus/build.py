@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -200,30 +201,88 @@ def read_manifest(path: str | Path) -> dict | None:
         return None
 
 
+CORPUS_ENTRIES = {"facts.parquet", "manifest.json", "tokenizer"}  # everything a build writes into its directory
+
+
+def check_target(out_dir: str | Path, sources=()) -> Path:
+    """Refuse an output directory whose replacement would lose anything; returns it resolved.
+
+    A build replaces its target whole, so the target must be new, empty, or a corpus (its ``manifest.json``
+    carries a ``factscale-corpus/`` format) holding nothing a build did not write. Never the current
+    directory or one above it, and never a directory that holds one of the build's ``sources``.
+    """
+    out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise CorpusError(f"-o {out_dir}: exists and is not a directory")
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise CorpusError(f"-o {out_dir}: is the current directory or holds it; a build replaces its output "
+                          "directory whole: choose a new path, e.g. -o corpora/NAME")
+    for src in sources:
+        if src is None:
+            continue
+        s = Path(src).resolve()
+        if s == out or out in s.parents:
+            raise CorpusError(f"-o {out_dir}: holds the build's input {src}; a build replaces its output directory "
+                              "whole: choose another output path")
+    if out.is_dir() and any(out.iterdir()):
+        manifest = read_manifest(out)
+        fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        if not (isinstance(fmt, str) and fmt.startswith("factscale-corpus/")):
+            raise CorpusError(f"-o {out_dir}: exists and is not a corpus directory (no factscale manifest.json); "
+                              "nothing was changed: choose a new or empty path")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in CORPUS_ENTRIES)
+        if foreign:
+            raise CorpusError(f"-o {out_dir}: this corpus directory also holds {', '.join(foreign[:5])}"
+                              f"{' ...' if len(foreign) > 5 else ''}, which a rebuild would delete; nothing was "
+                              "changed: move them out or choose another path")
+    return out
+
+
 @contextlib.contextmanager
-def building(out_dir: str | Path, reuse_recipe: dict | None = None):
+def build_lock(out: Path, log=None):
+    """The lock that serializes builds of ``out`` (a file beside it; the OS releases it if the holder dies).
+    A build that has to wait says so, naming the holder's pid and start time (written into the lock file)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    with open(out.parent / f".{out.name}.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            log(f"waiting for the build of {out} held by {holder} to finish (lock {lock.name})")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {platform.node()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.seek(0)
+            lock.truncate()
+
+
+@contextlib.contextmanager
+def building(out_dir: str | Path, reuse_recipe: dict | None = None, sources=(), log=None):
     """Build a corpus into a private temporary directory and rename it into place on success.
 
     Readers see the old corpus or the new one, never a mix (a killed build leaves only a temp directory,
     removed by the next build). Concurrent builds of one target serialize on a lock beside it. With
     ``reuse_recipe``, a corpus already built (maybe meanwhile, by a concurrent build) from exactly that
-    recipe is kept: the context yields None and nothing is built.
+    recipe is kept: the context yields None and nothing is built. The target is checked first
+    (``check_target``): nothing but a corpus is ever replaced.
     """
-    out = Path(out_dir).resolve()
-    if out.exists() and not out.is_dir():
-        raise CorpusError(f"-o {out_dir}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").exists() \
-            and not (out / "facts.parquet").exists():
-        raise CorpusError(f"-o {out_dir}: exists and is not a corpus directory; choose a new or empty path")
+    out = check_target(out_dir, sources)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS if this process dies
+    with build_lock(out, log):
         if not out.exists():  # killed between the two renames of a swap: the previous corpus is .old-*
             olds = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
             if olds:
                 os.replace(olds[-1], out)
         for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
             shutil.rmtree(stale, ignore_errors=True)  # a killed build's leftovers (we hold the lock)
+        check_target(out_dir, sources)  # again under the lock: another build or a user may have written there
         existing = read_manifest(out)
         if reuse_recipe is not None and existing and existing.get("format") == CORPUS_FORMAT \
                 and existing.get("recipe") == reuse_recipe:
@@ -245,13 +304,13 @@ def building(out_dir: str | Path, reuse_recipe: dict | None = None):
 
 
 def build_corpus(raw: pl.DataFrame, out_dir: str | Path, *, recipe: dict | None = None, reuse: bool = False,
-                 **kw) -> dict:
+                 sources=(), **kw) -> dict:
     """Run the rules into a private directory, rename it into place (see ``building``), return the manifest.
 
     ``recipe`` (what was asked for, e.g. a sweep's corpus_build) is stored in the manifest; with ``reuse``
     an existing corpus built from the same recipe is returned as it is.
     """
-    with building(out_dir, reuse_recipe=recipe if reuse else None) as tmp:
+    with building(out_dir, reuse_recipe=recipe if reuse else None, sources=sources) as tmp:
         if tmp is None:
             return read_manifest(out_dir)
         return _build_into(raw, tmp, recipe=recipe, **kw)

@@ -23,6 +23,7 @@ hash, the same counts.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import os
@@ -39,7 +40,7 @@ from typing import Optional
 import polars as pl
 import submitit
 
-from factscale.corpus.build import CorpusError, _build_into, building
+from factscale.corpus.build import CorpusError, _build_into, building, check_target
 from factscale.corpus.dumpio import bz2_block_index, bz2_range_lines, open_dump, range_lines
 from factscale.corpus.labels import BATCH_ROWS, BUCKET_ROWS, Spill
 from factscale.corpus.wikidata import MAX_ERRORS_KEPT, DumpOptions, Pass1, parse_chunks, raw_from_passes
@@ -180,11 +181,12 @@ def parse_shard(s: dict, opts: DumpOptions, shard_dir, processes: int = 1, batch
             yield line
 
     def consume(lines):
-        for fs, labs, c, errs in parse_chunks(counted(lines), opts, processes):
-            spill.add("facts", fs, s["file"])
-            spill.add("labels", labs, s["file"])
-            counts.update(c)
-            errors.extend(errs[: max(0, MAX_ERRORS_KEPT - len(errors))])
+        with contextlib.closing(parse_chunks(counted(lines), opts, processes)) as chunks:  # workers stop on error
+            for fs, labs, c, errs in chunks:
+                spill.add("facts", fs, s["file"])
+                spill.add("labels", labs, s["file"])
+                counts.update(c)
+                errors.extend(errs[: max(0, MAX_ERRORS_KEPT - len(errors))])
 
     broken = []
     if s["end"] is None:  # a compressed (or whole) file: decompressed on all the job's cores
@@ -347,12 +349,13 @@ def build_sharded(spec, out, cluster: str = "local", shards=None, res: ShardReso
     res.check()
     if cluster == "slurm":
         check_fits(res)
+    check_target(out, spec.inputs())  # before indexing or submitting anything
     plan = plan_shards(spec.dump, None if shards is None else parse_count(shards), log, spec.workers)
     opts = dump_options(spec)
     templates = templates_for([], spec.templates)[0] if spec.templates else {}
     outp = Path(out).resolve()
     folder = outp.parent / f".{outp.name}.submitit" / time.strftime("%Y%m%d-%H%M%S")
-    with building(out) as tmp:
+    with building(out, sources=spec.inputs()) as tmp:
         shard_dir = tmp / "_shards"
         shard_dir.mkdir()
         save_indexes(plan, shard_dir)

@@ -85,6 +85,10 @@ class CorpusSpec:
 
         return spec_from(self.synthetic, self.seed)
 
+    def inputs(self) -> list[str]:
+        """Every file or directory the build reads (a build never writes over one of them)."""
+        return [*self.dump, *self.triples, *self.hf, *self.labels, *([self.templates] if self.templates else [])]
+
     def recipe(self) -> dict:
         """What the corpus depends on (``workers`` only changes how fast it is built)."""
         return {k: v for k, v in asdict(self).items() if k != "workers"}
@@ -110,7 +114,9 @@ def build(spec: CorpusSpec, out: str | Path, *, reuse: bool = False, progress: b
     """Build the corpus ``spec`` describes at ``out`` (atomically); with ``reuse``, a corpus there built from
     the same recipe is kept as it is. Returns the manifest."""
     from factscale import corpus
+    from factscale.corpus.build import check_target
 
+    check_target(out, spec.inputs())  # before reading anything: a refused target costs nothing
     common = dict(multi_value=spec.multi_value, ambiguous_keys=spec.ambiguous_keys, heldout_frac=spec.heldout_frac,
                   vocab_size=spec.vocab_size, variants=spec.variants or None, recipe=spec.recipe(), reuse=reuse)
     src = spec.source

@@ -18,10 +18,13 @@ as "1950s"), quantities as amount + unit label, monolingual text only in the cho
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import tempfile
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
@@ -244,12 +247,41 @@ def parse_chunks(lines, opts: DumpOptions, workers: int = 1, chunk_lines: int = 
     """The workers' unit of work, in order: (facts, labels, counts, errors) per chunk of ``lines``. A local
     build feeds a whole file through it; a sharded build (``shards``) feeds each shard's lines."""
     chunks = _chunks(lines, chunk_lines, opts)
-    pool = Pool(workers) if workers > 1 else None
+    if workers <= 1:
+        yield from map(_process_chunk, chunks)
+        return
+    pool = _quiet_pool(workers)
     try:
-        yield from (pool.imap(_process_chunk, chunks) if pool else map(_process_chunk, chunks))
+        # tasks are submitted from this thread, at most 2 per worker ahead of the one awaited: no pool
+        # thread iterates the file, and a Ctrl-C (raised here, while waiting) reaches ``finally`` at once
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(_process_chunk, (chunk,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
     finally:
-        if pool:
-            pool.terminate()
+        pool.terminate()  # workers ignore SIGINT, so they are alive and stop on SIGTERM: no hang
+        pool.join()
+
+
+def _quiet_pool(workers: int) -> Pool:
+    """A process pool whose workers ignore SIGINT. A terminal's Ctrl-C goes to the whole process group; a
+    worker killed by it mid-task leaves the pool's pipes half-read and ``terminate()`` waiting forever.
+    The main process alone handles Ctrl-C and terminates the workers. SIGINT is ignored while forking, so
+    no new worker runs a moment with Python's default handler, and again in each worker (any start method)."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers: main thread only
+        return Pool(workers, initializer=_ignore_sigint)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return Pool(workers, initializer=_ignore_sigint)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Pass1:
@@ -305,9 +337,11 @@ def pass1(path, opts: DumpOptions, spill: Spill, file_index: int = 0, workers: i
     acc = Pass1(path, opts, spill, file_index)
     with open_dump(path, threads or workers) as reader:
         bar = _Progress(path, progress)
-        for fs, labs, c, errs in parse_chunks(reader.lines(), opts, workers, chunk_lines):
-            acc.add(fs, labs, c, errs)
-            bar.update(reader.pos(), c["entities_seen"])
+        # closing(): an exception here (Ctrl-C included) stops the workers now, not when the generator is collected
+        with contextlib.closing(parse_chunks(reader.lines(), opts, workers, chunk_lines)) as chunks:
+            for fs, labs, c, errs in chunks:
+                acc.add(fs, labs, c, errs)
+                bar.update(reader.pos(), c["entities_seen"])
     bar.close()
     return acc.finish(reader.broken)
 
