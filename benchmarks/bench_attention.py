@@ -23,9 +23,9 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from factscale.config import load_run_config
 from factscale.corpus import SyntheticSpec, build_synthetic
-from factscale.train import run
+from factscale.training.config import load_run_config
+from factscale.training.run import run
 
 
 def main():

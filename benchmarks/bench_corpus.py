@@ -33,8 +33,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from factscale.corpus.dumpio import decompressor_name, open_dump
-from factscale.corpus.wikidata import DumpOptions, extract_entity, stream_dump
+from factscale.corpus.wikidata.dump import DumpOptions, extract_entity, stream_dump
+from factscale.corpus.wikidata.dumpio import decompressor_name, open_dump
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared/data/wikidata/dump-sample"
 FULL_DUMP_MB = 1.6e6  # ~1.6 TB of JSON

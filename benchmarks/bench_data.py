@@ -27,9 +27,10 @@ import polars as pl
 import pyarrow as pa
 import torch
 
-from factscale.data import Packer, flat_tokens
-from factscale.probes import ProbeTokens
-from factscale.reference import pack_reference, probe_prep_reference
+from factscale.corpus.render import flat_tokens
+from factscale.probing.engine import ProbeTokens
+from factscale.testing import pack_reference, probe_prep_reference
+from factscale.training.data import Packer
 
 
 def fake_facts(n: int, seed: int = 0) -> pl.DataFrame:

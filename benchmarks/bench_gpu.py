@@ -27,9 +27,9 @@ import time
 
 import torch
 
-from factscale.config import ModelConfig
-from factscale.models import build_model, non_embedding_params, resolve_shape
-from factscale.train import fact_isolation, scored_loss
+from factscale.training.config import ModelConfig
+from factscale.training.models import build_model, non_embedding_params, resolve_shape
+from factscale.training.module import fact_isolation, scored_loss
 
 # dense bf16 tensor-core peaks from the vendors' spec sheets (no sparsity)
 SPEC_BF16 = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12, "H100": 989e12,

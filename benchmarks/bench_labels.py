@@ -41,9 +41,9 @@ def _reset_peak():
 def base_frames():
     import polars as pl
 
-    from factscale.corpus.labels import Spill
-    from factscale.corpus.tsv import load_label_table
-    from factscale.corpus.wikidata import DumpOptions, pass1
+    from factscale.corpus.tables.tsv import load_label_table
+    from factscale.corpus.wikidata.dump import DumpOptions, pass1
+    from factscale.corpus.wikidata.labels import Spill
 
     with tempfile.TemporaryDirectory() as d:
         spill, opts = Spill(d), DumpOptions()
@@ -71,7 +71,7 @@ def _renamed(df, cols, copy: int):
 def one_scale(scale: int, batch_rows: int, bucket_rows: int, way: str) -> dict:
     import polars as pl
 
-    from factscale.corpus.labels import Spill, resolve
+    from factscale.corpus.wikidata.labels import Spill, resolve
 
     facts, labels = base_frames()
     with tempfile.TemporaryDirectory() as d:

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
-from factscale.config import load_run_config
 from factscale.corpus import SyntheticSpec, build_synthetic
 from factscale.corpus.build import load_corpus
-from factscale.probes import probe_batched, probe_generate
-from factscale.rundir import run_dir
-from factscale.train import run
+from factscale.probing.engine import probe_batched
+from factscale.testing import probe_generate
+from factscale.training.config import load_run_config
+from factscale.training.run import run
+from factscale.training.rundir import run_dir
 
 
 def main():

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from factscale.corpus import CorpusSpec, build_from_spec
-from factscale.corpus.shards import ShardResources, build_sharded
+from factscale.corpus.wikidata.shards import ShardResources, build_sharded
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikidata"
 LABELS = SHARED / "properties" / "wikidata-predicates.json"

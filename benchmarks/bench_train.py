@@ -30,20 +30,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 from transformers import AutoTokenizer
 
-import lightning as L
-
-from factscale.config import load_run_config, read_yaml_mapping
+from factscale.configio import read_yaml_mapping
 from factscale.corpus import SyntheticSpec, build_synthetic
 from factscale.corpus.build import load_corpus
-from factscale.corpus.spec import build as build_corpus
+from factscale.corpus.sources import build_from_spec as build_corpus
 from factscale.demo import DEMO_SPEC
-from factscale.data import FactDataModule
-from factscale.models import non_embedding_params, resolve_shape
-from factscale.sweepspec import spec_from_dict
-from factscale.train import FactLM, fact_isolation, fact_positions, lr_lambda
+from factscale.launch.spec import spec_from_dict
+from factscale.training.config import load_run_config
+from factscale.training.data import FactDataModule
+from factscale.training.models import non_embedding_params, resolve_shape
+from factscale.training.module import FactLM, fact_isolation, fact_positions, lr_lambda
 
 
 def matmul_peak(n=1024, reps=20) -> float:

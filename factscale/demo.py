@@ -22,13 +22,15 @@ from pathlib import Path
 
 import polars as pl
 
-from factscale import fit, plots
-from factscale.config import ConfigError, read_yaml_mapping, set_dotted
-from factscale.fsio import write_json_atomic
-from factscale.results import collect, write_parquet_atomic
-from factscale.sweep import launch
-from factscale.sweepspec import spec_from_dict
-from factscale.vocab import SIZE, overall
+from factscale import plots
+from factscale.analysis import fit
+from factscale.analysis.collect import collect
+from factscale.analysis.vocab import SIZE, overall
+from factscale.configio import read_yaml_mapping, set_dotted
+from factscale.errors import ConfigError
+from factscale.fsio import write_json_atomic, write_parquet_atomic
+from factscale.launch.spec import spec_from_dict
+from factscale.launch.sweep import launch
 
 DEMO_SPEC = Path(__file__).with_name("demo.yaml")  # also sweeps/demo.yaml (a link)
 QUICK = {"corpus_build.synthetic.n_keys": 700, "grid.model.size": ["1k", "5k", "10k"],

@@ -3,7 +3,7 @@
     python figures/bits_per_param.py RESULTS [--out-dir figures/out]
 """
 
-from factscale.plots import script_main
+from factscale.plots.laws import script_main
 
 if __name__ == "__main__":
     script_main("bits-per-param")

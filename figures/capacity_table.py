@@ -14,8 +14,8 @@ import argparse
 import polars as pl
 import seaborn as sns
 
-from factscale.capacity import capacity_table, read_tables
-from factscale.plots import new_figure, save, themed
+from factscale.analysis.capacity import capacity_table, read_tables
+from factscale.plots.laws import new_figure, save, themed
 
 MARKERS = {"fp32": "o", "int8": "s", "int4": "v"}
 LINESTYLES = {"fp32": "-", "int8": "--", "int4": ":"}

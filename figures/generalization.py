@@ -3,7 +3,7 @@
     python figures/generalization.py RESULTS [--out-dir figures/out]
 """
 
-from factscale.plots import script_main
+from factscale.plots.laws import script_main
 
 if __name__ == "__main__":
     script_main("generalization")

@@ -7,7 +7,7 @@ import argparse
 
 import polars as pl
 
-from factscale.plots import plot_all
+from factscale.plots.laws import plot_all
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)

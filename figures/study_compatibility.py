@@ -1,6 +1,6 @@
 """The compatibility study's figure from its results table (see sweeps/study-compatibility.yaml for how to make it)."""
 
-from factscale.plots import script_main
+from factscale.plots.laws import script_main
 
 if __name__ == "__main__":
     script_main("study-compatibility")

@@ -1,6 +1,6 @@
 """The generalization study's figure from its results table (see sweeps/generalization.yaml for how to make it)."""
 
-from factscale.plots import script_main
+from factscale.plots.laws import script_main
 
 if __name__ == "__main__":
     script_main("study-generalization")

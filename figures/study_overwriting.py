@@ -1,6 +1,6 @@
 """The overwriting study's figure from its results table (see sweeps/study-overwriting.yaml for how to make it)."""
 
-from factscale.plots import script_main
+from factscale.plots.laws import script_main
 
 if __name__ == "__main__":
     script_main("study-overwriting")

@@ -44,7 +44,7 @@ def tiny_corpus(tmp_path_factory):
 
 
 def tiny_run_config(corpus, runs_dir, **over):
-    from factscale.config import load_run_config
+    from factscale.training.config import load_run_config
 
     base = {
         "corpus.path": str(corpus), "runs_dir": str(runs_dir), "model.size": "30k", "train.epochs": 60,
@@ -58,7 +58,7 @@ def tiny_run_config(corpus, runs_dir, **over):
 @pytest.fixture(scope="session")
 def trained_run(tiny_corpus, tmp_path_factory):
     """One trained tiny run (shared by probe tests): its summary and config."""
-    from factscale.train import run
+    from factscale.training.run import run
 
     cfg = tiny_run_config(tiny_corpus, tmp_path_factory.mktemp("runs"))
     return run(cfg), cfg

@@ -8,12 +8,13 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-
 from conftest import tiny_run_config
-from factscale.config import ConfigError, ModelConfig
-from factscale.data import FactDataModule
-from factscale.models import ARCHS, build_model
-from factscale.train import FactLM, fact_isolation, fact_positions
+
+from factscale.errors import ConfigError
+from factscale.training.config import ModelConfig
+from factscale.training.data import FactDataModule
+from factscale.training.models import ARCHS, build_model
+from factscale.training.module import FactLM, fact_isolation, fact_positions
 
 BOS, EOS, PAD, VOCAB = 1, 2, 0, 64
 

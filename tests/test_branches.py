@@ -1,4 +1,4 @@
-"""Cooldown branches (factscale.branches): a branch equals the standalone wsd run it stands for, resumes
+"""Cooldown branches (factscale.launch.branches): a branch equals the standalone wsd run it stands for, resumes
 like any run when killed, and bad branch configs fail before anything is created, naming the field."""
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
-
 from conftest import tiny_run_config
-from factscale.branches import TRUNKS, epochs_trained, fork_epoch, fork_path, groups
-from factscale.config import ConfigError
-from factscale.laws import LAWS
-from factscale.results import collect
-from factscale.rundir import RunDir
-from factscale.sweep import launch, sweep_status
-from factscale.sweepspec import expand, spec_from_dict
-from factscale.train import run
-from factscale.vocab import final_probes, overall
+
+from factscale.analysis.collect import collect
+from factscale.analysis.laws import LAWS
+from factscale.analysis.vocab import final_probes, overall
+from factscale.errors import ConfigError
+from factscale.launch.branches import TRUNKS, epochs_trained, fork_epoch, fork_path, groups
+from factscale.launch.spec import expand, spec_from_dict
+from factscale.launch.sweep import launch, sweep_status
+from factscale.training.run import run
+from factscale.training.rundir import RunDir
 
 EPOCHS = [5, 10]  # decay_frac 0.4: forks at epochs 3 and 6, so the trunk trains 6 epochs
 BASE = {"train.batch_size": 4, "train.seq_len": 32, "train.loss_on": "value", "train.progress_bar": False,
@@ -93,7 +93,7 @@ def _uneven_seed(corpus, F: int) -> int:
     """A seed whose first F epochs pack into more steps than F x the first epoch's (packing varies the
     count): a step-counted schedule would start this run's decay before its fork epoch ends."""
     from factscale.corpus.build import load_corpus
-    from factscale.data import FactDataModule
+    from factscale.training.data import FactDataModule
 
     facts, _ = load_corpus(corpus)
     for seed in range(50):
@@ -175,7 +175,7 @@ def test_bad_branch_configs_fail_before_anything_is_created(tiny_corpus, tmp_pat
     with pytest.raises(ConfigError, match=field):
         launch(spec_from_dict(d, "spec"), cluster="debug", log=lambda *_: None)
     if field == "optim.schedule":  # through the CLI's main(): one error line, exit 2
-        from factscale.cli import main
+        from factscale.cli.main import main
 
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump(d))
@@ -187,7 +187,7 @@ def test_bad_branch_configs_fail_before_anything_is_created(tiny_corpus, tmp_pat
 
 
 def test_plan_shows_the_trunk_the_branches_and_the_epochs_saved(tiny_corpus, tmp_path):
-    from factscale.branches import plan_lines
+    from factscale.launch.branches import plan_lines
 
     spec = spec_from_dict(_spec(tmp_path, tiny_corpus, grid={"train.epochs": [5, 10], "seed": [0, 1]}), "s")
     out = "\n".join(plan_lines(expand(spec)))  # what `sweep plan` prints below its run table
@@ -198,7 +198,7 @@ def test_plan_shows_the_trunk_the_branches_and_the_epochs_saved(tiny_corpus, tmp
 
 
 def test_an_unreadable_fork_checkpoint_makes_its_branch_run_standalone(tiny_corpus, tmp_path):
-    from factscale.branches import BranchGroup, fork_path, groups, run_group
+    from factscale.launch.branches import BranchGroup, fork_path, groups, run_group
 
     (g,) = groups(expand(spec_from_dict(_spec(tmp_path, tiny_corpus), "spec")))
     assert isinstance(g, BranchGroup) and g.forks == [3, 6]

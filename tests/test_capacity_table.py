@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 import torch
 
+from factscale.analysis.quantize import identity_quantizer, probe_run, quantize_model, rtn_quantizer, target_weights
 from factscale.corpus.build import load_corpus
-from factscale.probes import ProbeCallback
-from factscale.quantize import identity_quantizer, probe_run, quantize_model, rtn_quantizer, target_weights
+from factscale.probing.engine import Prober
 
 N_SEQ, L, V = 120, 10, 32
 
@@ -65,7 +65,7 @@ def sequences(tmp_path_factory):
 
 
 def _probe(model, train):
-    r = ProbeCallback({"train": train}, 1, 64, 0, 1000, [], total_params=2000).probe(model, 1, 0, 0)
+    r = Prober({"train": train}, 64, 0, 1000, [], total_params=2000).probe(model, 1, 0, 0)
     return next(x for x in r if x["group_by"] == "all")
 
 
@@ -106,14 +106,14 @@ def test_random_sequence_capacity_is_zero_for_a_model_that_knows_only_the_format
 
 
 def test_random_sequence_capacity_of_an_untrained_model_is_zero_within_its_error(sequences):
-    from factscale.config import ModelConfig
-    from factscale.models import build_model
+    from factscale.training.config import ModelConfig
+    from factscale.training.models import build_model
 
     train, manifest, out = sequences
     torch.manual_seed(0)
     model = build_model(ModelConfig(size="5k"), manifest["tokens"]["vocab_size"], 1, 2, 0)
     sample = train.sample(60, seed=0)  # a sampled probe, so the standard error is not 0
-    r = next(x for x in ProbeCallback({"train": sample}, 1, 64, 0, 1000, [], train_facts=train).probe(model, 0, 0, 0)
+    r = next(x for x in Prober({"train": sample}, 64, 0, 1000, [], train_facts=train).probe(model, 0, 0, 0)
              if x["group_by"] == "all")
     assert r["mr"] == 0.0 and r["capacity_bits_se"] > 0
     assert r["capacity_bits"] <= 2 * r["capacity_bits_se"]
@@ -143,8 +143,8 @@ def test_round_to_nearest_error_is_at_most_half_a_step_per_output_channel(bits):
 
 
 def test_quantized_tensors_are_the_block_linears_not_the_embeddings():
-    from factscale.config import ModelConfig
-    from factscale.models import build_model, count_instantiated
+    from factscale.training.config import ModelConfig
+    from factscale.training.models import build_model, count_instantiated
 
     for arch in ("qwen2", "gpt2"):
         m = build_model(ModelConfig(arch=arch, size="5k"), 300, 1, 2, 0)
@@ -163,7 +163,7 @@ def test_quantized_tensors_are_the_block_linears_not_the_embeddings():
 
 
 def test_quantization_probe_identity_is_exact_and_int8_changes_little(trained_run):
-    from factscale.rundir import run_dir
+    from factscale.testing import run_dir
 
     summary, cfg = trained_run
     d = run_dir(cfg)
@@ -198,8 +198,8 @@ def _results(kind: str, size: str, non_emb: int, total: int, bits: float, se: fl
 
 
 def test_capacity_table_has_measured_and_published_rows(tmp_path, capsys):
-    from factscale.capacity import REFERENCES
-    from factscale.cli import main
+    from factscale.analysis.capacity import REFERENCES
+    from factscale.cli.main import main
 
     rows = [_results("synthetic", "2k", 1000, 4000, 1500.0, 30.0),
             _results("synthetic-bios", "2k", 1000, 5000, 1200.0, 0.0),
@@ -238,7 +238,7 @@ def test_capacity_table_has_measured_and_published_rows(tmp_path, capsys):
     (pl.DataFrame([_results("synthetic", "2k", 1000, 4000, 1.0, 0.0, epoch=3)]), "no final (annealed) probe"),
 ])
 def test_capacity_table_bad_input_is_one_error_line(table, message, tmp_path, capsys):
-    from factscale.cli import main
+    from factscale.cli.main import main
 
     table.write_parquet(tmp_path / "r.parquet")
     (tmp_path / "junk.parquet").write_text("not parquet")
@@ -251,7 +251,7 @@ def test_capacity_table_bad_input_is_one_error_line(table, message, tmp_path, ca
 
 
 def test_quantize_probe_bad_input_is_one_error_line(tmp_path, capsys):
-    from factscale.cli import main
+    from factscale.cli.main import main
 
     for args, msg in ((["--bits", "8,x"], "--bits '8,x': comma-separated integers in [2, 16]"),
                       (["--bits", "1"], "--bits '1'"), ([], "not a finished run directory")):
@@ -265,7 +265,8 @@ def test_the_figure_script_draws_the_table(tmp_path):
     import runpy
 
     from conftest import ROOT
-    from factscale.capacity import capacity_table
+
+    from factscale.analysis.capacity import capacity_table
 
     rows = [_results("synthetic-bios", s, n, 3 * n, b, 5.0) for s, n, b in (("2k", 1000, 900.0), ("5k", 3000, 4000.0))]
     table = capacity_table([("r", pl.DataFrame(rows))])

@@ -9,9 +9,9 @@ import sys
 
 import polars as pl
 import pytest
-
 from conftest import tiny_run_config
-from factscale.rundir import RunDir
+
+from factscale.training.rundir import RunDir
 
 
 def cli(*args, cwd=None):
@@ -52,7 +52,7 @@ def files(tmp_path):
     (["collect", "{d}/nope", "-o", "{d}/x.parquet"], ["runs directory not found"]),
 ])
 def test_bad_input_is_one_error_line(files, args, needles, capsys):
-    from factscale.cli import main
+    from factscale.cli.main import main
 
     with pytest.raises(SystemExit) as e:  # in-process: the same main() the console script runs
         main([a.format(d=files) for a in args])
@@ -61,7 +61,7 @@ def test_bad_input_is_one_error_line(files, args, needles, capsys):
 
 
 def test_a_second_concurrent_train_is_one_error_line(tiny_corpus, tmp_path, capsys):
-    from factscale.cli import main
+    from factscale.cli.main import main
 
     cfg = tiny_run_config(tiny_corpus, tmp_path)
     rd = RunDir(cfg)

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from factscale.config import ConfigError, load_run_config
-from factscale.rundir import identity_hash
+from factscale.errors import ConfigError
+from factscale.training.config import load_run_config
+from factscale.training.rundir import identity_hash
 
 
 def test_overrides_and_hash(tmp_path):
@@ -46,7 +47,7 @@ def test_missing_corpus_path():
 
 
 def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
-    from factscale.cli import main
+    from factscale.cli.main import main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("corpus: {path: /nonexistent}\nmodel: {size: 7b}\n")

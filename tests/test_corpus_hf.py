@@ -7,8 +7,9 @@ import json
 import polars as pl
 import pytest
 
-from factscale.corpus import CorpusError, build_from_datasets, build_from_triples
-from factscale.corpus.hf import export_corpus, parse_columns, read_datasets
+from factscale.corpus import build_from_datasets, build_from_triples
+from factscale.corpus.tables.hf import export_corpus, parse_columns, read_datasets
+from factscale.errors import CorpusError
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def bear_corpus(shared, tmp_path_factory):
 def test_export_reloads_the_same_rows_with_the_manifest(bear_corpus, tmp_path, capsys):
     import datasets
 
-    from factscale.cli import main
+    from factscale.cli.main import main
 
     main(["corpus", "export", str(bear_corpus), "-o", str(tmp_path / "ds")])
     ds = datasets.load_from_disk(str(tmp_path / "ds"))

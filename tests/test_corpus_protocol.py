@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import sys
 
 import polars as pl
 import pytest
 
-from factscale.corpus import CorpusError, SyntheticSpec, build_synthetic, load_corpus
 import factscale.corpus.build  # noqa: F401  (the module, in sys.modules)
-import sys
+from factscale.corpus import SyntheticSpec, build_synthetic, load_corpus
 from factscale.corpus.build import content_hash, corpus_hash_of, stable_unit
+from factscale.errors import CorpusError
 
 SPEC = dict(n_keys=60, vocab_sizes=[8], seed=0)
 
@@ -37,13 +38,13 @@ def test_a_killed_rebuild_leaves_the_old_corpus_intact(tmp_path, monkeypatch):
     out = tmp_path / "c"
     old = build_synthetic(out, SyntheticSpec(**SPEC), vocab_size=300)
     build_mod = sys.modules["factscale.corpus.build"]
-    real = build_mod._build_into
+    real = build_mod.build_into
 
     def dies_after_the_tokenizer(raw, tmp, **kw):
         real(raw, tmp, **kw)  # everything written into the private directory ...
         raise KeyboardInterrupt  # ... then the process is interrupted before the rename
 
-    monkeypatch.setattr(build_mod, "_build_into", dies_after_the_tokenizer)
+    monkeypatch.setattr(build_mod, "build_into", dies_after_the_tokenizer)
     with pytest.raises(KeyboardInterrupt):
         build_synthetic(out, SyntheticSpec(**{**SPEC, "n_keys": 40}), vocab_size=300)
     facts, manifest = load_corpus(out)

@@ -14,12 +14,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from factscale.cli import main
-from factscale.corpus import CorpusError, CorpusSpec, build_from_spec
-from factscale.corpus.dumpio import range_lines
-from factscale.corpus.shards import ShardResources, build_sharded, merge, parse_shard, plan_shards, run_shards
+from factscale.cli.main import main
+from factscale.corpus import CorpusSpec, build_from_spec
 from factscale.corpus.spec import dump_options
-from factscale.corpus.wikidata import dump_to_raw
+from factscale.corpus.wikidata.dump import dump_to_raw
+from factscale.corpus.wikidata.dumpio import range_lines
+from factscale.corpus.wikidata.shards import ShardResources, build_sharded, merge, parse_shard, plan_shards, run_shards
+from factscale.errors import CorpusError
 
 ONE = ShardResources(cpus=1, mem_gb=1, time_min=10)
 
@@ -222,7 +223,7 @@ def test_a_bz2_file_that_cannot_be_indexed_is_one_shard_said_in_one_line(shared,
     plan = plan_shards([cut], 3, log=said.append)
     assert [s["end"] for s in plan] == [None] and len(said) == 1
     assert said[0].startswith("truncated.json.bz2 is one shard, not split at its bz2 blocks: it does not decompress")
-    import factscale.corpus.dumpio as dumpio
+    import factscale.corpus.wikidata.dumpio as dumpio
 
     monkeypatch.setattr(dumpio, "_parallel_module", lambda suffix: None)  # as without indexed_bzip2
     said.clear()

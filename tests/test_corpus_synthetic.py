@@ -76,7 +76,7 @@ def test_bios_manifest_entropy_is_the_exact_entropy(tmp_path):
 
 
 def test_bios_values_are_uniform_independent_draws_from_distinct_pools():
-    from factscale.corpus.bios import BiosSpec, generate_bios, pools
+    from factscale.corpus.synthetic.bios import BiosSpec, generate_bios, pools
 
     spec = BiosSpec(n_keys=3000, birth_city=8, major=5, seed=4)
     raw, bits = generate_bios(spec)
@@ -97,7 +97,7 @@ def test_random_sequences_are_one_token_per_symbol_with_exact_entropy(tmp_path):
     from transformers import AutoTokenizer
 
     from factscale.corpus import CorpusSpec, build_from_spec
-    from factscale.corpus.sequences import alphabet
+    from factscale.corpus.synthetic.sequences import alphabet
 
     n, L, V = 300, 12, 100
     m = build_from_spec(CorpusSpec(synthetic={"kind": "random-sequences", "n_keys": n, "length": L, "symbols": V},
@@ -119,7 +119,8 @@ def test_random_sequences_are_one_token_per_symbol_with_exact_entropy(tmp_path):
 
 
 def test_a_vocabulary_too_small_for_the_symbols_is_refused_and_leaves_the_old_corpus(tmp_path):
-    from factscale.corpus import CorpusError, CorpusSpec, build_from_spec
+    from factscale.corpus import CorpusSpec, build_from_spec
+    from factscale.errors import CorpusError
 
     out = tmp_path / "q"
     ok = build_from_spec(CorpusSpec(synthetic={"kind": "random-sequences", "n_keys": 50, "length": 4, "symbols": 8},
@@ -155,7 +156,7 @@ def test_the_facts_kind_is_the_old_recipe_and_corpus(tmp_path):
     (["--kind", "random-sequences", "--seq-len", "0"], "length (--seq-len) must be >= 1"),
 ])
 def test_bad_kind_options_are_one_error_line(args, message, tmp_path, capsys):
-    from factscale.cli import main
+    from factscale.cli.main import main
 
     with pytest.raises(SystemExit) as e:
         main(["corpus", "build", "--synthetic", *args, "-o", str(tmp_path / "x")])

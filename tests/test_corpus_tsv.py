@@ -8,9 +8,10 @@ import json
 import polars as pl
 import pytest
 
-from factscale.corpus import CorpusError, build_from_triples
-from factscale.corpus.triples import read_triples
-from factscale.corpus.tsv import load_label_table
+from factscale.corpus import build_from_triples
+from factscale.corpus.tables.triples import read_triples
+from factscale.corpus.tables.tsv import load_label_table
+from factscale.errors import CorpusError
 
 RELATIONS = ("P36", "P17", "P19")
 
@@ -88,7 +89,7 @@ def test_unreadable_triples_are_one_clear_error(tmp_path, capsys, content, match
     bad.write_bytes(content)
     with pytest.raises(CorpusError, match=match):
         read_triples([bad], labels={"Q1": "a", "Q2": "b", "P31": "instance of"})
-    from factscale.cli import main
+    from factscale.cli.main import main
 
     with pytest.raises(SystemExit) as e:
         main(["corpus", "build", "--triples", str(bad), "-o", str(tmp_path / "o")])

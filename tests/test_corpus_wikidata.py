@@ -11,8 +11,10 @@ import sys
 import polars as pl
 import pytest
 
-from factscale.corpus import CorpusError, DumpOptions, build_from_dump
-from factscale.corpus.wikidata import format_time, stream_dump
+from factscale.corpus import DumpOptions, build_from_dump
+from factscale.corpus.wikidata.dump import format_time
+from factscale.errors import CorpusError
+from factscale.testing import stream_dump
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +156,7 @@ def test_cli_missing_dump_is_a_clear_error(tmp_path, capsys):
 
 def _cli_error(capsys, *args) -> str:
     """Run the CLI in this process (a subprocess costs ~10 s of imports); return stderr, asserting exit 2."""
-    from factscale.cli import main
+    from factscale.cli.main import main
 
     with pytest.raises(SystemExit) as e:
         main(["corpus", "build", *map(str, args)])
@@ -199,7 +201,7 @@ def test_dropped_datatypes_match_a_hand_recount(shared, dump_corpus):
 
 
 def test_datatypes_option_and_string_identifiers(shared):
-    from factscale.corpus.datatypes import parse_datatypes
+    from factscale.corpus.wikidata.datatypes import parse_datatypes
 
     src = shared / "dump-sample" / "latest-all.head50.json"
     base = {f[:3] + (f[6],) for f in stream_dump(src, DumpOptions())[0]}
@@ -212,7 +214,7 @@ def test_datatypes_option_and_string_identifiers(shared):
         parse_datatypes("default,bogus")
     assert parse_datatypes("default,-quantity") == parse_datatypes("wikibase-item,time,monolingualtext,string")
     # identifier-like strings: by their value ("LEM201014753") or their property's label ("postal code")
-    from factscale.corpus.datatypes import string_label_is_identifier, string_value_is_identifier
+    from factscale.corpus.wikidata.datatypes import string_label_is_identifier, string_value_is_identifier
 
     assert string_value_is_identifier("LEM201014753") and string_value_is_identifier("2--411")
     assert not string_value_is_identifier("20, place des Terreaux") and not string_value_is_identifier("C₂H₆O")
@@ -221,7 +223,7 @@ def test_datatypes_option_and_string_identifiers(shared):
 
 
 def test_scholarly_article_preset_skips_papers(shared, tmp_path):
-    from factscale.corpus.datatypes import parse_subject_exclude
+    from factscale.corpus.wikidata.datatypes import parse_subject_exclude
 
     ents = _entities(shared / "dump-sample" / "latest-all.head50.json")
     paper = json.loads(json.dumps(ents[1]))  # a real entity turned into a paper: P31 = scholarly article
@@ -239,7 +241,7 @@ def test_scholarly_article_preset_skips_papers(shared, tmp_path):
     assert "Q99999999" in {f[0] for f in stream_dump(path, DumpOptions())[0]}
     with pytest.raises(CorpusError, match="neither a preset"):
         parse_subject_exclude(["papers"])
-    from factscale.cli import main  # the CLI flags reach the options and the manifest
+    from factscale.cli.main import main  # the CLI flags reach the options and the manifest
 
     main(["corpus", "build", "--dump", str(path), "-o", str(tmp_path / "c"), "--workers", "1", "--labels",
           str(shared / "properties" / "pid2name.json"), "--exclude-subjects", "scholarly-articles",
@@ -364,8 +366,8 @@ def test_progress_bar_reports_entities_per_second(shared, capsys):
 def test_tiny_spill_batches_and_label_buckets_give_the_one_batch_result(shared, tmp_path):
     """Parts of 97 rows and buckets of 300 label rows (dozens of part files, many buckets) give the default
     sizes' frame, counts and error lines, over two files with a max_facts cut and a label table."""
-    from factscale.corpus.labels import Spill
-    from factscale.corpus.wikidata import dump_to_raw, pass1, raw_from_passes
+    from factscale.corpus.wikidata.dump import dump_to_raw, pass1, raw_from_passes
+    from factscale.corpus.wikidata.labels import Spill
 
     files = [shared / "dump-sample" / "latest-all.head50.json", shared / "dump-sample" / "items100.json.bz2"]
     labels = [shared / "properties" / "wikidata-predicates.json"]
@@ -392,7 +394,7 @@ def test_value_labels_come_from_the_referring_file_then_the_tables_then_anywhere
     """Q10 is read before anything refers to it (the old second pass); Q40 and Q50 are in a.json but referred to
     only from b.json: the label table names Q40, so its label wins (as the in-memory code had it), Q50 keeps the
     dump's; Q60 is nowhere."""
-    from factscale.corpus.wikidata import dump_to_raw
+    from factscale.corpus.wikidata.dump import dump_to_raw
 
     a, b, table = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "labels.tsv"
     a.write_text("\n".join([_item("Q10", "early"), _item("Q1", "one", [("P17", "Q10"), ("P36", "Q20")]),
@@ -410,7 +412,7 @@ def test_value_labels_come_from_the_referring_file_then_the_tables_then_anywhere
 def test_bucket_runs_merge_back_in_fact_order(tmp_path):
     """The grace join's plumbing: rows partitioned by id hash keep their order within each bucket, and reading
     the buckets as runs chunk by chunk (ranges that cut stored batches anywhere) gives every row once, in order."""
-    from factscale.corpus.spillio import _SEED, Buckets, Run, merged
+    from factscale.corpus.wikidata.spillio import _SEED, Buckets, Run, merged
 
     n = 5_000
     rows = pl.DataFrame({"pos": pl.Series(range(n), dtype=pl.UInt64),
@@ -445,8 +447,8 @@ def test_label_resolution_under_a_low_open_file_limit_lowers_the_buckets_and_say
 import json, resource, sys
 sys.path[:0] = {sys.path!r}
 resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
-from factscale.corpus.labels import Spill
-from factscale.corpus.wikidata import DumpOptions, dump_to_raw, pass1, raw_from_passes
+from factscale.corpus.wikidata.labels import Spill
+from factscale.corpus.wikidata.dump import DumpOptions, dump_to_raw, pass1, raw_from_passes
 opts = DumpOptions()
 spill = Spill({str(tmp_path / "s")!r}, batch_rows=50, bucket_rows=1)
 got = raw_from_passes([pass1({str(dump)!r}, opts, spill, 0)], opts, spill, [{str(labels)!r}])

@@ -6,10 +6,11 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-
 from conftest import tiny_run_config
-from factscale.data import FactDataModule, Packer, flat_tokens
-from factscale.reference import pack_reference
+
+from factscale.corpus.render import flat_tokens
+from factscale.testing import pack_reference
+from factscale.training.data import FactDataModule, Packer
 
 
 @pytest.fixture
@@ -127,10 +128,10 @@ def greedy_facts(model, n: int, seed: int) -> tuple[list[list[int]], np.ndarray]
 def test_probe_equals_reference_and_generate(arch, one_thread):
     """Batched probe (prepared flat arrays, head at value positions only) == per-fact references:
     exact match equals generate() and the full-logits per-row-padded probe; bits equal the latter's."""
-    from factscale.config import ModelConfig
-    from factscale.models import build_model
-    from factscale.probes import ProbeTokens, probe_batched, probe_generate
-    from factscale.reference import probe_reference
+    from factscale.probing.engine import ProbeTokens, probe_batched
+    from factscale.testing import probe_generate, probe_reference
+    from factscale.training.config import ModelConfig
+    from factscale.training.models import build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=arch, size="30k"), vocab_size=64).eval()
@@ -151,9 +152,9 @@ def test_probe_equals_reference_and_generate(arch, one_thread):
 def test_head_only_loss_equals_full_logits_loss(arch, one_thread):
     """The loss with the head at scored positions only == transformers' loss over full logits, and so
     are its gradients, on value-only labels packed by the data module."""
-    from factscale.config import ModelConfig
-    from factscale.models import build_model
-    from factscale.train import scored_loss
+    from factscale.training.config import ModelConfig
+    from factscale.training.models import build_model
+    from factscale.training.module import scored_loss
 
     facts = random_facts(200, 4)
     dm = FactDataModule(tiny_run_config("/unused", "/unused", **{"train.loss_on": "value"}), facts, pad_id=0)
@@ -171,9 +172,9 @@ def test_head_only_loss_equals_full_logits_loss(arch, one_thread):
 
 
 def _ddp_probe(rank: int, world: int, init: str, out: str):
-    from factscale.config import ModelConfig
-    from factscale.models import build_model
-    from factscale.probes import probe_batched
+    from factscale.probing.engine import probe_batched
+    from factscale.training.config import ModelConfig
+    from factscale.training.models import build_model
 
     torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -195,9 +196,9 @@ def test_probe_under_ddp_shards_and_gathers(tmp_path, one_thread):
     single-process probe."""
     import torch.multiprocessing as mp
 
-    from factscale.config import ModelConfig
-    from factscale.models import build_model
-    from factscale.probes import probe_batched
+    from factscale.probing.engine import probe_batched
+    from factscale.training.config import ModelConfig
+    from factscale.training.models import build_model
 
     out = str(tmp_path / "r")
     mp.spawn(_ddp_probe, args=(2, f"file://{tmp_path / 'init'}", out), nprocs=2)
@@ -219,7 +220,7 @@ def test_tokenize_once_equals_three_encodings(tmp_path):
     from factscale.corpus import SyntheticSpec
     from factscale.corpus.render import tokenize, train_tokenizer
     from factscale.corpus.synthetic import generate
-    from factscale.reference import tokenize_reference
+    from factscale.testing import tokenize_reference
 
     raw, _ = generate(SyntheticSpec(n_keys=300, vocab_sizes=[16, 64]))
     prompts = (raw["subject_label"] + "'s " + raw["relation_label"] + ":").to_list()

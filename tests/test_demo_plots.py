@@ -145,7 +145,7 @@ def test_figures_say_what_is_plotted_and_mark_extrapolation(tmp_path):
 
 
 def test_importing_the_plot_modules_changes_no_global_state():
-    code = ("import matplotlib as m; b = dict(m.rcParams); import factscale.plots, factscale.studies; "
+    code = ("import matplotlib as m; b = dict(m.rcParams); import factscale.plots.laws, factscale.plots.studies; "
             "print(sorted(k for k in b if b[k] != m.rcParams[k]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

@@ -10,10 +10,11 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from factscale.corpus.build import load_corpus
-from factscale.data import select_facts
-from factscale.models import build_model
-from factscale.probes import ProbeCallback, empirical_prior, fact_table, summarize, with_prior
-from factscale.rundir import run_dir
+from factscale.probing.engine import Prober
+from factscale.probing.measures import empirical_prior, fact_table, summarize, with_prior
+from factscale.testing import run_dir
+from factscale.training.data import select_facts
+from factscale.training.models import build_model
 
 
 def _overall(rows, split):
@@ -57,7 +58,7 @@ def test_unseen_keys_and_an_untrained_model_score_about_zero_bits(probed):
     # an untrained model of the same shape, on the training facts
     blank = build_model(cfg.model, model.config.vocab_size, model.config.bos_token_id, model.config.eos_token_id,
                         model.config.pad_token_id)
-    cb = ProbeCallback({"train": train}, 1, 64, model.config.pad_token_id, 1000, [])
+    cb = Prober({"train": train}, 64, model.config.pad_token_id, 1000, [])
     r = _overall(cb.probe(blank, 0, 0, 0), "train")
     assert r["capacity_bits"] <= 0.01 * r["prior_bits"] and r["mr"] < 0.05
 
@@ -65,11 +66,11 @@ def test_unseen_keys_and_an_untrained_model_score_about_zero_bits(probed):
 def test_capacity_from_a_10pct_sample_matches_the_full_probe(probed):
     _, _, model, train, _ = probed
     pad = model.config.pad_token_id
-    full = _overall(ProbeCallback({"train": train}, 1, 64, pad, 1000, []).probe(model, 1, 0, 0), "train")
+    full = _overall(Prober({"train": train}, 64, pad, 1000, []).probe(model, 1, 0, 0), "train")
     assert full["capacity_se"] == 0 and full["n_probed"] == full["n_facts"] == train.height
     assert 0.2 < full["mr"] < 0.98  # a case where sampling error is real
     sample = train.sample(fraction=0.1, seed=1)
-    cb = ProbeCallback({"train": sample}, 1, 64, pad, 1000, [], train_facts=train)
+    cb = Prober({"train": sample}, 64, pad, 1000, [], train_facts=train)
     part = _overall(cb.probe(model, 1, 0, 0), "train")
     assert part["n_probed"] == sample.height and part["n_facts"] == part["train_facts"] == train.height
     assert part["capacity_se"] > 0 and abs(part["capacity"] - full["capacity"]) <= 1.96 * part["capacity_se"]
@@ -137,7 +138,8 @@ def test_breakdown_rows_scale_each_group_to_its_population():
 
 def test_a_run_probing_a_sample_reports_capacity_for_all_its_training_facts(tiny_corpus, tmp_path):
     from conftest import tiny_run_config
-    from factscale.train import run
+
+    from factscale.training.run import run
 
     cfg = tiny_run_config(tiny_corpus, tmp_path, **{"train.epochs": 2, "probe.every_epochs": 2,
                                                    "probe.max_train_facts": 50})
@@ -151,7 +153,7 @@ def test_a_run_probing_a_sample_reports_capacity_for_all_its_training_facts(tiny
 
 
 def test_probe_sample_is_fixed_exact_size_and_stratified_by_relation():
-    from factscale.probes import probe_sample
+    from factscale.probing.measures import probe_sample
 
     rng = np.random.default_rng(0)
     sizes = {"P1": 7000, "P2": 2500, "P3": 480, "P4": 20}  # relations of very different sizes

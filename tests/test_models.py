@@ -6,8 +6,9 @@ import sys
 import pytest
 import torch
 
-from factscale.config import ConfigError, ModelConfig
-from factscale.models import ARCHS, SIZES, build_model, count_instantiated, non_embedding_params, resolve_shape
+from factscale.errors import ConfigError
+from factscale.training.config import ModelConfig
+from factscale.training.models import ARCHS, SIZES, build_model, count_instantiated, non_embedding_params, resolve_shape
 
 
 @pytest.mark.parametrize("arch", ARCHS)

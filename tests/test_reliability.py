@@ -8,13 +8,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from factscale.cli import main
-from factscale.corpus.build import CorpusError, check_target
+from factscale.cli.main import main
+from factscale.corpus.build import check_target
+from factscale.errors import CorpusError
 
 
 def _build(argv):
@@ -81,7 +81,7 @@ def test_check_target_accepts_new_and_empty_directories(tmp_path):
 # the whole process group as a terminal does, so the workers get it too. Never after a sleep.
 _INTERRUPT_AT_CHUNK = textwrap.dedent("""
     import os, signal, sys
-    from factscale.corpus import wikidata
+    from factscale.corpus.wikidata import dump as wikidata
     chunks = wikidata._chunks
     wikidata._chunks = lambda lines, size, opts: chunks(lines, 4, opts)  # many small chunks
     add, calls = wikidata.Pass1.add, [0]
@@ -91,7 +91,7 @@ _INTERRUPT_AT_CHUNK = textwrap.dedent("""
             os.killpg(os.getpgrp(), signal.SIGINT)
         return add(self, *a, **k)
     wikidata.Pass1.add = interrupted_add
-    from factscale.cli import main
+    from factscale.cli.main import main
     main(sys.argv[1:])
 """)
 
@@ -176,7 +176,7 @@ def test_a_build_waiting_on_the_lock_says_who_holds_it(tmp_path):
     ("probe.every_epochs=0", "probe.every_epochs"),
 ])
 def test_probe_values_out_of_range_are_refused_before_anything_is_created(tiny_corpus, tmp_path, override, field):
-    from factscale.config import ConfigError
+    from factscale.errors import ConfigError
     from tests.conftest import tiny_run_config
 
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -203,9 +203,9 @@ def test_an_unknown_probe_column_is_refused_before_the_run_directory_exists(tiny
 def test_the_prober_refuses_to_count_an_unprobed_fact_as_memorized():
     import torch
 
-    from factscale.models import build_model
-    from factscale.config import ModelConfig
-    from factscale.probes import probe_batched
+    from factscale.probing.engine import probe_batched
+    from factscale.training.config import ModelConfig
+    from factscale.training.models import build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(size="30k"), vocab_size=64)

@@ -18,9 +18,10 @@ import polars as pl
 import pytest
 import yaml
 
-from factscale.rundir import RunDir, run_dir
-from factscale.sweep import launch, sweep_status
-from factscale.sweepspec import expand, spec_from_dict
+from factscale.launch.spec import expand, spec_from_dict
+from factscale.launch.sweep import launch, sweep_status
+from factscale.testing import run_dir
+from factscale.training.rundir import RunDir
 
 pytestmark = [pytest.mark.slurm]
 
@@ -83,7 +84,7 @@ def test_job_array_through_the_cli_and_collect(tmp_path, tiny_corpus):
 
 
 def _reference(cfg, tmp_path):
-    from factscale.train import run
+    from factscale.training.run import run
 
     ref = dataclasses.replace(cfg, runs_dir=str(tmp_path / "ref"))
     run(ref)

@@ -7,14 +7,13 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-
 from conftest import tiny_run_config
+
+from factscale.analysis.fit import fit_law
+from factscale.analysis.studies import compatibility_per_seed, floor_bits, generalization_table
 from factscale.corpus import SyntheticSpec, build_from_triples, build_synthetic
-from factscale.rundir import run_dir
-from factscale.fit import fit_law
-from factscale.studies import floor_bits, generalization_table
-from factscale.study_stats import compatibility_per_seed
-from factscale.train import run
+from factscale.testing import run_dir
+from factscale.training.run import run
 
 
 @pytest.fixture(scope="module")
@@ -143,15 +142,15 @@ def test_overwriting_study_end_to_end(tmp_path):
     assert b[40, "p1"]["mr"] > 0.5 and b[80, "p2"]["mr"] > 0.5  # each phase learnt in its turn
     assert c[80, "p2"]["mr"] < 0.3  # the control never trains phase 2
     assert b[80, "p1"]["mr"] < c[80, "p1"]["mr"] - 0.2  # learning phase 2 overwrote phase 1
-    from factscale.study_stats import overwriting_per_seed
+    from factscale.analysis.studies import overwriting_per_seed
 
     p = overwriting_per_seed(pl.concat(rows, how="diagonal_relaxed")).row(0, named=True)
     assert p["forgetting"] == pytest.approx(c[80, "p1"]["mr"] - b[80, "p1"]["mr"])
 
 
 def test_a_group_trained_alone_and_a_bad_where_names_the_field(tmp_path):
-    from factscale.config import ConfigError
-    from factscale.data import select_facts
+    from factscale.errors import ConfigError
+    from factscale.training.data import select_facts
 
     build_synthetic(tmp_path / "c", SyntheticSpec(n_keys=80, vocab_sizes=[16]), heldout_frac=0.1, vocab_size=300,
                     variants={"frequency": {"mode": "assigned", "levels": [1, 4]}})

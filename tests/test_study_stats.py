@@ -1,4 +1,4 @@
-"""The behaviour studies' numbers (factscale.study_stats) on results tables with a known answer."""
+"""The behaviour studies' numbers (factscale.analysis.studies) on results tables with a known answer."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ import math
 import polars as pl
 import pytest
 
-from factscale.study_stats import (compatibility_per_seed, overwriting_per_seed, overwriting_summary,
-                                   preference_summary, seed_interval)
-from factscale.vocab import PlotError
+from factscale.analysis.studies import (
+    compatibility_per_seed,
+    overwriting_per_seed,
+    overwriting_summary,
+    preference_summary,
+    seed_interval,
+)
+from factscale.errors import PlotError
 
 
 def test_seed_interval_is_the_t_interval_and_refuses_below_three_seeds():

@@ -12,13 +12,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-
 from conftest import ROOT
-from factscale.config import ConfigError
-from factscale.results import CollectError, collect
-from factscale.rundir import RunDir
-from factscale.sweep import launch, slurm_parameters, sweep_status
-from factscale.sweepspec import SlurmResources, expand, load_spec, spec_from_dict
+
+from factscale.analysis.collect import collect
+from factscale.cluster import SlurmResources, slurm_parameters
+from factscale.errors import CollectError, ConfigError
+from factscale.launch.spec import expand, load_spec, spec_from_dict
+from factscale.launch.sweep import launch, sweep_status
+from factscale.training.rundir import RunDir
 
 SHIPPED = sorted((ROOT / "sweeps").glob("*.yaml"))
 
@@ -29,7 +30,7 @@ def cli(*args, **kw):
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_every_shipped_sweep_loads_and_plans_through_the_cli(path, tmp_path, monkeypatch, capsys):
-    from factscale.cli import main
+    from factscale.cli.main import main
 
     spec = load_spec(path)
     n = len(expand(spec))
@@ -201,7 +202,7 @@ def test_ctrl_c_of_a_local_launch_is_one_line_and_the_run_resumes(tmp_path, tiny
     # a background job (CI runners, `cmd &`) inherits SIGINT ignored and rightly keeps ignoring it: that once
     # made this test hang in 2 of 3 CI runs. So the launcher is given the terminal's disposition explicitly.
     terminal = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                "from factscale.cli import main; main(sys.argv[1:])")
+                "from factscale.cli.main import main; main(sys.argv[1:])")
     proc = subprocess.Popen([sys.executable, "-c", terminal, "sweep", "launch", str(p)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -254,7 +255,7 @@ def test_unwritable_run_directory_fails_before_training(tmp_path, tiny_corpus):
         runs_dir = tmp_path / "ro"
         runs_dir.mkdir(mode=0o500)
     spec = spec_from_dict(_spec(tmp_path, tiny_corpus, runs_dir=str(runs_dir), grid={"model.size": ["2k"]}), "x")
-    from factscale.train import run
+    from factscale.training.run import run
 
     with pytest.raises(OSError, match="not writable"):
         run(expand(spec)[0])
@@ -289,7 +290,7 @@ def test_a_ctrl_c_landing_in_a_finalizer_still_stops_the_local_launcher():
     the launcher's flag sees the same Ctrl-C, and the previous handler is restored afterwards."""
     import signal
 
-    from factscale.sweep import _ctrl_c_flag
+    from factscale.launch.sweep import _ctrl_c_flag
 
     class Finalized:
         def __del__(self):

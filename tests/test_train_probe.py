@@ -12,13 +12,14 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from conftest import tiny_run_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import tiny_run_config
 from factscale.corpus.build import load_corpus
-from factscale.probes import probe_batched, probe_generate
-from factscale.rundir import RunDir, run_dir
-from factscale.train import run
+from factscale.probing.engine import probe_batched
+from factscale.testing import probe_generate, run_dir
+from factscale.training.run import run
+from factscale.training.rundir import RunDir
 
 
 def test_teacher_forced_probe_equals_generate(trained_run):
@@ -186,7 +187,7 @@ def test_diverging_run_fails_instead_of_finishing(tiny_corpus, tmp_path):
 def test_bad_run_config_fails_before_anything_is_created(tiny_corpus, tmp_path, over, match):
     if over.get("train.accelerator") == "gpu" and torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    from factscale.config import ConfigError
+    from factscale.errors import ConfigError
 
     cfg = tiny_run_config(tiny_corpus, tmp_path / "runs", **over)
     with pytest.raises(ConfigError, match=match):
@@ -195,7 +196,7 @@ def test_bad_run_config_fails_before_anything_is_created(tiny_corpus, tmp_path, 
 
 
 def test_schedules():
-    from factscale.train import lr_lambda
+    from factscale.training.module import lr_lambda
 
     for sched in ("cosine", "constant", "wsd"):
         cfg = tiny_run_config("/x", "/y", **{"optim.schedule": sched, "optim.warmup_frac": 0.1})
@@ -208,7 +209,7 @@ def test_schedules():
 
 
 def test_packing_is_dense_and_epoch_seeded(tiny_corpus):
-    from factscale.data import FactDataModule
+    from factscale.training.data import FactDataModule
 
     facts, _ = load_corpus(tiny_corpus)
     cfg = tiny_run_config(tiny_corpus, "/tmp/unused")

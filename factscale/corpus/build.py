@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from factscale.fsio import write_json_atomic
-
 from factscale.corpus.render import render, tokenize, train_tokenizer
 from factscale.corpus.variants import apply_variants, difficulty_columns
+from factscale.errors import CorpusError
+from factscale.fsio import write_json_atomic
+from factscale.provenance import versions
 
 RAW_SCHEMA = {
     "subject_id": pl.String,
@@ -55,10 +56,6 @@ RAW_SCHEMA = {
 CORPUS_FORMAT = "factscale-corpus/2"  # /2: corpus_hash covers the content (facts + tokenizer)
 MULTI_VALUE_RULES = ("drop", "first")
 AMBIGUOUS_KEY_RULES = ("disambiguate", "drop")
-
-
-class CorpusError(ValueError):
-    """The corpus cannot be built (no facts left, bad option); the message says why."""
 
 
 def raw_frame(rows: list[dict] | dict[str, list]) -> pl.DataFrame:
@@ -155,18 +152,6 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("factscale", "torch", "lightning", "transformers", "tokenizers", "polars", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def corpus_hash_of(path: str | Path) -> str:
@@ -313,10 +298,10 @@ def build_corpus(raw: pl.DataFrame, out_dir: str | Path, *, recipe: dict | None 
     with building(out_dir, reuse_recipe=recipe if reuse else None, sources=sources) as tmp:
         if tmp is None:
             return read_manifest(out_dir)
-        return _build_into(raw, tmp, recipe=recipe, **kw)
+        return build_into(raw, tmp, recipe=recipe, **kw)
 
 
-def _build_into(
+def build_into(
     raw: pl.DataFrame,
     out_dir: str | Path,
     *,

@@ -148,3 +148,18 @@ def tokenize(facts: pl.DataFrame, tokenizer, batch_size: int = 32_768) -> tuple[
     # value tokens plus the end-of-fact token: what the memorization probe must reproduce
     out = out.with_columns(n_value_tokens=(pl.col("input_ids").list.len() - pl.col("value_start")).cast(pl.Int32))
     return out, n_bad
+
+
+def flat_tokens(col: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A list column of token ids as (flat int32 ids, int64 offsets of length n + 1).
+
+    Arrow already stores a list column this way; this is one copy, never a Python object per fact.
+    """
+    lengths = col.list.len().to_numpy().astype(np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = col.cast(pl.List(pl.Int32)).explode().to_numpy()
+    if len(flat) != offsets[-1] or (lengths == 0).any():
+        raise ValueError("input_ids has empty or null rows; rebuild the corpus with `factscale corpus build`")
+    flat = np.ascontiguousarray(flat, dtype=np.int32)
+    return (flat if flat.flags.writeable else flat.copy()), offsets  # torch wants writable memory

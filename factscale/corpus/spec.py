@@ -7,12 +7,10 @@ corpus' rebuilds it, and an identical recipe reuses it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Literal, Optional
 
-from factscale.corpus.build import CorpusError
+from factscale.errors import CorpusError
 
 SOURCES = ("synthetic", "dump", "triples", "hf")
 
@@ -96,8 +94,8 @@ class CorpusSpec:
 
 def dump_options(spec: CorpusSpec):
     """The dump parser's options of a recipe (one place: local and sharded builds parse alike)."""
-    from factscale.corpus.datatypes import parse_datatypes, parse_subject_exclude
-    from factscale.corpus.wikidata import DumpOptions
+    from factscale.corpus.wikidata.datatypes import parse_datatypes, parse_subject_exclude
+    from factscale.corpus.wikidata.dump import DumpOptions
 
     return DumpOptions(
         language=spec.language,
@@ -108,32 +106,3 @@ def dump_options(spec: CorpusSpec):
         datatypes=parse_datatypes(spec.datatypes),
         max_facts=spec.max_facts,
     )
-
-
-def build(spec: CorpusSpec, out: str | Path, *, reuse: bool = False, progress: bool = False) -> dict:
-    """Build the corpus ``spec`` describes at ``out`` (atomically); with ``reuse``, a corpus there built from
-    the same recipe is kept as it is. Returns the manifest."""
-    from factscale import corpus
-    from factscale.corpus.build import check_target
-
-    check_target(out, spec.inputs())  # before reading anything: a refused target costs nothing
-    common = dict(multi_value=spec.multi_value, ambiguous_keys=spec.ambiguous_keys, heldout_frac=spec.heldout_frac,
-                  vocab_size=spec.vocab_size, variants=spec.variants or None, recipe=spec.recipe(), reuse=reuse)
-    src = spec.source
-    if src == "synthetic":
-        from factscale.corpus.synthetic import build_kind
-
-        return build_kind(out, spec.synthetic_spec(), max_facts=spec.max_facts, **common)
-    if src == "dump":
-        return corpus.build_from_dump(out, spec.dump, dump_options(spec), label_files=spec.labels,
-                                      templates_path=spec.templates,
-                                      workers=spec.workers or os.cpu_count() or 1, progress=progress,
-                                      seed=spec.seed, **common)
-    if src == "hf":
-        from factscale.corpus.hf import parse_columns
-
-        return corpus.build_from_datasets(out, spec.hf, parse_columns(spec.hf_columns), split=spec.hf_split,
-                                          label_files=spec.labels, templates_path=spec.templates, seed=spec.seed,
-                                          max_facts=spec.max_facts, **common)
-    return corpus.build_from_triples(out, spec.triples, label_files=spec.labels, templates_path=spec.templates,
-                                     seed=spec.seed, max_facts=spec.max_facts, **common)

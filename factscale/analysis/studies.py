@@ -1,0 +1,305 @@
+"""The behaviour studies' numbers: what each design compares, per seed, with an interval over seeds.
+
+Every reported difference is formed *within a seed* (the treatment and its control share the seed's
+corpus order and initialisation), then summarised over seeds as a mean with a Student-t 95% interval.
+Fewer than ``MIN_SEEDS`` seeds give the mean and no interval (``why`` says so): an interval from two runs
+is not worth printing. The intervals are conditional on the corpus: every seed trains on the same facts in
+the same groups, so they carry training noise only. A difference between two groups of different facts
+also has fact-sampling noise (binomial: ~0.06 in MR for two groups of 128 facts near MR 0.5) that seeds
+cannot show; vary the corpus seed to include it.
+
+- overwriting (``train.order`` blocked / first-phase-only / interleaved, two phases): forgetting =
+  phase-1 MR of the control (phase 1 trained throughout) - phase-1 MR under blocked order, at the end;
+- compatibility (variant groups, see ``corpus.variants``): the forward statement's MR in each group and
+  the differences that separate cheaper storage from more exposure (paraphrase - twice);
+- preference (``corpus.where`` runs: each group alone, and the groups mixed at equal exposures per fact):
+  a group's loss = MR alone - MR mixed; preference for A over B = loss(B) - loss(A).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+from scipy import stats
+
+from factscale.configio import parse_where
+from factscale.errors import PlotError
+
+MIN_SEEDS = 3
+SEED, SIZE, PARAMS = "cfg.seed", "cfg.model.size", "non_embedding_params"
+ORDER, WHERE = "cfg.train.order", "cfg.corpus.where"
+
+
+def seed_interval(values, ci: float = 0.95) -> dict:
+    """Mean of per-seed values with a t interval; no interval below ``MIN_SEEDS`` values."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    out = {"mean": float(x.mean()) if len(x) else math.nan, "lo": None, "hi": None, "n": len(x), "why": None}
+    if len(x) < MIN_SEEDS:
+        out["why"] = f"{len(x)} seed(s); an interval needs >= {MIN_SEEDS}"
+        return out
+    half = stats.t.ppf(0.5 + ci / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    out["lo"], out["hi"] = out["mean"] - half, out["mean"] + half
+    return out
+
+
+def fmt(d: dict, digits: int = 3) -> str:
+    m = f"{d['mean']:.{digits}f}"
+    if d["lo"] is None:
+        return f"{m} (n={d['n']}, no interval: {d['why']})"
+    same = " (every seed gave the same value)" if d["hi"] - d["lo"] == 0 else ""
+    return f"{m} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}] (n={d['n']}){same}"
+
+
+def _unique(rows, key, what: str) -> dict:
+    """{key(row): row}, refusing two rows for one key (a re-run or a concatenated table would otherwise
+    let whichever row came last win, silently)."""
+    out = {}
+    for r in rows:
+        k = key(r)
+        if k in out:
+            raise PlotError(f"{what}: two probe rows for {k} (runs {out[k].get('run_id')} and {r.get('run_id')}); "
+                            "collect one run per design point and seed")
+        out[k] = r
+    return out
+
+
+def rows_by(df: pl.DataFrame, by: str, split: str = "train") -> pl.DataFrame:
+    """The probe rows of ``split`` broken down by ``by`` (a study's group column)."""
+    d = df.filter((pl.col("split") == split) & (pl.col("group_by") == by))
+    if d.height == 0:
+        raise PlotError(f"no {split} probe rows broken down by {by!r}: build the corpus with the study's "
+                        f"variant and set probe.group_columns: [{by}]")
+    return d
+
+
+def preference_column(df: pl.DataFrame) -> str:
+    """The grouping column of a preference study's results: frequency level, else difficulty bucket."""
+    for c in ("freq_level", "rarity_bucket"):
+        if df.filter(pl.col("group_by") == c).height:
+            return c
+    raise PlotError("no frequency/difficulty breakdown: set probe.group_columns: [freq_level] or [rarity_bucket]")
+
+
+def _summarise(per_seed: pl.DataFrame, keys: list[str], quantities: list[str]) -> pl.DataFrame:
+    """Per-seed rows -> one row per (keys, quantity) with mean, lo, hi, n, why."""
+    out = []
+    for key, g in per_seed.sort(keys).group_by(keys, maintain_order=True):
+        for q in quantities:
+            if q in g.columns:
+                out.append({**dict(zip(keys, key)), "quantity": q, **seed_interval(g[q].to_list())})
+    return pl.DataFrame(out, schema_overrides={"lo": pl.Float64, "hi": pl.Float64, "why": pl.String}
+                        ).sort(PARAMS, maintain_order=True)  # sizes in parameter order, not text order
+
+
+def overwriting_per_seed(df: pl.DataFrame) -> pl.DataFrame:
+    """Per (size, seed): phase MRs at the phase boundary and at the (annealed) end, for each order."""
+    d = rows_by(df, "phase")
+    if ORDER not in d.columns:
+        raise PlotError("results lack cfg.train.order")
+    orders = set(d[ORDER].unique().to_list())
+    if not {"blocked", "first-phase-only"} <= orders:
+        raise PlotError(f"overwriting needs runs with train.order blocked and first-phase-only (the control); "
+                        f"got {sorted(orders)}")
+    phases = sorted(d["group"].unique().to_list())
+    if phases != ["p1", "p2"]:
+        raise PlotError(f"overwriting summarises two phases p1, p2; the results have {phases}")
+    rows = []
+    for (size, params, seed), g in d.group_by([SIZE, PARAMS, SEED]):
+        E = int(g["cfg.train.epochs"].max())
+        rs = _unique(g.iter_rows(named=True), lambda r: (r[ORDER], r["epoch"], r["group"]), "overwriting")
+        mr = {k: r["mr"] for k, r in rs.items()}
+        end, mid = E, E // 2
+        if E % 2 or mid not in set(g["epoch"].to_list()):
+            raise PlotError(f"overwriting needs a probe at the phase boundary, epoch {E}/2 (train.epochs even, "
+                            "probe.every_epochs dividing it)")
+        row = {SIZE: size, PARAMS: params, SEED: seed, "boundary_epoch": mid, "end_epoch": end}
+        for order, tag in (("blocked", "blocked"), ("first-phase-only", "control"), ("interleaved", "interleaved")):
+            for ph in ("p1", "p2"):
+                row[f"{ph}_end_{tag}"] = mr.get((order, end, ph))
+            row[f"p1_boundary_{tag}"] = mr.get((order, mid, "p1"))
+        if row["p1_end_control"] is not None and row["p1_end_blocked"] is not None:
+            row["forgetting"] = row["p1_end_control"] - row["p1_end_blocked"]
+        if row["p1_boundary_blocked"] is not None and row["p1_end_blocked"] is not None:
+            row["p1_drop_blocked"] = row["p1_boundary_blocked"] - row["p1_end_blocked"]
+        rows.append(row)
+    return pl.DataFrame(rows).sort(PARAMS, SEED)
+
+
+OVERWRITING_QUANTITIES = ["p1_boundary_blocked", "p1_end_blocked", "p1_end_control", "p1_end_interleaved",
+                          "p2_end_blocked", "p2_end_interleaved", "p1_drop_blocked", "forgetting"]
+
+
+def overwriting_summary(df: pl.DataFrame) -> pl.DataFrame:
+    return _summarise(overwriting_per_seed(df), [SIZE, PARAMS], OVERWRITING_QUANTITIES)
+
+
+def compatibility_per_seed(df: pl.DataFrame) -> pl.DataFrame:
+    """Per (size, seed, epoch budget), at the budget's final (annealed) probe: MR of the forward statement in
+    each group, the differences, and each redundant set's extra facts over its control. With several budgets
+    (cooldown branches), ``*_change`` = the value at this budget - at the next smaller one: ~0 at a plateau."""
+    d = rows_by(df, "part").filter(pl.col("epoch") == pl.col("cfg.train.epochs"))
+    rows = []
+    for (size, params, seed, budget), g in d.group_by([SIZE, PARAMS, SEED, "cfg.train.epochs"]):
+        at = _unique(g.iter_rows(named=True), lambda r: r["group"], f"compatibility ({size}, seed {seed}, {budget})")
+
+        def mr(part, at=at):
+            return at[part]["mr"] if part in at else None
+
+        def facts(*parts, at=at):
+            return sum(at[p]["capacity"] for p in parts) if all(p in at for p in parts) else None
+
+        row = {SIZE: size, PARAMS: params, SEED: seed, "budget": budget,
+               "fwd_control": mr("control-forward/forward"), "fwd_twice": mr("twice/forward"),
+               "fwd_paraphrase": mr("paraphrase/forward"), "fwd_inverse": mr("inverse/forward")}
+        for kind in ("paraphrase", "inverse"):
+            red, ctl = facts(f"{kind}/forward", f"{kind}/{kind}"), facts("control-forward/forward", f"control-{kind}/{kind}")
+            row[f"extra_facts_{kind}"] = None if None in (red, ctl) else red - ctl
+        for name, a, b in (("paraphrase_minus_control", "fwd_paraphrase", "fwd_control"),
+                           ("twice_minus_control", "fwd_twice", "fwd_control"),
+                           ("paraphrase_minus_twice", "fwd_paraphrase", "fwd_twice"),
+                           ("inverse_minus_control", "fwd_inverse", "fwd_control")):
+            row[name] = None if row[a] is None or row[b] is None else row[a] - row[b]
+        rows.append(row)
+    if not rows:
+        raise PlotError("no final (annealed) probe rows broken down by 'part'")
+    out = pl.DataFrame(rows).sort(PARAMS, SEED, "budget")
+    prev = [pl.col(c) - pl.col(c).shift(1).over(SIZE, SEED) for c in
+            ("paraphrase_minus_twice", "extra_facts_paraphrase", "extra_facts_inverse")]
+    return out.with_columns(*(e.alias(f"{c}_change") for e, c in zip(prev, ("paraphrase_minus_twice",
+                                                                            "extra_facts_paraphrase",
+                                                                            "extra_facts_inverse"))))
+
+
+COMPATIBILITY_QUANTITIES = ["fwd_control", "fwd_twice", "fwd_paraphrase", "fwd_inverse", "twice_minus_control",
+                            "paraphrase_minus_control", "paraphrase_minus_twice", "inverse_minus_control",
+                            "extra_facts_paraphrase", "extra_facts_inverse", "paraphrase_minus_twice_change",
+                            "extra_facts_paraphrase_change", "extra_facts_inverse_change"]
+
+
+def compatibility_summary(df: pl.DataFrame) -> pl.DataFrame:
+    return _summarise(compatibility_per_seed(df), [SIZE, PARAMS, "budget"], COMPATIBILITY_QUANTITIES)
+
+
+def _alone_group(where: str | None, column: str) -> str | None:
+    """The one group a ``corpus.where`` run trained alone, or None for a mixed run."""
+    if where is None:
+        return None
+    col, vals = parse_where(where)
+    return vals[0] if col == column and len(vals) == 1 else None
+
+
+def preference_per_seed(df: pl.DataFrame, column: str) -> pl.DataFrame:
+    """Per (size, seed, group) at the final probe: MR trained alone, MR mixed with the other groups, and
+    the loss from competing (alone - mixed). Groups without both runs are left out."""
+    d = rows_by(df, column)
+    d = d.filter(pl.col("epoch") == pl.col("cfg.train.epochs"))
+    if WHERE not in d.columns:
+        d = d.with_columns(pl.lit(None, dtype=pl.String).alias(WHERE))
+    rows = []
+    for (size, params, seed), g in d.group_by([SIZE, PARAMS, SEED]):
+        alone, mixed = {}, {}
+        for r in g.iter_rows(named=True):
+            a = _alone_group(r[WHERE], column)
+            if r[WHERE] is not None and a is None and parse_where(r[WHERE])[0] != column:
+                raise PlotError(f"preference by {column!r}: run {r.get('run_id')} has corpus.where={r[WHERE]!r}, "
+                                f"on another column; summarise runs grouped by {column!r} only")
+            into = mixed if a is None else alone if r["group"] == a else None
+            if into is not None:
+                if r["group"] in into:
+                    raise PlotError(f"preference: two {'mixed' if a is None else 'alone'} rows for group "
+                                    f"{r['group']} ({size}, seed {seed}); collect one run per design point")
+                into[r["group"]] = r["mr"]
+        for grp in sorted(alone.keys() & mixed.keys()):
+            rows.append({SIZE: size, PARAMS: params, SEED: seed, "group": grp, "mr_alone": alone[grp],
+                         "mr_mixed": mixed[grp], "loss": alone[grp] - mixed[grp],
+                         "retention": mixed[grp] / alone[grp] if alone[grp] > 0 else None})
+    if not rows:
+        raise PlotError(f"preference by {column!r} needs, per seed, a run of each group alone (corpus.where: "
+                        f"{column}=G) and a mixed run (no corpus.where, or several groups)")
+    return pl.DataFrame(rows).sort(PARAMS, SEED, "group")
+
+
+def preference_summary(df: pl.DataFrame, column: str) -> pl.DataFrame:
+    """Per size and group: MR alone, mixed, loss and retention (mixed / alone); and for each pair (A, B) of
+    groups, paired within seeds, the preference for A over B in absolute terms, loss(B) - loss(A), and in
+    relative terms, retention(A) - retention(B). Both > 0: A keeps more of what it stores alone. They can
+    disagree: a group that stores more alone has more to lose."""
+    p = preference_per_seed(df, column)
+    out = [_summarise(p.rename({"group": "group_"}), [SIZE, PARAMS, "group_"],
+                      ["mr_alone", "mr_mixed", "loss", "retention"]).rename({"group_": "group"})]
+    loss = p.pivot(on="group", index=[SIZE, PARAMS, SEED], values="loss")
+    kept = p.pivot(on="group", index=[SIZE, PARAMS, SEED], values="retention")
+    groups = sorted(p["group"].unique().to_list())
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            for wide, name, expr in ((loss, f"pref_{a}_over_{b}", pl.col(b) - pl.col(a)),
+                                     (kept, f"pref_{a}_over_{b}_relative", pl.col(a) - pl.col(b))):
+                s = _summarise(wide.with_columns(expr.alias(name)), [SIZE, PARAMS], [name])
+                out.append(s.with_columns(group=pl.lit(None, dtype=pl.String)).select(out[0].columns))
+    return pl.concat(out).sort(PARAMS)
+
+
+def print_summary(t: pl.DataFrame, title: str, print=print) -> None:
+    print(title)
+    keys = [c for c in (SIZE, "budget", "group") if c in t.columns]
+    for r in t.iter_rows(named=True):
+        where = "  ".join(f"{r[k]}" for k in keys if r[k] is not None)
+        print(f"  {where:<12} {r['quantity']:<34} {fmt(r)}")
+
+
+# ---------------------------------------------------------------- generalization against known floors
+
+
+def floor_bits(spec: dict) -> dict[str, float]:
+    """Per relation (S1, S2, ...) of a synthetic ``facts`` corpus: the least expected code length (bits) of a
+    held-out value for a model that knows how the corpus was generated. A random attribute: log2 V. A
+    predictable one (value = rule(first name), replaced by a uniform draw with probability ``noise``): the
+    entropy of p = 1 - noise + noise/V on the rule's value and noise/V on each other value."""
+    V = spec["vocab_sizes"]
+    pred = spec.get("predictable") or [False] * len(V)
+    eps = float(spec.get("noise", 0.0))
+    out = {}
+    for a, (v, is_pred) in enumerate(zip(V, pred)):
+        if not is_pred:
+            out[f"S{a + 1}"] = math.log2(v)
+            continue
+        hit, miss = 1 - eps + eps / v, eps / v
+        out[f"S{a + 1}"] = -sum(p * math.log2(p) for p in [hit] + [miss] * (v - 1) if p > 0)
+    return out
+
+
+def corpus_floors(df: pl.DataFrame) -> dict[str, float]:
+    """``floor_bits`` of the synthetic corpus the runs trained on (read from its manifest)."""
+    from factscale.corpus.build import read_manifest
+
+    paths = df["cfg.corpus.path"].unique().to_list() if "cfg.corpus.path" in df.columns else []
+    if len(paths) != 1:
+        raise PlotError(f"the generalization floors need runs on one corpus, got {len(paths)}: {paths[:3]}")
+    m = read_manifest(paths[0])
+    src = (m or {}).get("source", {})
+    if src.get("kind") != "synthetic" or "vocab_sizes" not in src.get("spec", {}):
+        raise PlotError(f"{paths[0]}: no synthetic facts manifest there; the known floors need the corpus recipe")
+    return floor_bits(src["spec"])
+
+
+def generalization_table(df: pl.DataFrame, floors: dict[str, float] | None = None) -> pl.DataFrame:
+    """Held-out rows per relation with ``excess_bits`` = mean code length per fact - the relation's floor.
+
+    A predictable attribute's excess is what its rule still costs beyond the noise nothing can predict; a
+    random attribute's floor is its prior (log2 V), so its excess can only fall to ~0 (calibration), never
+    below. Rows keep ``relation`` and are labelled as a split's overall rows, so ``fit_law(t.filter(relation
+    == r), "power-excess")`` fits one relation alone.
+    """
+    floors = floors if floors is not None else corpus_floors(df)
+    d = df.filter((pl.col("split") == "heldout") & (pl.col("group_by") == "relation"))
+    if d.height == 0:
+        raise PlotError("no held-out probe rows per relation (probe.splits must include heldout)")
+    unknown = sorted(set(d["group"].unique().to_list()) - set(floors))
+    if unknown:
+        raise PlotError(f"relations {unknown} have no known floor (floors given for {sorted(floors)})")
+    return d.with_columns(relation=pl.col("group"), floor_bits=pl.col("group").replace_strict(floors,
+                                                                                          return_dtype=pl.Float64),
+                          group_by=pl.lit("all"), group=pl.lit("all")
+                          ).with_columns(excess_bits=pl.col("code_bits_mean") - pl.col("floor_bits"))

@@ -1,0 +1,3 @@
+from factscale.cli.main import main
+
+main()

@@ -1,0 +1,334 @@
+"""``factscale`` command line: thin wrappers that parse arguments and call library functions.
+
+Expected bad input (a bad config field, a missing file, an unfit law) prints ``error: ...`` and exits 2,
+without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from factscale.analysis.laws import LAWS
+from factscale.cluster import CLUSTERS
+from factscale.configio import key_values
+from factscale.errors import FactscaleError
+from factscale.training.models import ARCHS
+
+
+def cmd_sizes(a):
+    from factscale.training.models import size_table
+
+    print(f"{'size':>6} {'arch':>6} {'layers':>6} {'hidden':>6} {'heads':>5} {'ffn':>6} {'non-emb':>13} {'total':>13}"
+          f"   (vocab {a.vocab})")
+    for r in size_table(a.arch, a.vocab, tie=not a.untied):
+        print(f"{r['size']:>6} {r['arch']:>6} {r['layers']:>6} {r['hidden']:>6} {r['heads']:>5} {r['ffn']:>6} "
+              f"{r['non_embedding']:>13,} {r['total']:>13,}")
+
+
+def cmd_train(a):
+    from factscale.training.config import load_run_config
+    from factscale.training.run import run
+
+    overrides = list(a.overrides)
+    if a.config and "=" in a.config and not Path(a.config).exists():  # no config file, only overrides
+        a.config, overrides = None, [a.config, *overrides]
+    cfg = load_run_config(a.config, overrides)
+    print(json.dumps(run(cfg), indent=1, default=str))
+
+
+def cmd_sweep(a):
+    from factscale.launch import sweep
+    from factscale.launch.spec import expand, load_spec
+
+    spec = load_spec(a.spec)
+    if a.action == "plan":
+        rows = sweep.plan(spec)
+        print(f"{'run':<44} {'non-emb':>11} {'epochs':>6} {'tokens':>12} {'FLOPs':>10}  state")
+        for r in rows:
+            tok = f"{r['tokens']:,}" if r["tokens"] else "?"
+            fl = f"{r['flops']:.2e}" if r["flops"] else "?"
+            print(f"{r['run_id']:<44} {r['non_embedding_params']:>11,} {r['epochs']:>6} {tok:>12} {fl:>10}  {r['state']}")
+        total = sum(r["flops"] or 0 for r in rows)
+        print(f"{len(rows)} runs, {sum(r['state'] == 'done' for r in rows)} done; total {total:.3g} FLOPs (6·N·tokens)")
+        if spec.cooldown_branches:
+            from factscale.launch.branches import plan_lines
+
+            print("\n".join(plan_lines(expand(spec))))
+    elif a.action == "launch":
+        recs = sweep.launch(spec, cluster=a.cluster, wait=not a.no_wait)
+        failed = [r for r in recs if r["state"] == "failed"]
+        for r in failed:
+            print(f"FAILED {r['run_id']}: {r.get('error')}")
+        if failed:
+            sys.exit(1)
+    else:
+        rows = sweep.sweep_status(spec)
+        for r in rows:
+            extra = f" requeues={r['requeues']}" if r.get("requeues") else ""
+            extra += f" job={r['job_id']}" if r.get("job_id") else ""
+            extra += f" ({r['job_state']})" if r.get("job_state") else ""
+            print(f"{r['state']:>11}  {r['run_id']}{extra}")
+            if r["state"] == "failed":
+                print(f"             error: {r.get('error')}\n             log: {r.get('log')}")
+                for line in (r.get("traceback_tail") or [])[-4:]:
+                    print(f"             | {line}")
+        counts = {}
+        for r in rows:
+            counts[r["state"]] = counts.get(r["state"], 0) + 1
+        print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+
+
+def cmd_collect(a):
+    from factscale.analysis.collect import collect
+    from factscale.fsio import write_parquet_atomic
+
+    df, rep = collect(a.runs_dir, allow_mixed_corpora=a.allow_mixed_corpora)
+    Path(a.output).parent.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(df, Path(a.output))
+    print(f"{a.output}: {df.height} rows from {len(rep['done'])} runs")
+    for k in ("failed", "missing", "duplicates"):
+        if rep[k]:
+            print(f"  {k}: {json.dumps(rep[k])}")
+
+
+def _read_results(path: str):
+    """A results table from ``factscale collect``, or one clear error."""
+    import polars as pl
+
+    from factscale.errors import CollectError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CollectError(f"results table not found: {p} (make one with `factscale collect RUNS_DIR -o {p}`)")
+    try:
+        df = pl.read_parquet(p)
+    except Exception as e:  # polars raises several types for a non-parquet file
+        raise CollectError(f"{p}: not a parquet results table ({type(e).__name__}); "
+                           "make one with `factscale collect`") from None
+    if df.height == 0 or "run_id" not in df.columns:
+        raise CollectError(f"{p}: no result rows (empty or not made by `factscale collect`)")
+    return df
+
+
+def _solve_query(text: str) -> dict:
+    from factscale.errors import FitError
+
+    q = key_values(text)
+    if "facts" not in q or set(q) - {"facts", "epochs"}:
+        raise FitError(f"--solve {text!r}: expected facts=F[,epochs=E], e.g. facts=1.5e10,epochs=100")
+    try:
+        return {k: float(v) for k, v in q.items()}
+    except ValueError:
+        raise FitError(f"--solve {text!r}: facts and epochs must be numbers, e.g. facts=1.5e10,epochs=100") from None
+
+
+def cmd_fit(a):
+    from factscale.analysis import fit
+
+    if a.name and (Path(a.name).name != a.name or a.name in (".", "..")):
+        raise fit.FitError(f"--name {a.name!r}: a plain file name, without directories (the file goes to --out-dir)")
+    q = _solve_query(a.solve) if a.solve else None
+    df = _read_results(a.results)
+    fixed = fit.LAWS[a.law].zeroed(a.no_intercept, a.no_offset)
+    r = fit.fit_law(df, a.law, key_values(a.where), fixed=fixed, robust=a.robust, n_boot=a.bootstrap,
+                    include_unannealed=a.include_unannealed)
+    print(fit.format_table(r))
+    if a.holdout_largest:
+        r["holdout_largest"] = fit.holdout_largest(df, a.law, key_values(a.where), fixed=fixed)
+        print(f"  held out the largest size: mean relative error of its prediction "
+              f"{r['holdout_largest']['mean_rel_error']:.1%}")
+    if q:
+        s = fit.params_needed(r, q["facts"], q.get("epochs"))
+        r["solve"] = s
+        ci = f" (95% CI {s['ci_low']:.3g} - {s['ci_high']:.3g})" if s["ci_low"] is not None else \
+            f" (no interval: {s['no_interval']})"
+        print(f"  to memorize {s['facts']:.3g} facts at {s['epochs']} epochs: "
+              f"{s['non_embedding_params']:.3g} non-embedding params{ci}")
+    name = a.name or a.law + "".join(f"-{k}{v}" for k, v in key_values(a.where).items())
+    print(f"  wrote {fit.save_fit(r, Path(a.out_dir) / f'{name}.json')}")
+
+
+def cmd_plot(a):
+    from factscale import plots
+
+    df = _read_results(a.results)
+    if a.name == "all":
+        rep = plots.plot_all(df, a.out_dir)
+        for n, p in rep["drawn"].items():
+            print(f"drew {n}: {p[0]}")
+        for n, why in rep["skipped"].items():
+            print(f"skipped {n}: {why}")
+    else:
+        print("\n".join(str(p) for p in plots.plot(a.name, df, a.out_dir)))
+
+
+def cmd_quantize_probe(a):
+    from factscale.analysis.quantize import probe_run, rtn_quantizer, run_dirs
+    from factscale.errors import CollectError
+
+    try:
+        bits = [int(b) for b in a.bits.split(",")]
+        for b in bits:
+            rtn_quantizer(b)
+    except ValueError:
+        raise CollectError(f"--bits {a.bits!r}: comma-separated integers in [2, 16], e.g. 8,4") from None
+    import polars as pl
+
+    from factscale.analysis.capacity import write_table
+
+    frames = []
+    for d in run_dirs(a.runs):
+        df = probe_run(d, bits, embeddings=a.embeddings)
+        frames.append(df)
+        for r in df.iter_rows(named=True):
+            print(f"{r['run_id']}  {r['weights']:>5}: MR {r['mr']:.3f}, capacity {r['capacity']:.0f} facts, "
+                  f"{r['capacity_bits']:.0f} bits ({r['bits_per_param']:.3f}/non-emb, {r['bits_per_total_param']:.3f}"
+                  f"/total param), eos {r['eos_bits']:.0f} bits")
+    if a.output:
+        print("wrote " + ", ".join(map(str, write_table(pl.concat(frames, how="diagonal_relaxed"), a.output))))
+
+
+def cmd_capacity_table(a):
+    from factscale.analysis.capacity import capacity_table, format_table, read_tables, write_table
+
+    df = capacity_table(read_tables(a.results))
+    print(format_table(df))
+    if a.output:
+        print("wrote " + ", ".join(map(str, write_table(df, a.output))))
+
+
+def cmd_study(a):
+    import polars as pl
+
+    from factscale.analysis import studies as st
+
+    df = pl.read_parquet(a.results)
+    if a.kind == "preference":
+        column = a.column or st.preference_column(df)
+        t, title = st.preference_summary(df, column), f"preference by {column}: MR alone, mixed, loss = alone - mixed"
+    elif a.kind == "overwriting":
+        t, title = st.overwriting_summary(df), "overwriting: phase MRs (annealed end), forgetting = control - blocked"
+    else:
+        t, title = st.compatibility_summary(df), "compatibility: forward-statement MR per group and differences"
+    st.print_summary(t, f"{title}; mean over seeds [95% t interval]")
+    if a.output:
+        from factscale.fsio import write_atomic
+
+        write_atomic(a.output, t.write_csv())
+        print(f"wrote {a.output}")
+
+
+def cmd_demo(a):
+    from factscale.demo import demo
+
+    demo(a.out, quick=a.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="factscale", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    from factscale.cli.corpus import add_corpus_parser
+
+    add_corpus_parser(sub)
+
+    s = sub.add_parser("sizes", help="print the model size registry")
+    s.add_argument("--arch", default="qwen2", choices=list(ARCHS))
+    s.add_argument("--vocab", type=int, default=2048)
+    s.add_argument("--untied", action="store_true")
+    s.set_defaults(fn=cmd_sizes)
+
+    t = sub.add_parser("train", help="train one run from a YAML config")
+    t.add_argument("config", nargs="?")
+    t.add_argument("overrides", nargs="*", help="dotted.key=value")
+    t.set_defaults(fn=cmd_train)
+
+    w = sub.add_parser("sweep", help="plan / launch / status of a sweep spec")
+    w.add_argument("action", choices=["plan", "launch", "status"])
+    w.add_argument("spec")
+    w.add_argument("--cluster", default="local", choices=list(CLUSTERS))
+    w.add_argument("--no-wait", action="store_true", help="slurm: submit and return")
+    w.set_defaults(fn=cmd_sweep)
+
+    col = sub.add_parser("collect", help="concatenate a runs directory into one results table")
+    col.add_argument("runs_dir")
+    col.add_argument("-o", "--output", required=True)
+    col.add_argument("--allow-mixed-corpora", action="store_true")
+    col.set_defaults(fn=cmd_collect)
+
+    f = sub.add_parser("fit", help="fit a scaling law to a results table")
+    f.add_argument("results")
+    f.add_argument("--law", required=True,
+                   choices=list(LAWS))
+    f.add_argument("--include-unannealed", action="store_true",
+                   help="also fit intermediate (mid-schedule) probes, labelled unannealed; default: final probes")
+    f.add_argument("--where", help="filters, e.g. epochs=100,size=1m")
+    f.add_argument("--solve", help="e.g. facts=1.5e10,epochs=100")
+    f.add_argument("--no-intercept", action="store_true")
+    f.add_argument("--no-offset", action="store_true", help="power-gen without L_inf")
+    f.add_argument("--robust", action="store_true", help="soft-L1 loss")
+    f.add_argument("--bootstrap", type=int, default=200)
+    f.add_argument("--holdout-largest", action="store_true")
+    f.add_argument("--name")
+    f.add_argument("--out-dir", default="fits/out")
+    f.set_defaults(fn=cmd_fit)
+
+    pp = sub.add_parser("plot", help="draw a figure (or all) from a results table")
+    pp.add_argument("name")
+    pp.add_argument("results")
+    pp.add_argument("--out-dir", default="figures/out")
+    pp.set_defaults(fn=cmd_plot)
+
+    qp = sub.add_parser("quantize-probe", help="capacity of saved runs after int8/int4 weight quantization")
+    qp.add_argument("runs", nargs="+", help="run directories, or runs directories holding finished runs")
+    qp.add_argument("--bits", default="8,4", help="weight bits, comma-separated (default 8,4; fp32 is always probed)")
+    qp.add_argument("--embeddings", action="store_true", help="also quantize the token embeddings / output head")
+    qp.add_argument("-o", "--output", help="write OUTPUT.parquet and OUTPUT.csv (atomically)")
+    qp.set_defaults(fn=cmd_quantize_probe)
+
+    ct = sub.add_parser("capacity-table", help="bits per parameter of runs beside the published anchors")
+    ct.add_argument("results", nargs="+", help="results tables (factscale collect / quantize-probe)")
+    ct.add_argument("-o", "--output", help="write OUTPUT.parquet and OUTPUT.csv (atomically)")
+    ct.set_defaults(fn=cmd_capacity_table)
+
+    sd = sub.add_parser("study", help="a behaviour study's differences with intervals over seeds")
+    sd.add_argument("kind", choices=["overwriting", "compatibility", "preference"])
+    sd.add_argument("results", help="the study's results table (factscale collect)")
+    sd.add_argument("--column", choices=["freq_level", "rarity_bucket", "value_len"],
+                    help="preference: the grouping column (default: the one the results break down by)")
+    sd.add_argument("-o", "--output", help="also write the summary as CSV (atomically)")
+    sd.set_defaults(fn=cmd_study)
+
+    d = sub.add_parser("demo", help="the whole loop, small, on this machine's CPU")
+    d.add_argument("--out", default="factscale-demo")
+    d.add_argument("--quick", action="store_true", help="a smaller grid (about a minute), for smoke tests")
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """User errors (one ``error:`` line, exit 2): the ``FactscaleError`` family and OS errors (a missing file,
+    a full disk, no permission); anything else is a bug and keeps its traceback."""
+    return isinstance(e, (OSError, FactscaleError))
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except Exception as e:
+        if not _is_user_error(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): training runs resume from their last checkpoint when launched again; "
+              "an interrupted corpus build leaves no corpus and starts over", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Dataclass configs from YAML and dotted overrides, checked on the way in (the mechanism; the run config's
+fields live in ``training.config``, the sweep's in ``launch.spec``, the corpus recipe in ``corpus.spec``).
+
+defaults -> YAML -> dotted CLI overrides (``train.epochs=50``). Every error names the offending field
+(``train.epochs``) and, for choices, the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from factscale.errors import ConfigError
+
+__all__ = ["ConfigError", "from_dict", "parse_override", "set_dotted", "read_yaml_mapping", "to_dict", "flatten",
+           "key_values", "parse_where", "positive_or_none"]
+
+
+def parse_where(text: str) -> tuple[str, list[str]]:
+    """``column=value[,value...]`` -> (column, values): the one reading of ``corpus.where``."""
+    col, _, vals = str(text).partition("=")
+    return col.strip(), [v.strip() for v in vals.split(",") if v.strip()]
+
+
+def key_values(text: str | None) -> dict:
+    """``a=1,b=x`` -> {"a": "1", "b": "x"} (values stay strings): the CLI's key=value lists."""
+    out = {}
+    for part in filter(None, (text or "").split(",")):
+        if "=" not in part:
+            raise ConfigError(f"expected key=value, got {part!r}")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def positive_or_none(obj, name, section):
+    v = getattr(obj, name)
+    if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+        raise ConfigError(f"{section}.{name} must be a positive integer or null, got {v!r}")
+
+
+def _check_type(value, tp, where: str):
+    """Coerce/validate a YAML value against a dataclass field type; name the field on error."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not allowed; allowed values: {list(allowed)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_type(value, args[0], where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_type(v, typing.get_args(tp)[0], f"{where}[]") for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls, data: dict | None, prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys by name."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(f"unknown config key '{prefix}{key}'; allowed keys here: {sorted(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        tp = hints[f.name]
+        where = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(data[f.name], dict):
+                raise ConfigError(f"{where}: expected a mapping, got {data[f.name]!r}")
+            kwargs[f.name] = from_dict(tp, data[f.name], prefix=f"{where}.")
+        else:
+            kwargs[f.name] = _check_type(data[f.name], tp, where)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:  # pragma: no cover - defensive
+        raise ConfigError(f"{prefix or 'config'}: {e}") from e
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``train.epochs=50`` -> ("train.epochs", 50); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like dotted.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def set_dotted(d: dict, key: str, value) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        nxt = d.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {key!r}: {p!r} is not a mapping")
+        d = nxt
+    d[parts[-1]] = value
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{what} not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file (binary content); a {what} is YAML") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory; a {what} is a YAML file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return data
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dict -> {"train.epochs": 10, ...}; lists become JSON strings (one column each)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, list):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,121 @@
+"""A sweep spec: a base run config x grid axes, the resources to run it with, and the corpus recipe.
+
+``load_spec`` reads and checks a spec YAML before anything is created (every grid point must make a
+valid run config; a bad field is named); ``expand`` turns it into run configs. Launching, status and the
+submitit layer are ``factscale.launch.sweep``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from factscale.cluster import SlurmResources, at_least
+from factscale.configio import from_dict, read_yaml_mapping, set_dotted, to_dict
+from factscale.corpus.spec import CorpusSpec
+from factscale.errors import ConfigError, CorpusError
+from factscale.training.config import RunConfig
+from factscale.training.models import resolve_shape
+from factscale.training.rundir import identity_hash
+
+
+@dataclass
+class LocalResources:
+    max_parallel: int = 1
+    """Runs at once on this machine."""
+    threads_per_run: Optional[int] = None
+    timeout_min: int = 24 * 60
+
+    def __post_init__(self):
+        at_least(self, "resources.local", 1, "max_parallel", "threads_per_run", "timeout_min")
+
+
+@dataclass
+class Resources:
+    local: LocalResources = field(default_factory=LocalResources)
+    slurm: SlurmResources = field(default_factory=SlurmResources)
+    slurm_by_size: dict = field(default_factory=dict)
+    """Per model.size overrides of slurm resources, e.g. {30m: {gpus_per_node: 1, time_min: 240}}."""
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    runs_dir: str
+    base: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+    """Dotted config field -> list of values; the sweep is their cartesian product."""
+    resources: Resources = field(default_factory=Resources)
+    corpus_build: Optional[CorpusSpec] = None
+    """Build base.corpus.path from this recipe (the same fields as `factscale corpus build`) if it is missing
+    or was built from another recipe."""
+    description: str = ""
+    cooldown_branches: bool = False
+    """Runs differing only in train.epochs (optim.schedule wsd) share one constant-rate trunk and each
+    trains only its decay from the trunk's checkpoint at its fork epoch (factscale.launch.branches)."""
+
+
+def spec_from_dict(data: dict, where: str) -> SweepSpec:
+    data = dict(data)
+    for required in ("name", "runs_dir"):
+        if required not in data:
+            raise ConfigError(f"{where}: missing required key {required!r}")
+    for key in ("base", "grid", "resources", "corpus_build"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ConfigError(f"{where}: {key} must be a mapping (key: value lines), got {type(data[key]).__name__}")
+    res = data.pop("resources", None) or {}
+    cb = data.pop("corpus_build", None)
+    spec = from_dict(SweepSpec, data, prefix="")
+    spec.resources = from_dict(Resources, {k: v for k, v in res.items() if k != "slurm_by_size"}, "resources.")
+    by_size = res.get("slurm_by_size") or {}
+    if not isinstance(by_size, dict):
+        raise ConfigError(f"{where}: resources.slurm_by_size must be a mapping size -> resources")
+    for size, over in by_size.items():
+        from_dict(SlurmResources, {**to_dict(spec.resources.slurm), **(over or {})}, f"resources.slurm_by_size.{size}.")
+    spec.resources.slurm_by_size = by_size
+    try:
+        spec.corpus_build = from_dict(CorpusSpec, cb, "corpus_build.") if cb else None
+    except CorpusError as e:
+        raise ConfigError(f"{where}: corpus_build: {e}") from None
+    for k, v in spec.grid.items():
+        if not isinstance(v, list) or not v:
+            raise ConfigError(f"{where}: grid.{k} must be a non-empty list, got {v!r}")
+    return spec
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    spec = spec_from_dict(read_yaml_mapping(path, "sweep spec"), str(path))
+    cfgs = expand(spec)  # every grid point must make a valid run config: fail now, naming the key
+    sizes = {c.model.size for c in cfgs}
+    unused = sorted(set(map(str, spec.resources.slurm_by_size)) - {str(s) for s in sizes})
+    if unused:
+        raise ConfigError(f"{path}: resources.slurm_by_size has sizes {unused} that no run uses; "
+                          f"sizes in this sweep: {sorted(map(str, sizes))}")
+    return spec
+
+
+def expand(spec: SweepSpec) -> list[RunConfig]:
+    keys = list(spec.grid)
+    cfgs = []
+    for values in itertools.product(*(spec.grid[k] for k in keys)):
+        d = json.loads(json.dumps(spec.base))
+        d["runs_dir"] = spec.runs_dir
+        for k, v in zip(keys, values):
+            set_dotted(d, k, v)
+        try:
+            cfg = from_dict(RunConfig, d)
+            resolve_shape(cfg.model)
+        except ConfigError as e:
+            raise ConfigError(f"sweep {spec.name}, grid point {dict(zip(keys, values))}: {e}") from None
+        cfgs.append(cfg)
+    ids = [identity_hash(c, "") for c in cfgs]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"sweep {spec.name}: grid produces duplicate runs")
+    if spec.cooldown_branches:
+        from factscale.launch.branches import groups
+
+        groups(cfgs, f"sweep {spec.name}, ")  # every run must be a valid branch: fail now, naming the field
+    return cfgs

@@ -1,0 +1,158 @@
+"""Measures and figures for the behaviour studies: compatibility, preference, overwriting, generalization.
+
+Each reads only a results table (probe rows broken down by the study's group column) and draws one
+figure; ``plots.FIGURES`` exposes them as ``study-*`` so ``factscale plot study-compatibility R`` works.
+Titles say what is plotted; this module imports nothing from ``plots`` (no import cycle) and changes
+no global matplotlib state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+from factscale.analysis.studies import (
+    compatibility_summary,
+    generalization_table,
+    preference_column,
+    preference_per_seed,
+    rows_by,
+)
+from factscale.analysis.vocab import final_probes
+from factscale.errors import PlotError
+
+
+def _subplots(ncols: int, figsize):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def _seed_lines(ax, t: pl.DataFrame, quantities: list[str], labels: list[str], title: str, ylabel: str):
+    """Per-seed means vs epoch budget with their t intervals as error bars (none below 3 seeds)."""
+    n = 0
+    for k, (q, label) in enumerate(zip(quantities, labels)):
+        d = t.filter(pl.col("quantity") == q).sort("budget")
+        if d.height == 0:
+            continue
+        lo = (d["mean"] - d["lo"].fill_null(d["mean"])).to_numpy()
+        hi = (d["hi"].fill_null(d["mean"]) - d["mean"]).to_numpy()
+        ax.errorbar(d["budget"].to_numpy() * (1 + 0.02 * (k - 1.5)), d["mean"].to_numpy(), yerr=[lo, hi],
+                    marker="o", capsize=3, label=label)  # budgets nudged apart so the bars do not overlap
+        n = max(n, int(d["n"].max()))
+    ax.set(xscale="log", xlabel="epoch budget (annealed end point of each)", ylabel=ylabel,
+           title=f"{title}\n(mean of {n} seeds, 95% t interval{'' if n >= 3 else ': none, < 3 seeds'})")
+    ax.set_xticks(sorted(t["budget"].unique().to_list()), [str(b) for b in sorted(t["budget"].unique().to_list())])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7)
+
+
+def fig_compatibility(df: pl.DataFrame):
+    """Forward-statement MR per group (control, twice, paraphrase, inverse) and the differences vs the epoch
+    budget (annealed end points), one row per model size."""
+    t = compatibility_summary(df)
+    sizes = t.sort("non_embedding_params")["cfg.model.size"].unique(maintain_order=True).to_list()
+    fig = Figure(figsize=(11, 3.8 * len(sizes)))
+    axes = fig.subplots(len(sizes), 2, squeeze=False).ravel()  # one row per size: MRs, then differences
+    for i, size in enumerate(sizes):
+        ts = t.filter(pl.col("cfg.model.size") == size)
+        _seed_lines(axes[2 * i], ts, ["fwd_control", "fwd_twice", "fwd_paraphrase", "fwd_inverse"],
+                    ["fact once (control)", "fact twice, same words", "fact + paraphrase", "fact + inverse"],
+                    f"{size}: MR of the forward statement", "memorization rate")
+        axes[2 * i].set_ylim(-0.02, 1.05)
+        _seed_lines(axes[2 * i + 1], ts, ["twice_minus_control", "paraphrase_minus_control",
+                                          "paraphrase_minus_twice", "inverse_minus_control"],
+                    ["twice - control", "paraphrase - control", "paraphrase - twice", "inverse - control"],
+                    f"{size}: differences in forward-statement MR", "difference in MR")
+        axes[2 * i + 1].axhline(0, color="grey", lw=1)
+    fig.tight_layout()
+    return fig
+
+
+def fig_preference(df: pl.DataFrame):
+    """MR of each group trained alone vs mixed with the other groups (equal exposures per fact), per size."""
+    column = preference_column(df)
+    p = preference_per_seed(df, column)
+    long = pl.concat([p.select("cfg.model.size", "group", pl.col("mr_alone").alias("mr"), pl.lit("alone").alias("trained")),
+                      p.select("cfg.model.size", "group", pl.col("mr_mixed").alias("mr"), pl.lit("mixed").alias("trained"))])
+    sizes = p.sort("non_embedding_params")["cfg.model.size"].unique(maintain_order=True).to_list()
+    fig, axes = _subplots(len(sizes), (5.5 * len(sizes), 4))
+    for ax, size in zip(axes, sizes):
+        d = long.filter(pl.col("cfg.model.size") == size).sort("group")
+        sns.barplot(d.to_pandas(), x="group", y="mr", hue="trained", ax=ax, errorbar=("pi", 100), capsize=0.1)
+        n = p.filter(pl.col("cfg.model.size") == size)["cfg.seed"].n_unique()
+        ax.set(xlabel=column, ylabel="memorization rate (annealed end point)", ylim=(0, 1.02),
+               title=f"{size}: each group alone vs mixed, equal exposures per fact\n(mean of {n} seeds, bars: range)")
+        ax.title.set_fontsize(9)
+    fig.tight_layout()
+    return fig
+
+
+def fig_overwriting(df: pl.DataFrame):
+    """Phase MRs vs epochs: blocked order, the continued-phase-1 control and interleaved order, per size."""
+    d = rows_by(df, "phase")
+    if "cfg.train.order" not in d.columns:
+        raise PlotError("results lack cfg.train.order")
+    d = d.with_columns(curve=pl.format("{} under {}", "group", "cfg.train.order"))
+    sizes = d.sort("non_embedding_params")["cfg.model.size"].unique(maintain_order=True).to_list()
+    fig, axes = _subplots(len(sizes), (6 * len(sizes), 4.2))
+    order = [c for c in ("p1 under blocked", "p2 under blocked", "p1 under first-phase-only",
+                         "p1 under interleaved", "p2 under interleaved") if c in set(d["curve"].to_list())]
+    for ax, size in zip(axes, sizes):
+        ds = d.filter((pl.col("cfg.model.size") == size) & pl.col("curve").is_in(order))
+        sns.lineplot(ds.to_pandas(), x="epoch", y="mr", hue="curve", hue_order=order, ax=ax, errorbar=("pi", 100))
+        boundary = int(ds["cfg.train.epochs"].max()) // 2
+        ax.axvline(boundary, color="grey", lw=1, ls=":")
+        n = ds["cfg.seed"].n_unique()
+        ax.set(xlabel="epochs (blocked: phase 1 before the dotted line, phase 2 after)", ylabel="MR of the phase's facts",
+               ylim=(-0.02, 1.02), title=f"{size}: phase MRs vs epochs (mean of {n} seeds, band: range)")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def fig_generalization_by_relation(df: pl.DataFrame):
+    """Held-out MR per relation and held-out excess code length over the known floor vs training facts."""
+    from factscale.analysis.fit import fit_law, predict
+    from factscale.errors import FitError
+
+    d = final_probes(df.filter((pl.col("split") == "heldout") & (pl.col("group_by") == "relation")))
+    if d.height == 0 or d["train_facts"].n_unique() < 2:
+        raise PlotError("needs held-out probes at >= 2 corpus sizes (grid over corpus.max_facts)")
+    t = final_probes(generalization_table(df))
+    fig, axes = _subplots(2, (10, 4))
+    sns.lineplot(d.to_pandas(), x="train_facts", y="mr", hue="group", marker="o", ax=axes[0], errorbar=None)
+    axes[0].set(ylabel="held-out MR (unseen keys)", title="Held-out MR by relation vs training facts")
+    sns.scatterplot(t.to_pandas(), x="train_facts", y="excess_bits", hue="relation", ax=axes[1])
+    labels = []
+    for rel in sorted(t["relation"].unique().to_list()):
+        try:
+            r = fit_law(t.filter(pl.col("relation") == rel), "power-excess", n_boot=0)
+        except FitError:
+            continue
+        xs = np.geomspace(t["train_facts"].min(), t["train_facts"].max(), 50)
+        axes[1].plot(xs, predict(r, train_facts=xs), lw=1, color="k")
+        labels.append(f"{rel}: {r['params']['dc']['value']:.3g}·D^{r['params']['alpha']['value']:.3f}")
+    axes[1].axhline(0, color="grey", lw=1, ls=":")
+    axes[1].set(ylabel="held-out code length - known floor (bits/fact)",
+                title="Excess code length over the floor vs training facts" + (f"\n(fits: {'; '.join(labels)})"
+                                                                               if labels else ""))
+    axes[1].title.set_fontsize(8)
+    for ax in axes:
+        ax.set(xscale="log", xlabel="training facts")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
+        ax.legend(title="relation", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+STUDY_FIGURES = {
+    "study-compatibility": fig_compatibility,
+    "study-preference": fig_preference,
+    "study-overwriting": fig_overwriting,
+    "study-generalization": fig_generalization_by_relation,
+}

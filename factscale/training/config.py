@@ -1,0 +1,220 @@
+"""The run config: one dataclass tree is the single source of truth for a run.
+
+defaults -> YAML -> dotted CLI overrides (``train.epochs=50``), validated on the way in (``configio``).
+The resolved config is written next to every run, and its stable hash names the run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from factscale.configio import (
+    ConfigError,
+    from_dict,
+    parse_override,
+    parse_where,
+    positive_or_none,
+    read_yaml_mapping,
+    set_dotted,
+)
+
+
+@dataclass
+class CorpusRef:
+    path: str = ""
+    """Corpus directory made by ``factscale corpus build`` (facts.parquet, tokenizer/, manifest.json)."""
+    max_facts: Optional[int] = None
+    """Train on the first N training facts in the corpus' seeded order (a corpus-size axis); None = all."""
+    heldout_max: Optional[int] = None
+    """Probe at most N held-out facts; None = all."""
+    where: Optional[str] = None
+    """``column=value[,value...]``: train and probe only the facts whose column (read as text) takes one of
+    these values, e.g. ``freq_level=x1``: one group trained alone, the preference study's competition
+    design (README, "Behaviour studies"). Applied before ``max_facts``. None = every fact."""
+
+    def __post_init__(self):
+        positive_or_none(self, "max_facts", "corpus")
+        positive_or_none(self, "heldout_max", "corpus")
+        if self.where is not None:
+            col, eq, vals = str(self.where).partition("=")
+            if not (eq and col.strip() and vals.strip()):
+                raise ConfigError(f"corpus.where must read 'column=value[,value...]', got {self.where!r}")
+
+    def where_filter(self) -> tuple[str, list[str]] | None:
+        """(column, allowed values) of ``where``, or None."""
+        return None if self.where is None else parse_where(self.where)
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["qwen2", "llama", "gpt2"] = "qwen2"
+    """Decoder family: Qwen2 (Lu et al. used Qwen1.5 = Qwen2ForCausalLM), Llama or GPT-2."""
+    size: Optional[str] = "100k"
+    """Name in the size registry (``factscale sizes``); set to null to give the shape explicitly."""
+    n_layers: Optional[int] = None
+    hidden: Optional[int] = None
+    heads: Optional[int] = None
+    kv_heads: Optional[int] = None
+    """Key/value heads (grouped-query attention); None = heads. Ignored by GPT-2."""
+    ffn: Optional[int] = None
+    """MLP inner width."""
+    tie_embeddings: bool = True
+    """Share input embedding and output head (neither counts as non-embedding parameters)."""
+    max_position: int = 512
+
+    def __post_init__(self):
+        explicit = [self.n_layers, self.hidden, self.heads, self.ffn]
+        if self.size is None and any(v is None for v in explicit):
+            raise ConfigError(
+                "model: give either model.size (a registry name) or all of "
+                "model.n_layers, model.hidden, model.heads, model.ffn"
+            )
+        for name in ("n_layers", "hidden", "heads", "kv_heads", "ffn", "max_position"):
+            positive_or_none(self, name, "model")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-8
+    schedule: Literal["cosine", "constant", "wsd"] = "cosine"
+    """cosine: warmup then cosine to min_lr_ratio; constant: warmup then flat;
+    wsd: warmup, stable, then linear decay over the last decay_frac of training (counted in epochs, so the
+    decay starts exactly at an epoch boundary when epochs x decay_frac is whole: see cooldown branches)."""
+    warmup_frac: float = 0.02
+    warmup_steps: Optional[int] = None
+    """Warmup length in optimizer steps; None = warmup_frac of the run's steps. A fixed count makes warmup
+    independent of the run's length, which cooldown branches need (a branch must equal a standalone run)."""
+    min_lr_ratio: float = 0.1
+    decay_frac: float = 0.2
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        for name in ("lr", "eps"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"optim.{name} must be a finite number > 0, got {v}")
+        for name in ("weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"optim.{name} must be a finite number >= 0 (0 = off), got {v}")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            if not 0 <= v < 1:
+                raise ConfigError(f"optim.{name} must be in [0, 1), got {v}")
+        if self.warmup_steps is not None and (isinstance(self.warmup_steps, bool) or self.warmup_steps < 0):
+            raise ConfigError(f"optim.warmup_steps must be an integer >= 0 or null, got {self.warmup_steps!r}")
+        for name in ("warmup_frac", "min_lr_ratio", "decay_frac"):
+            v = getattr(self, name)
+            if not 0 <= v <= 1:
+                raise ConfigError(f"optim.{name} must be in [0, 1], got {v}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    """Passes over the training facts (a fact with frequency k is seen k times per epoch)."""
+    batch_size: int = 32
+    """Packed sequences per optimizer step."""
+    seq_len: int = 128
+    """Packed sequence length in tokens; facts are never split across sequences."""
+    loss_on: Literal["all", "value"] = "all"
+    """Train on every token, or only on value tokens (and the end-of-fact token)."""
+    attention: Literal["isolated", "packed"] = "isolated"
+    """How facts packed into one ``seq_len`` window see each other. ``isolated``: position ids restart at 0
+    at each fact's ``<bos>`` and transformers' packed-sequence mask keeps each fact to itself, so a fact is
+    computed exactly as if it were alone (as the probes run it); ``packed``: plain causal attention over the
+    window (a fact attends to the earlier facts beside it, at positions offset by them). The default is
+    measured: isolated memorized 20-39% more facts at the same cost (README, "Packing and attention")."""
+    repeat_by: Optional[str] = None
+    """Column of facts.parquet holding a per-fact repeat count per epoch (e.g. ``repeats``)."""
+    phase_column: Optional[str] = None
+    """Column of facts.parquet naming each fact's phase (e.g. ``phase``), for order studies."""
+    order: Literal["interleaved", "blocked", "first-phase-only"] = "interleaved"
+    """With phase_column: ``blocked`` trains phase 1 for epochs/n epochs, then phase 2, ...;
+    ``interleaved`` trains a random 1/n of all facts each epoch (same steps, same exposures per fact);
+    ``first-phase-only`` trains phase 1 in every epoch: the control for ``blocked`` (the same steps and
+    schedule, later phases never seen), so forgetting is measured against continued training, not time."""
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    """auto = fp32 on CPU, bf16-mixed on GPU."""
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    num_threads: Optional[int] = None
+    """torch intra-op threads on CPU; None = torch's default."""
+    compile: bool = False
+    """``torch.compile`` the decoder body (in place; checkpoints unchanged). Off by default: on this
+    project's 2-core CPU it did not pay for small models (README, Throughput); try it on a GPU."""
+    log_every_n_steps: int = 10
+    progress_bar: bool = True
+    logger: Literal["csv", "tensorboard", "wandb"] = "csv"
+    """Training-loss logger under the run directory (continues across resumes); tensorboard and wandb
+    need their packages installed."""
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "seq_len", "devices", "num_nodes", "log_every_n_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"train.{name} must be a positive integer, got {v!r}")
+
+
+@dataclass
+class ProbeConfig:
+    every_epochs: int = 1
+    """Probe after every K-th epoch (and always after the last)."""
+    batch_size: int = 512
+    splits: list[str] = field(default_factory=lambda: ["train", "heldout"])
+    max_train_facts: Optional[int] = 200_000
+    """Probe at most this many training facts: above it, a fixed sample stratified by relation
+    (``probes.probe_sample``; capacity = MR x facts with its standard error), so a probe of a paper-scale
+    corpus takes seconds, not minutes; below it, every fact (exact capacity). None = always every fact."""
+    freq_column: Optional[str] = "popularity"
+    """Column used for the frequency-bucket breakdown (quantile buckets); None = none."""
+    group_columns: list[str] = field(default_factory=list)
+    """Extra facts.parquet columns to break the metrics down by (e.g. variant group, phase)."""
+
+    def __post_init__(self):
+        for name in ("every_epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"probe.{name} must be a positive integer, got {v!r}")
+        positive_or_none(self, "max_train_facts", "probe")
+        bad = set(self.splits) - {"train", "heldout"}
+        if bad:
+            raise ConfigError(f"probe.splits: unknown {sorted(bad)}; allowed: ['heldout', 'train']")
+
+
+@dataclass
+class RunConfig:
+    corpus: CorpusRef = field(default_factory=CorpusRef)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    seed: int = 0
+    runs_dir: str = "runs"
+    """Where run directories are made; a run's directory name comes from its config, never a job id."""
+    name: str = ""
+    """Optional prefix of the readable run name."""
+
+    def __post_init__(self):
+        if not self.corpus.path:
+            raise ConfigError("corpus.path is required: a directory made by `factscale corpus build`")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed}")
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    data: dict = read_yaml_mapping(path) if path is not None else {}
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
+    for k, v in items:
+        set_dotted(data, k, v)
+    return from_dict(RunConfig, data)
+
+

@@ -1,0 +1,143 @@
+"""A named size registry of decoder shapes -> ``transformers`` configs, with exact parameter counts.
+
+Every law is fitted against *non-embedding* parameters: everything except the token embedding, an
+untied output head and learned position embeddings (GPT-2's ``wpe``). ``non_embedding_params`` is a
+closed form (so ``sweep plan`` needs no model), proven equal to the instantiated model in the tests.
+Registry names give the approximate Qwen2 non-embedding count; ``factscale sizes`` prints exact ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from factscale.errors import ConfigError
+from factscale.training.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Shape:
+    n_layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    kv_heads: int | None = None
+
+
+# Roughly x3 apart from ~2k to ~300M non-embedding params (Lu et al. span 0.6M-308M), with 1k and 7k filling in
+# the demo's decade. Head dims stay even (RoPE); FFN ~2.75x hidden for the gated MLPs.
+SIZES: dict[str, Shape] = {
+    "1k": Shape(1, 8, 2, 22),
+    "2k": Shape(2, 8, 2, 22),
+    "5k": Shape(2, 12, 2, 32),
+    "7k": Shape(2, 16, 2, 44),
+    "10k": Shape(3, 16, 2, 44),
+    "20k": Shape(3, 24, 2, 64),
+    "30k": Shape(3, 28, 2, 78),
+    "50k": Shape(3, 36, 2, 100),
+    "100k": Shape(4, 48, 4, 132),
+    "300k": Shape(6, 64, 4, 176),
+    "1m": Shape(5, 128, 4, 352),
+    "3m": Shape(7, 192, 6, 528),
+    "10m": Shape(8, 320, 5, 880),
+    "30m": Shape(10, 512, 8, 1408),
+    "100m": Shape(14, 768, 12, 2112),
+    "300m": Shape(24, 1024, 16, 2816),
+}
+ARCHS = ("qwen2", "llama", "gpt2")
+
+
+def resolve_shape(cfg: ModelConfig) -> Shape:
+    if cfg.size is not None:
+        if cfg.size not in SIZES:
+            raise ConfigError(f"model.size {cfg.size!r} is not in the registry; allowed values: {list(SIZES)}")
+        base = SIZES[cfg.size]
+        # explicit fields override a registry entry (e.g. size=1m with n_layers=2)
+        shape = Shape(cfg.n_layers or base.n_layers, cfg.hidden or base.hidden, cfg.heads or base.heads,
+                      cfg.ffn or base.ffn, cfg.kv_heads or base.kv_heads)
+    else:
+        shape = Shape(cfg.n_layers, cfg.hidden, cfg.heads, cfg.ffn, cfg.kv_heads)
+    if shape.hidden % shape.heads:
+        raise ConfigError(f"model.hidden ({shape.hidden}) must be divisible by model.heads ({shape.heads})")
+    if shape.kv_heads and shape.heads % shape.kv_heads:
+        raise ConfigError(f"model.heads ({shape.heads}) must be divisible by model.kv_heads ({shape.kv_heads})")
+    if cfg.arch != "gpt2" and (shape.hidden // shape.heads) % 2:
+        raise ConfigError(f"model: head dim hidden/heads = {shape.hidden // shape.heads} must be even for RoPE")
+    return shape
+
+
+def non_embedding_params(arch: str, s: Shape) -> int:
+    """Exact count of parameters outside token/position embeddings and the output head."""
+    h, f, L = s.hidden, s.ffn, s.n_layers
+    if arch == "gpt2":
+        per_layer = (2 * h) + (h * 3 * h + 3 * h) + (h * h + h) + (2 * h) + (h * f + f) + (f * h + h)
+        return L * per_layer + 2 * h
+    if arch not in ("qwen2", "llama"):
+        raise ConfigError(f"model.arch {arch!r}; allowed values: {list(ARCHS)}")
+    hd = h // s.heads
+    q, kv = s.heads * hd, (s.kv_heads or s.heads) * hd
+    attn = h * q + 2 * h * kv + q * h
+    if arch == "qwen2":  # Qwen2 has biases on q, k, v (not o)
+        attn += q + 2 * kv
+    per_layer = attn + 3 * h * f + 2 * h  # gated MLP (gate, up, down) + two RMSNorms
+    return L * per_layer + h  # + final norm
+
+
+def embedding_params(arch: str, s: Shape, vocab_size: int, tie: bool, max_position: int) -> int:
+    n = vocab_size * s.hidden * (1 if tie else 2)
+    if arch == "gpt2":
+        n += max_position * s.hidden
+    return n
+
+
+def hf_config(cfg: ModelConfig, vocab_size: int, bos_id: int = 1, eos_id: int = 2, pad_id: int = 0):
+    """The transformers config for a model of this shape over the corpus tokenizer's vocabulary."""
+    s = resolve_shape(cfg)
+    common = dict(vocab_size=vocab_size, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id,
+                  tie_word_embeddings=cfg.tie_embeddings)
+    if cfg.arch == "gpt2":
+        from transformers import GPT2Config
+
+        return GPT2Config(n_embd=s.hidden, n_layer=s.n_layers, n_head=s.heads, n_inner=s.ffn,
+                          n_positions=cfg.max_position, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                          **common)
+    if cfg.arch == "qwen2":
+        from transformers import Qwen2Config as Cfg
+    elif cfg.arch == "llama":
+        from transformers import LlamaConfig as Cfg
+    else:
+        raise ConfigError(f"model.arch {cfg.arch!r}; allowed values: {list(ARCHS)}")
+    return Cfg(hidden_size=s.hidden, intermediate_size=s.ffn, num_hidden_layers=s.n_layers,
+               num_attention_heads=s.heads, num_key_value_heads=s.kv_heads or s.heads,
+               max_position_embeddings=cfg.max_position, attention_dropout=0.0, **common)
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, bos_id: int = 1, eos_id: int = 2, pad_id: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    hf = hf_config(cfg, vocab_size, bos_id, eos_id, pad_id)
+    return AutoModelForCausalLM.from_config(hf, attn_implementation="sdpa")
+
+
+def count_instantiated(model) -> tuple[int, int]:
+    """(non-embedding, total) parameters of a built model, found from the model's own embedding modules."""
+    emb = {id(p) for p in model.get_input_embeddings().parameters()}
+    head = model.get_output_embeddings()
+    if head is not None:
+        emb |= {id(p) for p in head.parameters()}
+    for name, mod in model.named_modules():
+        if name.endswith("wpe"):  # GPT-2's learned position embeddings
+            emb |= {id(p) for p in mod.parameters()}
+    params = {id(p): p for p in model.parameters()}  # tied weights counted once
+    total = sum(p.numel() for p in params.values())
+    non_emb = sum(p.numel() for i, p in params.items() if i not in emb)
+    return non_emb, total
+
+
+def size_table(arch: str, vocab_size: int, tie: bool = True, max_position: int = 512) -> list[dict]:
+    rows = []
+    for name, s in SIZES.items():
+        ne = non_embedding_params(arch, s)
+        rows.append({"size": name, "arch": arch, "layers": s.n_layers, "hidden": s.hidden, "heads": s.heads,
+                     "ffn": s.ffn, "non_embedding": ne,
+                     "total": ne + embedding_params(arch, s, vocab_size, tie, max_position)})
+    return rows

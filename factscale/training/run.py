@@ -1,0 +1,218 @@
+"""One run, end to end: ``run()``, the Trainer it builds and the checks made before anything is created.
+
+``run(cfg)`` is everything one run does: claim the run directory, resume from ``last.ckpt`` if there is
+one, train with probes every K epochs, save the model with ``save_pretrained`` and write the results
+atomically. An exception leaves ``error.json`` (the run is failed, never done) and is re-raised.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import polars as pl
+import torch
+
+from factscale.corpus.build import corpus_hash_of, load_corpus
+from factscale.errors import ConfigError, CorpusError, RunBusy
+from factscale.fsio import fix_mode
+from factscale.probing.engine import Prober
+from factscale.probing.measures import frequency_buckets, probe_sample
+from factscale.provenance import git_sha
+from factscale.training.callbacks import (
+    FAULT_ENV,
+    AtomicLastCheckpoint,
+    EpochLoss,
+    ProbeCallback,
+    check_logger,
+    fault_callbacks,
+    make_logger,
+    parse_fault,
+)
+from factscale.training.config import RunConfig
+from factscale.training.data import FactDataModule, select_facts
+from factscale.training.models import count_instantiated, non_embedding_params, resolve_shape
+from factscale.training.module import FactLM
+from factscale.training.rows import build_rows, summary_fields
+from factscale.training.rundir import RunDir
+
+
+def resolve_device(cfg: RunConfig) -> tuple[str, str]:
+    acc = cfg.train.accelerator
+    if acc == "auto":
+        acc = "gpu" if torch.cuda.is_available() else "cpu"
+    if acc == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("train.accelerator=gpu but no CUDA device is visible")
+    prec = cfg.train.precision
+    if prec == "auto":
+        prec = "bf16-mixed" if acc == "gpu" else "32-true"
+    return acc, prec
+
+
+def make_trainer(cfg: RunConfig, logger, callbacks: list) -> L.Trainer:
+    acc, prec = resolve_device(cfg)
+    plugins = []
+    if "SLURM_JOB_ID" in os.environ:
+        # submitit owns requeue (checkpoint() + resubmit); Lightning must not grab the signal too
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    world = cfg.train.devices * cfg.train.num_nodes
+    return L.Trainer(
+        accelerator=acc, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
+        strategy="ddp" if world > 1 else "auto", precision=prec, max_epochs=cfg.train.epochs,
+        gradient_clip_val=cfg.optim.grad_clip or None, reload_dataloaders_every_n_epochs=1,
+        logger=logger, callbacks=callbacks, plugins=plugins,
+        enable_checkpointing=False, enable_progress_bar=cfg.train.progress_bar, enable_model_summary=False,
+        log_every_n_steps=cfg.train.log_every_n_steps, num_sanity_val_steps=0,
+    )
+
+
+def probe_sets(cfg: RunConfig, dm: FactDataModule) -> dict[str, pl.DataFrame]:
+    sets = {}
+    if "train" in cfg.probe.splits:
+        sets["train"] = probe_sample(dm.train_facts, cfg.probe.max_train_facts)
+    if "heldout" in cfg.probe.splits:
+        sets["heldout"] = dm.heldout_facts
+    return sets
+
+
+def validate(cfg: RunConfig, facts: pl.DataFrame) -> None:
+    """Everything about a run that can be checked before its directory exists (ConfigError names the field)."""
+    resolve_shape(cfg.model)
+    resolve_device(cfg)
+    columns = [("train.repeat_by", cfg.train.repeat_by), ("train.phase_column", cfg.train.phase_column),
+               ("probe.freq_column", cfg.probe.freq_column), *(("probe.group_columns", c) for c in cfg.probe.group_columns)]
+    for field, col in columns:
+        if col is not None and col not in facts.columns:
+            raise ConfigError(f"{field}: column {col!r} is not in facts.parquet; available: {sorted(facts.columns)}")
+    train, _ = select_facts(facts, cfg)
+    if train.height == 0:
+        raise ConfigError(f"corpus.path {cfg.corpus.path}: no training facts")
+    longest = int(train["input_ids"].list.len().max())
+    if longest > cfg.train.seq_len:
+        raise ConfigError(f"train.seq_len={cfg.train.seq_len} is shorter than the longest fact ({longest} tokens); "
+                          "raise train.seq_len")
+    check_logger(cfg.train.logger)
+    parse_fault(os.environ.get(FAULT_ENV))
+
+
+def global_rank(cfg: RunConfig) -> int:
+    """This process's rank before Lightning starts: SLURM tasks carry SLURM_PROCID, and Lightning's local DDP
+    launcher re-runs the command in children with LOCAL_RANK / NODE_RANK set."""
+    if cfg.train.devices * cfg.train.num_nodes == 1:
+        return 0
+    if "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ["SLURM_PROCID"])
+    return int(os.environ.get("NODE_RANK", 0)) * cfg.train.devices + int(os.environ.get("LOCAL_RANK", 0))
+
+
+def run(cfg: RunConfig, init_from: str | Path | None = None, branch_of: str | None = None,
+        callbacks: tuple = ()) -> dict:
+    """Train one run to completion (resuming if possible) and write its results. Returns a summary.
+
+    Bad configs fail before anything is created; an attempt that raises leaves ``error.json`` (failed, never
+    done); a process killed mid-run resumes from its last good checkpoint when run again.
+
+    Cooldown branches (``factscale.launch.branches``): ``init_from`` is a checkpoint to start from while the run has
+    none of its own (its trunk's at the fork epoch), ``branch_of`` the trunk's id (recorded on every row),
+    ``callbacks`` extra callbacks that run after the epoch's probe and before its checkpoint.
+    """
+    facts, manifest = load_corpus(cfg.corpus.path)
+    validate(cfg, facts)
+    rd = RunDir(cfg, manifest["corpus_hash"])
+    if global_rank(cfg) != 0:  # DDP: rank 0 owns the run directory (lock, attempts, errors, results)
+        rd.path.mkdir(parents=True, exist_ok=True)
+        return _train(cfg, rd, facts, manifest, rd.attempts()["attempts"], init_from, branch_of, list(callbacks))
+    rd.create()
+    for _ in range(50):  # a `status` probe holds the lock for microseconds: not a reason to give up
+        if rd.lock.acquire():
+            break
+        time.sleep(0.1)
+    else:
+        raise RunBusy(f"run {rd.id} is already running in another process (lock {rd.lock.path})")
+    t0 = time.time()
+    try:
+        if rd.results.exists():
+            return {"run_id": rd.id, "state": "done", "skipped": True, "run_dir": str(rd.path)}
+        attempt = rd.start_attempt()["attempts"]
+        summary = _train(cfg, rd, facts, manifest, attempt, init_from, branch_of, list(callbacks))
+        rd.end_attempt(time.time() - t0)
+        return summary
+    except BaseException as e:
+        if not isinstance(e, (KeyboardInterrupt, SystemExit)):  # preemption/Ctrl-C: resumable, not failed
+            rd.end_attempt(time.time() - t0)
+            rd.write_error(e)
+        raise
+    finally:
+        rd.lock.release()
+
+
+def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, attempt: int, init_from=None,
+           branch_of=None, extra_callbacks=()) -> dict:
+    from transformers import AutoTokenizer
+
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    tok = AutoTokenizer.from_pretrained(str(Path(cfg.corpus.path) / "tokenizer"))
+    if corpus_hash_of(cfg.corpus.path) != manifest["corpus_hash"]:  # rebuilt between reading facts and tokenizer
+        raise CorpusError(f"corpus {cfg.corpus.path} was rebuilt while this run started; launch it again")
+    if cfg.probe.freq_column and cfg.probe.freq_column in facts.columns:
+        facts = facts.with_columns(frequency_buckets(facts[cfg.probe.freq_column]))
+    dm = FactDataModule(cfg, facts, tok.pad_token_id)
+    module = FactLM(cfg, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    non_emb, total = count_instantiated(module.model)
+    if non_emb != non_embedding_params(cfg.model.arch, resolve_shape(cfg.model)):  # the registry's count is reported
+        raise RuntimeError(f"non-embedding parameters: the model has {non_emb}, the size registry counts "
+                           f"{non_embedding_params(cfg.model.arch, resolve_shape(cfg.model))}: the count formula drifted")
+    groups = [c for c in ["freq_bucket", *cfg.probe.group_columns] if c in facts.columns]
+    prober = Prober(probe_sets(cfg, dm), cfg.probe.batch_size, tok.pad_token_id, non_emb, groups,
+                    train_facts=dm.train_facts, total_params=total)
+    probe_cb = ProbeCallback(prober, cfg.probe.every_epochs)
+    ckpt, epochs_done = rd.resume_checkpoint(readonly=global_rank(cfg) != 0)
+    forked_at = None
+    if ckpt is None and init_from is not None:  # a branch with no checkpoint of its own: its trunk's
+        ckpt, epochs_done = Path(init_from), None
+        forked_at = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
+        rd.note(f"started from {ckpt} (epoch {forked_at}) of trunk {branch_of}")
+    callbacks = [EpochLoss(), probe_cb, *extra_callbacks, AtomicLastCheckpoint(rd), *fault_callbacks(attempt)]
+    trainer = make_trainer(cfg, make_logger(cfg.train.logger, rd, epochs_done or forked_at), callbacks)
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+    if trainer.current_epoch < cfg.train.epochs or trainer.interrupted:
+        raise RuntimeError(f"training stopped at epoch {trainer.current_epoch} of {cfg.train.epochs}")
+    if not trainer.is_global_zero:
+        return {"run_id": rd.id, "state": "done", "rank": trainer.global_rank}
+
+    module.model.save_pretrained(str(rd.model))
+    tok.save_pretrained(str(rd.model))
+    fix_mode(rd.model)  # safetensors writes 0600 through a temp file
+    acc, prec = resolve_device(cfg)
+    meta = {
+        "run_id": rd.id, "corpus_hash": manifest["corpus_hash"], "corpus_kind": manifest["source"]["kind"],
+        "non_embedding_params": non_emb, "total_params": total, "vocab_size": len(tok),
+        "train_facts": dm.train_facts.height, "heldout_facts": dm.heldout_facts.height,
+        "tokens_per_epoch": dm.tokens_per_epoch, "real_token_fraction": dm.real_fraction,
+        "git_sha": git_sha(), "device": torch.cuda.get_device_name(0) if acc == "gpu" else "cpu",
+        "precision": prec, "train_wall_s": time.time() - t0, "resumed_from_epoch": epochs_done,
+        "attempts": attempt,
+    }
+    if branch_of is not None:
+        meta.update(branch_of=branch_of, fork_epoch=round(cfg.train.epochs * (1 - cfg.optim.decay_frac)))
+    # rows on this run's probe schedule only: a branch inherits its trunk's rows, and the trunk probed at
+    # its own last epoch too, which a standalone run of the branch's length does not
+    E, every = cfg.train.epochs, cfg.probe.every_epochs
+    df = build_rows([r for r in probe_cb.rows if r["epoch"] % every == 0 or r["epoch"] == E], cfg, meta)
+    per_fact = None
+    if probe_cb.last_tables:
+        per_fact = pl.concat([t.select("fact_id", "split", "relation", "correct", "code_bits", "memorized_bits")
+                              for t in probe_cb.last_tables.values()])
+    rd.write_results(df, per_fact)
+    final = df.filter((pl.col("epoch") == df["epoch"].max()) & (pl.col("group_by") == "all"))
+    return {"run_id": rd.id, "state": "done", "run_dir": str(rd.path),
+            **{f"{r['split']}_mr": r["mr"] for r in final.iter_rows(named=True)},
+            "capacity": final.filter(pl.col("split") == "train")["capacity"].sum(),
+            "non_embedding_params": non_emb, **summary_fields(df)}
