@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from factscale.corpus import CorpusSpec, build_from_spec
-from factscale.corpus.wikidata.shards import ShardResources, build_sharded
+from factscale.corpus.wikidata.shards import build_sharded, shard_resources
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikidata"
 LABELS = SHARED / "properties" / "wikidata-predicates.json"
@@ -85,7 +85,7 @@ def main():
 
     said = []
     t = time.perf_counter()
-    sharded = build_sharded(spec, out / "sharded", a.cluster, a.shards, ShardResources(cpus=1, mem_gb=2, time_min=30),
+    sharded = build_sharded(spec, out / "sharded", a.cluster, a.shards, shard_resources(cpus=1, mem_gb=2, time_min=30),
                             log=said.append)
     t_sharded = time.perf_counter() - t
     shard_s = sum(float(m.group(1)) for line in said if (m := re.search(r", ([\d.]+) s \(", line)))

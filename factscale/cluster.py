@@ -33,19 +33,27 @@ def at_least(obj, section: str, minimum: int | float, *names):
 @dataclass
 class SlurmResources:
     partition: Optional[str] = None
+    """SLURM partition (#SBATCH --partition); null = the cluster's default."""
     time_min: int = 60
     """Wall-clock limit per run attempt; on expiry the run is requeued and resumes."""
     gpus_per_node: int = 0
+    """GPUs per node; 0 = a CPU job."""
     cpus_per_task: int = 2
+    """CPU cores per task (data loading, probes, CPU training)."""
     mem_gb: float = 8.0
+    """Memory per node in GB (> 0)."""
     nodes: int = 1
     """>1 (or gpus_per_node > 1) trains with DDP: one task per GPU, Lightning reads ranks from SLURM."""
     array_parallelism: int = 64
+    """At most this many jobs of one array run at once (%N of --array)."""
     account: Optional[str] = None
+    """SLURM account to charge; null = the user's default."""
     qos: Optional[str] = None
+    """SLURM quality of service; null = the default."""
     signal_delay_s: int = 60
     """Seconds before the limit that SLURM sends USR2 (must leave time to requeue)."""
     max_requeues: int = 5
+    """Requeues after a time limit or preemption before a run counts as failed."""
 
     def __post_init__(self):
         at_least(self, "resources.slurm", 1, "time_min", "cpus_per_task", "nodes", "array_parallelism")

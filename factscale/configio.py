@@ -168,3 +168,76 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v
     return out
+
+
+# ---------------------------------------------------------------- documentation of fields
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of dataclass ``cls`` (the string literal after its annotation, as
+    litgpt's args.py and Sphinx read them), by field name; a field without one is absent."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+                docs[node.target.id] = inspect.cleandoc(nxt.value.value)
+    return docs
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(map(str, typing.get_args(tp)))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _type_name(args[0]) + " or null"
+    if origin in (list, dict):
+        return f"{origin.__name__} of {', '.join(_type_name(a) for a in typing.get_args(tp))}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def describe(cls, prefix: str = "") -> list[dict]:
+    """Every field of dataclass ``cls``, nested ones dotted: name, type, default and docstring, in order."""
+    hints, docs, out = typing.get_type_hints(cls), field_docs(cls), []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += describe(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        out.append({"key": prefix + f.name, "type": _type_name(tp), "default": default, "doc": docs.get(f.name, "")})
+    return out
+
+
+def yaml_value(value) -> str:
+    """One value as inline YAML (``null``, ``[16, 64]``, ``'[X]: [Y]'``)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True).strip()
+    return text.removesuffix("...").strip()
+
+
+def commented_yaml(cls, required: dict | None = None) -> str:
+    """The defaults of ``cls`` as YAML, each field under its docstring as comments (``factscale config show``)."""
+    lines: list[str] = []
+    section = None
+    for d in describe(cls):
+        *path, name = d["key"].split(".")
+        if path and path[0] != section:
+            section = path[0]
+            lines.append(f"{section}:")
+        elif not path:
+            section = None
+        ind = "  " * len(path)
+        for doc_line in (d["doc"] or "(undocumented)").splitlines():
+            lines.append(f"{ind}# {doc_line}")
+        value = (required or {}).get(d["key"], d["default"])
+        lines.append(f"{ind}{name}: {yaml_value(value)}")
+    return "\n".join(lines) + "\n"

@@ -25,6 +25,7 @@ import polars as pl
 from factscale import plots
 from factscale.analysis import fit
 from factscale.analysis.collect import collect
+from factscale.analysis.fitstore import Fits, results_identity
 from factscale.analysis.vocab import SIZE, overall
 from factscale.configio import read_yaml_mapping, set_dotted
 from factscale.errors import ConfigError
@@ -160,10 +161,13 @@ def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> 
     log("[3/4] fit laws (annealed end points only)")
     fits_dir = out / "fits"
     fits: dict = {}
+    store = Fits(df, n_boot=N_BOOT)  # every law fitted once: the figures draw these same fits
+    source = results_identity(results)
 
     def try_fit(name, law, where):
         try:
-            r = fit.fit_law(df, law, where, n_boot=N_BOOT)
+            r = store.get(law, where)
+            r["results"] = source
         except fit.FitError as e:
             log(f"  {name}: not fitted: {e}")
             return str(e)
@@ -180,7 +184,7 @@ def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> 
         fit.save_fit(joint, fits_dir / "joint.json")
 
     log("[4/4] figures")
-    figures = plots.plot_all(df, out / "figures")
+    figures = plots.plot_all(df, out / "figures", store)
 
     summary = summarize(df, lin if isinstance(lin, dict) else None, exps, budget)
     summary["seconds"] = time.time() - t0

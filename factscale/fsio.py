@@ -9,6 +9,7 @@ Files get the ordinary umask-derived mode (``mkstemp`` alone would leave them 06
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -68,3 +69,11 @@ def fix_mode(path: str | Path) -> None:
     for p in [Path(path), *Path(path).rglob("*")] if Path(path).is_dir() else [Path(path)]:
         if p.is_file():
             os.chmod(p, 0o666 & ~_umask())
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

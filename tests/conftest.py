@@ -29,7 +29,10 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def shared():
     if not SHARED.exists():
-        pytest.skip(f"real Wikidata sample data not found at {SHARED} (set FACTSCALE_SHARED)")
+        reason = f"real Wikidata sample data not found at {SHARED} (set FACTSCALE_SHARED)"
+        if os.environ.get("FACTSCALE_REQUIRE_DATA") == "1":  # CI: the data is part of the test, never a skip
+            pytest.fail(reason + "; FACTSCALE_REQUIRE_DATA=1")
+        pytest.skip(reason)
     return SHARED
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import stat
 
+import pytest
+
 from factscale import fsio
+
+pytestmark = pytest.mark.unit  # pure functions: the seconds-long tier
 
 
 def test_write_atomic_replaces_whole_file_and_leaves_no_temporary(tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from factscale.configio import key_values
+from factscale.configio import from_dict, key_values
 
 
 def _variants(items: list[str] | None) -> dict | None:
@@ -41,19 +41,36 @@ def _synthetic_kind_options(opts: dict) -> dict:
     return out
 
 
+def _recipe(items: list[str]) -> dict:
+    """``RECIPE.yaml`` (a corpus recipe: the fields of ``CorpusSpec``, as in a sweep's ``corpus_build``) and
+    ``key=value`` overrides (``synthetic.n_keys=500``), merged in that order; flags given beside them win."""
+    from factscale.configio import parse_override, read_yaml_mapping, set_dotted
+
+    data: dict = {}
+    for item in items or []:
+        if "=" in item:
+            set_dotted(data, *parse_override(item))
+        else:
+            data = {**read_yaml_mapping(item, "corpus recipe"), **data}
+    return data
+
+
 def cmd_corpus_build(a):
     """Flags -> one CorpusSpec (the same recipe a sweep's corpus_build gives) -> corpus.build."""
     from factscale import corpus
     from factscale.errors import CorpusError
 
-    given = {k: v for k, v in vars(a).items() if v is not None and k not in ("fn", "cmd", "corpus_cmd", "out")}
-    synthetic = given.pop("synthetic", False)
+    recipe = _recipe(a.recipe)
+    given = {k: v for k, v in vars(a).items()
+             if v is not None and k not in ("fn", "cmd", "corpus_cmd", "out", "recipe")}
+    synthetic = given.pop("synthetic", False) or recipe.get("synthetic") is not None
     n_keys, value_vocab = given.pop("n_keys", None), given.pop("value_vocab", None)
     kind_opts = {k: given.pop(k) for k in ("kind", "pools", "seq_len", "symbols") if k in given}
     if kind_opts and not synthetic:
         raise CorpusError(f"--{next(iter(kind_opts)).replace('_', '-')} is an option of --synthetic corpora")
     if synthetic:
-        syn = {} if n_keys is None else {"n_keys": n_keys}
+        syn = dict(recipe.get("synthetic") or {})  # the recipe's, then the flags'
+        syn.update({} if n_keys is None else {"n_keys": n_keys})
         syn.update(_synthetic_kind_options(kind_opts))
         if value_vocab is not None:
             try:
@@ -68,11 +85,11 @@ def cmd_corpus_build(a):
     if res and not sharding:
         raise CorpusError(f"--shard-{next(iter(res)).replace('_', '-')} is an option of sharded builds (--cluster, "
                           "--shards)")
-    spec = corpus.CorpusSpec(**given)
+    spec = from_dict(corpus.CorpusSpec, {**recipe, **{k: v for k, v in given.items() if k != "variants" or v}})
     if sharding:  # the same corpus, parsed as a job array (factscale/corpus/shards.py)
-        from factscale.corpus.wikidata.shards import ShardResources, build_sharded
+        from factscale.corpus.wikidata.shards import build_sharded, shard_resources
 
-        m = build_sharded(spec, a.out, sharding.get("cluster", "local"), sharding.get("shards"), ShardResources(**res))
+        m = build_sharded(spec, a.out, sharding.get("cluster", "local"), sharding.get("shards"), shard_resources(**res))
     else:
         m = corpus.build_from_spec(spec, a.out, progress=sys.stderr.isatty())
     c = m["counts"]
@@ -95,7 +112,11 @@ def cmd_corpus_export(a):
 def add_corpus_parser(sub) -> None:
     """The ``corpus`` command group, on the top-level subparsers."""
     c = sub.add_parser("corpus", help="build fact corpora").add_subparsers(dest="corpus_cmd", required=True)
-    b = c.add_parser("build", help="dump / triples / synthetic -> corpus directory")
+    b = c.add_parser("build", help="dump / triples / synthetic -> corpus directory",
+                     description="Build a corpus from a recipe file and/or flags: `factscale corpus build RECIPE.yaml "
+                     "[key=value ...] -o DIR` (the fields of `factscale config show corpus`), or flags alone.")
+    b.add_argument("recipe", nargs="*", metavar="RECIPE.yaml|key=value",
+                   help="a corpus recipe (YAML, the fields of a sweep's corpus_build) and dotted overrides")
     b.add_argument("--dump", nargs="+", help="Wikidata JSON dump(s): .json, .json.gz, .json.bz2")
     b.add_argument("--triples", nargs="+", help="T-REx/LAMA or BEAR jsonl, or ID-triple TSV (Q1<TAB>P17<TAB>Q2, "
                    "plain or .gz, labels via --labels), files or directories")

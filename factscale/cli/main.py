@@ -147,22 +147,27 @@ def cmd_fit(a):
             f" (no interval: {s['no_interval']})"
         print(f"  to memorize {s['facts']:.3g} facts at {s['epochs']} epochs: "
               f"{s['non_embedding_params']:.3g} non-embedding params{ci}")
+    from factscale.analysis.fitstore import results_identity
+
+    r["results"] = results_identity(a.results)  # a figure drawing this fit checks it is the same table
     name = a.name or a.law + "".join(f"-{k}{v}" for k, v in key_values(a.where).items())
     print(f"  wrote {fit.save_fit(r, Path(a.out_dir) / f'{name}.json')}")
 
 
 def cmd_plot(a):
     from factscale import plots
+    from factscale.analysis.fitstore import Fits, results_identity
 
     df = _read_results(a.results)
+    fits = Fits(df, a.fits, results_identity(a.results)["sha256"]) if a.fits else None
     if a.name == "all":
-        rep = plots.plot_all(df, a.out_dir)
+        rep = plots.plot_all(df, a.out_dir, fits)
         for n, p in rep["drawn"].items():
             print(f"drew {n}: {p[0]}")
         for n, why in rep["skipped"].items():
             print(f"skipped {n}: {why}")
     else:
-        print("\n".join(str(p) for p in plots.plot(a.name, df, a.out_dir)))
+        print("\n".join(str(p) for p in plots.plot(a.name, df, a.out_dir, fits)))
 
 
 def cmd_quantize_probe(a):
@@ -231,9 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="factscale", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
+    from factscale.cli.config import add_parser as add_config_parser
     from factscale.cli.corpus import add_corpus_parser
 
     add_corpus_parser(sub)
+    add_config_parser(sub)
 
     s = sub.add_parser("sizes", help="print the model size registry")
     s.add_argument("--arch", default="qwen2", choices=list(ARCHS))
@@ -280,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("name")
     pp.add_argument("results")
     pp.add_argument("--out-dir", default="figures/out")
+    pp.add_argument("--fits", help="draw the laws from fits saved by `factscale fit` from this results table "
+                    "(default: fit them here, with the fit command's defaults)")
     pp.set_defaults(fn=cmd_plot)
 
     qp = sub.add_parser("quantize-probe", help="capacity of saved runs after int8/int4 weight quantization")

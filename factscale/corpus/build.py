@@ -35,7 +35,7 @@ import polars as pl
 from factscale.corpus.render import render, tokenize, train_tokenizer
 from factscale.corpus.variants import apply_variants, difficulty_columns
 from factscale.errors import CorpusError
-from factscale.fsio import write_json_atomic
+from factscale.fsio import file_sha256, write_json_atomic
 from factscale.provenance import versions
 
 RAW_SCHEMA = {
@@ -144,14 +144,6 @@ def assign_split(df: pl.DataFrame, heldout_frac: float, seed: int) -> pl.DataFra
         # seeded order used to take "the first N training facts" for corpus-size sweeps
         order=pl.lit(o).rank("ordinal").cast(pl.Int64),
     )
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def corpus_hash_of(path: str | Path) -> str:

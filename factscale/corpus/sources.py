@@ -11,12 +11,13 @@ import dataclasses
 import os
 from pathlib import Path
 
-from factscale.corpus.build import build_corpus, build_into, building, check_target, file_sha256, read_manifest
+from factscale.corpus.build import build_corpus, build_into, building, check_target, read_manifest
 from factscale.corpus.spec import CorpusSpec, dump_options
 from factscale.corpus.synthetic.facts import SyntheticSpec, generate
 from factscale.corpus.tables.triples import read_triples, templates_for
 from factscale.corpus.tables.tsv import load_label_table
 from factscale.corpus.wikidata.dump import DumpOptions, dump_to_raw
+from factscale.fsio import file_sha256
 
 SOURCES = {
     "synthetic": "generated facts with exactly known entropy (kinds: ``synthetic.KINDS``)",

@@ -33,10 +33,13 @@ class CorpusSpec:
     hf_columns: Optional[str] = None
     """hf: column mapping, e.g. ``subject=sub_label,relation=predicate_id,value=obj_label``."""
     hf_split: Optional[str] = None
+    """hf: the split of a DatasetDict to read; null = the only one."""
     language: str = "en"
+    """dump: the language of labels and monolingual text."""
     properties: Optional[str] = None
     """dump: allow-list, e.g. ``P36,P569``."""
     deny_properties: Optional[str] = None
+    """dump: properties to drop, e.g. ``P31,P279``."""
     subject_filter: Optional[str] = None
     """dump: keep subjects with these claims, e.g. ``P31=Q5`` (humans)."""
     exclude_subjects: list[str] = field(default_factory=list)
@@ -46,11 +49,17 @@ class CorpusSpec:
     workers: Optional[int] = None
     """dump: parser processes (None = all cores)."""
     max_facts: Optional[int] = None
+    """Keep at most N facts (after the key rules); null = all."""
     multi_value: Literal["drop", "first"] = "drop"
+    """A (subject, relation) with several values: drop them all (it cannot be one fact) or keep the first."""
     ambiguous_keys: Literal["disambiguate", "drop"] = "disambiguate"
+    """One label for several subjects: disambiguate as ``label (Q123)`` or drop."""
     heldout_frac: float = 0.1
+    """Fraction of subjects held out (unseen keys, same relations), in [0, 1)."""
     vocab_size: int = 2048
+    """Byte-level BPE vocabulary trained on the training split (>= 64)."""
     seed: int = 0
+    """Seeds the held-out split, variants and synthetic draws."""
     variants: dict = field(default_factory=dict)
     """Behaviour-study variants: compatibility / frequency / phases (``corpus.variants``)."""
 

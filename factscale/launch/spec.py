@@ -27,7 +27,9 @@ class LocalResources:
     max_parallel: int = 1
     """Runs at once on this machine."""
     threads_per_run: Optional[int] = None
+    """torch threads per local run; null = train.num_threads or torch's default."""
     timeout_min: int = 24 * 60
+    """Wall-clock limit of one local run in minutes."""
 
     def __post_init__(self):
         at_least(self, "resources.local", 1, "max_parallel", "threads_per_run", "timeout_min")
@@ -44,8 +46,11 @@ class Resources:
 @dataclass
 class SweepSpec:
     name: str
+    """The sweep's name (job names, messages)."""
     runs_dir: str
+    """Where the sweep's run directories are made (overrides base.runs_dir)."""
     base: dict = field(default_factory=dict)
+    """The run config every grid point starts from (the same keys as `factscale train`'s YAML)."""
     grid: dict = field(default_factory=dict)
     """Dotted config field -> list of values; the sweep is their cartesian product."""
     resources: Resources = field(default_factory=Resources)
@@ -53,6 +58,7 @@ class SweepSpec:
     """Build base.corpus.path from this recipe (the same fields as `factscale corpus build`) if it is missing
     or was built from another recipe."""
     description: str = ""
+    """One line on what the sweep measures (shown by `sweep plan`)."""
     cooldown_branches: bool = False
     """Runs differing only in train.epochs (optim.schedule wsd) share one constant-rate trunk and each
     trains only its decay from the trunk's checkpoint at its fork epoch (factscale.launch.branches)."""

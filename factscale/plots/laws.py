@@ -12,6 +12,7 @@ Importing this module changes no global state: figures are built on ``matplotlib
 from __future__ import annotations
 
 import functools
+import inspect
 import io
 from pathlib import Path
 
@@ -21,7 +22,8 @@ import polars as pl
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from factscale.analysis.fit import fit_law, params_needed, predict, predict_band
+from factscale.analysis.fit import params_needed, predict, predict_band
+from factscale.analysis.fitstore import Fits, results_identity
 from factscale.analysis.vocab import SIZE, final_probes, label_annealed, overall, sizes_sorted
 from factscale.errors import FitError, PlotError
 from factscale.fsio import write_atomic
@@ -29,7 +31,6 @@ from factscale.plots.studies import STUDY_FIGURES
 
 __all__ = ["FIGURES", "PlotError", "plot", "plot_all", "save", "script_main"]
 NON_EMB = "non-embedding parameters"
-BAND_BOOT = 100  # bootstrap refits behind a drawn band (the fit CLI defaults to 200)
 
 
 def themed(fn):
@@ -109,11 +110,12 @@ def fig_mr_curves(df: pl.DataFrame):
 
 
 @themed
-def fig_capacity_vs_size(df: pl.DataFrame):
+def fig_capacity_vs_size(df: pl.DataFrame, fits: Fits | None = None):
     """Capacity (facts memorized) at each run's final probe vs non-embedding params, with the linear law."""
     d = final_probes(overall(df))
     if d["non_embedding_params"].n_unique() < 3:
         raise PlotError("capacity vs size needs >= 3 model sizes")
+    fits = fits or Fits(df)
     fig, ax = new_figure()
     budgets = sorted(d["epoch"].unique().to_list())
     pal = dict(zip(budgets, sns.color_palette("rocket", len(budgets))))
@@ -123,7 +125,7 @@ def fig_capacity_vs_size(df: pl.DataFrame):
         ax.errorbar(de["non_embedding_params"].to_numpy(), de["capacity"].to_numpy(), yerr=yerr, fmt="o",
                     color=pal[e], ms=5, capsize=2)
         try:
-            r = fit_law(df, "linear-size", {"epoch": e}, n_boot=BAND_BOOT)
+            r = fits.get("linear-size", {"epoch": e})
         except FitError:
             continue
         xs = np.linspace(0, d["non_embedding_params"].max() * 1.05, 200)
@@ -138,11 +140,12 @@ def fig_capacity_vs_size(df: pl.DataFrame):
 
 
 @themed
-def fig_capacity_vs_epochs(df: pl.DataFrame):
+def fig_capacity_vs_epochs(df: pl.DataFrame, fits: Fits | None = None):
     """Capacity vs epochs per size: final probes (markers), intermediate probes (faint), exp law on final ones."""
     d = label_annealed(overall(df))
     if d["epoch"].n_unique() < 2:
         raise PlotError("capacity vs epochs needs probes at >= 2 epochs")
+    fits = fits or Fits(df)
     sizes = sizes_sorted(d)
     pal = _size_palette(sizes)
     fig, ax = new_figure()
@@ -154,7 +157,7 @@ def fig_capacity_vs_epochs(df: pl.DataFrame):
         end = d.filter(pl.col("annealed") & (pl.col(SIZE) == s))
         ax.plot(end["epoch"].to_numpy(), end["capacity"].to_numpy(), "o", color=pal[s], ms=5, label=f"{s}")
         try:
-            r = fit_law(df, "exp-epochs", {"size": s}, n_boot=BAND_BOOT)
+            r = fits.get("exp-epochs", {"size": s})
         except FitError:
             continue
         es = np.linspace(end["epoch"].min(), d["epoch"].max() * 2, 300)  # not below the first budget: nothing fitted there
@@ -202,10 +205,10 @@ def fig_bits_per_param(df: pl.DataFrame):
 
 
 @themed
-def fig_extrapolation(df: pl.DataFrame, facts: float | None = None):
+def fig_extrapolation(df: pl.DataFrame, facts: float | None = None, fits: Fits | None = None):
     """Parameters needed to memorize a target number of facts vs epochs, from the joint fit."""
     try:
-        r = fit_law(df, "joint", n_boot=BAND_BOOT)
+        r = (fits or Fits(df)).get("joint")
     except FitError as e:
         raise PlotError(f"extrapolation needs the joint law: {e}") from None
     facts = facts or float(overall(df)["n_facts"].max()) * 10
@@ -237,7 +240,7 @@ def fig_extrapolation(df: pl.DataFrame, facts: float | None = None):
 
 
 @themed
-def fig_generalization(df: pl.DataFrame):
+def fig_generalization(df: pl.DataFrame, fits: Fits | None = None):
     """Held-out value loss at each run's final probe vs number of training facts, with the power law."""
     d = final_probes(overall(df, "heldout"))
     if d["train_facts"].n_unique() < 3:
@@ -247,7 +250,7 @@ def fig_generalization(df: pl.DataFrame):
     sns.scatterplot(d.to_pandas(), x="train_facts", y="value_loss", hue=SIZE, hue_order=sizes,
                     palette=_size_palette(sizes), ax=ax)
     try:
-        r = fit_law(df, "power-gen", n_boot=BAND_BOOT)
+        r = (fits or Fits(df)).get("power-gen")
         v = {p: r["params"][p]["value"] for p in r["params"]}
         xs = np.geomspace(d["train_facts"].min(), d["train_facts"].max(), 100)
         draw_fit(ax, r, "train_facts", xs, "k",
@@ -289,17 +292,22 @@ FIGURES = {
 }
 
 
-def plot(name: str, df: pl.DataFrame, out_dir: str | Path) -> list[Path]:
+def plot(name: str, df: pl.DataFrame, out_dir: str | Path, fits: Fits | None = None) -> list[Path]:
+    """Draw figure ``name`` into ``out_dir``. Its laws come from ``fits`` (saved fits of this table, or fits
+    made once with the fit command's defaults: ``analysis.fitstore``)."""
     if name not in FIGURES:
         raise PlotError(f"unknown figure {name!r}; allowed values: {list(FIGURES) + ['all']}")
-    return save(FIGURES[name](df), out_dir, name)
+    fn = FIGURES[name]
+    uses_fits = "fits" in inspect.signature(fn).parameters
+    return save(fn(df, fits=fits or Fits(df)) if uses_fits else fn(df), out_dir, name)
 
 
-def plot_all(df: pl.DataFrame, out_dir: str | Path) -> dict:
+def plot_all(df: pl.DataFrame, out_dir: str | Path, fits: Fits | None = None) -> dict:
     done, skipped = {}, {}
+    fits = fits or Fits(df)  # one store: a law two figures draw is fitted once
     for name in FIGURES:
         try:
-            done[name] = [str(p) for p in plot(name, df, out_dir)]
+            done[name] = [str(p) for p in plot(name, df, out_dir, fits)]
         except PlotError as e:
             skipped[name] = str(e)
     return {"drawn": done, "skipped": skipped}
@@ -312,6 +320,9 @@ def script_main(name: str) -> None:
     ap = argparse.ArgumentParser(description=f"draw the '{name}' figure from a results table")
     ap.add_argument("results")
     ap.add_argument("--out-dir", default="figures/out")
+    ap.add_argument("--fits", help="a directory of fits saved by `factscale fit` from this results table")
     a = ap.parse_args()
-    for path in plot(name, pl.read_parquet(a.results), a.out_dir):
+    df = pl.read_parquet(a.results)
+    fits = Fits(df, a.fits, results_identity(a.results)["sha256"]) if a.fits else None
+    for path in plot(name, df, a.out_dir, fits):
         print(path)

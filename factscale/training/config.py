@@ -33,7 +33,7 @@ class CorpusRef:
     where: Optional[str] = None
     """``column=value[,value...]``: train and probe only the facts whose column (read as text) takes one of
     these values, e.g. ``freq_level=x1``: one group trained alone, the preference study's competition
-    design (README, "Behaviour studies"). Applied before ``max_facts``. None = every fact."""
+    design (docs/studies.md). Applied before ``max_facts``. None = every fact."""
 
     def __post_init__(self):
         positive_or_none(self, "max_facts", "corpus")
@@ -55,8 +55,11 @@ class ModelConfig:
     size: Optional[str] = "100k"
     """Name in the size registry (``factscale sizes``); set to null to give the shape explicitly."""
     n_layers: Optional[int] = None
+    """Decoder blocks (with model.size null; else the registry's)."""
     hidden: Optional[int] = None
+    """Hidden width (with model.size null)."""
     heads: Optional[int] = None
+    """Attention heads; hidden must be divisible by them (with model.size null)."""
     kv_heads: Optional[int] = None
     """Key/value heads (grouped-query attention); None = heads. Ignored by GPT-2."""
     ffn: Optional[int] = None
@@ -64,6 +67,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     """Share input embedding and output head (neither counts as non-embedding parameters)."""
     max_position: int = 512
+    """Longest position the model supports (RoPE range; GPT-2's learned position table). Must cover train.seq_len."""
 
     def __post_init__(self):
         explicit = [self.n_layers, self.hidden, self.heads, self.ffn]
@@ -79,21 +83,30 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     lr: float = 3e-3
+    """Peak learning rate of AdamW (after warmup)."""
     weight_decay: float = 0.0
+    """AdamW weight decay on matrices (never on norms, biases or embeddings); 0 = off."""
     beta1: float = 0.9
+    """AdamW first-moment decay, in [0, 1)."""
     beta2: float = 0.98
+    """AdamW second-moment decay, in [0, 1)."""
     eps: float = 1e-8
+    """AdamW epsilon (> 0)."""
     schedule: Literal["cosine", "constant", "wsd"] = "cosine"
     """cosine: warmup then cosine to min_lr_ratio; constant: warmup then flat;
     wsd: warmup, stable, then linear decay over the last decay_frac of training (counted in epochs, so the
     decay starts exactly at an epoch boundary when epochs x decay_frac is whole: see cooldown branches)."""
     warmup_frac: float = 0.02
+    """Linear warmup over this fraction of the run's optimizer steps (when warmup_steps is null)."""
     warmup_steps: Optional[int] = None
     """Warmup length in optimizer steps; None = warmup_frac of the run's steps. A fixed count makes warmup
     independent of the run's length, which cooldown branches need (a branch must equal a standalone run)."""
     min_lr_ratio: float = 0.1
+    """The final learning rate as a fraction of lr (cosine and wsd)."""
     decay_frac: float = 0.2
+    """wsd: the fraction of the epochs spent decaying (the fork point of cooldown branches)."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 = off."""
 
     def __post_init__(self):
         for name in ("lr", "eps"):
@@ -131,7 +144,7 @@ class TrainConfig:
     at each fact's ``<bos>`` and transformers' packed-sequence mask keeps each fact to itself, so a fact is
     computed exactly as if it were alone (as the probes run it); ``packed``: plain causal attention over the
     window (a fact attends to the earlier facts beside it, at positions offset by them). The default is
-    measured: isolated memorized 20-39% more facts at the same cost (README, "Packing and attention")."""
+    measured: isolated memorized 20-39% more facts at the same cost (docs/results/attention.md)."""
     repeat_by: Optional[str] = None
     """Column of facts.parquet holding a per-fact repeat count per epoch (e.g. ``repeats``)."""
     phase_column: Optional[str] = None
@@ -144,15 +157,20 @@ class TrainConfig:
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     """auto = fp32 on CPU, bf16-mixed on GPU."""
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    """auto = a GPU if one is visible, else the CPU."""
     devices: int = 1
+    """Devices per node; more than one trains with DDP."""
     num_nodes: int = 1
+    """Nodes; more than one trains with DDP across nodes (under SLURM)."""
     num_threads: Optional[int] = None
     """torch intra-op threads on CPU; None = torch's default."""
     compile: bool = False
     """``torch.compile`` the decoder body (in place; checkpoints unchanged). Off by default: on this
-    project's 2-core CPU it did not pay for small models (README, Throughput); try it on a GPU."""
+    project's 2-core CPU it did not pay for small models (docs/results/throughput.md); try it on a GPU."""
     log_every_n_steps: int = 10
+    """Log the training loss every N optimizer steps (the epoch loss is always logged)."""
     progress_bar: bool = True
+    """Lightning's progress bar on a terminal."""
     logger: Literal["csv", "tensorboard", "wandb"] = "csv"
     """Training-loss logger under the run directory (continues across resumes); tensorboard and wandb
     need their packages installed."""
@@ -169,7 +187,9 @@ class ProbeConfig:
     every_epochs: int = 1
     """Probe after every K-th epoch (and always after the last)."""
     batch_size: int = 512
+    """Facts per probe forward pass (a positive integer): memory, not results."""
     splits: list[str] = field(default_factory=lambda: ["train", "heldout"])
+    """Which splits to probe: train (capacity) and heldout (unseen keys: generalization, calibration)."""
     max_train_facts: Optional[int] = 200_000
     """Probe at most this many training facts: above it, a fixed sample stratified by relation
     (``probes.probe_sample``; capacity = MR x facts with its standard error), so a probe of a paper-scale
@@ -198,6 +218,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     seed: int = 0
+    """Seeds initialization and the per-epoch fact order (an integer >= 0); the corpus has its own seed."""
     runs_dir: str = "runs"
     """Where run directories are made; a run's directory name comes from its config, never a job id."""
     name: str = ""

@@ -60,18 +60,25 @@ POOLS = ("birth_years", "birth_city", "university", "major", "employer", "employ
 @dataclass
 class BiosSpec:
     kind: str = "bios"
+    """The synthetic kind (``bios``)."""
     n_keys: int = 1000
     """Individuals (each gives six facts)."""
     birth_years: int = 200
     """Birth years 1900 .. 1900 + birth_years - 1; the birth-date pool is 12 x 28 x birth_years dates."""
     birth_city: int = 200
+    """Equally likely birth cities."""
     university: int = 300
+    """Equally likely universities."""
     major: int = 100
+    """Equally likely majors."""
     employer: int = 263
+    """Equally likely employers."""
     employer_city: int = 200
+    """Equally likely employer cities."""
     templates: int = 1
     """Sentence templates per attribute (1-3); each fact draws one uniformly (seeded)."""
     seed: int = 0
+    """Seeds the names and the values."""
 
     def __post_init__(self):
         if self.n_keys < 1:

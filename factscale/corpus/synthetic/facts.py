@@ -35,6 +35,7 @@ ATTRIBUTE_NAMES = ["birth city", "employer", "university", "favorite color", "ho
 @dataclass
 class SyntheticSpec:
     n_keys: int = 1000
+    """Keys (subjects); each gets one value per attribute."""
     vocab_sizes: list[int] = field(default_factory=lambda: [16, 64, 256, 1024])
     """One attribute per entry; each value is uniform over this many pseudo-words."""
     predictable: list[bool] = field(default_factory=list)
@@ -46,6 +47,7 @@ class SyntheticSpec:
     template: str = "[X]'s [R]: [Y]"
     """Short on purpose: prompt tokens cost compute but carry no fact."""
     seed: int = 0
+    """Seeds the names and the values."""
 
     def __post_init__(self):
         if self.n_keys < 1:

@@ -13,7 +13,7 @@ Capacity in bits is then Morris et al.'s total memorization of the set: sum over
 (uniform code length - model code length), clipped only at the set level (``probes.summarize``). The model's
 code length also pays for the ``<eos>`` after the last symbol (it carries no information: every sequence
 has the same length), so the measure is the eos-free one minus the eos bits; ``factscale quantize-probe``
-reports the eos bits of a run (README, "Capacity across three papers").
+reports the eos bits of a run (docs/capacity.md).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ SPECIAL_TOKENS = 3  # <pad> <bos> <eos>
 @dataclass
 class SequenceSpec:
     kind: str = "random-sequences"
+    """The synthetic kind (``random-sequences``)."""
     n_keys: int = 1000
     """Number of sequences."""
     length: int = 32
@@ -42,6 +43,7 @@ class SequenceSpec:
     symbols: int = 256
     """Alphabet size V (<= 2704); Morris et al. used 2048 (our reading): needs vocab_size >= ~2400."""
     seed: int = 0
+    """Seeds the keys and the symbols."""
 
     def __post_init__(self):
         if self.n_keys < 1:

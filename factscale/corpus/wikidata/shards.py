@@ -33,9 +33,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import polars as pl
 import submitit
@@ -50,26 +48,16 @@ from factscale.errors import CorpusError
 COMPRESSED = (".bz2", ".gz")
 
 
-@dataclass
-class ShardResources:
-    """What each shard job asks SLURM for (``--shard-*`` flags); ``cpus`` are also its parser processes."""
-    time_min: int = 120
-    cpus: int = 4
-    mem_gb: float = 8.0
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    max_requeues: int = 3
-    """Resubmissions after a time limit or preemption (the shard then parses again from its start)."""
-
-    def check(self):
-        for name, v in (("time-min", self.time_min), ("cpus", self.cpus), ("mem-gb", self.mem_gb)):
-            if not v > 0:
-                raise CorpusError(f"--shard-{name} {v!r}: must be > 0")
-
-    def slurm(self) -> SlurmResources:
-        """The cluster layer's resources for one shard job (the ``--shard-*`` flags are their CLI names)."""
-        return SlurmResources(time_min=self.time_min, cpus_per_task=self.cpus, mem_gb=self.mem_gb,
-                              partition=self.partition, account=self.account, max_requeues=self.max_requeues)
+def shard_resources(time_min: int = 120, cpus: int = 4, mem_gb: float = 8.0, partition: str | None = None,
+                    account: str | None = None, max_requeues: int = 3) -> SlurmResources:
+    """What each shard job asks the cluster for, from the ``--shard-*`` flags (their names in the errors): the
+    cluster layer's ``SlurmResources``. ``cpus`` are also the job's parser processes; ``max_requeues``:
+    resubmissions after a time limit or preemption (the shard then parses again from its start)."""
+    for name, v in (("time-min", time_min), ("cpus", cpus), ("mem-gb", mem_gb)):
+        if not v > 0:
+            raise CorpusError(f"--shard-{name} {v!r}: must be > 0")
+    return SlurmResources(time_min=time_min, cpus_per_task=cpus, mem_gb=mem_gb, partition=partition, account=account,
+                          max_requeues=max_requeues)
 
 
 def parse_count(text, what: str = "--shards") -> int:
@@ -263,7 +251,7 @@ def _failure_line(exc: BaseException) -> str:
     return f"{name.rsplit('.', 1)[-1]}:{msg}"[:300]  # factscale.corpus.build.CorpusError -> CorpusError
 
 
-def check_fits(res: ShardResources) -> None:
+def check_fits(res: SlurmResources) -> None:
     """A request that no node of the partition can meet pends forever (reason PartitionConfig): refuse it
     before anything is submitted. Skipped where sinfo does not answer (sbatch then has the last word)."""
     try:
@@ -277,23 +265,23 @@ def check_fits(res: ShardResources) -> None:
     where = f"partition {rows[0][0].rstrip('*')}"
     cpus = max(int(c.rstrip("+")) for _, c, _ in rows)
     mem_gb = max(int(m.rstrip("+")) for _, _, m in rows) / 1024
-    if res.cpus > cpus:
-        raise CorpusError(f"--shard-cpus {res.cpus}: the largest node of {where} has {cpus} CPUs (the job would "
+    if res.cpus_per_task > cpus:
+        raise CorpusError(f"--shard-cpus {res.cpus_per_task}: the largest node of {where} has {cpus} CPUs (the job would "
                           f"never start); give --shard-cpus <= {cpus} or another --shard-partition")
     if res.mem_gb > mem_gb:
         raise CorpusError(f"--shard-mem-gb {res.mem_gb:g}: the largest node of {where} has {mem_gb:.1f} GB "
                           f"(the job would never start); give less or another --shard-partition")
 
 
-def run_shards(plan: list[dict], opts: DumpOptions, shard_dir, cluster: str, res: ShardResources, folder,
+def run_shards(plan: list[dict], opts: DumpOptions, shard_dir, cluster: str, res: SlurmResources, folder,
                log=print) -> None:
     """Submit every unfinished shard and wait; the first failed shard cancels the rest and raises one line."""
     todo = [s for s in plan if not _shard_path(shard_dir, s).is_dir()]
     if not todo:
         return
-    args = [(s, opts, str(shard_dir), res.cpus) for s in todo]
+    args = [(s, opts, str(shard_dir), res.cpus_per_task) for s in todo]
     if cluster == "slurm":
-        ex = executor("slurm", folder, slurm=res.slurm(), job_name="factscale-corpus")
+        ex = executor("slurm", folder, slurm=res, job_name="factscale-corpus")
         try:
             with ex.batch():
                 jobs = [ex.submit(ShardJob(), *a) for a in args]
@@ -327,7 +315,7 @@ def run_shards(plan: list[dict], opts: DumpOptions, shard_dir, cluster: str, res
                 j.cancel(check=False)
 
 
-def build_sharded(spec, out, cluster: str = "local", shards=None, res: ShardResources | None = None,
+def build_sharded(spec, out, cluster: str = "local", shards=None, res: SlurmResources | None = None,
                   log=print) -> dict:
     """``factscale corpus build --dump ... --cluster C --shards N``: the local build's corpus, parsed as shards.
 
@@ -344,8 +332,7 @@ def build_sharded(spec, out, cluster: str = "local", shards=None, res: ShardReso
     if cluster == "slurm" and not shutil.which("sbatch"):
         raise CorpusError("--cluster slurm: sbatch not found on this machine; run on a SLURM login node, or use "
                           "--cluster local")
-    res = res or ShardResources()
-    res.check()
+    res = res or shard_resources()
     if cluster == "slurm":
         check_fits(res)
     check_target(out, spec.inputs())  # before indexing or submitting anything

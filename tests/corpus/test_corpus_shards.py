@@ -19,10 +19,10 @@ from factscale.corpus import CorpusSpec, build_from_spec
 from factscale.corpus.spec import dump_options
 from factscale.corpus.wikidata.dump import dump_to_raw
 from factscale.corpus.wikidata.dumpio import range_lines
-from factscale.corpus.wikidata.shards import ShardResources, build_sharded, merge, parse_shard, plan_shards, run_shards
+from factscale.corpus.wikidata.shards import build_sharded, merge, parse_shard, plan_shards, run_shards, shard_resources
 from factscale.errors import CorpusError
 
-ONE = ShardResources(cpus=1, mem_gb=1, time_min=10)
+ONE = shard_resources(cpus=1, mem_gb=1, time_min=10)
 
 
 def _spec(shared, files, **kw):
@@ -188,7 +188,7 @@ def _slurm_down() -> str | None:
 
 
 def test_benchmark_script_checks_the_same_hash(tmp_path):
-    r = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_shards.py"),
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[2] / "benchmarks" / "bench_shards.py"),
                         "--gb", "0.01", "--dir", str(tmp_path), "--cluster", "debug", "--shards", "3"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -6,6 +6,8 @@ from factscale.errors import ConfigError
 from factscale.training.config import load_run_config
 from factscale.training.rundir import identity_hash
 
+pytestmark = pytest.mark.unit  # pure functions: the seconds-long tier
+
 
 def test_overrides_and_hash(tmp_path):
     cfg = load_run_config(None, ["corpus.path=/x", "train.epochs=50", "optim.lr=1e-3", "model.size=1m"])

@@ -163,3 +163,25 @@ def test_bad_kind_options_are_one_error_line(args, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_recipe_file_with_overrides_builds_the_corpus_its_flags_build(tmp_path, monkeypatch, capsys):
+    """`factscale corpus build RECIPE.yaml key=value -o DIR` is the flags' corpus (the same recipe, the same hash);
+    flags beside a recipe win; a mistyped recipe key is one error naming it."""
+    import json
+
+    from factscale.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipe.yaml").write_text("synthetic: {n_keys: 40, vocab_sizes: [16, 64]}\nvocab_size: 400\n")
+    main(["corpus", "build", "recipe.yaml", "synthetic.n_keys=50", "-o", "a"])
+    main(["corpus", "build", "--synthetic", "--n-keys", "50", "--value-vocab", "16,64", "--vocab-size", "400", "-o", "b"])
+    main(["corpus", "build", "recipe.yaml", "--n-keys", "50", "-o", "c"])
+    m = {d: json.loads((tmp_path / d / "manifest.json").read_text()) for d in "abc"}
+    assert m["a"]["corpus_hash"] == m["b"]["corpus_hash"] == m["c"]["corpus_hash"]
+    assert m["a"]["recipe"] == m["b"]["recipe"] and m["a"]["recipe"]["synthetic"]["n_keys"] == 50
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["corpus", "build", "recipe.yaml", "synthetic.n_kees=5", "-o", "d"])
+    assert e.value.code == 2 and "unknown config key 'synthetic.n_kees'" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -52,7 +52,10 @@ def test_quick_demo_end_to_end(quick_demo):
         rule = r["fraction_of_cstar"] >= 0.8 and hi < r["n_facts"] and not near and not r["cstar_at_bound"]
         assert r["saturated"] == rule and (r["saturated"] or r["why_not"])
     lin = s["linear"]
-    assert lin["slope"] > 0 and 0 < lin["r2"] <= 1 and lin["loglog_slope"] > 0
+    # R^2 of the relative-error fit is at most 1 but not bounded below: on 2026-12-07's fresh install (same
+    # torch/transformers/lightning as 2026-12-06, polars 2.1) the two 10k seeds memorized very different
+    # counts (129 +- 115 facts) and it was -0.04, with the old and the new code alike
+    assert lin["slope"] > 0 and math.isfinite(lin["r2"]) and lin["r2"] <= 1 and lin["loglog_slope"] > 0
     assert lin["ci"] is None and "6 runs" in lin["no_interval"]  # 3 sizes x 2 seeds: too few for an interval
     fits = {p.stem: json.loads(p.read_text()) for p in (out / "fits").glob("*.json")}
     assert {"linear-size-epoch80", "exp-epochs-size1k", "joint"} <= set(fits)

@@ -37,7 +37,11 @@ def test_every_shipped_sweep_loads_and_plans_through_the_cli(path, tmp_path, mon
     monkeypatch.chdir(tmp_path)  # in-process: the same main() as the console script, without 10 s of imports
     main(["sweep", "plan", str(path)])
     assert f"{n} runs" in capsys.readouterr().out
-    assert len(SHIPPED) >= 3
+
+
+def test_the_shipped_sweeps_are_found():
+    """The guard of the test above: parametrized over no files, it would pass by running nothing."""
+    assert len(SHIPPED) >= 3 and {"capacity", "demo"} <= {p.stem for p in SHIPPED}
 
 
 def test_the_demo_runs_the_shipped_demo_sweep():

@@ -9,6 +9,8 @@ import pytest
 from factscale.analysis.fit import LAWS, fit_law, format_table, holdout_largest, params_needed, predict
 from factscale.errors import FitError
 
+pytestmark = pytest.mark.unit  # pure functions: the seconds-long tier
+
 SIZES = {"s1": 1e4, "s2": 3e4, "s3": 1e5, "s4": 3e5, "s5": 1e6, "s6": 3e6}
 
 

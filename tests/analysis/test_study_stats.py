@@ -16,6 +16,8 @@ from factscale.analysis.studies import (
 )
 from factscale.errors import PlotError
 
+pytestmark = pytest.mark.unit  # pure functions: the seconds-long tier
+
 
 def test_seed_interval_is_the_t_interval_and_refuses_below_three_seeds():
     d = seed_interval([1.0, 2.0, 3.0])
