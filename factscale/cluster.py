@@ -22,6 +22,24 @@ def check_cluster(name: str, flag: str = "--cluster") -> None:
         raise ConfigError(f"{flag} {name!r}; allowed values: {list(CLUSTERS)}")
 
 
+def require_available(cluster: str) -> None:
+    """Fail with one line, before anything is created, when ``cluster`` cannot take jobs from this machine."""
+    import shutil
+
+    check_cluster(cluster)
+    if cluster == "slurm":
+        if not shutil.which("sbatch"):
+            raise ConfigError("--cluster slurm: sbatch not found on this machine; run on a SLURM login node, or use "
+                              "--cluster local")
+        try:
+            r = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise ConfigError(f"--cluster slurm: the SLURM controller does not answer ({e})") from None
+        if r.returncode != 0:
+            said = (r.stderr.strip().splitlines() or ["no reason given"])[-1][:200]
+            raise ConfigError(f"--cluster slurm: the SLURM controller does not answer: {said}")
+
+
 def at_least(obj, section: str, minimum: int | float, *names):
     """Range check of dataclass fields, naming the field (``section.name``)."""
     for name in names:

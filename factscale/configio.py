@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -19,7 +20,20 @@ import yaml
 from factscale.errors import ConfigError
 
 __all__ = ["ConfigError", "from_dict", "parse_override", "set_dotted", "read_yaml_mapping", "to_dict", "flatten",
-           "key_values", "parse_where", "positive_or_none"]
+           "key_values", "parse_where", "positive_or_none", "normalize_path"]
+
+
+def normalize_path(path: str) -> str:
+    """A path spelled one way: ``./corpora/syn``, ``corpora/syn/`` and an absolute path under the current
+    directory all become ``corpora/syn`` (other absolute paths stay absolute, normalized)."""
+    if not path:
+        return path
+    p = os.path.normpath(os.path.expanduser(str(path)))
+    if os.path.isabs(p):
+        rel = os.path.relpath(p, os.getcwd())
+        if not rel.startswith(".."):
+            p = rel
+    return p
 
 
 def parse_where(text: str) -> tuple[str, list[str]]:

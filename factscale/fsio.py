@@ -65,10 +65,13 @@ def write_parquet_atomic(df, path: str | Path) -> Path:
 
 
 def fix_mode(path: str | Path) -> None:
-    """Give files written by other libraries through private temp files (safetensors: 0600) the umask mode."""
+    """Give files and directories made private on purpose while being written (safetensors' temp files: 0600,
+    ``tempfile.mkdtemp``: 0700) the mode the umask gives, so a group sharing a cluster can read them."""
     for p in [Path(path), *Path(path).rglob("*")] if Path(path).is_dir() else [Path(path)]:
         if p.is_file():
             os.chmod(p, 0o666 & ~_umask())
+        elif p.is_dir():
+            os.chmod(p, 0o777 & ~_umask())
 
 
 def file_sha256(path: str | Path) -> str:

@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 
 def versions() -> dict:
     import importlib.metadata as md
 
-    out = {"python": platform.python_version()}
-    for pkg in ("factscale", "torch", "lightning", "transformers", "tokenizers", "polars", "numpy"):
+    out = {"python": platform.python_version(), "machine": platform.machine()}
+    for pkg in ("factscale", "torch", "lightning", "transformers", "tokenizers", "polars", "polars-runtime-32",
+                "numpy", "scipy", "lmfit"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
+    torch = sys.modules.get("torch")  # only where training already loaded it: a corpus build never imports torch
+    if torch is not None:
+        # the CPU kernels torch dispatches to (AVX2 / AVX512 / ...) and its threads change floating-point sums,
+        # hence a few memorized facts per run between machines with the same packages
+        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        out["torch_threads"] = torch.get_num_threads()
     return out
 
 

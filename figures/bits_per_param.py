@@ -1,6 +1,6 @@
 """Paper figure 'bits-per-param' from a results table.
 
-    python figures/bits_per_param.py RESULTS [--out-dir figures/out]
+    python figures/bits_per_param.py RESULTS [--out-dir DIR (default figures/out/<results name>)]
 """
 
 from factscale.plots.laws import script_main

@@ -1,7 +1,7 @@
 """The capacity table as a figure: measured bits per parameter by model size, corpus kind and weight
 precision, with the published anchors as horizontal reference lines (quoted, not measured here).
 
-    python figures/capacity_table.py results/capacity-table.parquet [--out-dir figures/out]
+    python figures/capacity_table.py results/capacity-table.parquet [--out-dir DIR (default figures/out/<results name>)]
 
 The input is the table `factscale capacity-table ... -o results/capacity-table` wrote (or any results
 tables it accepts: they are turned into the table first).
@@ -58,7 +58,7 @@ def figure(table: pl.DataFrame):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("tables", nargs="+", help="results/capacity-table.parquet, or results tables to build it from")
-    ap.add_argument("--out-dir", default="figures/out")
+    ap.add_argument("--out-dir", default="figures/out/capacity-table")
     a = ap.parse_args()
     frames = read_tables(a.tables)
     if len(frames) == 1 and "measured" in frames[0][1].columns:

@@ -1,6 +1,6 @@
 """Paper figure 'capacity-vs-epochs' from a results table.
 
-    python figures/capacity_vs_epochs.py RESULTS [--out-dir figures/out]
+    python figures/capacity_vs_epochs.py RESULTS [--out-dir DIR (default figures/out/<results name>)]
 """
 
 from factscale.plots.laws import script_main

@@ -1,6 +1,6 @@
 """Paper figure 'extrapolation' from a results table.
 
-    python figures/extrapolation.py RESULTS [--out-dir figures/out]
+    python figures/extrapolation.py RESULTS [--out-dir DIR (default figures/out/<results name>)]
 """
 
 from factscale.plots.laws import script_main

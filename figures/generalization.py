@@ -1,6 +1,6 @@
 """Paper figure 'generalization' from a results table.
 
-    python figures/generalization.py RESULTS [--out-dir figures/out]
+    python figures/generalization.py RESULTS [--out-dir DIR (default figures/out/<results name>)]
 """
 
 from factscale.plots.laws import script_main

@@ -1,6 +1,6 @@
 """Paper figure 'mr-curves' from a results table.
 
-    python figures/mr_curves.py RESULTS [--out-dir figures/out]
+    python figures/mr_curves.py RESULTS [--out-dir DIR (default figures/out/<results name>)]
 """
 
 from factscale.plots.laws import script_main

@@ -1,6 +1,6 @@
 """Paper figure 'mr-vs-facts' from a results table.
 
-    python figures/mr_vs_facts.py RESULTS [--out-dir figures/out]
+    python figures/mr_vs_facts.py RESULTS [--out-dir DIR (default figures/out/<results name>)]
 """
 
 from factscale.plots.laws import script_main

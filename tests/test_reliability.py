@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,6 +82,8 @@ def test_check_target_accepts_new_and_empty_directories(tmp_path):
 # the whole process group as a terminal does, so the workers get it too. Never after a sleep.
 _INTERRUPT_AT_CHUNK = textwrap.dedent("""
     import os, signal, sys
+    # a terminal's Python handles Ctrl-C; a test runner started in the background may pass SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from factscale.corpus.wikidata import dump as wikidata
     chunks = wikidata._chunks
     wikidata._chunks = lambda lines, size, opts: chunks(lines, 4, opts)  # many small chunks
@@ -216,3 +219,180 @@ def test_the_prober_refuses_to_count_an_unprobed_fact_as_memorized():
         probe_batched(model, ids, [3, 2], pad_id=0, batch_size=-1)
     with pytest.raises(RuntimeError, match="not fully probed"):  # a fact with no value token
         probe_batched(model, ids, [5, 2], pad_id=0)
+
+
+# ---------------------------------------------------------------- run identity
+
+
+def test_one_corpus_spelled_four_ways_is_one_run_identity(tiny_corpus, tmp_path, monkeypatch):
+    from factscale.training.rundir import RunDir
+    from tests.conftest import tiny_run_config
+
+    monkeypatch.chdir(tiny_corpus.parent)
+    name = tiny_corpus.name
+    ids = {RunDir(tiny_run_config(p, tmp_path / "runs")).id
+           for p in (name, f"./{name}", f"{name}/", str(tiny_corpus.resolve()))}
+    assert len(ids) == 1
+
+
+def test_collect_refuses_one_experiment_counted_twice(trained_run, tmp_path, capsys):
+    """Older versions named a run after the corpus path as spelled: the same experiment under two ids would pass
+    as two seeds (narrower intervals). collect refuses, naming both."""
+    import shutil
+
+    import yaml
+
+    from factscale.analysis.collect import collect
+    from factscale.errors import CollectError
+    from factscale.testing import run_dir
+
+    _, cfg = trained_run
+    src = run_dir(cfg)
+    runs = tmp_path / "runs"
+    shutil.copytree(src, runs / src.name)
+    twin = runs / (src.name + "-twin")
+    shutil.copytree(src, twin)
+    c = yaml.safe_load((twin / "config.yaml").read_text())
+    c["corpus"]["path"] = c["corpus"]["path"] + "/"
+    (twin / "config.yaml").write_text(yaml.safe_dump(c))
+    with pytest.raises(CollectError, match="are the same experiment"):
+        collect(runs)
+    shutil.rmtree(twin)
+    df, report = collect(runs)
+    assert report["done"] == [src.name]
+
+
+def test_a_finished_run_reopens_from_another_directory(trained_run, tmp_path, monkeypatch):
+    """A run launched with a relative corpus path (here: ``tiny`` from the corpus' parent) reopens from any
+    directory: identity.json keeps where the corpus was, absolute."""
+    import json
+    import shutil
+
+    import yaml
+
+    from factscale.testing import run_dir
+    from factscale.training.rundir import RunDir
+
+    _, cfg = trained_run
+    d = tmp_path / "runs" / run_dir(cfg).name
+    shutil.copytree(run_dir(cfg), d)
+    c = yaml.safe_load((d / "config.yaml").read_text())
+    corpus = Path(c["corpus"]["path"])
+    c["corpus"]["path"] = corpus.name  # as launched from corpus.parent
+    (d / "config.yaml").write_text(yaml.safe_dump(c))
+    ident = json.loads((d / "identity.json").read_text())
+    assert ident["corpus_dir"] == str(corpus.resolve())
+    monkeypatch.chdir(tmp_path)
+    rd = RunDir.open(d)
+    assert Path(rd.cfg.corpus.path).resolve() == corpus.resolve() and rd.id == d.name
+
+
+# ---------------------------------------------------------------- bookkeeping
+
+
+@pytest.mark.parametrize("keep", ["none", "last", "all"])
+def test_keep_checkpoints_decides_what_a_done_run_keeps(tiny_corpus, tmp_path, keep):
+    from factscale.testing import run_dir
+    from factscale.training.run import run
+    from tests.conftest import tiny_run_config
+
+    cfg = tiny_run_config(tiny_corpus, tmp_path, **{"train.epochs": 4, "probe.every_epochs": 2, "model.size": "2k",
+                                                    "train.keep_checkpoints": keep})
+    run(cfg)
+    ck = sorted(p.name for p in (run_dir(cfg) / "checkpoints").iterdir())
+    assert (run_dir(cfg) / "model" / "model.safetensors").exists()
+    assert ck == {"none": [], "last": ["last.ckpt", "prev.ckpt"],
+                  "all": ["epoch-2.ckpt", "epoch-4.ckpt", "last.ckpt", "prev.ckpt"]}[keep]
+
+
+def test_keep_checkpoints_is_not_part_of_the_run_identity(tiny_corpus, tmp_path):
+    from factscale.training.rundir import RunDir
+    from tests.conftest import tiny_run_config
+
+    ids = {RunDir(tiny_run_config(tiny_corpus, tmp_path, **{"train.keep_checkpoints": k})).id for k in ("none", "all")}
+    assert len(ids) == 1
+
+
+def test_a_killed_attempt_counts_its_wall_time_up_to_its_last_checkpoint(tiny_corpus, tmp_path, monkeypatch):
+    import factscale.training.rundir as rundir
+    from tests.conftest import tiny_run_config
+
+    clock = iter([100.0, 130.0, 500.0])  # start, a checkpoint 30 s later, then (after a SIGKILL) the next start
+    monkeypatch.setattr(rundir.time, "time", lambda: next(clock))
+    rd = rundir.RunDir(tiny_run_config(tiny_corpus, tmp_path))
+    rd.create()
+    rd.start_attempt()
+    rd.note_progress()
+    st = rd.start_attempt()  # no end_attempt: the first attempt was killed
+    assert st["attempts"] == 2 and st["wall_s"] == 30.0
+
+
+def test_corpus_directories_follow_the_umask_not_0700(tmp_path):
+    import os
+    import stat
+
+    from factscale.corpus import SyntheticSpec, build_synthetic
+
+    old = os.umask(0o022)
+    try:
+        build_synthetic(tmp_path / "c", SyntheticSpec(n_keys=20, vocab_sizes=[16]), vocab_size=300)
+    finally:
+        os.umask(old)
+    for p in (tmp_path / "c", tmp_path / "c" / "tokenizer"):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o755, p
+    assert stat.S_IMODE((tmp_path / "c" / "facts.parquet").stat().st_mode) == 0o644
+
+
+def test_fits_of_two_results_tables_never_overwrite_each_other(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from factscale.cli.main import main
+    from tests.analysis.test_fit import simulate
+
+    monkeypatch.chdir(tmp_path)
+    for name, seed in (("a", 0), ("b", 1)):
+        simulate("linear", {"k": 2.0, "c": 100.0}, np.random.default_rng(seed), seeds=2).write_parquet(f"{name}.parquet")
+        main(["fit", f"{name}.parquet", "--law", "linear-size", "--bootstrap", "0"])
+    assert (tmp_path / "fits/out/a/linear-size.json").exists() and (tmp_path / "fits/out/b/linear-size.json").exists()
+
+
+# ---------------------------------------------------------------- progress
+
+
+def test_a_running_run_shows_its_epoch_mr_and_eta(tiny_corpus, tmp_path):
+    """A run stalled (test fault) after epoch 2 of 4 holds its lock: status says running, at epoch 2 of 4, with
+    its MRs and an ETA; its own log has a line per probe. The wait is for an event (progress.json), never a sleep."""
+    import json
+    import time
+
+    from factscale.training.rundir import RunDir
+    from tests.conftest import tiny_run_config
+
+    over = {"train.epochs": 4, "probe.every_epochs": 1, "model.size": "2k"}
+    cfg = tiny_run_config(tiny_corpus, tmp_path / "runs", **over)
+    args = [f"{k}={v}" for k, v in {"corpus.path": tiny_corpus, "runs_dir": tmp_path / "runs", "model.size": "2k",
+                                    "train.epochs": 4, "probe.every_epochs": 1, "train.batch_size": 4,
+                                    "train.seq_len": 64, "train.loss_on": "value", "train.progress_bar": False,
+                                    "optim.lr": 0.01, "optim.schedule": "constant", "train.num_threads": 1}.items()]
+    env = {**os.environ, "FACTSCALE_FAULT": "stall@2"}
+    log = open(tmp_path / "run.log", "w")
+    p = subprocess.Popen([sys.executable, "-m", "factscale.cli", "train", *args], env=env, stdout=log,
+                         stderr=subprocess.STDOUT)
+    rd = RunDir(cfg)
+    try:
+        deadline = time.monotonic() + 300  # a safety net, not a timing: the loop ends on the event
+        while time.monotonic() < deadline and p.poll() is None:
+            prog = json.loads(rd.progress_file.read_text()) if rd.progress_file.exists() else {}
+            if prog.get("epoch") == 2 and (rd.path / "checkpoints" / "last.ckpt").exists():
+                break
+            time.sleep(0.2)
+        st = rd.status()
+        assert st["state"] == "running", st
+        assert st["progress"]["epoch"] == 2 and st["progress"]["epochs"] == 4
+        assert set(st["progress"]["mr"]) == {"train", "heldout"} and st["progress"]["eta_s"] > 0
+    finally:
+        p.kill()
+        p.wait()
+        log.close()
+    lines = (tmp_path / "run.log").read_text()
+    assert f"[{rd.id}] epoch 1/4: train MR" in lines and f"[{rd.id}] epoch 2/4: train MR" in lines

@@ -13,7 +13,7 @@ import polars as pl
 
 from factscale.errors import CollectError
 from factscale.fsio import write_parquet_atomic  # noqa: F401  (re-exported: results are written with it)
-from factscale.training.rundir import RunDir
+from factscale.training.rundir import RunDir, experiment_key
 
 
 def collect(runs_dir: str | Path, allow_mixed_corpora: bool = False) -> tuple[pl.DataFrame, dict]:
@@ -23,9 +23,17 @@ def collect(runs_dir: str | Path, allow_mixed_corpora: bool = False) -> tuple[pl
         raise CollectError(f"runs directory not found: {runs_dir}")
     report = {"done": [], "failed": [], "missing": [], "duplicates": []}
     frames = []
+    seen: dict[str, str] = {}
     for d in sorted(p for p in runs_dir.iterdir() if (p / "config.yaml").exists()):
-        st = RunDir.open(d).status()
+        rd = RunDir.open(d)
+        st = rd.status()
         if st["state"] == "done":
+            key = experiment_key(rd.cfg, rd.corpus_hash)
+            if key in seen:
+                raise CollectError(f"{seen[key]} and {d.name} are the same experiment (the same config and corpus "
+                                   "content; made by an older factscale from two spellings of the corpus path): "
+                                   f"counted twice they would pass as two seeds. Remove one of them from {runs_dir}")
+            seen[key] = d.name
             frames.append(pl.read_parquet(d / "results.parquet"))
             report["done"].append(d.name)
         elif st["state"] == "failed":

@@ -13,12 +13,18 @@ from factscale.configio import from_dict, key_values
 
 def _variants(items: list[str] | None) -> dict | None:
     """``compatibility:n=200`` / ``frequency:mode=signal,levels=1/2/4/8`` / ``phases:n=2,by=relation``."""
+    from factscale.errors import CorpusError
+
     out = {}
     for item in items or []:
         name, _, rest = item.partition(":")
         opts = {}
         for k, v in key_values(rest).items():
-            opts[k] = [int(x) for x in v.split("/")] if k == "levels" else (int(v) if v.isdigit() else v)
+            try:
+                opts[k] = [int(x) for x in v.split("/")] if k == "levels" else (int(v) if v.isdigit() else v)
+            except ValueError:
+                raise CorpusError(f"--variant {item!r}: levels are integers separated by '/', e.g. levels=1/2/4/8") \
+                    from None
         out[name] = opts
     return out or None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -50,7 +51,9 @@ def cmd_sweep(a):
         for r in rows:
             tok = f"{r['tokens']:,}" if r["tokens"] else "?"
             fl = f"{r['flops']:.2e}" if r["flops"] else "?"
-            print(f"{r['run_id']:<44} {r['non_embedding_params']:>11,} {r['epochs']:>6} {tok:>12} {fl:>10}  {r['state']}")
+            axes = f"  [{r['axes']}]" if r.get("axes") else ""
+            print(f"{r['run_id']:<44} {r['non_embedding_params']:>11,} {r['epochs']:>6} {tok:>12} {fl:>10}  {r['state']}"
+                  f"{axes}")
         total = sum(r["flops"] or 0 for r in rows)
         print(f"{len(rows)} runs, {sum(r['state'] == 'done' for r in rows)} done; total {total:.3g} FLOPs (6·N·tokens)")
         if spec.cooldown_branches:
@@ -70,6 +73,8 @@ def cmd_sweep(a):
             extra = f" requeues={r['requeues']}" if r.get("requeues") else ""
             extra += f" job={r['job_id']}" if r.get("job_id") else ""
             extra += f" ({r['job_state']})" if r.get("job_state") else ""
+            extra += f"  [{r['axes']}]" if r.get("axes") else ""
+            extra += f"  {sweep.progress_text(r['progress'])}" if r.get("progress") else ""
             print(f"{r['state']:>11}  {r['run_id']}{extra}")
             if r["state"] == "failed":
                 print(f"             error: {r.get('error')}\n             log: {r.get('log')}")
@@ -110,6 +115,9 @@ def _read_results(path: str):
                            "make one with `factscale collect`") from None
     if df.height == 0 or "run_id" not in df.columns:
         raise CollectError(f"{p}: no result rows (empty or not made by `factscale collect`)")
+    missing = [c for c in ("epoch", "split", "group_by", "group") if c not in df.columns]
+    if missing:
+        raise CollectError(f"{p}: not a results table of `factscale collect` (no column {', '.join(missing)})")
     return df
 
 
@@ -120,9 +128,12 @@ def _solve_query(text: str) -> dict:
     if "facts" not in q or set(q) - {"facts", "epochs"}:
         raise FitError(f"--solve {text!r}: expected facts=F[,epochs=E], e.g. facts=1.5e10,epochs=100")
     try:
-        return {k: float(v) for k, v in q.items()}
+        out = {k: float(v) for k, v in q.items()}
     except ValueError:
         raise FitError(f"--solve {text!r}: facts and epochs must be numbers, e.g. facts=1.5e10,epochs=100") from None
+    if not all(math.isfinite(v) and v > 0 for v in out.values()):
+        raise FitError(f"--solve {text!r}: facts and epochs must be finite numbers > 0, e.g. facts=1.5e10,epochs=100")
+    return out
 
 
 def cmd_fit(a):
@@ -151,7 +162,8 @@ def cmd_fit(a):
 
     r["results"] = results_identity(a.results)  # a figure drawing this fit checks it is the same table
     name = a.name or a.law + "".join(f"-{k}{v}" for k, v in key_values(a.where).items())
-    print(f"  wrote {fit.save_fit(r, Path(a.out_dir) / f'{name}.json')}")
+    out_dir = Path(a.out_dir) if a.out_dir else Path("fits/out") / Path(a.results).stem
+    print(f"  wrote {fit.save_fit(r, out_dir / f'{name}.json')}")
 
 
 def cmd_plot(a):
@@ -160,6 +172,7 @@ def cmd_plot(a):
 
     df = _read_results(a.results)
     fits = Fits(df, a.fits, results_identity(a.results)["sha256"]) if a.fits else None
+    a.out_dir = a.out_dir or str(Path("figures/out") / Path(a.results).stem)
     if a.name == "all":
         rep = plots.plot_all(df, a.out_dir, fits)
         for n, p in rep["drawn"].items():
@@ -206,11 +219,10 @@ def cmd_capacity_table(a):
 
 
 def cmd_study(a):
-    import polars as pl
 
     from factscale.analysis import studies as st
 
-    df = pl.read_parquet(a.results)
+    df = _read_results(a.results)
     if a.kind == "preference":
         column = a.column or st.preference_column(df)
         t, title = st.preference_summary(df, column), f"preference by {column}: MR alone, mixed, loss = alone - mixed"
@@ -237,10 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     from factscale.cli.config import add_parser as add_config_parser
+    from factscale.cli.facts import add_parser as add_facts_parser
     from factscale.cli.corpus import add_corpus_parser
 
     add_corpus_parser(sub)
     add_config_parser(sub)
+    add_facts_parser(sub)
 
     s = sub.add_parser("sizes", help="print the model size registry")
     s.add_argument("--arch", default="qwen2", choices=list(ARCHS))
@@ -248,9 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--untied", action="store_true")
     s.set_defaults(fn=cmd_sizes)
 
-    t = sub.add_parser("train", help="train one run from a YAML config")
-    t.add_argument("config", nargs="?")
-    t.add_argument("overrides", nargs="*", help="dotted.key=value")
+    t = sub.add_parser("train", help="train one run from a YAML config",
+                       description="Train one run: `factscale train configs/run.yaml [dotted.key=value ...]`. Top-level "
+                       "keys: corpus (path, max_facts, heldout_max, where), model (arch, size or the shape), optim "
+                       "(lr, schedule, warmup, decay), train (epochs, batch_size, seq_len, loss_on, attention, ...), "
+                       "probe (every_epochs, splits, batch_size, ...), seed, runs_dir, name. Every field with its "
+                       "default and meaning: `factscale config show run` (or docs/configuration.md).")
+    t.add_argument("config", nargs="?", help="a run config YAML, e.g. configs/run.yaml")
+    t.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.epochs=100 model.size=10k")
     t.set_defaults(fn=cmd_train)
 
     w = sub.add_parser("sweep", help="plan / launch / status of a sweep spec")
@@ -280,13 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--bootstrap", type=int, default=200)
     f.add_argument("--holdout-largest", action="store_true")
     f.add_argument("--name")
-    f.add_argument("--out-dir", default="fits/out")
+    f.add_argument("--out-dir", help="where the fit JSON goes (default fits/out/<results table name>/: fits of "
+                   "different tables never overwrite each other)")
     f.set_defaults(fn=cmd_fit)
 
     pp = sub.add_parser("plot", help="draw a figure (or all) from a results table")
     pp.add_argument("name")
     pp.add_argument("results")
-    pp.add_argument("--out-dir", default="figures/out")
+    pp.add_argument("--out-dir", help="default figures/out/<results table name>/")
     pp.add_argument("--fits", help="draw the laws from fits saved by `factscale fit` from this results table "
                     "(default: fit them here, with the fit command's defaults)")
     pp.set_defaults(fn=cmd_plot)

@@ -35,7 +35,7 @@ import polars as pl
 from factscale.corpus.render import render, tokenize, train_tokenizer
 from factscale.corpus.variants import apply_variants, difficulty_columns
 from factscale.errors import CorpusError
-from factscale.fsio import file_sha256, write_json_atomic
+from factscale.fsio import file_sha256, fix_mode, write_json_atomic
 from factscale.provenance import versions
 
 RAW_SCHEMA = {
@@ -268,6 +268,7 @@ def building(out_dir: str | Path, reuse_recipe: dict | None = None, sources=(), 
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
             yield tmp
+            fix_mode(tmp)  # mkdtemp made it 0700: a corpus is shared (the umask decides, as for any file)
             old = None
             if out.exists():
                 old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -391,5 +392,10 @@ def load_corpus(path: str | Path) -> tuple[pl.DataFrame, dict]:
     corpus_hash_of(p)  # a clear error for a missing, foreign or outdated directory
     if not (p / "facts.parquet").exists():
         raise CorpusError(f"{p} is not a corpus directory (no facts.parquet); make one with `factscale corpus build`")
-    return pl.read_parquet(p / "facts.parquet"), json.loads((p / "manifest.json").read_text())
+    try:
+        facts = pl.read_parquet(p / "facts.parquet")
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise CorpusError(f"{p / 'facts.parquet'}: unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                          "rebuild the corpus with `factscale corpus build`") from None
+    return facts, json.loads((p / "manifest.json").read_text())
 

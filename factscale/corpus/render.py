@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from factscale.corpus.verbalize import relation_template
+from factscale.errors import CorpusError
 
 SPECIALS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>"}
 GENERIC_TEMPLATE = "The [R] of [X] is [Y]"
@@ -24,12 +25,23 @@ GENERIC_TEMPLATE = "The [R] of [X] is [Y]"
 
 def load_lama_templates(path: str | Path) -> dict[str, dict]:
     """LAMA/T-REx ``relations.jsonl``: relation -> {template, label, type}."""
+    expected = 'one JSON object per line with "relation" and "template", e.g. {"relation": "P17", "template": ' \
+               '"[X] is located in [Y] ."}'
     out = {}
-    with open(path) as fh:
-        for line in fh:
-            if line.strip():
-                r = json.loads(line)
-                out[r["relation"]] = r
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    r = json.loads(line)
+                    out[r["relation"]] = r
+                    r["template"]  # noqa: B018  (a template file without templates is not one)
+                except (ValueError, KeyError, TypeError) as e:
+                    raise CorpusError(f"{path}: line {n}: not a LAMA template ({type(e).__name__}); expected {expected}") \
+                        from None
+    except UnicodeDecodeError:
+        raise CorpusError(f"{path}: not a text file (binary content); expected {expected}") from None
     return out
 
 

@@ -72,6 +72,14 @@ class CorpusSpec:
             raise CorpusError(f"heldout_frac must be in [0, 1), got {self.heldout_frac}")
         if self.vocab_size < 64:
             raise CorpusError(f"vocab_size must be >= 64, got {self.vocab_size}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise CorpusError(f"seed (--seed) must be an integer >= 0, got {self.seed!r}")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+            raise CorpusError(f"workers (--workers) must be a positive integer (parser processes), got {self.workers!r}")
+        for item in filter(None, (self.subject_filter or "").split(",")):
+            if not item.partition("=")[2].strip():
+                raise CorpusError(f"subject_filter (--subject-filter) {self.subject_filter!r}: each item reads "
+                                  "PROPERTY=VALUE, e.g. P31=Q5 (humans)")
         if self.max_facts is not None and self.max_facts < 1:
             raise CorpusError(f"max_facts must be >= 1, got {self.max_facts}")
         if self.synthetic is not None:

@@ -22,8 +22,8 @@ import submitit
 
 from factscale.cluster import (
     SlurmResources,  # noqa: F401 (re-exported)
-    check_cluster,
     executor,
+    require_available,
 )
 from factscale.configio import from_dict, to_dict
 from factscale.corpus.build import read_manifest
@@ -91,7 +91,8 @@ def plan(spec: SweepSpec) -> list[dict]:
                 reps = repeats_of(train, cfg.train.repeat_by)
                 tokens_by_corpus[key] = int((train["input_ids"].list.len().to_numpy() * reps).sum())
             tokens = tokens_by_corpus[key] * cfg.train.epochs
-        rows.append({"run_id": rd.id if rd else f"{run_name(cfg)}-?", "non_embedding_params": n,
+        rows.append({"run_id": rd.id if rd else f"{run_name(cfg)}-?", "axes": axes_label(spec, cfg),
+                     "non_embedding_params": n,
                      "epochs": cfg.train.epochs, "tokens": tokens, "flops": 6 * n * tokens if tokens else None,
                      "state": rd.status()["state"] if rd else "pending (corpus not built yet)"})
     return rows
@@ -136,7 +137,7 @@ _SKIP = ("done", "running", "queued")
 def launch(spec: SweepSpec, cluster: Literal["local", "slurm", "debug"] = "local", wait: bool = True,
            log=print) -> list[dict]:
     """Submit every run that is not done, running or still queued; returns one record per run."""
-    check_cluster(cluster)
+    require_available(cluster)  # before the corpus is built or a folder is made
     ensure_corpus(spec, log)
     cfgs = expand(spec)
     todo, out = [], []
@@ -262,6 +263,7 @@ def _launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
 
 def _poll_local(ex, r, pending: list, running: list, out: list, folder: Path, log, ctrl_c: list) -> None:
     """Start runs up to ``max_parallel``, collect finished ones; a Ctrl-C (``ctrl_c`` non-empty) raises here."""
+    seen: dict[str, int] = {}
     while pending or running:
         if ctrl_c:
             raise KeyboardInterrupt
@@ -275,6 +277,11 @@ def _poll_local(ex, r, pending: list, running: list, out: list, folder: Path, lo
             running.append((rd, job))
             log(f"  started {rd.id} (pid {job.job_id})")
         time.sleep(0.5)  # polling cadence only; no result depends on it
+        for rd, _ in running:  # a line per probe of each running run
+            p = rd.progress()
+            if p and seen.get(rd.id) != p["epoch"]:
+                seen[rd.id] = p["epoch"]
+                log(f"  {rd.id}: {progress_text(p)}")
         for rd, job in [x for x in running if x[1].done()]:
             running.remove((rd, job))
             rec = {"run_id": rd.id, "job_id": job.job_id, **_wait(job, rd)}
@@ -282,6 +289,24 @@ def _poll_local(ex, r, pending: list, running: list, out: list, folder: Path, lo
             log(f"  {rec['state']:>6} {rd.id}" + (f"  train MR {res['train_mr']:.3f}" if "train_mr" in res
                                                   else f"  {rec.get('error', '')}"))
             out.append(rec)
+
+
+def progress_text(p: dict) -> str:
+    """``epoch 40/100, train MR 0.412, heldout MR 0.000, ETA 3m20s``"""
+    eta = p.get("eta_s")
+    eta_text = "" if eta is None else f", ETA {int(eta // 60)}m{int(eta % 60):02d}s"
+    mrs = "".join(f", {s} MR {v:.3f}" for s, v in (p.get("mr") or {}).items())
+    return f"epoch {p['epoch']}/{p['epochs']}{mrs}{eta_text}"
+
+
+def axes_label(spec: SweepSpec, cfg: RunConfig) -> str:
+    """The run's values of the grid axes its name does not show (an LR, order or attention sweep would
+    otherwise list names that differ only in their hash), e.g. ``optim.lr=0.01 train.order=blocked``."""
+    from factscale.configio import flatten, to_dict
+
+    shown = {"model.size", "train.epochs", "seed", "corpus.max_facts", "corpus.where", "name"}
+    flat = flatten(to_dict(cfg))
+    return " ".join(f"{k}={flat.get(k)}" for k in spec.grid if k not in shown and k in flat)
 
 
 def sweep_status(spec: SweepSpec) -> list[dict]:
@@ -295,6 +320,7 @@ def sweep_status(spec: SweepSpec) -> list[dict]:
         jobs = rd.jobs()
         if jobs and "job_id" not in st and st["state"] != "done":
             st["job_id"] = jobs[-1]["job_id"]
+        st["axes"] = axes_label(spec, cfg)
         rows.append(st)
     if spec.cooldown_branches:  # and each trunk: its group's job trains it before the branches
         from factscale.launch.branches import trunk_status

@@ -319,10 +319,10 @@ def script_main(name: str) -> None:
 
     ap = argparse.ArgumentParser(description=f"draw the '{name}' figure from a results table")
     ap.add_argument("results")
-    ap.add_argument("--out-dir", default="figures/out")
+    ap.add_argument("--out-dir", help="default figures/out/<results table name>/")
     ap.add_argument("--fits", help="a directory of fits saved by `factscale fit` from this results table")
     a = ap.parse_args()
     df = pl.read_parquet(a.results)
     fits = Fits(df, a.fits, results_identity(a.results)["sha256"]) if a.fits else None
-    for path in plot(name, df, a.out_dir, fits):
+    for path in plot(name, df, a.out_dir or str(Path("figures/out") / Path(a.results).stem), fits):
         print(path)

@@ -33,8 +33,10 @@ class AtomicLastCheckpoint(L.Callback):
     """``last.ckpt`` at every epoch end, written to a temp file and renamed (the previous one is kept as
     ``prev.ckpt``). Listed after the probe callback so this epoch's probe rows are inside the checkpoint."""
 
-    def __init__(self, rundir):
+    def __init__(self, rundir, keep_every: int | None = None):
+        """``keep_every``: also keep the checkpoint of every ``keep_every``-th epoch (``keep_checkpoints: all``)."""
         self.rundir = rundir
+        self.keep_every = keep_every
 
     def on_train_epoch_end(self, trainer, pl_module):
         for logger in trainer.loggers:  # the log covers what the checkpoint covers, even if killed next
@@ -43,6 +45,10 @@ class AtomicLastCheckpoint(L.Callback):
         trainer.save_checkpoint(tmp, weights_only=False)  # the full state; collective under DDP, rank 0 writes
         if trainer.is_global_zero:
             self.rundir.commit_checkpoint(tmp)
+            self.rundir.note_progress()
+            epoch = trainer.current_epoch + 1
+            if self.keep_every and (epoch % self.keep_every == 0 or epoch == trainer.max_epochs):
+                self.rundir.keep_epoch_checkpoint(epoch)
 
 
 class EpochLoss(L.Callback):
@@ -205,9 +211,13 @@ class ProbeCallback(L.Callback):
     """Runs a ``probing.Prober`` every K epochs (and after the last); rows survive checkpoint/resume through
     the callback state."""
 
-    def __init__(self, prober, every: int):
+    def __init__(self, prober, every: int, history_dir: Path | None = None, report=None):
+        """``history_dir``: where each probe's per-fact results go (``epoch-<E>.parquet``, atomic), so a run's
+        fact history survives a kill without living in its checkpoints; None (DDP ranks but 0): not written."""
         self.prober = prober
         self.every = every
+        self.history_dir = history_dir
+        self.report = report  # (epoch, epochs, {split: MR}) after each probe, on rank 0: progress for status
         self.rows: list[dict] = []
 
     @property
@@ -220,9 +230,21 @@ class ProbeCallback(L.Callback):
             return
         rows = self.prober.probe(pl_module.model, epoch, trainer.global_step, int(pl_module.tokens_seen.item()))
         self.rows.extend(rows)
+        if self.history_dir is not None and trainer.is_global_zero:
+            import polars as pl
+
+            from factscale.fsio import write_parquet_atomic
+
+            self.history_dir.mkdir(parents=True, exist_ok=True)
+            write_parquet_atomic(pl.concat([t.select("fact_id", "split", "correct", "code_bits")
+                                            for t in self.prober.last_tables.values()]).with_columns(
+                epoch=pl.lit(epoch, dtype=pl.Int32), code_bits=pl.col("code_bits").cast(pl.Float32)),
+                self.history_dir / f"epoch-{epoch}.parquet")
         for r in rows:
             if r["group_by"] == "all":
                 pl_module.log(f"probe/{r['split']}_mr", r["mr"], on_epoch=True)
+        if self.report is not None and trainer.is_global_zero:
+            self.report(epoch, trainer.max_epochs, {r["split"]: r["mr"] for r in rows if r["group_by"] == "all"})
 
     def state_dict(self):
         return {"rows": self.rows}

@@ -14,6 +14,7 @@ from typing import Literal, Optional
 from factscale.configio import (
     ConfigError,
     from_dict,
+    normalize_path,
     parse_override,
     parse_where,
     positive_or_none,
@@ -36,6 +37,7 @@ class CorpusRef:
     design (docs/studies.md). Applied before ``max_facts``. None = every fact."""
 
     def __post_init__(self):
+        self.path = normalize_path(self.path)  # one spelling, one run identity: ./c, c/ and $PWD/c are c
         positive_or_none(self, "max_facts", "corpus")
         positive_or_none(self, "heldout_max", "corpus")
         if self.where is not None:
@@ -167,6 +169,11 @@ class TrainConfig:
     compile: bool = False
     """``torch.compile`` the decoder body (in place; checkpoints unchanged). Off by default: on this
     project's 2-core CPU it did not pay for small models (docs/results/throughput.md); try it on a GPU."""
+    keep_checkpoints: Literal["none", "last", "all"] = "none"
+    """What stays in ``checkpoints/`` once a run is done: ``none`` (the weights are in ``model/``; the
+    checkpoints carry optimizer state, GBs per run at 100m-300m), ``last`` (``last.ckpt`` and ``prev.ckpt``:
+    the full state, to extend the run), ``all`` (also ``epoch-<E>.ckpt`` at every probe epoch, hard links
+    while training). A cooldown-branch trunk's fork checkpoints are kept whatever this says."""
     log_every_n_steps: int = 10
     """Log the training loss every N optimizer steps (the epoch loss is always logged)."""
     progress_bar: bool = True

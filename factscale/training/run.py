@@ -51,6 +51,29 @@ def resolve_device(cfg: RunConfig) -> tuple[str, str]:
     return acc, prec
 
 
+# Lightning's console chatter that says nothing about this run (factscale prints a line per probe instead):
+# the srun hint (submitit, not srun, launches SLURM jobs), availability banners, tips, a deprecation inside
+# Lightning, the logging-interval hint for tiny epochs, and the progress bar's logger version (v_num).
+_QUIET_WARNINGS = (r".*`srun` command is available.*", r".*isinstance\(treespec, LeafSpec\).*",
+                   r".*smaller than the logging interval.*", r".*does not have many workers.*",
+                   r".*`IterableDataset` has `__len__` defined.*")
+
+
+def quiet_lightning() -> None:
+    import logging
+    import warnings
+
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda", "lightning.pytorch.trainer.connectors.signal_connector"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # save_pretrained's one-shard bar
+
+
 def make_trainer(cfg: RunConfig, logger, callbacks: list) -> L.Trainer:
     acc, prec = resolve_device(cfg)
     plugins = []
@@ -60,6 +83,7 @@ def make_trainer(cfg: RunConfig, logger, callbacks: list) -> L.Trainer:
 
         plugins.append(SLURMEnvironment(auto_requeue=False))
     world = cfg.train.devices * cfg.train.num_nodes
+    quiet_lightning()
     return L.Trainer(
         accelerator=acc, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
         strategy="ddp" if world > 1 else "auto", precision=prec, max_epochs=cfg.train.epochs,
@@ -88,15 +112,33 @@ def validate(cfg: RunConfig, facts: pl.DataFrame) -> None:
     for field, col in columns:
         if col is not None and col not in facts.columns:
             raise ConfigError(f"{field}: column {col!r} is not in facts.parquet; available: {sorted(facts.columns)}")
+    if cfg.train.seq_len > cfg.model.max_position:
+        raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds model.max_position={cfg.model.max_position} "
+                          "(the longest position the model has); raise model.max_position or lower train.seq_len")
     train, _ = select_facts(facts, cfg)
     if train.height == 0:
         raise ConfigError(f"corpus.path {cfg.corpus.path}: no training facts")
+    if cfg.corpus.max_facts is not None and train.height < cfg.corpus.max_facts:
+        raise ConfigError(f"corpus.max_facts={cfg.corpus.max_facts} exceeds the {train.height} training facts of "
+                          f"{cfg.corpus.path}{' where ' + cfg.corpus.where if cfg.corpus.where else ''}: the run "
+                          "would be named for a cap it does not apply; lower it or build a larger corpus")
     longest = int(train["input_ids"].list.len().max())
     if longest > cfg.train.seq_len:
         raise ConfigError(f"train.seq_len={cfg.train.seq_len} is shorter than the longest fact ({longest} tokens); "
                           "raise train.seq_len")
     check_logger(cfg.train.logger)
     parse_fault(os.environ.get(FAULT_ENV))
+
+
+def with_bos(tok):
+    """The tokenizer as a run saves it: encoding a prompt prepends ``<bos>``, as every fact was trained and
+    probed, so ``AutoTokenizer.from_pretrained(run/model)`` + ``generate`` reproduce the probe. (The corpus
+    tokenizer itself is left as built: its files enter the corpus hash.)"""
+    from tokenizers.processors import TemplateProcessing
+
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{tok.bos_token} $A", pair=f"{tok.bos_token} $A $B", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    return tok
 
 
 def global_rank(cfg: RunConfig) -> int:
@@ -142,8 +184,8 @@ def run(cfg: RunConfig, init_from: str | Path | None = None, branch_of: str | No
         rd.end_attempt(time.time() - t0)
         return summary
     except BaseException as e:
+        rd.end_attempt(time.time() - t0)  # interrupted attempts cost time too
         if not isinstance(e, (KeyboardInterrupt, SystemExit)):  # preemption/Ctrl-C: resumable, not failed
-            rd.end_attempt(time.time() - t0)
             rd.write_error(e)
         raise
     finally:
@@ -171,14 +213,21 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
     groups = [c for c in ["freq_bucket", *cfg.probe.group_columns] if c in facts.columns]
     prober = Prober(probe_sets(cfg, dm), cfg.probe.batch_size, tok.pad_token_id, non_emb, groups,
                     train_facts=dm.train_facts, total_params=total)
-    probe_cb = ProbeCallback(prober, cfg.probe.every_epochs)
     ckpt, epochs_done = rd.resume_checkpoint(readonly=global_rank(cfg) != 0)
+    rank0 = global_rank(cfg) == 0
+
+    def report(epoch, epochs, mr):  # one line per probe in the run's log, and progress.json for `sweep status`
+        rd.write_progress(epoch, epochs, mr, resumed_from=epochs_done or forked_at or 0)
+        print(f"[{rd.id}] epoch {epoch}/{epochs}: " + ", ".join(f"{s} MR {v:.3f}" for s, v in mr.items()), flush=True)
+
+    probe_cb = ProbeCallback(prober, cfg.probe.every_epochs, rd.history if rank0 else None, report if rank0 else None)
     forked_at = None
     if ckpt is None and init_from is not None:  # a branch with no checkpoint of its own: its trunk's
         ckpt, epochs_done = Path(init_from), None
         forked_at = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["epoch"]) + 1
         rd.note(f"started from {ckpt} (epoch {forked_at}) of trunk {branch_of}")
-    callbacks = [EpochLoss(), probe_cb, *extra_callbacks, AtomicLastCheckpoint(rd), *fault_callbacks(attempt)]
+    keep_every = cfg.probe.every_epochs if cfg.train.keep_checkpoints == "all" else None
+    callbacks = [EpochLoss(), probe_cb, *extra_callbacks, AtomicLastCheckpoint(rd, keep_every), *fault_callbacks(attempt)]
     trainer = make_trainer(cfg, make_logger(cfg.train.logger, rd, epochs_done or forked_at), callbacks)
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
@@ -188,7 +237,7 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
         return {"run_id": rd.id, "state": "done", "rank": trainer.global_rank}
 
     module.model.save_pretrained(str(rd.model))
-    tok.save_pretrained(str(rd.model))
+    with_bos(tok).save_pretrained(str(rd.model))
     fix_mode(rd.model)  # safetensors writes 0600 through a temp file
     acc, prec = resolve_device(cfg)
     meta = {
@@ -208,9 +257,10 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
     df = build_rows([r for r in probe_cb.rows if r["epoch"] % every == 0 or r["epoch"] == E], cfg, meta)
     per_fact = None
     if probe_cb.last_tables:
-        per_fact = pl.concat([t.select("fact_id", "split", "relation", "correct", "code_bits", "memorized_bits")
-                              for t in probe_cb.last_tables.values()])
-    rd.write_results(df, per_fact)
+        per_fact = pl.concat([t.select("fact_id", "split", "relation", "prompt", "value", "correct", "code_bits",
+                                       "memorized_bits") for t in probe_cb.last_tables.values()])
+    rd.write_results(df, per_fact, history_epochs={r["epoch"] for r in df.select("epoch").unique().to_dicts()})
+    rd.drop_checkpoints(cfg.train.keep_checkpoints)  # after the results: a crash here leaves a done run
     final = df.filter((pl.col("epoch") == df["epoch"].max()) & (pl.col("group_by") == "all"))
     return {"run_id": rd.id, "state": "done", "run_dir": str(rd.path),
             **{f"{r['split']}_mr": r["mr"] for r in final.iter_rows(named=True)},

@@ -44,7 +44,7 @@ __all__ = ["RunDir", "RunLock"]
 
 # Fields that do not change what a run computes, so they do not enter its identity hash.
 _NON_IDENTITY = {"runs_dir", "name", "train.progress_bar", "train.log_every_n_steps", "train.num_threads",
-                 "train.logger"}
+                 "train.logger", "train.keep_checkpoints"}
 
 
 def _short(n: int | None) -> str:
@@ -70,6 +70,14 @@ def run_name(cfg: RunConfig) -> str:
 def identity(cfg: RunConfig, corpus_hash: str) -> dict:
     flat = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in _NON_IDENTITY}
     return {"config": flat, "corpus_hash": corpus_hash}
+
+
+def experiment_key(cfg: RunConfig, corpus_hash: str) -> str:
+    """What a run computes, whatever its directory: the identity without the corpus path (the content hash
+    pins the data). Two finished runs with one key are one experiment counted twice (``collect`` refuses)."""
+    ident = identity(cfg, corpus_hash)
+    ident["config"].pop("corpus.path", None)
+    return json.dumps(ident, sort_keys=True, default=str)
 
 
 def identity_hash(cfg: RunConfig, corpus_hash: str) -> str:
@@ -136,6 +144,8 @@ class RunDir:
         ck = self.path / "checkpoints"
         self.last_ckpt, self.prev_ckpt = ck / "last.ckpt", ck / "prev.ckpt"
         self.results, self.fact_probe = self.path / "results.parquet", self.path / "fact_probe.parquet"
+        self.fact_history, self.history = self.path / "fact_history.parquet", self.path / "probes"
+        self.progress_file = self.path / "progress.json"
         self.error, self.attempts_file = self.path / "error.json", self.path / "attempts.json"
         self.jobs_file, self.logs, self.model = self.path / "jobs.json", self.path / "logs", self.path / "model"
         self.lock = RunLock(self.path)
@@ -149,6 +159,8 @@ class RunDir:
         cfg = from_dict(RunConfig, yaml.safe_load((path / "config.yaml").read_text()))
         cfg.runs_dir = str(path.parent)
         ident = _read_json(path / "identity.json", {})
+        if not Path(cfg.corpus.path).exists() and ident.get("corpus_dir") and Path(ident["corpus_dir"]).exists():
+            cfg.corpus.path = ident["corpus_dir"]  # opened from another directory than the run was launched from
         rd = cls(cfg, corpus_hash=ident.get("corpus_hash") or "unknown")
         rd.path, rd.id = path, path.name  # trust the directory we were given (its name is the id it was created under)
         rd.__init_paths()
@@ -161,7 +173,10 @@ class RunDir:
         try:
             (d / "checkpoints").mkdir(parents=True, exist_ok=True)
             write_atomic(d / "config.yaml", yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
-            write_json_atomic(d / "identity.json", identity(self.cfg, self.corpus_hash), indent=1, default=str)
+            # corpus_dir (not hashed): where the corpus was, absolute, so the run can be reopened from anywhere
+            write_json_atomic(d / "identity.json", {**identity(self.cfg, self.corpus_hash),
+                                                    "corpus_dir": str(Path(self.cfg.corpus.path).resolve())},
+                              indent=1, default=str)
         except OSError as e:
             raise OSError(e.errno, f"run directory {d} is not writable: {e.strerror}") from e
         free = shutil.disk_usage(d).free / 2**20
@@ -174,15 +189,47 @@ class RunDir:
 
     def start_attempt(self) -> dict:
         st = self.attempts()
+        if st.get("started") and not st.get("ended") and st.get("progress", 0) > st["started"]:
+            # the previous attempt was killed (SIGKILL, OOM, node loss): count it up to its last checkpoint
+            st["wall_s"] = st.get("wall_s", 0.0) + st["progress"] - st["started"]
         st["attempts"] += 1
-        st["started"] = time.time()
+        st["started"], st["ended"], st["progress"] = time.time(), None, None
         write_json_atomic(self.attempts_file, st)
         self.error.unlink(missing_ok=True)
         return st
 
+    def note_progress(self) -> None:
+        """A checkpoint was committed: the wall time a killed attempt had spent counts up to here."""
+        st = self.attempts()
+        st["progress"] = time.time()
+        write_json_atomic(self.attempts_file, st)
+
+    def write_progress(self, epoch: int, epochs: int, mr: dict, resumed_from: int = 0) -> None:
+        """After each probe: the epoch, the latest MRs, when the attempt started and the epoch it resumed from
+        (``progress`` derives the pace and the ETA)."""
+        att = self.attempts()
+        write_json_atomic(self.progress_file, {"epoch": epoch, "epochs": epochs, "mr": mr, "time": time.time(),
+                                               "attempt": att["attempts"], "attempt_started": att.get("started"),
+                                               "first_epoch_this_attempt": resumed_from})
+
+    def progress(self) -> dict | None:
+        """The latest probe of a running run: epoch of epochs, MRs, and an ETA from this attempt's pace (None
+        before the attempt's first probe). The pace counts from the attempt's start, resumed epochs excluded."""
+        p = _read_json(self.progress_file, None)
+        if not p or p.get("attempt") != self.attempts()["attempts"]:
+            return None
+        out = {"epoch": p["epoch"], "epochs": p["epochs"], "mr": p["mr"], "eta_s": None}
+        first = p.get("first_epoch_this_attempt")
+        if p.get("attempt_started") and first is not None and p["epoch"] > first:
+            per_epoch = (p["time"] - p["attempt_started"]) / (p["epoch"] - first)
+            out["eta_s"] = per_epoch * (p["epochs"] - p["epoch"])
+        return out
+
     def end_attempt(self, seconds: float) -> None:
+        """An attempt ended (done, failed, interrupted or preempted): its wall time counts."""
         st = self.attempts()
         st["wall_s"] = st.get("wall_s", 0.0) + seconds
+        st["ended"] = time.time()
         write_json_atomic(self.attempts_file, st)
 
     def note(self, event: str) -> None:
@@ -195,7 +242,7 @@ class RunDir:
         tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
         write_json_atomic(self.error, {
             "error": f"{type(exc).__name__}: {exc}", "traceback_tail": "".join(tb).strip().splitlines()[-15:],
-            "log": str(self.logs), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "written": time.time()})
+            "log": str(self.error), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "written": time.time()})
 
     # ------------------------------------------------------------------ checkpoints
     def commit_checkpoint(self, tmp: Path) -> None:
@@ -230,11 +277,44 @@ class RunDir:
             self.note("no readable checkpoint left: restarting from epoch 0")
         return None, None
 
+    def keep_epoch_checkpoint(self, epoch: int) -> None:
+        """``train.keep_checkpoints: all``: the checkpoint of a probe epoch kept as ``epoch-<E>.ckpt`` (a hard
+        link to the just-committed ``last.ckpt``: no copy while training)."""
+        dst = self.last_ckpt.with_name(f"epoch-{epoch}.ckpt")
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(self.last_ckpt, dst)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(self.last_ckpt, dst)
+
+    def drop_checkpoints(self, keep: str) -> int:
+        """After results are written: remove what ``train.keep_checkpoints`` does not keep; returns bytes freed.
+        Fork checkpoints (``fork-e<F>.ckpt``) stay: cooldown branches start from them; so do ``*.corrupt`` files,
+        the evidence behind a recovery note in ``attempts.json``."""
+        drop = [] if keep != "none" else [self.last_ckpt, self.prev_ckpt]
+        drop += list(self.last_ckpt.parent.glob(".*.tmp"))
+        freed = 0
+        for p in drop:
+            if p.exists():
+                freed += p.stat().st_size
+                p.unlink()
+        return freed
+
     # ------------------------------------------------------------------ results
-    def write_results(self, df, per_fact=None) -> None:
+    def write_results(self, df, per_fact=None, history_epochs=None) -> None:
+        """``per_fact``: the final probe of every probed fact (``fact_probe.parquet``); the per-probe files
+        under ``probes/`` of ``history_epochs`` become ``fact_history.parquet`` (every probe this run made)."""
         if per_fact is not None:
             write_parquet_atomic(per_fact, self.fact_probe)
+        parts = sorted(self.history.glob("epoch-*.parquet"), key=lambda p: int(p.stem.split("-")[1]))
+        parts = [p for p in parts if history_epochs is None or int(p.stem.split("-")[1]) in history_epochs]
+        if parts:
+            import polars as pl
+
+            write_parquet_atomic(pl.concat([pl.read_parquet(p) for p in parts]), self.fact_history)
         write_parquet_atomic(df, self.results)  # last: its presence marks the run done
+        shutil.rmtree(self.history, ignore_errors=True)
+        self.progress_file.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ jobs
     def jobs(self) -> list[dict]:
@@ -264,6 +344,12 @@ class RunDir:
                 return {**last, "job_state": "LOCAL"}  # its controller process is alive (starting or stopping)
         return None
 
+    @staticmethod
+    def _job_log(job: dict) -> Path | None:
+        """The submitit stderr of a job (where its traceback is), if it exists."""
+        p = Path(job["folder"]) / f"{job['job_id']}_0_log.err"
+        return p if p.exists() else None
+
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
         """done / failed / running / queued / interrupted / pending, with requeues, events and errors."""
@@ -276,7 +362,7 @@ class RunDir:
         if self.results.exists():
             return {**info, "state": "done"}
         if self.lock.held_by_other():
-            return {**info, "state": "running"}
+            return {**info, "state": "running", **({"progress": p} if (p := self.progress()) else {})}
         queued = self.queued_job()
         err = _read_json(self.error, None) if self.error.exists() else None
         # an error written after the last submission is that job's (it may still show as COMPLETING); an older
@@ -285,8 +371,10 @@ class RunDir:
         if queued and not (err is not None and err.get("written", float("inf")) >= float(queued["time"])):
             return {**info, "state": "queued", "job_id": queued["job_id"], "job_state": queued["job_state"]}
         if err is not None:
+            jobs = self.jobs()
+            log = self._job_log(jobs[-1]) if jobs else None
             return {**info, "state": "failed", "error": err.get("error"), "traceback_tail": err.get("traceback_tail"),
-                    "log": err.get("log")}
+                    "log": str(log or self.error)}
         jobs = self.jobs()
         has_ckpt = self.last_ckpt.exists() or self.prev_ckpt.exists()
         if jobs and att["attempts"] == 0 and jobs[-1]["cluster"] == "slurm":
@@ -297,8 +385,10 @@ class RunDir:
             # an attempt started, left no error and holds no lock: killed (SIGKILL, OOM, scancel, timeout)
             by = f"{jobs[-1]['cluster']} job {jobs[-1]['job_id']}" if jobs else "the process"
             where = f"; its log is under {jobs[-1]['folder']}" if jobs else ""
-            out = {**info, "state": "interrupted" if has_ckpt else "failed",
-                   "error": f"{by} ended without results or an error (killed?); launch again to "
+            # nothing is lost either way: without a checkpoint the next launch starts it over (not a failure)
+            out = {**info, "state": "interrupted",
+                   "error": f"{by} ended without results or an error (killed?"
+                            f"{'' if has_ckpt else ', before its first checkpoint'}); launch again to "
                             f"{'resume it' if has_ckpt else 'rerun it'}{where}"}
             return {**out, "job_id": jobs[-1]["job_id"]} if jobs else out
         return {**info, "state": "interrupted" if has_ckpt else "pending"}
