@@ -113,6 +113,8 @@ def report(summary: dict, held: pl.DataFrame, log=print) -> None:
         sd = f" ± {r['capacity_sd']:.0f}" if r["capacity_sd"] is not None else ""
         frac = r["fraction_of_cstar"]
         cs = "C* not fitted" if r["cstar"] is None else (
+            f"C* at its bound (>= {r['cstar']:.0f}, the facts trained on: not determined by these budgets)"
+            if r["cstar_at_bound"] and math.isclose(r["cstar"], r["n_facts"], rel_tol=1e-6) else
             f"C* = {r['cstar']:.0f}" + (f" [{r['cstar_ci'][0]:.0f}, {r['cstar_ci'][1]:.0f}]" if r["cstar_ci"] else "")
             + (f", reached {frac:.0%}" if frac is not None else ", reached -"))
         log(f"  {r['size']:>4} ({r['non_embedding_params']:>5,} non-emb / {r['total_params']:>6,} total params, "
@@ -136,8 +138,17 @@ def report(summary: dict, held: pl.DataFrame, log=print) -> None:
             log(f"  log-log slope {lin['loglog_slope']:.3f}" + (f" [{lci[0]:.3f}, {lci[1]:.3f}]" if lci else "")
                 + f" ({verdict})")
     for row in held.sort("non_embedding_params").iter_rows(named=True):
-        log(f"  calibration {row[SIZE]:>4} seed {row['cfg.seed']}: held-out (unseen keys) bits = "
-            f"{row['capacity_bits']:.1f} of {row['prior_bits']:.0f} prior bits (~0 expected)")
+        log(f"  calibration {row[SIZE]:>4} seed {row['cfg.seed']}: " + calibration_text(row))
+
+
+def calibration_text(row: dict) -> str:
+    """The held-out check, both ways. Leak: memorized bits (clipped at the set) on unseen keys must be ~0.
+    Over-confidence: the signed net (prior - code) per fact; below 0 the model codes unseen keys' values
+    worse than the prior - it is confidently wrong, which the clipped number cannot show."""
+    per_fact = row["net_bits"] / max(1, row["n_facts"])
+    verdict = "calibrated" if per_fact > -0.1 else "over-confident on unseen keys"
+    return (f"held-out (unseen keys) memorized bits {row['capacity_bits']:.1f} of {row['prior_bits']:.0f} prior bits "
+            f"(~0 expected: a leak otherwise); net {row['net_bits']:+.0f} bits = {per_fact:+.3f} per fact ({verdict})")
 
 
 def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> dict:

@@ -129,7 +129,8 @@ def test_ctrl_c_stops_a_parallel_dump_build_releases_the_lock_and_exits_130(shar
     assert not out.exists() and not list(tmp_path.glob(".c.tmp-*"))
     import fcntl
 
-    with open(tmp_path / ".c.lock", "a+") as lock:  # released: a later build does not wait
+    assert not (tmp_path / ".c.lock").exists()  # released and removed
+    with open(tmp_path / ".c.lock", "a+") as lock:  # a later build does not wait
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
@@ -141,7 +142,7 @@ def test_a_build_waiting_on_the_lock_says_who_holds_it(tmp_path):
     out, lockfile = tmp_path / "c", tmp_path / ".c.lock"
     with build_lock(out, log=pytest.fail):  # free: no waiting line
         assert lockfile.read_text().startswith(f"pid {os.getpid()} on ")
-    assert lockfile.read_text() == ""  # the holder line is cleared on release
+    assert not lockfile.exists()  # removed on release: lock files do not pile up beside corpora
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import fcntl, sys
         f = open({str(lockfile)!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX)
@@ -168,6 +169,7 @@ def test_a_build_waiting_on_the_lock_says_who_holds_it(tmp_path):
     assert lockfile.read_text().startswith(f"pid {os.getpid()} on ")
     done.set()
     t.join(60)
+    assert not lockfile.exists()
 
 
 # ---------------------------------------------------------------- probe values
@@ -396,3 +398,38 @@ def test_a_running_run_shows_its_epoch_mr_and_eta(tiny_corpus, tmp_path):
         log.close()
     lines = (tmp_path / "run.log").read_text()
     assert f"[{rd.id}] epoch 1/4: train MR" in lines and f"[{rd.id}] epoch 2/4: train MR" in lines
+
+
+def test_the_free_space_check_is_sized_from_the_model(tiny_corpus, tmp_path, monkeypatch):
+    import shutil as sh
+
+    import factscale.training.rundir as rundir
+    from factscale.training.run import disk_needed_mb, run
+    from tests.conftest import tiny_run_config
+
+    big = tiny_run_config(tiny_corpus, tmp_path, **{"model.size": "300m"})
+    small = tiny_run_config(tiny_corpus, tmp_path, **{"model.size": "2k"})
+    assert disk_needed_mb(big, 384) > 10_000 and 50 <= disk_needed_mb(small, 384) < 60  # 300m: >10 GB
+    cfg = tiny_run_config(tiny_corpus, tmp_path, **{"model.size": "10m"})
+    usage = sh.disk_usage(tmp_path)
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda p: usage._replace(free=100 * 2**20))
+    with pytest.raises(OSError, match=r"only 100 MiB free .* this run needs about \d+ MiB"):
+        run(cfg)
+
+
+def test_status_after_a_corpus_rebuild_says_the_runs_were_done_on_the_earlier_corpus(tmp_path):
+    from factscale.corpus import SyntheticSpec, build_synthetic
+    from factscale.launch.spec import spec_from_dict
+    from factscale.launch.sweep import launch, sweep_status
+
+    corpus = tmp_path / "c"
+    build_synthetic(corpus, SyntheticSpec(n_keys=40, vocab_sizes=[16], seed=0), vocab_size=300)
+    spec = spec_from_dict({"name": "t", "runs_dir": str(tmp_path / "runs"), "grid": {"seed": [0]},
+                           "base": {"corpus": {"path": str(corpus)}, "model": {"size": "1k"},
+                                    "train": {"epochs": 2, "batch_size": 4, "seq_len": 32, "progress_bar": False},
+                                    "probe": {"every_epochs": 2}}}, "test")
+    launch(spec, cluster="debug", log=lambda m: None)
+    assert [r["state"] for r in sweep_status(spec)] == ["done"]
+    build_synthetic(corpus, SyntheticSpec(n_keys=40, vocab_sizes=[16], seed=1), vocab_size=300)  # new data
+    (row,) = sweep_status(spec)
+    assert row["state"] == "pending" and "done on an earlier build of the corpus" in row["note"]

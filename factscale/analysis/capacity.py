@@ -45,9 +45,10 @@ REFERENCES = [
      "epochs; all Wikidata facts would need ~1000B non-embedding params at 100 epochs; no bits/param "
      "published: the slope is fitted per study (factscale fit --law linear-size)"),
 ]
-COLUMNS = ["measured", "source", "corpus", "weights", "arch", "size", "non_embedding_params", "total_params",
-           "epochs", "exposures", "mr", "capacity", "capacity_bits", "capacity_bits_se", "bits_per_param",
-           "bits_per_param_se", "bits_per_total_param", "bits_per_total_param_se", "prior_bits", "eos_bits",
+COLUMNS = ["measured", "source", "corpus", "weights", "arch", "size", "non_embedding_params", "active_params",
+           "total_params", "epochs", "exposures", "mr", "capacity", "capacity_bits", "capacity_bits_se",
+           "bits_per_param", "bits_per_param_se", "bits_per_active_param", "bits_per_total_param",
+           "bits_per_total_param_se", "prior_bits", "eos_bits",
            "run_id", "note"]
 
 
@@ -81,6 +82,8 @@ def _measured(df: pl.DataFrame, where: str) -> pl.DataFrame:
         capacity_bits_se=pl.col("capacity_bits_se").cast(pl.Float64),
         bits_per_param=pl.col("capacity_bits") / pl.col("non_embedding_params"),
         bits_per_param_se=pl.col("capacity_bits_se") / pl.col("non_embedding_params"),
+        active_params=opt("active_params", pl.Int64).cast(pl.Int64),  # null for results of older versions
+        bits_per_active_param=pl.col("capacity_bits") / opt("active_params"),
         bits_per_total_param=pl.col("capacity_bits") / pl.col("total_params"),
         bits_per_total_param_se=pl.col("capacity_bits_se") / pl.col("total_params"),
         prior_bits=opt("prior_bits"),

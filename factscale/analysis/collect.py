@@ -7,9 +7,11 @@ Each run writes its own ``results.parquet`` atomically; ``collect`` concatenates
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import polars as pl
+from tqdm import tqdm
 
 from factscale.errors import CollectError
 from factscale.fsio import write_parquet_atomic  # noqa: F401  (re-exported: results are written with it)
@@ -24,7 +26,8 @@ def collect(runs_dir: str | Path, allow_mixed_corpora: bool = False) -> tuple[pl
     report = {"done": [], "failed": [], "missing": [], "duplicates": []}
     frames = []
     seen: dict[str, str] = {}
-    for d in sorted(p for p in runs_dir.iterdir() if (p / "config.yaml").exists()):
+    dirs = sorted(p for p in runs_dir.iterdir() if (p / "config.yaml").exists())
+    for d in tqdm(dirs, desc="collect", unit="run", disable=not sys.stderr.isatty() or len(dirs) < 20):
         rd = RunDir.open(d)
         st = rd.status()
         if st["state"] == "done":

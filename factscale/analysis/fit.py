@@ -14,14 +14,18 @@ estimate is withheld, never printed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
+import sys
 import warnings
 from pathlib import Path
 
 import lmfit
 import numpy as np
 import polars as pl
+from tqdm import tqdm
 
 from factscale.analysis.laws import LAWS, Law
 from factscale.analysis.vocab import BUDGET
@@ -32,6 +36,9 @@ __all__ = ["LAWS", "FitError", "Law", "fit_law", "format_table", "holdout_larges
 MIN_RUNS = 8  # below this many runs a bootstrap interval is not worth printing
 MIN_RUNS_PER_POINT = 2  # runs (seeds) at each design point
 
+
+LOG = logging.getLogger("factscale.fit")
+MEASURES = ("capacity", "capacity_above_chance")  # what a capacity law can be fitted on
 
 def _fit_once(law: Law, x, y, start: dict, fixed: dict, robust: bool, limits: dict):
     params = lmfit.Parameters()
@@ -99,10 +106,17 @@ def _interval_refusal(run_keys: dict, n_boot: int) -> str | None:
 
 def fit_law(df: pl.DataFrame, law_name: str, where: dict | None = None, *, fixed: dict | None = None,
             robust: bool = False, n_starts: int = 8, n_boot: int = 200, ci: float = 0.95, seed: int = 0,
-            include_unannealed: bool = False) -> dict:
+            include_unannealed: bool = False, measure: str | None = None) -> dict:
+    """Fit ``law_name`` on the rows ``where`` selects (see ``laws``). ``measure``: what a capacity law fits,
+    ``capacity`` (facts memorized by exact match, the default) or ``capacity_above_chance`` (minus what the
+    key-blind baseline also gets right: ``probing.keyblind``)."""
     if law_name not in LAWS:
         raise FitError(f"unknown law {law_name!r}; allowed values: {list(LAWS)}")
     law = LAWS[law_name]
+    if measure not in (None, law.y):
+        if law.y != "capacity" or measure not in MEASURES:
+            raise FitError(f"--measure {measure!r}: {law_name} fits {law.y}; capacity laws take one of {MEASURES}")
+        law = dataclasses.replace(law, y=measure)
     fixed = dict(fixed or {})
     sel = law.select(df, where, include_unannealed)
     x = [sel[c].cast(pl.Float64).to_numpy() for c in law.xs]
@@ -147,7 +161,10 @@ def fit_law(df: pl.DataFrame, law_name: str, where: dict | None = None, *, fixed
         strata.setdefault(k, []).append(r)
     by_run = {r: np.flatnonzero(runs == r) for r in run_keys}
     boot, n_short = [], 0
-    for _ in range(0 if refusal else n_boot):
+    n = 0 if refusal else n_boot
+    if n:
+        LOG.info(f"fitting {law_name}{' ' + str(where) if where else ''}: {n} bootstrap refits of {len(run_keys)} runs")
+    for _ in tqdm(range(n), desc=f"bootstrap {law_name}", leave=False, disable=not sys.stderr.isatty() or n < 50):
         # n-1 of each stratum's n runs, with replacement: the bootstrap variance of a stratum mean is then
         # s^2/n, not s^2 (n-1)/n^2 - with 2 seeds per point a plain resample would halve the variance
         pick = [r for members in strata.values() for r in rng.choice(members, size=len(members) - 1, replace=True)]
@@ -174,11 +191,14 @@ def fit_law(df: pl.DataFrame, law_name: str, where: dict | None = None, *, fixed
                  "at_bound": p not in fixed and any(b is not None and math.isclose(values[p], b, rel_tol=1e-6,
                                                                                     abs_tol=1e-12) for b in (lo, hi)),
                  "ci_low": None, "ci_high": None, "no_interval": refusal}
-        if not refusal and p not in fixed:
+        if entry["at_bound"]:  # the fit pinned it: its draws pile up at the bound, an interval would be false
+            side = "<=" if hi is not None and math.isclose(values[p], hi, rel_tol=1e-6, abs_tol=1e-12) else ">="
+            entry["no_interval"] = f"{p} at its bound ({side} {values[p]:.4g}): the data do not determine it"
+        elif not refusal and p not in fixed:
             entry.update(_interval(boot[:, j], values[p], ci))
         params[p] = entry
     result = {
-        "law": law_name, "formula": law.formula, "where": where or {}, "robust": robust,
+        "law": law_name, "formula": law.formula, "measure": law.y, "where": where or {}, "robust": robust,
         "include_unannealed": include_unannealed, "params": params, "r2": r2, "n_points": int(len(y)),
         "n_runs": len(run_keys), "n_unannealed": int((~sel["annealed"]).sum()), "n_dropped_invalid": n_dropped,
         "status": {"success": bool(best.success), "message": str(best.message), "nfev": int(best.nfev),
@@ -194,7 +214,8 @@ def fit_law(df: pl.DataFrame, law_name: str, where: dict | None = None, *, fixed
     if law.companion:
         try:
             result["companion"] = fit_law(df, law.companion, where, robust=robust, n_starts=n_starts, n_boot=n_boot,
-                                          ci=ci, seed=seed, include_unannealed=include_unannealed)
+                                          ci=ci, seed=seed, include_unannealed=include_unannealed,
+                                          measure=measure)
         except FitError as e:
             result["companion"] = {"law": law.companion, "error": str(e)}
     return result
@@ -246,9 +267,10 @@ def params_needed(result: dict, facts: float, epochs: float | None = None) -> di
     point = law.solve(_values(result), facts, epochs)
     draws = np.array([law.solve(dict(zip(law.params, b)), facts, epochs) for b in result.get("_boot", [])])
     usable = draws[np.isfinite(draws) & (draws > 0)]
+    bound = [v["no_interval"] for v in result["params"].values() if v["at_bound"]]
     out = {"facts": facts, "epochs": epochs, "non_embedding_params": point, "ci_low": None, "ci_high": None,
            "n_draws": int(len(draws)), "n_dropped": int(len(draws) - len(usable)),
-           "no_interval": result["bootstrap"]["no_interval"]}
+           "no_interval": (bound[0] + "; the answer rests on it") if bound else result["bootstrap"]["no_interval"]}
     if not out["no_interval"]:
         if not (np.isfinite(point) and point > 0):
             out["no_interval"] = "the fitted law never reaches that many facts"
@@ -292,13 +314,14 @@ def format_table(result: dict) -> str:
     ci_pct = int(round(result["bootstrap"]["ci"] * 100))
     sel = "end-of-schedule probes" if not result["n_unannealed"] else \
         f"incl. {result['n_unannealed']} UNANNEALED intermediate probes"
-    lines = [f"{result['law']}: {result['formula']}   ({result['n_points']} points from {result['n_runs']} runs, "
+    measure = "" if result.get("measure", "capacity") == "capacity" else f" on {result['measure']}"
+    lines = [f"{result['law']}{measure}: {result['formula']}   ({result['n_points']} points from {result['n_runs']} runs, "
              f"{sel}; R^2 = {result['r2']:.4f})",
              f"  {'param':<8} {'value':>12} {'stderr':>12} {ci_pct}% CI (run bootstrap)"]
     for p, v in result["params"].items():
         se = f"{v['stderr']:.4g}" if v["stderr"] is not None else "-"
         ci = f"[{v['ci_low']:.4g}, {v['ci_high']:.4g}]" if v["ci_low"] is not None else "-"
-        note = "  (fixed)" if v["fixed"] else (f"  (at its bound {v['bounds']})" if v["at_bound"] else "")
+        note = "  (fixed)" if v["fixed"] else (f"  ({v['no_interval']})" if v["at_bound"] else "")
         lines.append(f"  {p:<8} {v['value']:>12.5g} {se:>12} {ci}{note}")
     b = result["bootstrap"]
     st = result["status"]
@@ -308,7 +331,7 @@ def format_table(result: dict) -> str:
     if b["no_interval"]:
         lines.append(f"  no interval: {b['no_interval']}")
     for p, v in result["params"].items():
-        if v["no_interval"] and v["no_interval"] != b["no_interval"] and not v["fixed"]:
+        if v["no_interval"] and v["no_interval"] != b["no_interval"] and not v["fixed"] and not v["at_bound"]:
             lines.append(f"  no interval for {p}: {v['no_interval']}")
     comp = result.get("companion")
     if comp and "error" in comp:

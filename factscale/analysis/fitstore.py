@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from factscale.analysis.fit import fit_law
+from factscale.analysis.laws import LAWS
 from factscale.analysis.vocab import ALIASES
 from factscale.errors import FitError
 from factscale.fsio import file_sha256
@@ -23,16 +24,18 @@ from factscale.fsio import file_sha256
 N_BOOT = 200  # the fit command's default (factscale fit --bootstrap)
 
 
-def selection_key(law: str, where: dict | None) -> tuple:
-    """(law, where) with aliases resolved and values compared as numbers where they are numbers, so the
-    CLI's ``--where epochs=100`` and a figure's ``{"epoch": 100}`` name the same fit."""
+def selection_key(law: str, where: dict | None, measure: str | None = None) -> tuple:
+    """(law, where, measure) with aliases resolved and values compared as numbers where they are numbers, so
+    the CLI's ``--where epochs=100`` and a figure's ``{"epoch": 100}`` name the same fit; a fit of another
+    measure (``--measure capacity_above_chance``) is another fit."""
     def value(v):
         try:
             return repr(float(v))
         except (TypeError, ValueError):
             return str(v)
 
-    return law, tuple(sorted((ALIASES.get(k, k), value(v)) for k, v in (where or {}).items()))
+    default = LAWS[law].y if law in LAWS else None
+    return law, tuple(sorted((ALIASES.get(k, k), value(v)) for k, v in (where or {}).items())), measure or default
 
 
 def results_identity(path: str | Path) -> dict:
@@ -63,7 +66,7 @@ class Fits:
                 if results_sha is not None and made_from is not None and made_from != results_sha:
                     raise FitError(f"{p} was fitted on another results table ({r['results'].get('path')}, sha256 "
                                    f"{made_from[:12]}), not this one ({results_sha[:12]}): refit it or leave out --fits")
-                self.saved[selection_key(r["law"], r.get("where"))] = r
+                self.saved[selection_key(r["law"], r.get("where"), r.get("measure"))] = r
 
     def get(self, law: str, where: dict | None = None) -> dict:
         """The fit of ``law`` on the rows ``where`` selects: the saved one, else fitted once (FitError if the

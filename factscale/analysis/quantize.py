@@ -130,7 +130,7 @@ def probe_run(run_dir: str | Path, bits: list[int] = (8, 4), embeddings: bool = 
     if base.height != 1:
         raise CollectError(f"{rd.results}: no overall training row at the final probe (probe.splits must include train)")
     facts, _ = load_corpus(cfg.corpus.path)
-    train, _ = select_facts(facts, cfg)
+    train, heldout = select_facts(facts, cfg)
     sample = probe_sample(train, cfg.probe.max_train_facts)  # the run's own probe sample
     model = AutoModelForCausalLM.from_pretrained(str(rd.model)).float()
     non_emb, total = count_instantiated(model)
@@ -142,7 +142,7 @@ def probe_run(run_dir: str | Path, bits: list[int] = (8, 4), embeddings: bool = 
         m = copy.deepcopy(model)
         nq = quantize_model(m, q, embeddings) if q is not identity_quantizer else 0
         cb = Prober({"train": sample}, batch_size or cfg.probe.batch_size, pad, non_emb, [],
-                    train_facts=train, total_params=total)
+                    train_facts=train, total_params=total, donors=heldout)  # the run's own key-blind pairs
         r = next(x for x in cb.probe(m, int(base["epoch"][0]), 0, 0) if x["group_by"] == "all")
         ids, vs = _drop_eos(cb.prepare(m.config.vocab_size)["train"][0])
         _, no_eos = probe_batched(m, ProbeTokens(ids, vs), None, pad, batch_size or cfg.probe.batch_size)

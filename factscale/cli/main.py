@@ -76,6 +76,8 @@ def cmd_sweep(a):
             extra += f"  [{r['axes']}]" if r.get("axes") else ""
             extra += f"  {sweep.progress_text(r['progress'])}" if r.get("progress") else ""
             print(f"{r['state']:>11}  {r['run_id']}{extra}")
+            if r.get("note"):
+                print(f"             note: {r['note']}")
             if r["state"] == "failed":
                 print(f"             error: {r.get('error')}\n             log: {r.get('log')}")
                 for line in (r.get("traceback_tail") or [])[-4:]:
@@ -145,7 +147,7 @@ def cmd_fit(a):
     df = _read_results(a.results)
     fixed = fit.LAWS[a.law].zeroed(a.no_intercept, a.no_offset)
     r = fit.fit_law(df, a.law, key_values(a.where), fixed=fixed, robust=a.robust, n_boot=a.bootstrap,
-                    include_unannealed=a.include_unannealed)
+                    include_unannealed=a.include_unannealed, measure=a.measure)
     print(fit.format_table(r))
     if a.holdout_largest:
         r["holdout_largest"] = fit.holdout_largest(df, a.law, key_values(a.where), fixed=fixed)
@@ -249,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     from factscale.cli.config import add_parser as add_config_parser
-    from factscale.cli.facts import add_parser as add_facts_parser
     from factscale.cli.corpus import add_corpus_parser
+    from factscale.cli.facts import add_parser as add_facts_parser
 
     add_corpus_parser(sub)
     add_config_parser(sub)
@@ -287,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="fit a scaling law to a results table")
     f.add_argument("results")
+    f.add_argument("--measure", choices=["capacity", "capacity_above_chance"],
+                   help="what a capacity law fits: facts memorized (default) or memorized above the key-blind "
+                   "baseline (docs/definitions.md)")
     f.add_argument("--law", required=True,
                    choices=list(LAWS))
     f.add_argument("--include-unannealed", action="store_true",
@@ -345,7 +350,17 @@ def _is_user_error(e: BaseException) -> bool:
 
 
 def main(argv=None):
+    import logging
+
     args = build_parser().parse_args(argv)
+    # the library's stage lines (corpus build steps, fits with bootstrap) as plain lines on stdout, with the
+    # command's other output; stderr keeps bars and the one `error:` line
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("factscale")
+    if not log.handlers:
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
     try:
         args.fn(args)
     except Exception as e:

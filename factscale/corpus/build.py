@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -53,6 +54,7 @@ RAW_SCHEMA = {
     "prior_bits": pl.Float64,  # known value entropy (synthetic) or null (empirical prior)
 }
 
+LOG = logging.getLogger("factscale.corpus")  # stage lines; the CLI shows them on stderr
 CORPUS_FORMAT = "factscale-corpus/2"  # /2: corpus_hash covers the content (facts + tokenizer)
 MULTI_VALUE_RULES = ("drop", "first")
 AMBIGUOUS_KEY_RULES = ("disambiguate", "drop")
@@ -218,26 +220,40 @@ def check_target(out_dir: str | Path, sources=()) -> Path:
 
 @contextlib.contextmanager
 def build_lock(out: Path, log=None):
-    """The lock that serializes builds of ``out`` (a file beside it; the OS releases it if the holder dies).
-    A build that has to wait says so, naming the holder's pid and start time (written into the lock file)."""
+    """The lock that serializes builds of ``out``: a file beside it, removed when released, so lock files do
+    not pile up beside corpora (the OS releases the lock if the holder dies). A waiter checks, once it holds
+    the lock, that the path still names the file it locked (the holder may have removed it meanwhile) and
+    tries again otherwise. A build that has to wait says so, naming the holder's pid and start time."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    with open(out.parent / f".{out.name}.lock", "a+") as lock:
+    path = out.parent / f".{out.name}.lock"
+    said = False
+    while True:
+        lock = open(path, "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            log(f"waiting for the build of {out} held by {holder} to finish (lock {lock.name})")
+            if not said:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                log(f"waiting for the build of {out} held by {holder} to finish (lock {path})")
+                said = True
             fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            same = os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        lock.close()  # we locked a file its holder removed on release: lock the current one
+    try:
         lock.seek(0)
         lock.truncate()
         lock.write(f"pid {os.getpid()} on {platform.node()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         lock.flush()
-        try:
-            yield
-        finally:
-            lock.seek(0)
-            lock.truncate()
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still holding it: a waiter then sees its file is gone and retries
+        lock.close()
 
 
 @contextlib.contextmanager
@@ -314,6 +330,7 @@ def build_into(
     t0 = time.time()
     counts = dict(counts or {})
     counts["raw_facts"] = raw.height
+    LOG.info(f"corpus: {raw.height:,} raw facts: applying the rules (dedupe, multi-value, ambiguous keys, split)")
     df = resolve(raw, multi_value, ambiguous_keys, counts)
     if max_facts is not None and df.height > max_facts:
         counts["dropped_max_facts"] = df.height - max_facts
@@ -334,6 +351,8 @@ def build_into(
     out.mkdir(parents=True, exist_ok=True)
     # BPE merges from the training split only: a held-out key is spelled with pieces the model trained on,
     # never with tokens whose embeddings no training step touched (and no held-out text shapes the vocab)
+    LOG.info(f"corpus: {df.height:,} facts rendered: training the BPE tokenizer ({vocab_size:,} tokens), tokenizing "
+             f"({time.time() - t0:.1f} s so far)")
     tokenizer = train_tokenizer(df.filter(pl.col("split") == "train")["text"], vocab_size, out / "tokenizer")
     df, n_bad = tokenize(df, tokenizer)
     counts["dropped_value_not_token_aligned"] = n_bad

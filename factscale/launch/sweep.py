@@ -309,14 +309,43 @@ def axes_label(spec: SweepSpec, cfg: RunConfig) -> str:
     return " ".join(f"{k}={flat.get(k)}" for k in spec.grid if k not in shown and k in flat)
 
 
+def _config_key(config: dict) -> str:
+    return json.dumps({k: v for k, v in config.items() if k != "corpus.path"}, sort_keys=True, default=str)
+
+
+def _runs_on_other_corpora(runs_dir: Path) -> dict[str, list[tuple[str, str]]]:
+    """Config (without the corpus path) -> [(run directory, corpus hash)] of the finished runs under ``runs_dir``."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for d in sorted(Path(runs_dir).glob("*/identity.json")) if Path(runs_dir).is_dir() else []:
+        try:
+            ident = json.loads(d.read_text())
+        except (OSError, ValueError):
+            continue
+        if (d.parent / "results.parquet").exists():
+            out.setdefault(_config_key(ident.get("config", {})), []).append((d.parent.name, ident.get("corpus_hash")))
+    return out
+
+
 def sweep_status(spec: SweepSpec) -> list[dict]:
+    """Each run's state; a run not started on the corpus now on disk says when it was done on an earlier build
+    of it (a rebuilt corpus is new data: those results are not this run's, and are not counted as done)."""
+    from factscale.training.rundir import identity
+
     cfgs = expand(spec)
     rows = []
+    earlier = None
     for cfg, rd in zip(cfgs, _run_dirs(spec, cfgs)):
         if rd is None:
             rows.append({"run_id": f"{run_name(cfg)}-?", "state": "pending", "requeues": 0})
             continue
         st = rd.status()
+        if st["state"] == "pending":
+            earlier = earlier if earlier is not None else _runs_on_other_corpora(Path(spec.runs_dir))
+            others = [(n, h) for n, h in earlier.get(_config_key(identity(cfg, rd.corpus_hash)["config"]), [])
+                      if h != rd.corpus_hash]
+            if others:
+                st["note"] = (f"done on an earlier build of the corpus ({others[-1][1][:8]}: {others[-1][0]}); "
+                              f"not yet on the corpus now on disk ({rd.corpus_hash[:8]})")
         jobs = rd.jobs()
         if jobs and "job_id" not in st and st["state"] != "done":
             st["job_id"] = jobs[-1]["job_id"]

@@ -17,6 +17,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
+from factscale.probing.keyblind import keyblind_inputs
 from factscale.probing.measures import fact_table, summarize, with_prior
 
 
@@ -110,9 +111,14 @@ class Prober:
     """A run's probe sets and how to probe them: every call gives the same facts, scaled to the same population."""
 
     def __init__(self, sets: dict[str, pl.DataFrame], batch_size: int, pad_id: int, non_embedding: int,
-                 group_columns: list[str], train_facts: pl.DataFrame | None = None, total_params: int | None = None):
+                 group_columns: list[str], train_facts: pl.DataFrame | None = None, total_params: int | None = None,
+                 donors: pl.DataFrame | None = None):
         """``sets``: split -> facts to probe (the ``train`` one may be a uniform sample of ``train_facts``,
-        every training fact of the run; default: the set itself). Capacity and bits are scaled to it."""
+        every training fact of the run; default: the set itself). Capacity and bits are scaled to it.
+        ``donors``: the facts whose prompts give the training facts' key-blind baseline (the held-out facts;
+        ``probing.keyblind``)."""
+        self.donors = donors
+        self.keyblind: dict[str, tuple] = {}
         self.sets = sets
         self.train_facts = train_facts if train_facts is not None else sets.get("train")
         self.batch_size = batch_size
@@ -139,6 +145,19 @@ class Prober:
                 self._prepared[split] = (probed, pop)
         return self._prepared
 
+    def _keyblind(self, model, split: str, facts: pl.DataFrame) -> pl.DataFrame | None:
+        """The training facts probed after their donors' prompts (None for other splits)."""
+        if split != "train":
+            return None
+        if split not in self.keyblind:
+            ids_frame, ids, starts = keyblind_inputs(facts, self.donors)
+            self.keyblind[split] = (ids_frame, ProbeTokens(ids, starts.to_numpy()) if ids_frame.height else None)
+        ids_frame, tokens = self.keyblind[split]
+        if tokens is None:
+            return None
+        correct, bits = probe_batched(model, tokens, None, self.pad_id, self.batch_size)
+        return ids_frame.with_columns(pl.Series("correct_keyblind", correct), pl.Series("code_bits_keyblind", bits))
+
     def probe(self, model, epoch: int, step: int, tokens_seen: int) -> list[dict]:
         rows = []
         total = self.total_params if self.total_params is not None else sum(p.numel() for p in model.parameters())
@@ -147,7 +166,7 @@ class Prober:
             if split not in self.tokens:  # token arrays prepared once per probe set, not every probe
                 self.tokens[split] = ProbeTokens(facts["input_ids"], facts["value_start"].to_numpy())
             correct, bits = probe_batched(model, self.tokens[split], None, self.pad_id, self.batch_size)
-            table = fact_table(facts, correct, bits)
+            table = fact_table(facts, correct, bits, self._keyblind(model, split, facts))
             self.last_tables[split] = table
             for by in [None, "relation", *self.group_columns]:
                 if by is not None and (by not in table.columns or table[by].null_count() == table.height):

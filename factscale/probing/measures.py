@@ -16,6 +16,8 @@ import math
 import numpy as np
 import polars as pl
 
+from factscale.probing import keyblind
+
 
 def empirical_prior(train: pl.DataFrame, facts: pl.DataFrame, vocab_size: int) -> pl.DataFrame:
     """Prior bits of each of ``facts`` from the run's training facts ``train``, never from the fact itself.
@@ -97,12 +99,17 @@ def with_prior(train: pl.DataFrame, facts: pl.DataFrame, vocab_size: int) -> pl.
                               .then(pl.col("prior_bits")).otherwise(emp))
 
 
-def fact_table(facts: pl.DataFrame, correct: np.ndarray, bits: np.ndarray) -> pl.DataFrame:
-    """Per fact: exact match, code length and net bits (prior - code; unclipped: only sets are clipped)."""
-    return facts.with_columns(
+def fact_table(facts: pl.DataFrame, correct: np.ndarray, bits: np.ndarray, keyblind: pl.DataFrame | None = None
+               ) -> pl.DataFrame:
+    """Per fact: exact match, code length and net bits (prior - code; unclipped: only sets are clipped); with
+    ``keyblind`` (fact_id, correct_keyblind, code_bits_keyblind), the same after a donor's prompt."""
+    t = facts.with_columns(
         pl.Series("correct", correct),
         pl.Series("code_bits", bits),
     ).with_columns(memorized_bits=pl.col("prior_bits") - pl.col("code_bits"))
+    if keyblind is not None:
+        t = t.join(keyblind, on="fact_id", how="left", maintain_order="left")
+    return t
 
 
 def summarize(table: pl.DataFrame, by: str | None, non_embedding: int, total_params: int | None = None,
@@ -127,6 +134,9 @@ def summarize(table: pl.DataFrame, by: str | None, non_embedding: int, total_par
         net.mean().alias("_net_mean"),
         net.var(ddof=1).fill_null(0.0).alias("_net_var"),
     ]
+    blind = "correct_keyblind" in table.columns and table["correct_keyblind"].null_count() < table.height
+    if blind:
+        probed += keyblind.summary_exprs()
     popu = [pl.len().alias("n_facts"), pl.col("prior_bits").sum().alias("prior_bits")]
     if keys:
         out = table.group_by(keys).agg(probed).join(pop.group_by(keys).agg(popu), on=keys, how="left",
@@ -141,6 +151,8 @@ def summarize(table: pl.DataFrame, by: str | None, non_embedding: int, total_par
         net_bits=pl.col("_net_mean") * N,
         capacity_bits_se=N * (pl.col("_net_var") / n * fpc).sqrt(),
     ).with_columns(capacity_bits=pl.col("net_bits").clip(lower_bound=0.0)).drop("_net_mean", "_net_var")
+    if blind:
+        out = keyblind.finish(out)
     if by is None:
         out = out.with_columns(group_by=pl.lit("all"), group=pl.lit("all"))
     else:

@@ -31,6 +31,7 @@ def summary_fields(df: pl.DataFrame) -> dict:
         out[f"{s}_capacity_se"] = r.get("capacity_se")
         out[f"{s}_bits"] = r.get("capacity_bits")
         out[f"{s}_net_bits"] = r.get("net_bits")
+        out[f"{s}_net_bits_per_fact"] = (r["net_bits"] / r["n_facts"]) if r.get("n_facts") else None  # signed
         out[f"{s}_bits_frac_of_prior"] = (r["capacity_bits"] / r["prior_bits"]) if r.get("prior_bits") else None
         if s == "train":
             out["bits_per_param"] = r.get("bits_per_param")

@@ -33,7 +33,7 @@ from factscale.training.callbacks import (
 )
 from factscale.training.config import RunConfig
 from factscale.training.data import FactDataModule, select_facts
-from factscale.training.models import count_instantiated, non_embedding_params, resolve_shape
+from factscale.training.models import count_instantiated, embedding_params, non_embedding_params, resolve_shape
 from factscale.training.module import FactLM
 from factscale.training.rows import build_rows, summary_fields
 from factscale.training.rundir import RunDir
@@ -141,6 +141,35 @@ def with_bos(tok):
     return tok
 
 
+def used_token_ids(train: pl.DataFrame) -> int:
+    """Distinct token ids in the run's training text: the embedding rows any training step touches."""
+    return int(train["input_ids"].explode().n_unique())
+
+
+def active_params(cfg: RunConfig, train: pl.DataFrame) -> int:
+    """Parameters that can hold what the run memorized: the non-embedding ones, plus the embedding rows of
+    the token ids its training text uses (an untied head's rows for them too, and for GPT-2 the learned
+    positions up to the longest fact). At toy scale most of a tokenizer's rows never appear in training, so
+    total parameters understate capacity per parameter, while key tokens' rows do store part of the facts,
+    so non-embedding parameters overstate it; this count sits between."""
+    shape = resolve_shape(cfg.model)
+    rows = used_token_ids(train) * (1 if cfg.model.tie_embeddings else 2)
+    if cfg.model.arch == "gpt2":
+        rows += int(train["input_ids"].list.len().max())
+    return non_embedding_params(cfg.model.arch, shape) + rows * shape.hidden
+
+
+def disk_needed_mb(cfg: RunConfig, vocab_size: int) -> int:
+    """Disk a run needs, from its size: two full checkpoints (fp32 weights + AdamW's two moments = 12 bytes
+    per parameter each: ``last`` and ``prev``), ``model/`` (4 bytes per parameter), a checkpoint being written
+    (12 more) and 50 MiB for logs, results and per-fact tables. A fork checkpoint per cooldown branch comes on
+    top for trunks."""
+    shape = resolve_shape(cfg.model)
+    total = non_embedding_params(cfg.model.arch, shape) + embedding_params(
+        cfg.model.arch, shape, vocab_size, cfg.model.tie_embeddings, cfg.model.max_position)
+    return 50 + (3 * 12 + 4) * total // 2**20
+
+
 def global_rank(cfg: RunConfig) -> int:
     """This process's rank before Lightning starts: SLURM tasks carry SLURM_PROCID, and Lightning's local DDP
     launcher re-runs the command in children with LOCAL_RANK / NODE_RANK set."""
@@ -168,7 +197,7 @@ def run(cfg: RunConfig, init_from: str | Path | None = None, branch_of: str | No
     if global_rank(cfg) != 0:  # DDP: rank 0 owns the run directory (lock, attempts, errors, results)
         rd.path.mkdir(parents=True, exist_ok=True)
         return _train(cfg, rd, facts, manifest, rd.attempts()["attempts"], init_from, branch_of, list(callbacks))
-    rd.create()
+    rd.create(min_free_mb=disk_needed_mb(cfg, manifest["tokens"]["vocab_size"]))
     for _ in range(50):  # a `status` probe holds the lock for microseconds: not a reason to give up
         if rd.lock.acquire():
             break
@@ -212,7 +241,7 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
                            f"{non_embedding_params(cfg.model.arch, resolve_shape(cfg.model))}: the count formula drifted")
     groups = [c for c in ["freq_bucket", *cfg.probe.group_columns] if c in facts.columns]
     prober = Prober(probe_sets(cfg, dm), cfg.probe.batch_size, tok.pad_token_id, non_emb, groups,
-                    train_facts=dm.train_facts, total_params=total)
+                    train_facts=dm.train_facts, total_params=total, donors=dm.heldout_facts)
     ckpt, epochs_done = rd.resume_checkpoint(readonly=global_rank(cfg) != 0)
     rank0 = global_rank(cfg) == 0
 
@@ -243,6 +272,7 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
     meta = {
         "run_id": rd.id, "corpus_hash": manifest["corpus_hash"], "corpus_kind": manifest["source"]["kind"],
         "non_embedding_params": non_emb, "total_params": total, "vocab_size": len(tok),
+        "active_params": active_params(cfg, dm.train_facts), "used_token_ids": used_token_ids(dm.train_facts),
         "train_facts": dm.train_facts.height, "heldout_facts": dm.heldout_facts.height,
         "tokens_per_epoch": dm.tokens_per_epoch, "real_token_fraction": dm.real_fraction,
         "git_sha": git_sha(), "device": torch.cuda.get_device_name(0) if acc == "gpu" else "cpu",
@@ -255,6 +285,7 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
     # its own last epoch too, which a standalone run of the branch's length does not
     E, every = cfg.train.epochs, cfg.probe.every_epochs
     df = build_rows([r for r in probe_cb.rows if r["epoch"] % every == 0 or r["epoch"] == E], cfg, meta)
+    df = df.with_columns(bits_per_active_param=pl.col("capacity_bits") / pl.col("active_params"))
     per_fact = None
     if probe_cb.last_tables:
         per_fact = pl.concat([t.select("fact_id", "split", "relation", "prompt", "value", "correct", "code_bits",

@@ -181,7 +181,8 @@ class RunDir:
             raise OSError(e.errno, f"run directory {d} is not writable: {e.strerror}") from e
         free = shutil.disk_usage(d).free / 2**20
         if free < min_free_mb:
-            raise OSError(errno.ENOSPC, f"only {free:.0f} MiB free under {d}; need at least {min_free_mb} MiB")
+            raise OSError(errno.ENOSPC, f"only {free:.0f} MiB free under {d}; this run needs about {min_free_mb} MiB "
+                          "(checkpoints with optimizer state, the model, logs and results)")
         return d
 
     def attempts(self) -> dict:

@@ -130,6 +130,13 @@ def test_cstar_never_exceeds_the_facts_trained_on():
              "capacity": row["capacity"] * n / 1000} for n in (500, 1000) for row in rows]
     j = fit_law(pl.DataFrame(grid), "joint")
     assert j["params"]["kstar"]["value"] * 1000 <= F * (1 + 1e-9) and j["params"]["kstar"]["at_bound"]
+    # no confident answer from a bound: no interval for it, none for what is computed from it, said so
+    assert c["ci_low"] is None and c["no_interval"].startswith("cstar at its bound (<= 1000")
+    k = j["params"]["kstar"]
+    assert k["ci_low"] is None and "kstar at its bound" in k["no_interval"]
+    solve = params_needed(j, 10 * F, 100)
+    assert solve["ci_low"] is None and "kstar at its bound" in solve["no_interval"]
+    assert "kstar at its bound (<= " in format_table(j)
 
 
 def test_bits_epochs_law():

@@ -83,3 +83,18 @@ def test_without_saved_fits_each_law_is_fitted_once_with_the_fit_commands_defaul
     with pytest.raises(FitError):
         fits.get("exp-epochs", {"size": "s1"})  # the refusal is remembered, not fitted again
     assert len(calls) == 2
+
+
+def test_a_fit_of_another_measure_is_another_fit(results, tmp_path, monkeypatch):
+    from factscale.analysis.fit import fit_law, save_fit
+
+    df, path = results
+    df = df.with_columns(capacity_above_chance=df["capacity"] * 0.5)
+    r = fit_law(df, "linear-size", {"epoch": 100}, n_boot=0, measure="capacity_above_chance")
+    assert r["measure"] == "capacity_above_chance" and r["params"]["k"]["value"] == pytest.approx(1.0, rel=0.1)
+    save_fit(r, tmp_path / "fits" / "linear-size.json")
+    fits = Fits(df, tmp_path / "fits")
+    assert fits.get("linear-size", {"epoch": 100}) is not fits.saved[selection_key("linear-size", {"epoch": 100},
+                                                                                    "capacity_above_chance")]
+    with pytest.raises(FitError, match="--measure"):
+        fit_law(df, "power-gen", measure="capacity_above_chance")

@@ -300,12 +300,17 @@ def test_broken_bz2_keeps_what_it_read_and_says_where(shared, tmp_path, workers,
     assert path == str(broken) and line == c["entities_seen"] + 2 and "compressed stream broken" in msg
     bad = tmp_path / "bad.json.bz2"
     bad.write_bytes(data[:4] + bytes(200) + data[204:])  # the first block's header destroyed
-    try:  # the serial reader stops there; the parallel one reads the blocks after it and says so
+    # the standard library's reader stops there; indexed_bzip2 (the fast extra, with workers > 1) reads the blocks
+    # after it and says so
+    import importlib.util
+
+    parallel = workers > 1 and importlib.util.find_spec("indexed_bzip2") is not None
+    try:
         facts, _, c, errors = stream_dump(bad, DumpOptions(), workers=workers)
-        assert workers > 1 and c["malformed_compressed_stream"] == 1 and errors[-1][1] == 1
+        assert parallel and c["malformed_compressed_stream"] == 1 and errors[-1][1] == 1
         assert "first bz2 block is unreadable" in errors[-1][2]
     except CorpusError as e:
-        assert workers == 1 and "bad.json.bz2: cannot decompress at line 1" in str(e)
+        assert not parallel and "bad.json.bz2: cannot decompress at line 1" in str(e)
     cut = tmp_path / "cut.json.bz2"
     cut.write_bytes(data[:3000])  # nothing complete to read: one clear line from the CLI
     assert "cut.json.bz2" in _cli_error(capsys, "--dump", cut, "-o", tmp_path / "o", "--workers", workers)

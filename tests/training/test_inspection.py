@@ -81,3 +81,21 @@ def test_facts_on_a_directory_that_is_not_a_finished_run_is_one_error_line(tmp_p
     with pytest.raises(SystemExit) as e:
         main(["facts", str(tmp_path)])
     assert e.value.code == 2 and capsys.readouterr().err.startswith("error: ")
+
+
+def test_active_parameters_count_the_embedding_rows_training_uses(trained_run):
+    """active_params = non-embedding + (distinct token ids in the training text) x hidden, counted the slow way."""
+    from factscale.corpus.build import load_corpus
+    from factscale.training.data import select_facts
+    from factscale.training.models import resolve_shape
+
+    _, cfg = trained_run
+    res = pl.read_parquet(run_dir(cfg) / "results.parquet")
+    train, _ = select_facts(load_corpus(cfg.corpus.path)[0], cfg)
+    used = {t for ids in train["input_ids"].to_list() for t in ids}
+    hidden = resolve_shape(cfg.model).hidden
+    assert res["used_token_ids"][0] == len(used) < res["vocab_size"][0]
+    assert res["active_params"][0] == res["non_embedding_params"][0] + len(used) * hidden < res["total_params"][0]
+    row = res.filter((pl.col("split") == "train") & (pl.col("group_by") == "all")).tail(1)
+    assert row["bits_per_active_param"][0] == pytest.approx(row["capacity_bits"][0] / row["active_params"][0])
+    assert row["bits_per_total_param"][0] <= row["bits_per_active_param"][0] <= row["bits_per_param"][0]
