@@ -67,6 +67,9 @@ def summarize(df: pl.DataFrame, lin: dict | None, exps: dict, budget: int) -> di
         row = {"size": s[0], "non_embedding_params": int(g["non_embedding_params"][0]),
                "total_params": int(g["total_params"][0]), "seeds": g["cfg.seed"].n_unique(),
                "n_facts": int(g["n_facts"][0]), "capacity_mean": float(g["capacity"].mean()),
+               "above_chance_mean": (float(g["capacity_above_chance"].mean())
+                                     if "capacity_above_chance" in g.columns and g["capacity_above_chance"].null_count() == 0
+                                     else None),
                "capacity_sd": float(g["capacity"].std()) if g.height > 1 else None,
                "bits_per_param": float(g["bits_per_param"].mean()),
                "bits_per_total_param": float(g["bits_per_total_param"].mean()),
@@ -118,7 +121,9 @@ def report(summary: dict, held: pl.DataFrame, log=print) -> None:
             f"C* = {r['cstar']:.0f}" + (f" [{r['cstar_ci'][0]:.0f}, {r['cstar_ci'][1]:.0f}]" if r["cstar_ci"] else "")
             + (f", reached {frac:.0%}" if frac is not None else ", reached -"))
         log(f"  {r['size']:>4} ({r['non_embedding_params']:>5,} non-emb / {r['total_params']:>6,} total params, "
-            f"{r['seeds']} seeds): {r['capacity_mean']:>6.0f}{sd} of {r['n_facts']} facts; "
+            f"{r['seeds']} seeds): {r['capacity_mean']:>6.0f}{sd} of {r['n_facts']} facts"
+            + (f" ({r['above_chance_mean']:.0f} above the key-blind baseline)" if r.get("above_chance_mean") is not None
+               else "") + "; "
             f"memorized bits (code length) {r['bits_per_param']:.2f}/non-emb param, "
             f"{r['bits_per_total_param']:.2f}/total param")
         log(f"        {cs}; saturated: {'yes' if r['saturated'] else 'no'}"

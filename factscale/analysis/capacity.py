@@ -45,6 +45,11 @@ REFERENCES = [
      "epochs; all Wikidata facts would need ~1000B non-embedding params at 100 epochs; no bits/param "
      "published: the slope is fitted per study (factscale fit --law linear-size)"),
 ]
+# why a bios row's bits are not Allen-Zhu & Li's bioS bits (their count, as we read it, includes each name,
+# N log2 N0, and a gender bit, and derives the employer's city from the employer; ours has neither)
+BIOS_NOT_COMPARABLE = ("bits not comparable to Allen-Zhu & Li's bioS count: theirs includes the names and a gender "
+                       "bit, and the employer's city follows from the employer; here every attribute is drawn "
+                       "independently and names are not counted")
 COLUMNS = ["measured", "source", "corpus", "weights", "arch", "size", "non_embedding_params", "active_params",
            "total_params", "epochs", "exposures", "mr", "capacity", "capacity_bits", "capacity_bits_se",
            "bits_per_param", "bits_per_param_se", "bits_per_active_param", "bits_per_total_param",
@@ -89,7 +94,10 @@ def _measured(df: pl.DataFrame, where: str) -> pl.DataFrame:
         prior_bits=opt("prior_bits"),
         eos_bits=opt("eos_bits"),
         run_id=pl.col("run_id").cast(pl.String),
-        note=pl.when(repeat.is_null()).then(pl.lit("")).otherwise(pl.lit("repeats vary by fact")),
+        note=pl.concat_str([
+            pl.when(repeat.is_null()).then(pl.lit("")).otherwise(pl.lit("repeats vary by fact; ")),
+            pl.when(pl.col("corpus_kind") == "synthetic-bios").then(pl.lit(BIOS_NOT_COMPARABLE)).otherwise(pl.lit(""))
+        ]).str.strip_chars_end("; "),
     )
 
 

@@ -278,3 +278,16 @@ def test_the_figure_script_draws_the_table(tmp_path):
     assert any(np.allclose(line.get_ydata(), [0.3, 4000 / 9000]) for line in ax.lines if len(line.get_ydata()) == 2)
     paths = script["save"](fig, tmp_path, "capacity-table")
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_bios_rows_say_their_bits_are_not_allen_zhu_and_lis(trained_run):
+    from factscale.analysis.capacity import BIOS_NOT_COMPARABLE, capacity_table
+    from factscale.testing import run_dir
+
+    _, cfg = trained_run
+    df = pl.read_parquet(run_dir(cfg) / "results.parquet")
+    t = capacity_table([("facts", df), ("bios", df.with_columns(corpus_kind=pl.lit("synthetic-bios"),
+                                                                run_id=pl.lit("bios-run")))], references=False)
+    notes = dict(zip(t["corpus"], t["note"]))
+    assert notes["bios"] == BIOS_NOT_COMPARABLE and notes["facts"] == ""
+    assert t["active_params"].null_count() == 0 and (t["bits_per_active_param"] <= t["bits_per_param"]).all()

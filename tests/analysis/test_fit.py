@@ -211,7 +211,8 @@ def test_interval_coverage_is_roughly_right():
 @pytest.mark.slow
 def test_joint_law_interval_coverage_is_roughly_right():
     """The joint law C(N, E) over 4 sizes x 4 annealed budgets x 2 seeds: each parameter's 95% interval
-    contains the truth in most of 40 simulations (measured here: k* 38/40, a 35/40, b 38/40)."""
+    contains the truth in most of 40 simulations (with 2 seeds per point this is the regression t-interval
+    since 2026-12-07; the run bootstrap measured k* 38/40, a 35/40, b 38/40 here before)."""
     truth = {"kstar": 0.08, "a": 0.06, "b": 0.02, "c": 0.0}
     hits = {p: 0 for p in ("kstar", "a", "b")}
     n_sims = 40
@@ -268,3 +269,50 @@ def test_degenerate_inputs_give_clear_errors():
         fit_law(df, "quadratic")
     with pytest.raises(FitError, match="--solve works with"):
         params_needed(fit_law(df, "power-gen", n_boot=0), 1e6)
+
+
+@pytest.mark.slow
+def test_intervals_cover_with_two_seeds_on_the_demos_design():
+    """The demo's design (5 sizes x 2 seeds x 4 annealed budgets, independent runs): with fewer than 3 runs per
+    design point the fit gives the regression t-interval, and every law's 95% intervals cover >= 90% of 200
+    simulations (exp-epochs C*: >= 85%, below). Measured here (2026-12-07): linear-size k 188/200, joint k* 194,
+    a 192, b 193; the run bootstrap it replaces covered k 164/200 (82%) and joint a 179/200 (89.5%)."""
+    sizes = {k: SIZES[k] for k in ("s1", "s2", "s3", "s4", "s5")}
+    truth_l, truth_j = {"k": 0.05, "c": 300.0}, {"kstar": 0.08, "a": 0.06, "b": 0.02, "c": 0.0}
+    n3 = sizes["s3"]
+    truth_e = {"cstar": n3 * truth_j["kstar"], "a": n3 * truth_j["a"], "b": truth_j["b"]}
+    hits, shown = {}, {}
+
+    def count(name, r, truth):
+        assert r["interval"] == "t-interval (weighted least squares)"
+        for p, t in truth.items():
+            v = r["params"][p]
+            if v["ci_low"] is not None:
+                shown[name + p] = shown.get(name + p, 0) + 1
+                hits[name + p] = hits.get(name + p, 0) + (v["ci_low"] <= t <= v["ci_high"])
+
+    n_sims = 200
+    for i in range(n_sims):
+        df = simulate("linear", truth_l, np.random.default_rng(1000 + i), seeds=2, sizes=sizes, budgets=(200,))
+        count("linear.", fit_law(df, "linear-size", n_starts=2, seed=i), {"k": truth_l["k"]})
+        df = simulate("joint", truth_j, np.random.default_rng(2000 + i), seeds=2, budgets=(25, 50, 100, 200), sizes=sizes)
+        count("joint.", fit_law(df, "joint", n_starts=2, seed=i), {p: truth_j[p] for p in ("kstar", "a", "b")})
+        count("exp.", fit_law(df, "exp-epochs", {"size": "s3"}, n_starts=2, seed=i), truth_e)
+    # exp-epochs at one size has 8 runs for 3 parameters (5 residual dof) and a nonlinear asymptote: its
+    # linearized t-interval for C* covers less (173/200 here); the target of 90% is not met for it yet
+    floor = {"exp.cstar": 0.85}
+    for key, n in shown.items():
+        assert n >= 0.9 * n_sims, (key, n)  # an interval is given almost always
+        assert hits[key] / n >= floor.get(key, 0.90), (key, hits[key], n)
+
+
+def test_branches_of_one_trunk_are_not_resampled_as_independent_runs():
+    """Cooldown branches share their trunk's errors: with 2 seeds per point no interval treats them as
+    independent; it says why."""
+    sizes = {k: SIZES[k] for k in ("s1", "s2", "s3", "s4", "s5")}
+    df = simulate("joint", {"kstar": 0.08, "a": 0.06, "b": 0.02, "c": 0.0}, np.random.default_rng(0), seeds=2,
+                  budgets=(25, 50, 100, 200), sizes=sizes)
+    trunk = pl.col("run_id").str.replace(r"-e\d+-", "-trunk-")
+    r = fit_law(df.with_columns(branch_of=trunk), "joint", n_starts=2)
+    assert all(v["ci_low"] is None for v in r["params"].values())
+    assert "trunks" in r["bootstrap"]["no_interval"] and r["interval"] is None
