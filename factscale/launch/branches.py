@@ -95,6 +95,14 @@ class BranchGroup:
         for rd in [self.trunk_dir(), *self.rds]:
             rd.record_job(job_id, cluster, folder)
 
+    def progress(self) -> dict | None:
+        """The progress of the group's piece being trained now (its trunk, then each branch), named."""
+        for rd in [self.trunk_dir(), *self.rds]:
+            p = rd.progress() if not rd.results.exists() else None
+            if p is not None:
+                return {**p, "piece": rd.id}
+        return None
+
     def status(self) -> dict:
         states = [rd.status() for rd in self.rds]
         info = {"run_id": self.id, "requeues": 0}

@@ -296,7 +296,8 @@ def progress_text(p: dict) -> str:
     eta = p.get("eta_s")
     eta_text = "" if eta is None else f", ETA {int(eta // 60)}m{int(eta % 60):02d}s"
     mrs = "".join(f", {s} MR {v:.3f}" for s, v in (p.get("mr") or {}).items())
-    return f"epoch {p['epoch']}/{p['epochs']}{mrs}{eta_text}"
+    piece = f" ({p['piece']})" if p.get("piece") else ""
+    return f"epoch {p['epoch']}/{p['epochs']}{mrs}{eta_text}{piece}"
 
 
 def axes_label(spec: SweepSpec, cfg: RunConfig) -> str:

@@ -245,9 +245,9 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
     ckpt, epochs_done = rd.resume_checkpoint(readonly=global_rank(cfg) != 0)
     rank0 = global_rank(cfg) == 0
 
-    def report(epoch, epochs, mr):  # one line per probe in the run's log, and progress.json for `sweep status`
-        rd.write_progress(epoch, epochs, mr, resumed_from=epochs_done or forked_at or 0)
+    def report(epoch, epochs, mr):  # one line per probe in the run's log, then progress.json for `sweep status`
         print(f"[{rd.id}] epoch {epoch}/{epochs}: " + ", ".join(f"{s} MR {v:.3f}" for s, v in mr.items()), flush=True)
+        rd.write_progress(epoch, epochs, mr, resumed_from=epochs_done or forked_at or 0)
 
     probe_cb = ProbeCallback(prober, cfg.probe.every_epochs, rd.history if rank0 else None, report if rank0 else None)
     forked_at = None
