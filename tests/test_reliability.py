@@ -361,6 +361,7 @@ def test_fits_of_two_results_tables_never_overwrite_each_other(tmp_path, monkeyp
 # ---------------------------------------------------------------- progress
 
 
+@pytest.mark.slow  # a CLI training process (imports alone take seconds): 8 s idle, 20 s loaded
 def test_a_running_run_shows_its_epoch_mr_and_eta(tiny_corpus, tmp_path):
     """A run stalled (test fault) after epoch 2 of 4 holds its lock: status says running, at epoch 2 of 4, with
     its MRs and an ETA; its own log has a line per probe. The wait is for an event (progress.json), never a sleep."""
