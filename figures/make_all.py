@@ -4,11 +4,10 @@
 """
 
 import argparse
-from pathlib import Path
 
 import polars as pl
 
-from factscale.analysis.fitstore import Fits, results_identity
+from factscale.analysis.fitstore import default_dir, saved_fits
 from factscale.plots.laws import plot_all
 
 if __name__ == "__main__":
@@ -18,8 +17,7 @@ if __name__ == "__main__":
     ap.add_argument("--fits", help="a directory of fits saved by `factscale fit` from this results table")
     a = ap.parse_args()
     df = pl.read_parquet(a.results)
-    fits = Fits(df, a.fits, results_identity(a.results)["sha256"]) if a.fits else None
-    rep = plot_all(df, a.out_dir or str(Path("figures/out") / Path(a.results).stem), fits)
+    rep = plot_all(df, a.out_dir or str(default_dir("figures", a.results)), saved_fits(df, a.results, a.fits))
     for name, paths in rep["drawn"].items():
         print(f"drew {name}: {paths[0]}")
     for name, why in rep["skipped"].items():

@@ -83,3 +83,14 @@ class Fits:
         if isinstance(r, FitError):
             raise r
         return r
+
+
+def saved_fits(df: pl.DataFrame, results_path: str | Path, fits_dir: str | Path | None) -> Fits | None:
+    """The ``--fits DIR`` of a figure command: the saved fits of the table at ``results_path`` (checked against
+    its sha256), or None (fit on demand)."""
+    return Fits(df, fits_dir, results_identity(results_path)["sha256"]) if fits_dir else None
+
+
+def default_dir(kind: str, results_path: str | Path) -> Path:
+    """``fits/out/<table>`` or ``figures/out/<table>``: outputs of different results tables never collide."""
+    return Path(kind) / "out" / Path(results_path).stem

@@ -160,21 +160,21 @@ def cmd_fit(a):
             f" (no interval: {s['no_interval']})"
         print(f"  to memorize {s['facts']:.3g} facts at {s['epochs']} epochs: "
               f"{s['non_embedding_params']:.3g} non-embedding params{ci}")
-    from factscale.analysis.fitstore import results_identity
+    from factscale.analysis.fitstore import default_dir, results_identity
 
     r["results"] = results_identity(a.results)  # a figure drawing this fit checks it is the same table
     name = a.name or a.law + "".join(f"-{k}{v}" for k, v in key_values(a.where).items())
-    out_dir = Path(a.out_dir) if a.out_dir else Path("fits/out") / Path(a.results).stem
+    out_dir = Path(a.out_dir) if a.out_dir else default_dir("fits", a.results)
     print(f"  wrote {fit.save_fit(r, out_dir / f'{name}.json')}")
 
 
 def cmd_plot(a):
     from factscale import plots
-    from factscale.analysis.fitstore import Fits, results_identity
+    from factscale.analysis.fitstore import default_dir, saved_fits
 
     df = _read_results(a.results)
-    fits = Fits(df, a.fits, results_identity(a.results)["sha256"]) if a.fits else None
-    a.out_dir = a.out_dir or str(Path("figures/out") / Path(a.results).stem)
+    fits = saved_fits(df, a.results, a.fits)
+    a.out_dir = a.out_dir or str(default_dir("figures", a.results))
     if a.name == "all":
         rep = plots.plot_all(df, a.out_dir, fits)
         for n, p in rep["drawn"].items():

@@ -23,7 +23,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from factscale.analysis.fit import params_needed, predict, predict_band
-from factscale.analysis.fitstore import Fits, results_identity
+from factscale.analysis.fitstore import Fits, default_dir, saved_fits
 from factscale.analysis.vocab import SIZE, final_probes, label_annealed, overall, sizes_sorted
 from factscale.errors import FitError, PlotError
 from factscale.fsio import write_atomic
@@ -323,6 +323,5 @@ def script_main(name: str) -> None:
     ap.add_argument("--fits", help="a directory of fits saved by `factscale fit` from this results table")
     a = ap.parse_args()
     df = pl.read_parquet(a.results)
-    fits = Fits(df, a.fits, results_identity(a.results)["sha256"]) if a.fits else None
-    for path in plot(name, df, a.out_dir or str(Path("figures/out") / Path(a.results).stem), fits):
+    for path in plot(name, df, a.out_dir or default_dir("figures", a.results), saved_fits(df, a.results, a.fits)):
         print(path)

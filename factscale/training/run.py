@@ -7,6 +7,7 @@ atomically. An exception leaves ``error.json`` (the run is failed, never done) a
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -59,6 +60,7 @@ _QUIET_WARNINGS = (r".*`srun` command is available.*", r".*isinstance\(treespec,
                    r".*`IterableDataset` has `__len__` defined.*")
 
 
+@functools.cache  # once per process: warning filters would otherwise pile up, one set per run of a sweep job
 def quiet_lightning() -> None:
     import logging
     import warnings
