@@ -9,9 +9,10 @@ What the demo measures, at each size: capacity (facts memorized, exact match) af
 each an end-of-schedule point (a branch decays its learning rate to 0, like a standalone run of that
 length); the linear law in non-embedding parameters at the largest budget, with its run-bootstrap
 interval and the log-log slope (1 = linear) with its interval; the saturating law C(E) = C* - a exp(-bE)
-per size, with C* bounded by the facts trained on; memorized bits per non-embedding and per total
-parameter. "Saturated" means the observed end point reaches >= 80% of the fitted C* and C* (up to its
-interval's top) stays below the facts available, so capacity, not the corpus, is what levelled off.
+per size, with C* bounded by the facts trained on (a secondary, extrapolated view); memorized bits per
+non-embedding and per total parameter. Saturation is measured (``analysis.saturation``): the gain between
+the two largest budgets, paired by seed, with its interval below 10%, at a size the corpus does not cap.
+Laws in model size leave out sizes that fill more than 60% of their facts (``fit.capped_sizes``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from factscale import plots
 from factscale.analysis import fit
 from factscale.analysis.collect import collect
 from factscale.analysis.fitstore import Fits, results_identity
+from factscale.analysis.saturation import saturation, saturation_text
 from factscale.analysis.vocab import SIZE, overall
 from factscale.configio import read_yaml_mapping, set_dotted
 from factscale.errors import ConfigError
@@ -37,7 +39,6 @@ DEMO_SPEC = Path(__file__).with_name("demo.yaml")  # also sweeps/demo.yaml (a li
 QUICK = {"corpus_build.synthetic.n_keys": 700, "grid.model.size": ["1k", "5k", "10k"],
          "grid.train.epochs": [10, 20, 40, 80], "base.probe.every_epochs": 40}
 """--quick: 3 sizes on a smaller corpus with shorter budgets (a few minutes), for the tests."""
-SATURATED = 0.8  # the end point must reach this fraction of the fitted C*
 N_BOOT = 200
 
 
@@ -62,6 +63,7 @@ def _ci(entry: dict) -> list | None:
 def summarize(df: pl.DataFrame, lin: dict | None, exps: dict, budget: int) -> dict:
     """The demo's observations, per size and for the linear law (the ``summary.json`` schema)."""
     final = overall(df).filter(pl.col("epoch") == budget)
+    sat_rows = {r["size"]: r for r in saturation(df).iter_rows(named=True)}
     sizes = []
     for s, g in final.group_by(SIZE, maintain_order=True):
         row = {"size": s[0], "non_embedding_params": int(g["non_embedding_params"][0]),
@@ -74,26 +76,17 @@ def summarize(df: pl.DataFrame, lin: dict | None, exps: dict, budget: int) -> di
                "bits_per_param": float(g["bits_per_param"].mean()),
                "bits_per_total_param": float(g["bits_per_total_param"].mean()),
                "cstar": None, "cstar_ci": None, "cstar_at_bound": None, "fraction_of_cstar": None,
-               "saturated": False, "why_not": None}
+               "saturated": False, "saturation": None, "why_not": None}
         r = exps.get(row["size"])
         if isinstance(r, str):
-            row["why_not"] = f"exp-epochs not fitted: {r}"
-        elif r is not None:
+            row["cstar_not_fitted"] = r
+        elif r is not None:  # the fitted asymptote: a secondary view (often at its bound)
             c = r["params"]["cstar"]
             row.update(cstar=c["value"], cstar_ci=_ci(c), cstar_at_bound=c["at_bound"],
                        fraction_of_cstar=row["capacity_mean"] / c["value"] if c["value"] > 0 else None)
-            top = c["ci_high"] if c["ci_high"] is not None else c["value"]
-            reasons = []
-            if (row["fraction_of_cstar"] or 0) < SATURATED:
-                reasons.append(f"end point is {row['fraction_of_cstar'] or 0:.0%} of C* (< {SATURATED:.0%})")
-            # a bootstrap top can sit a rounding error below the bound: same tolerance as ``at_bound``
-            if c["at_bound"] or top >= row["n_facts"] or math.isclose(top, row["n_facts"], rel_tol=1e-6):
-                reasons.append(f"C* (up to its interval's top, {top:.0f}) reaches the {row['n_facts']} facts "
-                               "available: the corpus, not capacity, may be the limit")
-            if c["ci_low"] is None:
-                reasons.append(f"C* has no interval ({c['no_interval']})")
-            row["saturated"] = not reasons
-            row["why_not"] = "; ".join(reasons) or None
+        sat = sat_rows.get(row["size"])
+        if sat is not None:  # measured: the gain between the two largest budgets, paired by seed
+            row.update(saturated=sat["saturated"], saturation=sat, why_not=None if sat["saturated"] else sat["why"])
         sizes.append(row)
     sizes.sort(key=lambda r: r["non_embedding_params"])
     linear = None
@@ -102,6 +95,7 @@ def summarize(df: pl.DataFrame, lin: dict | None, exps: dict, budget: int) -> di
         s = comp.get("params", {}).get("s")
         linear = {"slope": k["value"], "ci": _ci(k), "no_interval": k["no_interval"], "r2": lin["r2"],
                   "intercept": lin["params"]["c"]["value"], "n_runs": lin["n_runs"],
+                  "left_out_capped": [e["size"] for e in lin.get("excluded_capped", [])], "interval": lin["interval"],
                   "loglog_slope": s["value"] if s else None, "loglog_slope_ci": _ci(s) if s else None,
                   "loglog_r2": comp.get("r2")}
     return {"n_runs": df["run_id"].n_unique(), "epochs": budget, "sizes": sizes, "linear": linear}
@@ -126,16 +120,18 @@ def report(summary: dict, held: pl.DataFrame, log=print) -> None:
                else "") + "; "
             f"memorized bits (code length) {r['bits_per_param']:.2f}/non-emb param, "
             f"{r['bits_per_total_param']:.2f}/total param")
-        log(f"        {cs}; saturated: {'yes' if r['saturated'] else 'no'}"
-            + (f" ({r['why_not']})" if r["why_not"] else ""))
+        sat = saturation_text(r["saturation"]) if r["saturation"] else "saturation not measured"
+        log(f"        {sat}\n        (secondary, extrapolated: {cs})")
     lin = summary["linear"]
     if lin is None:
         log("  linear law: not fitted")
     else:
         ci = (f"95% CI [{lin['ci'][0]:.4f}, {lin['ci'][1]:.4f}]" if lin["ci"]
               else f"no interval: {lin['no_interval']}")
+        left = (f"; left out as capped by the corpus: {', '.join(lin['left_out_capped'])}" if lin["left_out_capped"]
+                else "")
         log(f"  linear in non-emb params at {E} epochs (relative-error fit): {lin['slope']:.4f} facts/param ({ci}), "
-            f"intercept {lin['intercept']:.0f}, R^2 = {lin['r2']:.3f}, {lin['n_runs']} runs")
+            f"intercept {lin['intercept']:.0f}, R^2 = {lin['r2']:.3f}, {lin['n_runs']} runs{left}")
         if lin["loglog_slope"] is not None:
             lci = lin["loglog_slope_ci"]
             verdict = ("contains 1: consistent with linear" if lci and lci[0] <= 1 <= lci[1] else

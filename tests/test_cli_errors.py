@@ -86,6 +86,7 @@ def test_bad_input_is_one_error_line(files, bad_corpus, args, needles, capsys):
     assert not (files / "c").exists() and not (files / "x.parquet").exists() and not (files / "runs").exists()
 
 
+@pytest.mark.slow  # over 4 s: the fast tier stays under 2 minutes
 def test_a_second_concurrent_train_is_one_error_line(tiny_corpus, tmp_path, capsys):
     from factscale.cli.main import main
 

@@ -2,14 +2,14 @@
 
 The laws themselves (formula, bounds, point selection, solver) live in ``factscale.analysis.laws``. Every law
 fits the final probe of each completed run by default; probes in the middle of a schedule
-(unannealed) only with ``include_unannealed``, and the result says so.
+(unannealed) only with ``include_unannealed``, and the result says so. Laws in model size leave out the
+sizes the corpus caps (``capped_sizes``: capacity above ``max_fill`` of the facts trained on), and say so.
 
-Each fit: several starting points (best kept), a sum-reduced loss (``robust`` = soft-L1), standard
-errors from the Jacobian, and percentile intervals from a bootstrap over whole runs, stratified by the
-run's design point (size, epoch budget ...): points of one run are not independent. No interval is
-given - and the result says why - with fewer than 8 runs or fewer than 2 runs at some design point;
-a resample counts only with enough distinct design points; an interval that misses its own point
-estimate is withheld, never printed.
+Each fit: several starting points (best kept), a sum-reduced loss (``robust`` = soft-L1), and an interval
+of the kind that covers for its design (``factscale.analysis.intervals``: run bootstrap, regression
+t-interval or trunk jackknife). No interval is given - and the result says why - with fewer than 8 runs or
+fewer than 2 runs at some design point; a parameter at its bound gets none, nor does anything computed
+from it; a bootstrap interval that misses its own point estimate is withheld, never printed.
 """
 
 from __future__ import annotations
@@ -25,22 +25,20 @@ from pathlib import Path
 import lmfit
 import numpy as np
 import polars as pl
-from scipy import stats
 from tqdm import tqdm
 
-from factscale.analysis.laws import LAWS, Law
-from factscale.analysis.vocab import BUDGET
+from factscale.analysis import intervals
+from factscale.analysis.laws import LAWS, MAX_FILL, MEASURES, Law
+from factscale.analysis.vocab import BUDGET, SIZE
 from factscale.errors import FitError
 
 __all__ = ["LAWS", "FitError", "Law", "fit_law", "format_table", "holdout_largest", "params_needed", "predict",
            "predict_band", "save_fit"]
 MIN_RUNS = 8  # below this many runs a bootstrap interval is not worth printing
 MIN_RUNS_PER_POINT = 2  # runs (seeds) at each design point
-BOOT_RUNS_PER_POINT = 3  # below this, the regression t-interval, not the run bootstrap
 
 
 LOG = logging.getLogger("factscale.fit")
-MEASURES = ("capacity", "capacity_above_chance")  # what a capacity law can be fitted on
 
 def _fit_once(law: Law, x, y, start: dict, fixed: dict, robust: bool, limits: dict):
     params = lmfit.Parameters()
@@ -79,6 +77,23 @@ def _best_fit(law, x, y, n_starts, fixed, robust, rng, limits):
     return best
 
 
+def capped_sizes(sel: pl.DataFrame, max_fill: float | None) -> tuple[pl.DataFrame, list[dict]]:
+    """Leave out the model sizes whose mean capacity at some selected budget fills more than ``max_fill`` of
+    the facts they trained on: there the corpus, not the model, bounds what is memorized, and a law in model
+    size fitted through them bends (the demo's log-log slope 0.77 came from two such sizes; the sizes below
+    the cap gave 0.97). Fill is measured on raw capacity, whatever the law's measure."""
+    if max_fill is None or max_fill >= 1 or not {"capacity", "n_facts"} <= set(sel.columns) or sel.height == 0:
+        return sel, []
+    name = [pl.col(SIZE).first()] if SIZE in sel.columns else []
+    fill = (sel.group_by("non_embedding_params", "epoch")
+            .agg((pl.col("capacity").cast(pl.Float64) / pl.col("n_facts")).mean().alias("fill"), *name)
+            .group_by("non_embedding_params").agg(pl.col("fill").max(), *name).sort("non_embedding_params"))
+    capped = fill.filter(pl.col("fill") > max_fill)
+    excluded = [{"size": r.get(SIZE), "non_embedding_params": int(r["non_embedding_params"]), "fill": float(r["fill"])}
+                for r in capped.iter_rows(named=True)]
+    return sel.filter(~pl.col("non_embedding_params").is_in(capped["non_embedding_params"].implode())), excluded
+
+
 def _shortfall(law: Law, x, n_free: int) -> str | None:
     """Why these points cannot determine the law (None if they can)."""
     for name, xi in zip(law.xs, x):
@@ -108,10 +123,12 @@ def _interval_refusal(run_keys: dict, n_boot: int) -> str | None:
 
 def fit_law(df: pl.DataFrame, law_name: str, where: dict | None = None, *, fixed: dict | None = None,
             robust: bool = False, n_starts: int = 8, n_boot: int = 200, ci: float = 0.95, seed: int = 0,
-            include_unannealed: bool = False, measure: str | None = None) -> dict:
+            include_unannealed: bool = False, measure: str | None = None, max_fill: float | None = MAX_FILL) -> dict:
     """Fit ``law_name`` on the rows ``where`` selects (see ``laws``). ``measure``: what a capacity law fits,
     ``capacity`` (facts memorized by exact match, the default) or ``capacity_above_chance`` (minus what the
-    key-blind baseline also gets right: ``probing.keyblind``)."""
+    key-blind baseline also gets right: ``probing.keyblind``). ``max_fill``: laws in model size leave out
+    sizes whose capacity fills more than this fraction of the facts they trained on (``capped_sizes``);
+    None or 1 keeps every size."""
     if law_name not in LAWS:
         raise FitError(f"unknown law {law_name!r}; allowed values: {list(LAWS)}")
     law = LAWS[law_name]
@@ -121,6 +138,9 @@ def fit_law(df: pl.DataFrame, law_name: str, where: dict | None = None, *, fixed
         law = dataclasses.replace(law, y=measure)
     fixed = dict(fixed or {})
     sel = law.select(df, where, include_unannealed)
+    if max_fill is not None and not 0 < max_fill <= 1:
+        raise FitError(f"--max-fill {max_fill}: a fraction of the facts trained on, in (0, 1] (1 keeps every size)")
+    sel, excluded = capped_sizes(sel, max_fill) if law.capped_sizes else (sel, [])
     x = [sel[c].cast(pl.Float64).to_numpy() for c in law.xs]
     y = sel[law.y].cast(pl.Float64).to_numpy()
     ok = np.isfinite(y) & np.all([np.isfinite(xi) for xi in x], axis=0)
@@ -135,6 +155,9 @@ def fit_law(df: pl.DataFrame, law_name: str, where: dict | None = None, *, fixed
     if why:
         hint = "" if include_unannealed or BUDGET not in law.design else \
             " (one end-of-schedule point per run: add epoch budgets, or fit intermediate probes with --include-unannealed)"
+        if excluded:
+            hint += (f" ({len(excluded)} sizes left out as capped by the corpus, filling > {max_fill:.0%} of their "
+                     "facts: see --max-fill)")
         raise FitError(f"{law_name}: {why}{hint}")
     if len(y) <= n_free:
         raise FitError(f"{law_name}: {len(y)} usable points (after dropping {n_dropped} NaN/invalid) for "
@@ -153,67 +176,51 @@ def fit_law(df: pl.DataFrame, law_name: str, where: dict | None = None, *, fixed
     fp = np.log(np.clip(pred, 1e-12, None)) if law.log_space else pred
     r2 = 1 - float(np.sum((fy - fp) ** 2) / np.sum((fy - fy.mean()) ** 2))
 
-    # bootstrap over whole runs, stratified by the run's design point
+    # the interval: run bootstrap, regression t-interval or trunk jackknife (factscale.analysis.intervals)
     design = [c for c in law.design if c in sel.columns]
     run_keys = {r: tuple(k) for r, *k in sel.group_by("run_id").agg([pl.col(c).first() for c in design])
                 .iter_rows()}
-    refusal = _interval_refusal(run_keys, n_boot)
-    # With fewer than 3 runs at a design point, drawing n-1 of n runs leaves one run per point and the
-    # percentile bootstrap covers ~70% (measured by simulation); the regression t-interval (the fit's own
-    # weighted least squares covariance, residual dof = runs - free parameters) covers as it says. It needs
-    # independent runs: cooldown branches of one trunk share the trunk's errors, so it is refused there.
-    per_point = [list(run_keys.values()).count(k) for k in set(run_keys.values())]
-    use_t = refusal is None and not robust and min(per_point) < BOOT_RUNS_PER_POINT
-    if use_t and "branch_of" in sel.columns:
+    trunks = {r: r for r in run_keys}  # the independent unit: a cooldown branch's trunk, else the run
+    if "branch_of" in sel.columns:
         trunk = dict(sel.group_by("run_id").agg(pl.col("branch_of").first()).iter_rows())
-        units = {trunk.get(r) or r for r in run_keys}
-        if len(units) < len(run_keys):
-            refusal = (f"{len(run_keys)} runs come from {len(units)} trunks (cooldown branches of one trunk share "
-                       f"its errors) and design points have fewer than {BOOT_RUNS_PER_POINT} runs: no interval "
-                       "treats them as independent (add seeds)")
-    interval_kind = "t-interval (weighted least squares)" if use_t else "run bootstrap"
-    # (solves and bands then use draws from the fit's covariance, t-scaled: see below)
-    strata: dict = {}
-    for r, k in sorted(run_keys.items()):
-        strata.setdefault(k, []).append(r)
-    by_run = {r: np.flatnonzero(runs == r) for r in run_keys}
-    boot, n_short = [], 0
-    n = 0 if refusal or use_t else n_boot
-    if n:
-        LOG.info(f"fitting {law_name}{' ' + str(where) if where else ''}: {n} bootstrap refits of {len(run_keys)} runs")
-    for _ in tqdm(range(n), desc=f"bootstrap {law_name}", leave=False, disable=not sys.stderr.isatty() or n < 50):
-        # n-1 of each stratum's n runs, with replacement: the bootstrap variance of a stratum mean is then
-        # s^2/n, not s^2 (n-1)/n^2 - with 2 seeds per point a plain resample would halve the variance
-        pick = [r for members in strata.values() for r in rng.choice(members, size=len(members) - 1, replace=True)]
-        idx = np.concatenate([by_run[r] for r in pick])
+        trunks = {r: trunk.get(r) or r for r in run_keys}
+    refusal = _interval_refusal(run_keys, n_boot)
+    kind = None if refusal else intervals.choose(run_keys, trunks, robust)
+
+    def refit(idx):
         xb, yb = [xi[idx] for xi in x], y[idx]
         if _shortfall(law, xb, n_free) or np.ptp(yb) == 0:
-            n_short += 1
-            continue
+            return "short"
         try:
             rb = _fit_once(law, xb, yb, values, fixed, robust, limits)
         except (ValueError, FloatingPointError):
-            continue
-        if rb.success:
-            boot.append([rb.params[p].value for p in law.params])
-    boot = np.array(boot) if boot else np.empty((0, len(law.params)))
-    if not refusal and not use_t and len(boot) < n_boot / 2:
-        refusal = f"only {len(boot)} of {n_boot} resamples could be fitted"
-    dof = len(run_keys) - n_free
-    if use_t and not refusal and dof >= 1 and getattr(best, "covar", None) is not None and n_boot > 0:
-        # draws from the fit's covariance, widened from normal to t quantiles: what predictions and solves
-        # (bands, --solve) are computed over, consistent with the parameters' t-intervals
-        z, t = stats.norm.ppf((1 + ci) / 2), stats.t.ppf((1 + ci) / 2, dof)
-        mean = np.array([values[v] for v in best.var_names])
-        free = rng.multivariate_normal(mean, np.asarray(best.covar) * (t / z) ** 2, size=n_boot)
-        boot = np.array([[values[p] for p in law.params]] * n_boot, dtype=float)
-        for j, v in enumerate(best.var_names):
-            lo, hi = limits[v]  # the law's domain holds for every draw (C* never above the facts trained on)
-            boot[:, law.params.index(v)] = np.clip(free[:, j], -np.inf if lo is None else lo,
-                                                   np.inf if hi is None else hi)
+            return None
+        return [rb.params[p].value for p in law.params] if rb.success else None
+
+    boot, n_short, cov, dof = np.empty((0, len(law.params))), 0, None, None
+    if kind == "bootstrap":
+        LOG.info(f"fitting {law_name}{' ' + str(where) if where else ''}: {n_boot} bootstrap refits of "
+                 f"{len(run_keys)} runs")
+        progress = lambda it: tqdm(it, desc=f"bootstrap {law_name}", leave=False,  # noqa: E731
+                                   disable=not sys.stderr.isatty() or n_boot < 50)
+        boot, n_short = intervals.bootstrap(refit, runs, run_keys, n_boot, rng, progress)
+        if len(boot) < n_boot / 2:
+            refusal = f"only {len(boot)} of {n_boot} resamples could be fitted"
+        boot = boot if len(boot) else np.empty((0, len(law.params)))
+    elif kind == "t":
+        cov, dof = getattr(best, "covar", None), len(run_keys) - n_free
+        if cov is None or dof < 1:
+            refusal = "the fit gives no covariance" if dof >= 1 else f"{dof} residual degrees of freedom"
+    elif kind == "jackknife":
+        cov, G, why = intervals.jackknife(refit, runs, trunks, [law.params.index(v) for v in best.var_names])
+        dof, refusal = G - 1, why
+    if kind in ("t", "jackknife") and not refusal:
+        boot = intervals.covariance_draws(values, law.params, list(best.var_names), cov, dof, ci, limits, n_boot, rng)
     params = {}
     for j, p in enumerate(law.params):
         se = best.params[p].stderr
+        if cov is not None and p in best.var_names:  # the standard error the interval uses
+            se = math.sqrt(max(0.0, float(np.asarray(cov)[best.var_names.index(p)][best.var_names.index(p)])))
         lo, hi = limits[p]
         entry = {"value": values[p], "stderr": float(se) if se is not None and np.isfinite(se) else None,
                  "fixed": p in fixed, "bounds": [lo, hi],
@@ -223,14 +230,13 @@ def fit_law(df: pl.DataFrame, law_name: str, where: dict | None = None, *, fixed
         if entry["at_bound"]:  # the fit pinned it: its draws pile up at the bound, an interval would be false
             side = "<=" if hi is not None and math.isclose(values[p], hi, rel_tol=1e-6, abs_tol=1e-12) else ">="
             entry["no_interval"] = f"{p} at its bound ({side} {values[p]:.4g}): the data do not determine it"
-        elif not refusal and p not in fixed and use_t:
-            if entry["stderr"] is None or dof < 1:
-                entry["no_interval"] = "the fit gives no standard error" if dof >= 1 else f"{dof} residual dof"
+        elif not refusal and p not in fixed and kind in ("t", "jackknife"):
+            if entry["stderr"] is None:
+                entry["no_interval"] = "the fit gives no standard error"
             else:
-                half = float(stats.t.ppf((1 + ci) / 2, dof)) * entry["stderr"]
-                entry.update(ci_low=values[p] - half, ci_high=values[p] + half, no_interval=None)
+                entry.update(intervals.t_interval(values[p], entry["stderr"], dof, ci, (lo, hi)))
         elif not refusal and p not in fixed:
-            entry.update(_interval(boot[:, j], values[p], ci))
+            entry.update(intervals.percentile(boot[:, j], values[p], ci))
         params[p] = entry
     result = {
         "law": law_name, "formula": law.formula, "measure": law.y, "where": where or {}, "robust": robust,
@@ -238,9 +244,13 @@ def fit_law(df: pl.DataFrame, law_name: str, where: dict | None = None, *, fixed
         "n_runs": len(run_keys), "n_unannealed": int((~sel["annealed"]).sum()), "n_dropped_invalid": n_dropped,
         "status": {"success": bool(best.success), "message": str(best.message), "nfev": int(best.nfev),
                    "n_starts": n_starts},
-        "interval": interval_kind if not refusal else None,
-        "bootstrap": {"n_requested": 0 if use_t else n_boot, "n_ok": int(len(boot)), "n_too_few_design_points": n_short,
-                      "ci": ci, "resampled": "runs, stratified by " + (", ".join(design) or "nothing"),
+        "interval": intervals.KINDS[kind] if kind and not refusal else None,
+        "interval_dof": dof if kind in ("t", "jackknife") and not refusal else None,
+        "excluded_capped": excluded, "max_fill": max_fill if law.capped_sizes else None,
+        "bootstrap": {"n_requested": n_boot if kind == "bootstrap" else 0, "n_ok": int(len(boot)),
+                      "n_too_few_design_points": n_short,
+                      "ci": ci, "resampled": ("trunks, deleted one at a time" if kind == "jackknife" else
+                                              "runs, stratified by " + (", ".join(design) or "nothing")),
                       "no_interval": refusal},
         "points": {**{k: xi.tolist() for k, xi in zip(law.xs, x)}, law.y: y.tolist(), "run_id": runs.tolist(),
                    "annealed": sel["annealed"].to_list()},
@@ -251,23 +261,10 @@ def fit_law(df: pl.DataFrame, law_name: str, where: dict | None = None, *, fixed
         try:
             result["companion"] = fit_law(df, law.companion, where, robust=robust, n_starts=n_starts, n_boot=n_boot,
                                           ci=ci, seed=seed, include_unannealed=include_unannealed,
-                                          measure=measure)
+                                          measure=measure, max_fill=max_fill)
         except FitError as e:
             result["companion"] = {"law": law.companion, "error": str(e)}
     return result
-
-
-def _interval(draws: np.ndarray, point: float, ci: float) -> dict:
-    """Percentile interval of bootstrap draws; withheld (with the reason) if it misses the point estimate."""
-    draws = draws[np.isfinite(draws)]
-    if len(draws) == 0:
-        return {"no_interval": "no usable bootstrap draws"}
-    lo, hi = (float(np.percentile(draws, q)) for q in ((1 - ci) / 2 * 100, (1 + ci) / 2 * 100))
-    tol = 1e-9 * max(abs(lo), abs(hi), abs(point), 1e-300)
-    if not lo - tol <= point <= hi + tol:
-        return {"no_interval": f"the bootstrap interval [{lo:.4g}, {hi:.4g}] misses the point estimate "
-                               f"{point:.4g}: resampled fits disagree with the full fit"}
-    return {"ci_low": lo, "ci_high": hi, "no_interval": None}
 
 
 def _values(result: dict) -> dict:
@@ -313,23 +310,25 @@ def params_needed(result: dict, facts: float, epochs: float | None = None) -> di
         elif len(usable) < len(draws) / 2:
             out["no_interval"] = f"{out['n_dropped']} of {len(draws)} draws never reach that many facts"
         else:
-            out.update(_interval(usable, point, result["bootstrap"]["ci"]))
+            out.update(intervals.percentile(usable, point, result["bootstrap"]["ci"]))
     return out
 
 
 def holdout_largest(df: pl.DataFrame, law_name: str, where: dict | None = None, include_unannealed: bool = False,
-                    **kw) -> dict:
-    """Fit without the largest model size, predict its capacity: the extrapolation's measured error."""
+                    max_fill: float | None = MAX_FILL, **kw) -> dict:
+    """Fit without the largest model size the corpus does not cap, predict its capacity: the extrapolation's
+    measured error."""
     law = LAWS[law_name]
     if "non_embedding_params" not in law.xs:
         raise FitError(f"holdout check needs a law in model size, not {law_name}")
-    sel = law.select(df, where, include_unannealed)
+    sel, _ = capped_sizes(law.select(df, where, include_unannealed), max_fill)
+    df = df.filter(pl.col("non_embedding_params").is_in(sel["non_embedding_params"].unique().implode()))
     largest = sel["non_embedding_params"].max()
     sizes = sel["non_embedding_params"].n_unique()
     if sizes < 3:
         raise FitError(f"holdout check needs >= 3 model sizes, have {sizes}")
     fit = fit_law(df.filter(pl.col("non_embedding_params") != largest), law_name, where, n_boot=0,
-                  include_unannealed=include_unannealed, **kw)
+                  include_unannealed=include_unannealed, max_fill=max_fill, **kw)
     held = sel.filter(pl.col("non_embedding_params") == largest)
     pred = np.atleast_1d(predict(fit, **{c: held[c].cast(pl.Float64).to_numpy() for c in law.xs}))
     obs = held[law.y].cast(pl.Float64).to_numpy()
@@ -353,7 +352,7 @@ def format_table(result: dict) -> str:
     measure = "" if result.get("measure", "capacity") == "capacity" else f" on {result['measure']}"
     lines = [f"{result['law']}{measure}: {result['formula']}   ({result['n_points']} points from {result['n_runs']} runs, "
              f"{sel}; R^2 = {result['r2']:.4f})",
-             f"  {'param':<8} {'value':>12} {'stderr':>12} {ci_pct}% CI ({result.get('interval') or 'run bootstrap'})"]
+             f"  {'param':<8} {'value':>12} {'stderr':>12} {ci_pct}% CI ({result.get('interval') or 'none'})"]
     for p, v in result["params"].items():
         se = f"{v['stderr']:.4g}" if v["stderr"] is not None else "-"
         ci = f"[{v['ci_low']:.4g}, {v['ci_high']:.4g}]" if v["ci_low"] is not None else "-"
@@ -361,9 +360,15 @@ def format_table(result: dict) -> str:
         lines.append(f"  {p:<8} {v['value']:>12.5g} {se:>12} {ci}{note}")
     b = result["bootstrap"]
     st = result["status"]
+    how = (f"bootstrap {b['n_ok']}/{b['n_requested']} refits, {b['n_too_few_design_points']} resamples dropped "
+           "for too few design points") if b["n_requested"] else \
+        (f"{result['interval']} on {result['interval_dof']} dof" if result.get("interval") else "no interval")
     lines.append(f"  optimizer: {'ok' if st['success'] else 'FAILED'} ({st['message']}, {st['nfev']} evals, "
-                 f"best of {st['n_starts']} starts); bootstrap {b['n_ok']}/{b['n_requested']} refits, "
-                 f"{b['n_too_few_design_points']} resamples dropped for too few design points")
+                 f"best of {st['n_starts']} starts); {how}")
+    if result.get("excluded_capped"):
+        left = ", ".join(f"{e['size'] or e['non_embedding_params']} ({e['fill']:.0%})" for e in result["excluded_capped"])
+        lines.append(f"  left out, capped by the corpus (capacity > {result['max_fill']:.0%} of the facts trained on): "
+                     f"{left}; --max-fill 1 keeps them")
     if b["no_interval"]:
         lines.append(f"  no interval: {b['no_interval']}")
     for p, v in result["params"].items():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from factscale.analysis.fit import fit_law
+from factscale.analysis.fit import MAX_FILL, fit_law
 from factscale.analysis.laws import LAWS
 from factscale.analysis.vocab import ALIASES
 from factscale.errors import FitError
@@ -24,10 +24,11 @@ from factscale.fsio import file_sha256
 N_BOOT = 200  # the fit command's default (factscale fit --bootstrap)
 
 
-def selection_key(law: str, where: dict | None, measure: str | None = None) -> tuple:
-    """(law, where, measure) with aliases resolved and values compared as numbers where they are numbers, so
-    the CLI's ``--where epochs=100`` and a figure's ``{"epoch": 100}`` name the same fit; a fit of another
-    measure (``--measure capacity_above_chance``) is another fit."""
+def selection_key(law: str, where: dict | None, measure: str | None = None, max_fill: float | None = None) -> tuple:
+    """(law, where, measure, max_fill) with aliases resolved and values compared as numbers where they are
+    numbers, so the CLI's ``--where epochs=100`` and a figure's ``{"epoch": 100}`` name the same fit; a fit
+    of another measure (``--measure capacity_above_chance``) or that keeps other sizes (``--max-fill``) is
+    another fit."""
     def value(v):
         try:
             return repr(float(v))
@@ -35,7 +36,9 @@ def selection_key(law: str, where: dict | None, measure: str | None = None) -> t
             return str(v)
 
     default = LAWS[law].y if law in LAWS else None
-    return law, tuple(sorted((ALIASES.get(k, k), value(v)) for k, v in (where or {}).items())), measure or default
+    capped = law in LAWS and LAWS[law].capped_sizes
+    return (law, tuple(sorted((ALIASES.get(k, k), value(v)) for k, v in (where or {}).items())), measure or default,
+            value(max_fill if max_fill is not None else 1.0) if capped else None)
 
 
 def results_identity(path: str | Path) -> dict:
@@ -47,8 +50,8 @@ class Fits:
     """Saved fits of one results table, and fits made on demand (with the fit command's defaults)."""
 
     def __init__(self, df: pl.DataFrame, fits_dir: str | Path | None = None, results_sha: str | None = None,
-                 n_boot: int = N_BOOT):
-        self.df, self.n_boot = df, n_boot
+                 n_boot: int = N_BOOT, measure: str = "capacity", max_fill: float | None = MAX_FILL):
+        self.df, self.n_boot, self.measure, self.max_fill = df, n_boot, measure, max_fill
         self.saved: dict[tuple, dict] = {}
         self.made: dict[tuple, dict | FitError] = {}
         if fits_dir is not None:
@@ -66,17 +69,19 @@ class Fits:
                 if results_sha is not None and made_from is not None and made_from != results_sha:
                     raise FitError(f"{p} was fitted on another results table ({r['results'].get('path')}, sha256 "
                                    f"{made_from[:12]}), not this one ({results_sha[:12]}): refit it or leave out --fits")
-                self.saved[selection_key(r["law"], r.get("where"), r.get("measure"))] = r
+                self.saved[selection_key(r["law"], r.get("where"), r.get("measure"), r.get("max_fill"))] = r
 
     def get(self, law: str, where: dict | None = None) -> dict:
         """The fit of ``law`` on the rows ``where`` selects: the saved one, else fitted once (FitError if the
         data cannot support it, raised again on every request)."""
-        key = selection_key(law, where)
+        measure = self.measure if law in LAWS and LAWS[law].y == "capacity" else None
+        key = selection_key(law, where, measure, self.max_fill)
         if key in self.saved:
             return self.saved[key]
         if key not in self.made:
             try:
-                self.made[key] = fit_law(self.df, law, where, n_boot=self.n_boot)
+                self.made[key] = fit_law(self.df, law, where, n_boot=self.n_boot, measure=measure,
+                                         max_fill=self.max_fill)
             except FitError as e:
                 self.made[key] = e
         r = self.made[key]
@@ -85,10 +90,12 @@ class Fits:
         return r
 
 
-def saved_fits(df: pl.DataFrame, results_path: str | Path, fits_dir: str | Path | None) -> Fits | None:
-    """The ``--fits DIR`` of a figure command: the saved fits of the table at ``results_path`` (checked against
-    its sha256), or None (fit on demand)."""
-    return Fits(df, fits_dir, results_identity(results_path)["sha256"]) if fits_dir else None
+def saved_fits(df: pl.DataFrame, results_path: str | Path, fits_dir: str | Path | None, measure: str = "capacity",
+               max_fill: float | None = MAX_FILL) -> Fits:
+    """The laws of a figure command: the saved fits in ``--fits DIR`` of the table at ``results_path`` (checked
+    against its sha256), else fits made on demand, of ``measure`` with ``max_fill``."""
+    sha = results_identity(results_path)["sha256"] if fits_dir else None
+    return Fits(df, fits_dir, sha, measure=measure, max_fill=max_fill)
 
 
 def default_dir(kind: str, results_path: str | Path) -> Path:

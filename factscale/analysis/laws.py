@@ -30,6 +30,10 @@ from factscale.analysis.vocab import BUDGET, SIZE, apply_where, label_annealed, 
 from factscale.errors import FitError
 
 
+MEASURES = ("capacity", "capacity_above_chance")  # what a capacity law can be fitted on
+MAX_FILL = 0.6  # laws in model size leave out sizes that fill more of their facts than this (fit.capped_sizes)
+
+
 def _col_max(sel: pl.DataFrame, expr: pl.Expr, needs: tuple[str, ...]) -> float | None:
     if any(c not in sel.columns for c in needs):
         return None
@@ -65,6 +69,7 @@ class Law:
     companion: str | None = None  # a law fitted beside this one on the same points (its log-log test)
     intercept: str | None = None  # the parameter --no-intercept fixes at 0
     offset: str | None = None  # the parameter --no-offset fixes at 0
+    capped_sizes: bool = False  # leave out sizes the corpus caps (fit.capped_sizes, --max-fill)
 
     def zeroed(self, no_intercept: bool = False, no_offset: bool = False) -> dict:
         """The ``fixed`` dict for --no-intercept / --no-offset (options a law without them ignores)."""
@@ -132,12 +137,14 @@ LAWS: dict[str, Law] = {law.name: law for law in [
         lambda x, y, rng: {"k": float(np.max(y) / np.max(x[0])) * rng.uniform(0.3, 3), "c": rng.normal(0, 1) * np.std(y)},
         {"k": (None, None), "c": (None, None)}, relative=True, fixed_over=_AT_FIXED_EPOCHS,
         design=("non_embedding_params",),
-        min_distinct={"non_embedding_params": 2}, solve=_solve_linear, companion="power-size", intercept="c"),
+        min_distinct={"non_embedding_params": 2}, solve=_solve_linear, companion="power-size", intercept="c",
+        capped_sizes=True),
     Law("power-size", "C(N) = k*N^s", ("k", "s"), ("non_embedding_params",), "capacity",
         lambda x, k, s: k * np.power(x[0], s),
         lambda x, y, rng: {"s": rng.uniform(0.5, 1.5), "k": float(np.median(y / x[0])) * rng.uniform(0.5, 2)},
         {"k": (0, None), "s": (None, None)}, log_space=True, fixed_over=_AT_FIXED_EPOCHS,
-        design=("non_embedding_params",), min_distinct={"non_embedding_params": 2}, solve=_solve_power),
+        design=("non_embedding_params",), min_distinct={"non_embedding_params": 2}, solve=_solve_power,
+        capped_sizes=True),
     Law("exp-epochs", "C(E) = cstar - a*exp(-b*E)", ("cstar", "a", "b"), ("epoch",), "capacity",
         lambda x, cstar, a, b: cstar - a * np.exp(-b * x[0]), _exp_guess,
         {"cstar": (0, None), "a": (None, None), "b": (0, None)},
@@ -153,7 +160,7 @@ LAWS: dict[str, Law] = {law.name: law for law in [
         # N*kstar (C* without the intercept) of every fitted size <= the facts it trained on
         upper=lambda sel: {"kstar": _col_min(sel, _FACTS / _N, ("n_facts",))},
         design=("non_embedding_params", BUDGET), min_distinct={"non_embedding_params": 2, "epoch": 3},
-        solve=_solve_joint, intercept="c"),
+        solve=_solve_joint, intercept="c", capped_sizes=True),
     Law("power-gen", "L(D) = Dc * D^alpha + linf", ("dc", "alpha", "linf"), ("train_facts",), "value_loss",
         lambda x, dc, alpha, linf: dc * np.power(x[0], alpha) + linf,
         lambda x, y, rng: {"dc": float(np.max(y)) * rng.uniform(0.5, 5), "alpha": -rng.uniform(0.02, 0.8), "linf": 0.0},

@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from factscale.analysis.laws import LAWS
+from factscale.analysis.laws import LAWS, MAX_FILL, MEASURES
 from factscale.cluster import CLUSTERS
 from factscale.configio import key_values
 from factscale.errors import FactscaleError
@@ -138,6 +138,17 @@ def _solve_query(text: str) -> dict:
     return out
 
 
+def fill_fraction(text: str) -> float:
+    """--max-fill: a fraction of the facts trained on, in (0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a fraction of the facts trained on, in (0, 1] (1 keeps every size)")
+    return v
+
+
 def cmd_fit(a):
     from factscale.analysis import fit
 
@@ -147,10 +158,10 @@ def cmd_fit(a):
     df = _read_results(a.results)
     fixed = fit.LAWS[a.law].zeroed(a.no_intercept, a.no_offset)
     r = fit.fit_law(df, a.law, key_values(a.where), fixed=fixed, robust=a.robust, n_boot=a.bootstrap,
-                    include_unannealed=a.include_unannealed, measure=a.measure)
+                    include_unannealed=a.include_unannealed, measure=a.measure, max_fill=a.max_fill)
     print(fit.format_table(r))
     if a.holdout_largest:
-        r["holdout_largest"] = fit.holdout_largest(df, a.law, key_values(a.where), fixed=fixed)
+        r["holdout_largest"] = fit.holdout_largest(df, a.law, key_values(a.where), fixed=fixed, max_fill=a.max_fill)
         print(f"  held out the largest size: mean relative error of its prediction "
               f"{r['holdout_largest']['mean_rel_error']:.1%}")
     if q:
@@ -173,7 +184,7 @@ def cmd_plot(a):
     from factscale.analysis.fitstore import default_dir, saved_fits
 
     df = _read_results(a.results)
-    fits = saved_fits(df, a.results, a.fits)
+    fits = saved_fits(df, a.results, a.fits, a.measure or "capacity", a.max_fill)
     a.out_dir = a.out_dir or str(default_dir("figures", a.results))
     if a.name == "all":
         rep = plots.plot_all(df, a.out_dir, fits)
@@ -289,9 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="fit a scaling law to a results table")
     f.add_argument("results")
-    f.add_argument("--measure", choices=["capacity", "capacity_above_chance"],
+    f.add_argument("--measure", choices=list(MEASURES),
                    help="what a capacity law fits: facts memorized (default) or memorized above the key-blind "
                    "baseline (docs/definitions.md)")
+    f.add_argument("--max-fill", type=fill_fraction, default=MAX_FILL,
+                   help=f"laws in model size leave out sizes whose capacity fills more than this fraction of the "
+                   f"facts they trained on (capped by the corpus; default {MAX_FILL}; 1 keeps every size)")
     f.add_argument("--law", required=True,
                    choices=list(LAWS))
     f.add_argument("--include-unannealed", action="store_true",
@@ -314,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--out-dir", help="default figures/out/<results table name>/")
     pp.add_argument("--fits", help="draw the laws from fits saved by `factscale fit` from this results table "
                     "(default: fit them here, with the fit command's defaults)")
+    pp.add_argument("--measure", choices=list(MEASURES), help="the capacity the figures draw and fit (default capacity)")
+    pp.add_argument("--max-fill", type=fill_fraction, default=MAX_FILL, help="as for fit")
     pp.set_defaults(fn=cmd_plot)
 
     qp = sub.add_parser("quantize-probe", help="capacity of saved runs after int8/int4 weight quantization")

@@ -2,8 +2,9 @@
 
 Each ``fig_*`` function takes the results table, draws one figure and returns it; ``save`` writes PNG
 and PDF. Titles say what is plotted, never what a paper concluded. A fitted law is drawn solid over
-the range it was fitted on and dashed where it extrapolates; its band is the run-bootstrap interval
-(absent, and the legend says so, when the fit gives no interval). Axes name the parameter count used.
+the range it was fitted on and dashed where it extrapolates; its band is the fit's interval (run bootstrap,
+t-interval or trunk jackknife: absent, and the legend says so, when the fit gives none). Axes name the
+parameter count and the capacity measure used (``plot --measure``).
 
 Importing this module changes no global state: figures are built on ``matplotlib.figure.Figure``
 (no pyplot, no backend switch) inside a seaborn theme context.
@@ -23,6 +24,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from factscale.analysis.fit import params_needed, predict, predict_band
+from factscale.analysis.laws import MAX_FILL, MEASURES
 from factscale.analysis.fitstore import Fits, default_dir, saved_fits
 from factscale.analysis.vocab import SIZE, final_probes, label_annealed, overall, sizes_sorted
 from factscale.errors import FitError, PlotError
@@ -31,6 +33,8 @@ from factscale.plots.studies import STUDY_FIGURES
 
 __all__ = ["FIGURES", "PlotError", "plot", "plot_all", "save", "script_main"]
 NON_EMB = "non-embedding parameters"
+MEASURE_LABELS = {"capacity": "capacity (facts memorized, exact match)",
+                  "capacity_above_chance": "capacity above the key-blind baseline (facts)"}
 
 
 def themed(fn):
@@ -111,30 +115,45 @@ def fig_mr_curves(df: pl.DataFrame):
 
 @themed
 def fig_capacity_vs_size(df: pl.DataFrame, fits: Fits | None = None):
-    """Capacity (facts memorized) at each run's final probe vs non-embedding params, with the linear law."""
+    """Capacity at each run's final probe vs non-embedding params, with the linear law; the measure is the fits'
+    (``plot --measure``); sizes the corpus caps (left out of the law) drawn hollow."""
     d = final_probes(overall(df))
     if d["non_embedding_params"].n_unique() < 3:
         raise PlotError("capacity vs size needs >= 3 model sizes")
     fits = fits or Fits(df)
+    y = fits.measure
+    if y not in d.columns or d[y].null_count() == d.height:
+        raise PlotError(f"the results table has no {y} values (probed before the key-blind baseline existed?)")
+    se = {"capacity": "capacity_se", "capacity_above_chance": "capacity_above_chance_se"}.get(y)
     fig, ax = new_figure()
     budgets = sorted(d["epoch"].unique().to_list())
     pal = dict(zip(budgets, sns.color_palette("rocket", len(budgets))))
+    capped_note = ""
     for e in budgets:
         de = d.filter(pl.col("epoch") == e)
-        yerr = 1.96 * de["capacity_se"].to_numpy() if "capacity_se" in de.columns else None
-        ax.errorbar(de["non_embedding_params"].to_numpy(), de["capacity"].to_numpy(), yerr=yerr, fmt="o",
-                    color=pal[e], ms=5, capsize=2)
         try:
             r = fits.get("linear-size", {"epoch": e})
         except FitError:
+            r = None
+        left = {c["non_embedding_params"] for c in (r or {}).get("excluded_capped", [])}
+        for hollow in (False, True):
+            part = de.filter(pl.col("non_embedding_params").is_in(list(left)) == hollow)
+            if part.height:
+                yerr = 1.96 * part[se].to_numpy() if se in part.columns else None
+                ax.errorbar(part["non_embedding_params"].to_numpy(), part[y].to_numpy(), yerr=yerr, fmt="o",
+                            color=pal[e], mfc="none" if hollow else pal[e], ms=5, capsize=2)
+        if left:
+            capped_note = f"\n(hollow: filled > {r['max_fill']:.0%} of the facts, capped by the corpus: left out of the law)"
+        if r is None:
             continue
         xs = np.linspace(0, d["non_embedding_params"].max() * 1.05, 200)
         k = r["params"]["k"]["value"]
         draw_fit(ax, r, "non_embedding_params", xs, pal[e],
                  f"{e} epochs: C = {k:.3g}·N + c, R²={r['r2']:.3f}{_ci_note(r)}")
     ax.axhline(d["n_facts"].max(), color="grey", ls=":", lw=1, label="training facts")
-    ax.set(xlabel=f"{NON_EMB} N", ylabel="capacity (facts memorized)",
-           title="Capacity vs non-embedding parameters (final probe of each run)")
+    ax.set(xlabel=f"{NON_EMB} N", ylabel=MEASURE_LABELS.get(y, y))
+    ax.set_title(f"{MEASURE_LABELS.get(y, y).capitalize()} vs non-embedding parameters\n(final probe of each run)"
+                 f"{capped_note}", fontsize=9)
     ax.legend(fontsize=7)
     return fig
 
@@ -146,16 +165,19 @@ def fig_capacity_vs_epochs(df: pl.DataFrame, fits: Fits | None = None):
     if d["epoch"].n_unique() < 2:
         raise PlotError("capacity vs epochs needs probes at >= 2 epochs")
     fits = fits or Fits(df)
+    y = fits.measure
+    if y not in d.columns or d[y].null_count() == d.height:
+        raise PlotError(f"the results table has no {y} values (probed before the key-blind baseline existed?)")
     sizes = sizes_sorted(d)
     pal = _size_palette(sizes)
     fig, ax = new_figure()
     mid = d.filter(~pl.col("annealed"))
     if mid.height:
-        sns.lineplot(d.to_pandas(), x="epoch", y="capacity", hue=SIZE, hue_order=sizes, units="run_id",
+        sns.lineplot(d.to_pandas(), x="epoch", y=y, hue=SIZE, hue_order=sizes, units="run_id",
                      estimator=None, palette=pal, ax=ax, lw=0.8, alpha=0.35, legend=False)
     for s in sizes:
         end = d.filter(pl.col("annealed") & (pl.col(SIZE) == s))
-        ax.plot(end["epoch"].to_numpy(), end["capacity"].to_numpy(), "o", color=pal[s], ms=5, label=f"{s}")
+        ax.plot(end["epoch"].to_numpy(), end[y].to_numpy(), "o", color=pal[s], ms=5, label=f"{s}")
         try:
             r = fits.get("exp-epochs", {"size": s})
         except FitError:
@@ -163,8 +185,9 @@ def fig_capacity_vs_epochs(df: pl.DataFrame, fits: Fits | None = None):
         es = np.linspace(end["epoch"].min(), d["epoch"].max() * 2, 300)  # not below the first budget: nothing fitted there
         c = r["params"]["cstar"]["value"]
         draw_fit(ax, r, "epoch", es, pal[s], f"{s}: C* = {c:.0f}, R²={r['r2']:.3f}{_ci_note(r)}")
-    ax.set(xlabel="epochs", ylabel="capacity (facts memorized)",
-           title="Capacity vs epochs (markers: end-of-schedule probes; faint: unannealed intermediate probes)")
+    ax.set(xlabel="epochs", ylabel=MEASURE_LABELS.get(y, y),
+           title=f"{MEASURE_LABELS.get(y, y).capitalize()} vs epochs\n(markers: end-of-schedule probes; faint: "
+                 "unannealed intermediate probes)")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7, title="model size")
     return fig
@@ -228,7 +251,7 @@ def fig_extrapolation(df: pl.DataFrame, facts: float | None = None, fits: Fits |
     band = [] if bound else [s for s in ok if s["ci_low"] is not None]
     if band:
         ax.fill_between([s["epochs"] for s in band], [s["ci_low"] for s in band], [s["ci_high"] for s in band],
-                        alpha=0.25, color="C0", label=f"{int(r['bootstrap']['ci'] * 100)}% CI (run bootstrap)")
+                        alpha=0.25, color="C0", label=f"{int(r['bootstrap']['ci'] * 100)}% CI ({r['interval']})")
     n_max = max(r["points"]["non_embedding_params"])
     beyond = f"\n(the largest fitted size is N = {n_max:,.0f}: beyond it the law is extrapolated in N)" \
         if n_ok.max() > n_max else ""
@@ -321,7 +344,10 @@ def script_main(name: str) -> None:
     ap.add_argument("results")
     ap.add_argument("--out-dir", help="default figures/out/<results table name>/")
     ap.add_argument("--fits", help="a directory of fits saved by `factscale fit` from this results table")
+    ap.add_argument("--measure", choices=list(MEASURES), default="capacity")
+    ap.add_argument("--max-fill", type=float, default=MAX_FILL)
     a = ap.parse_args()
     df = pl.read_parquet(a.results)
-    for path in plot(name, df, a.out_dir or default_dir("figures", a.results), saved_fits(df, a.results, a.fits)):
+    for path in plot(name, df, a.out_dir or default_dir("figures", a.results),
+                     saved_fits(df, a.results, a.fits, a.measure, a.max_fill)):
         print(path)

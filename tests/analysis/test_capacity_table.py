@@ -162,6 +162,7 @@ def test_quantized_tensors_are_the_block_linears_not_the_embeddings():
         assert torch.equal(before, m.get_input_embeddings().weight)
 
 
+@pytest.mark.slow  # over 4 s: the fast tier stays under 2 minutes
 def test_quantization_probe_identity_is_exact_and_int8_changes_little(trained_run):
     from factscale.testing import run_dir
 
@@ -280,6 +281,7 @@ def test_the_figure_script_draws_the_table(tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
+@pytest.mark.slow  # trains a run (trained_run): the fast tier stays under 2 minutes
 def test_bios_rows_say_their_bits_are_not_allen_zhu_and_lis(trained_run):
     from factscale.analysis.capacity import BIOS_NOT_COMPARABLE, capacity_table
     from factscale.testing import run_dir

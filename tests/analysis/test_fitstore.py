@@ -94,7 +94,13 @@ def test_a_fit_of_another_measure_is_another_fit(results, tmp_path, monkeypatch)
     assert r["measure"] == "capacity_above_chance" and r["params"]["k"]["value"] == pytest.approx(1.0, rel=0.1)
     save_fit(r, tmp_path / "fits" / "linear-size.json")
     fits = Fits(df, tmp_path / "fits")
-    assert fits.get("linear-size", {"epoch": 100}) is not fits.saved[selection_key("linear-size", {"epoch": 100},
-                                                                                    "capacity_above_chance")]
+    saved = fits.saved[selection_key("linear-size", {"epoch": 100}, "capacity_above_chance", 0.6)]
+    assert fits.get("linear-size", {"epoch": 100}) is not saved
+    # figures of the chance-corrected measure draw it; a fit keeping capped sizes (--max-fill 1) is another fit
+    other = Fits(df, tmp_path / "fits", measure="capacity_above_chance")
+    assert other.get("linear-size", {"epoch": 100}) is other.saved[selection_key("linear-size", {"epoch": 100},
+                                                                                  "capacity_above_chance", 0.6)]
+    keep = Fits(df, tmp_path / "fits", measure="capacity_above_chance", max_fill=1.0)
+    assert keep.get("linear-size", {"epoch": 100}) not in keep.saved.values()
     with pytest.raises(FitError, match="--measure"):
         fit_law(df, "power-gen", measure="capacity_above_chance")

@@ -70,6 +70,7 @@ def test_value_is_token_aligned_for_every_real_fact(trex):
         assert i[s:-1] == v
 
 
+@pytest.mark.slow  # over 4 s: the fast tier stays under 2 minutes
 def test_bear_counts(shared, tmp_path):
     labels = [shared / "properties" / "wikidata-predicates.json", shared / "properties" / "pid2name.json"]
     m = build_from_triples(tmp_path / "bear", [shared / "bear" / "BEAR-big"], label_files=labels)
@@ -89,6 +90,7 @@ def test_bear_counts(shared, tmp_path):
         + c["dropped_property_no_label"] == c["rows_read"] - c["merged_duplicate_rows"]
 
 
+@pytest.mark.slow  # over 4 s: the fast tier stays under 2 minutes
 def test_ambiguous_keys_rules(shared, tmp_path):
     path = [shared / "bear" / "BEAR-big"]
     labels = [shared / "properties" / "pid2name.json"]

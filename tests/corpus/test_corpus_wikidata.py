@@ -368,6 +368,7 @@ def test_progress_bar_reports_entities_per_second(shared, capsys):
 
 # --- pass 1 spilled to disk, labels resolved by bucketed joins (memory bounded by batch and bucket sizes) ---
 
+@pytest.mark.slow  # over 4 s: the fast tier stays under 2 minutes
 def test_tiny_spill_batches_and_label_buckets_give_the_one_batch_result(shared, tmp_path):
     """Parts of 97 rows and buckets of 300 label rows (dozens of part files, many buckets) give the default
     sizes' frame, counts and error lines, over two files with a max_facts cut and a label table."""

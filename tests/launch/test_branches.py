@@ -57,6 +57,7 @@ def _same_metrics(a: pl.DataFrame, b: pl.DataFrame):
     assert np.allclose(a["code_bits_mean"].to_numpy(), b["code_bits_mean"].to_numpy(), rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # over 4 s: the fast tier stays under 2 minutes
 def test_branches_equal_standalone_wsd_runs(tiny_corpus, tmp_path):
     spec = spec_from_dict(_spec(tmp_path, tiny_corpus), "spec")
     recs = launch(spec, cluster="debug", log=lambda *_: None)

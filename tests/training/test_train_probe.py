@@ -123,6 +123,7 @@ def test_sigkilled_run_resumes_to_identical_result(tiny_corpus, tmp_path):
     assert sorted(epochs) == list(range(12)), epochs  # Lightning's 0-based epoch column
 
 
+@pytest.mark.slow  # over 4 s: the fast tier stays under 2 minutes
 def test_corrupt_last_checkpoint_falls_back_to_the_previous_one(tiny_corpus, tmp_path):
     """A truncated last.ckpt (torn write, full disk) is moved aside and the run resumes from prev.ckpt."""
     over = {"train.epochs": 6, "probe.every_epochs": 3, "model.size": "2k"}

@@ -1,0 +1,53 @@
+"""Saturation is measured from the gain between the two largest budgets, paired by seed, against a threshold."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from factscale.analysis.saturation import saturation, saturation_text
+
+pytestmark = pytest.mark.unit
+
+
+def table(caps: dict, n_facts: int = 10_000) -> pl.DataFrame:
+    """Annealed end points: caps[size][seed] = capacities at budgets 100, 200."""
+    params = {"a": 1000, "b": 2000, "c": 3000, "d": 4000, "e": 5000}
+    rows = [{"run_id": f"{size}-{e}-{seed}", "split": "train", "group_by": "all", "epoch": e, "cfg.train.epochs": e,
+             "cfg.model.size": size, "cfg.seed": seed, "non_embedding_params": params[size], "n_facts": n_facts,
+             "capacity": float(c)}
+            for size, seeds in caps.items() for seed, cs in enumerate(seeds) for e, c in zip((100, 200), cs)]
+    return pl.DataFrame(rows)
+
+
+def test_verdicts_follow_the_gain_interval_and_the_fill():
+    df = table({"a": [(1000, 1020), (1100, 1118), (900, 922)],   # +2% each: saturated
+                "b": [(1000, 1500), (1100, 1650), (900, 1340)],  # +50%: still gaining
+                "c": [(1000, 1020), (1000, 1300)],               # +2% and +30%: the interval straddles 10%
+                "d": [(1000, 1010)],                             # one seed: no interval
+                "e": [(6900, 7000), (6950, 7050)]})              # 70% of the facts: the corpus caps it
+    s = {r["size"]: r for r in saturation(df).iter_rows(named=True)}
+    assert s["a"]["verdict"] == "saturated" and s["a"]["saturated"] and s["a"]["gain_ci_high"] < 0.1
+    assert s["a"]["gain"] == pytest.approx((0.02 + 18 / 1100 + 22 / 900) / 3)
+    assert s["b"]["verdict"] == "still gaining" and s["b"]["gain_ci_low"] > 0.1 and not s["b"]["saturated"]
+    assert s["c"]["verdict"] == "undetermined" and "contains the 10%" in s["c"]["why"]
+    assert s["d"]["verdict"] == "undetermined" and s["d"]["gain_ci_low"] is None and "one seed" in s["d"]["why"]
+    assert s["e"]["verdict"] == "capped by the corpus" and s["e"]["fill"] > 0.6
+    assert "saturated (threshold 10%)" in saturation_text(s["a"]) and "[+" in saturation_text(s["a"])
+    # the t(2) interval by hand for size a
+    import numpy as np
+    from scipy import stats
+    g = np.array([0.02, 18 / 1100, 22 / 900])
+    half = stats.t.ppf(0.975, 2) * g.std(ddof=1) / np.sqrt(3)
+    assert s["a"]["gain_ci_high"] == pytest.approx(g.mean() + half)
+
+
+def test_one_budget_is_not_judged_and_seeds_pair_by_seed():
+    one = table({"a": [(1000, 1020)]}).filter(pl.col("epoch") == 100)
+    r = saturation(one).row(0, named=True)
+    assert r["verdict"] == "undetermined" and "one epoch budget" in r["why"]
+    # seeds pair: seed 0 gains +1%, seed 1 +1%, although seed 1's level is twice seed 0's
+    df = table({"a": [(1000, 1010), (2000, 2020)]})
+    r = saturation(df).row(0, named=True)
+    assert r["gain"] == pytest.approx(0.01) and r["gain_ci_high"] == pytest.approx(0.01)
+    assert r["verdict"] == "saturated"
