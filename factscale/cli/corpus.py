@@ -147,6 +147,8 @@ def add_corpus_parser(sub) -> None:
     # no defaults here: unset flags take CorpusSpec's (factscale/corpus/spec.py), shared with sweeps' corpus_build
     b.add_argument("--multi-value", choices=["drop", "first"], help="default drop")
     b.add_argument("--ambiguous-keys", choices=["disambiguate", "drop"], help="default disambiguate")
+    b.add_argument("--copyable", choices=["drop", "keep"], help="facts whose value is the key or inside the prompt "
+                   "(a model copies them): drop (default) or keep, marked in a copyable column; real sources only")
     b.add_argument("--heldout-frac", type=float, help="default 0.1")
     b.add_argument("--vocab-size", type=int, help="BPE vocabulary (default 2048)")
     b.add_argument("--workers", type=int, help="dump parser processes (default: all cores)")

@@ -10,7 +10,11 @@ applies the documented rules, in order, and counts what each rule did:
 3. ambiguous keys - one label shared by different subjects - are resolved by ``ambiguous_keys``:
    ``disambiguate`` (default: the key becomes ``label (subject_id)``) or ``drop``;
 4. held-out split by subject (unseen keys, same relations), seeded;
-5. render, train the tokenizer, tokenize, check value alignment.
+5. render; copyable facts - the value equals the subject's label, or appears as whole words in its own
+   prompt ("The country of Latvia is Latvia") - are counted and, by ``copyable``, dropped (default: a model
+   copies them from the prompt, they measure no memory) or kept with a ``copyable`` column. Real sources
+   only: a synthetic corpus' values are drawn independently of its keys (its entropy is exact);
+6. train the tokenizer, tokenize, check value alignment.
 
 Output: ``facts.parquet``, ``tokenizer/`` (``AutoTokenizer.from_pretrained``), ``manifest.json``.
 """
@@ -58,6 +62,34 @@ LOG = logging.getLogger("factscale.corpus")  # stage lines; the CLI shows them o
 CORPUS_FORMAT = "factscale-corpus/2"  # /2: corpus_hash covers the content (facts + tokenizer)
 MULTI_VALUE_RULES = ("drop", "first")
 AMBIGUOUS_KEY_RULES = ("disambiguate", "drop")
+COPYABLE_RULES = ("drop", "keep")
+
+
+def _words(e: pl.Expr) -> pl.Expr:
+    """Lower-cased words separated by single spaces, padded: whole-word containment is a substring test."""
+    return " " + e.str.to_lowercase().str.replace_all(r"[^\w]+", " ").str.strip_chars() + " "
+
+
+def copyable_facts(df: pl.DataFrame, rule: str, counts: dict) -> pl.DataFrame:
+    """Rule 5: count facts whose value a model can copy from the prompt, then drop them (``drop``) or keep
+    them marked (``keep``: a boolean ``copyable`` column). ``value_is_key``: the value equals the subject's
+    label (case and spacing aside); ``value_in_prompt``: otherwise the value's words appear, whole and in
+    order, in the rendered prompt (``"1"`` is not in ``"2001"``)."""
+    if rule not in COPYABLE_RULES:
+        raise CorpusError(f"copyable={rule!r}; allowed values: {list(COPYABLE_RULES)}")
+    value_words = _words(pl.col("value"))
+    is_key = _words(pl.col("value")) == _words(pl.col("subject_label"))
+    in_prompt = ~is_key & (value_words.str.strip_chars() != "") & _words(pl.col("prompt")).str.contains(
+        value_words, literal=True)
+    flags = df.select(is_key.alias("k"), in_prompt.alias("p"))
+    counts["copyable_value_is_key"] = int(flags["k"].sum())
+    counts["copyable_value_in_prompt"] = int(flags["p"].sum())
+    if rule == "keep":
+        counts["dropped_value_is_key"] = counts["dropped_value_in_prompt"] = 0
+        return df.with_columns(copyable=flags["k"] | flags["p"])
+    counts["dropped_value_is_key"] = counts["copyable_value_is_key"]
+    counts["dropped_value_in_prompt"] = counts["copyable_value_in_prompt"]
+    return df.filter(~(flags["k"] | flags["p"]))
 
 
 def raw_frame(rows: list[dict] | dict[str, list]) -> pl.DataFrame:
@@ -323,6 +355,7 @@ def build_into(
     vocab_size: int,
     seed: int,
     max_facts: int | None = None,
+    copyable: str | None = None,
     entropy_bits: float | None = None,
     variants: dict | None = None,
     recipe: dict | None = None,
@@ -346,6 +379,11 @@ def build_into(
     df = add_statistics(df)
     df = assign_split(df, heldout_frac, seed)
     df = render(df)
+    if copyable is not None:  # real sources (synthetic values are independent of their keys)
+        df = copyable_facts(df, copyable, counts)
+        if df.height == 0:
+            raise CorpusError(f"no facts left after the copyable rule (copyable=keep keeps them); counts: "
+                              f"{json.dumps(counts)}")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -378,6 +416,7 @@ def build_into(
             "vocab_size": vocab_size,
             "seed": seed,
             "max_facts": max_facts,
+            "copyable": copyable,
             "variants": variants or {},
         },
         "counts": {**counts, "kept_facts": df.height, **{f"kept_{k}": v for k, v in split_counts.items()}},

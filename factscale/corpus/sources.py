@@ -27,11 +27,11 @@ SOURCES = {
 }
 
 
-def rules(kw: dict) -> dict:
-    """The build rules (multi_value, ambiguous_keys, heldout_frac, vocab_size, seed) with CorpusSpec's defaults:
-    the one place they are declared."""
-    defaults = {f.name: f.default for f in dataclasses.fields(CorpusSpec)
-                if f.name in ("multi_value", "ambiguous_keys", "heldout_frac", "vocab_size", "seed")}
+def rules(kw: dict, real: bool = False) -> dict:
+    """The build rules (multi_value, ambiguous_keys, heldout_frac, vocab_size, seed; for ``real`` sources also
+    copyable) with CorpusSpec's defaults: the one place they are declared."""
+    names = ("multi_value", "ambiguous_keys", "heldout_frac", "vocab_size", "seed", *(("copyable",) if real else ()))
+    defaults = {f.name: f.default for f in dataclasses.fields(CorpusSpec) if f.name in names}
     return {**defaults, **kw}
 
 
@@ -61,7 +61,8 @@ def build_from_dump(out_dir, dumps, opts: DumpOptions, label_files=(), templates
         raw, counts, errors = dump_to_raw(dumps, opts, label_files=label_files, workers=workers,
                                           progress=progress, templates=templates, work_dir=tmp)
         info, options = dump_source(dumps, opts, label_files, templates_path, errors)
-        return build_into(raw, tmp, source_info=info, counts=counts, options=options, recipe=recipe, **rules(kw))
+        return build_into(raw, tmp, source_info=info, counts=counts, options=options, recipe=recipe,
+                          **rules(kw, real=True))
 
 
 def dump_source(dumps, opts: DumpOptions, label_files, templates_path, errors) -> tuple[dict, dict]:
@@ -84,7 +85,7 @@ def build_from_triples(out_dir, paths, label_files=(), templates_path=None, **kw
     info = {"kind": "triples", "files": _files_info(files), "label_files": _files_info(label_files),
             "templates": tpath, "parse_errors": [list(e) for e in errors]}
     return build_corpus(raw, out_dir, source_info=info, counts=counts,
-                        sources=[*paths, *files, *label_files, tpath], **rules(kw))
+                        sources=[*paths, *files, *label_files, tpath], **rules(kw, real=True))
 
 
 def build_from_datasets(out_dir, source, columns=None, split=None, label_files=(), templates_path=None, **kw) -> dict:
@@ -101,7 +102,7 @@ def build_from_datasets(out_dir, source, columns=None, split=None, label_files=(
             "parse_errors": [list(e) for e in errors]}
     return build_corpus(raw, out_dir, source_info=info, counts=counts,
                         sources=[*([source] if isinstance(source, (str, Path)) else source), *files, *label_files,
-                                 templates_path], **rules(kw))
+                                 templates_path], **rules(kw, real=True))
 
 
 def build_from_spec(spec: CorpusSpec, out: str | Path, *, reuse: bool = False, progress: bool = False) -> dict:
@@ -117,14 +118,13 @@ def build_from_spec(spec: CorpusSpec, out: str | Path, *, reuse: bool = False, p
         return build_kind(out, spec.synthetic_spec(), max_facts=spec.max_facts, **common)
     if src == "dump":
         return build_from_dump(out, spec.dump, dump_options(spec), label_files=spec.labels,
-                                      templates_path=spec.templates,
-                                      workers=spec.workers or os.cpu_count() or 1, progress=progress,
-                                      seed=spec.seed, **common)
+                               templates_path=spec.templates, workers=spec.workers or os.cpu_count() or 1,
+                               progress=progress, seed=spec.seed, copyable=spec.copyable, **common)
     if src == "hf":
         from factscale.corpus.tables.hf import parse_columns
 
         return build_from_datasets(out, spec.hf, parse_columns(spec.hf_columns), split=spec.hf_split,
-                                          label_files=spec.labels, templates_path=spec.templates, seed=spec.seed,
-                                          max_facts=spec.max_facts, **common)
+                                   label_files=spec.labels, templates_path=spec.templates, seed=spec.seed,
+                                   max_facts=spec.max_facts, copyable=spec.copyable, **common)
     return build_from_triples(out, spec.triples, label_files=spec.labels, templates_path=spec.templates,
-                                     seed=spec.seed, max_facts=spec.max_facts, **common)
+                              seed=spec.seed, max_facts=spec.max_facts, copyable=spec.copyable, **common)

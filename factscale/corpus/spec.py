@@ -54,6 +54,9 @@ class CorpusSpec:
     """A (subject, relation) with several values: drop them all (it cannot be one fact) or keep the first."""
     ambiguous_keys: Literal["disambiguate", "drop"] = "disambiguate"
     """One label for several subjects: disambiguate as ``label (Q123)`` or drop."""
+    copyable: Literal["drop", "keep"] = "drop"
+    """Facts a model can copy from its prompt (value == the subject's label, or the value's words inside the
+    prompt): drop (they measure no memory) or keep, marked in a ``copyable`` column. Real sources only."""
     heldout_frac: float = 0.1
     """Fraction of subjects held out (unseen keys, same relations), in [0, 1)."""
     vocab_size: int = 2048
@@ -80,6 +83,8 @@ class CorpusSpec:
             if not item.partition("=")[2].strip():
                 raise CorpusError(f"subject_filter (--subject-filter) {self.subject_filter!r}: each item reads "
                                   "PROPERTY=VALUE, e.g. P31=Q5 (humans)")
+        if self.copyable not in ("drop", "keep"):
+            raise CorpusError(f"copyable (--copyable) {self.copyable!r}; allowed values: ['drop', 'keep']")
         if self.max_facts is not None and self.max_facts < 1:
             raise CorpusError(f"max_facts must be >= 1, got {self.max_facts}")
         if self.synthetic is not None:
@@ -105,8 +110,10 @@ class CorpusSpec:
         return [*self.dump, *self.triples, *self.hf, *self.labels, *([self.templates] if self.templates else [])]
 
     def recipe(self) -> dict:
-        """What the corpus depends on (``workers`` only changes how fast it is built)."""
-        return {k: v for k, v in asdict(self).items() if k != "workers"}
+        """What the corpus depends on (``workers`` only changes how fast it is built; ``copyable`` does not apply
+        to synthetic facts)."""
+        skip = {"workers", *(("copyable",) if self.synthetic is not None else ())}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
 def dump_options(spec: CorpusSpec):

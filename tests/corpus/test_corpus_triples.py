@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import polars as pl
 import pytest
@@ -14,7 +15,7 @@ from factscale.corpus import build_from_triples
 @pytest.fixture(scope="module")
 def trex(shared, tmp_path_factory):
     out = tmp_path_factory.mktemp("trex") / "c"
-    m = build_from_triples(out, [shared / "trex" / "mTRExf", shared / "trex" / "mTREx"])
+    m = build_from_triples(out, [shared / "trex" / "mTRExf", shared / "trex" / "mTREx"], copyable="keep")
     return out, m
 
 
@@ -37,9 +38,50 @@ def test_trex_counts(shared, trex):
     for (s, p, _), label in first_label.items():
         pairs.setdefault((s, p), set()).add(label)
     assert c["multi_valued_pairs"] == sum(len(v) > 1 for v in pairs.values())
-    assert c["kept_facts"] == sum(len(v) == 1 for v in pairs.values()) - c["dropped_ambiguous_key"]
+    assert c["kept_facts"] == sum(len(v) == 1 for v in pairs.values()) - c["dropped_ambiguous_key"]  # copyable kept
     assert m["source"]["templates"].endswith("relations.jsonl")
     assert len(m["facts_per_relation"]) == 46
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def copyable_by_hand(row: dict) -> str | None:
+    """The slow obvious rule: the value's words equal the label's, or occur as a contiguous run of the prompt's."""
+    v, p = words(row["value"]), words(row["prompt"])
+    if v == words(row["subject_label"]):
+        return "key"
+    if v and any(p[i:i + len(v)] == v for i in range(len(p) - len(v) + 1)):
+        return "prompt"
+    return None
+
+
+def test_copyable_facts_are_counted_exactly_and_marked_when_kept(trex):
+    """Facts a model can copy from its prompt ("The country of Latvia is Latvia"): the rule's counts and the
+    copyable column equal a word-by-word recount of every real T-REx fact."""
+    out, m = trex
+    df = pl.read_parquet(out / "facts.parquet")
+    by_hand = [copyable_by_hand(r) for r in df.select("value", "prompt", "subject_label").iter_rows(named=True)]
+    c = m["counts"]
+    assert c["copyable_value_is_key"] == by_hand.count("key") > 0
+    assert c["copyable_value_in_prompt"] == by_hand.count("prompt") > 0
+    assert df["copyable"].to_list() == [h is not None for h in by_hand]
+    assert c["dropped_value_is_key"] == c["dropped_value_in_prompt"] == 0 and m["options"]["copyable"] == "keep"
+
+
+@pytest.mark.slow  # a second build of all 86,928 T-REx facts
+def test_copyable_facts_are_dropped_by_default(shared, tmp_path, trex):
+    _, kept = trex
+    files = [shared / "trex" / "mTRExf", shared / "trex" / "mTREx"]
+    m = build_from_triples(tmp_path / "c", files, heldout_frac=0.0, vocab_size=256)
+    df = pl.read_parquet(tmp_path / "c" / "facts.parquet")
+    c, k = m["counts"], kept["counts"]
+    assert c["dropped_value_is_key"] == k["copyable_value_is_key"]
+    assert c["dropped_value_in_prompt"] == k["copyable_value_in_prompt"]
+    assert c["kept_facts"] == k["kept_facts"] - k["copyable_value_is_key"] - k["copyable_value_in_prompt"]
+    assert "copyable" not in df.columns and m["options"]["copyable"] == "drop"
+    assert not any(copyable_by_hand(r) for r in df.select("value", "prompt", "subject_label").iter_rows(named=True))
 
 
 def test_trex_rendering_uses_lama_templates_and_counts(trex):
@@ -87,7 +129,8 @@ def test_bear_counts(shared, tmp_path):
     assert sorted(f.stem for f in unlabeled) == ["P6886", "P7937", "P7959"]
     assert c["dropped_property_no_label"] == sum(1 for f in unlabeled for _ in open(f)) == 1842
     assert c["kept_facts"] + c["dropped_ambiguous_key"] + c["dropped_multi_valued"] + c["dropped_exact_duplicate"] \
-        + c["dropped_property_no_label"] == c["rows_read"] - c["merged_duplicate_rows"]
+        + c["dropped_property_no_label"] + c["dropped_value_is_key"] + c["dropped_value_in_prompt"] \
+        == c["rows_read"] - c["merged_duplicate_rows"]
 
 
 @pytest.mark.slow  # over 4 s: the fast tier stays under 2 minutes

@@ -55,10 +55,11 @@ def test_tsv_corpus_renders_with_lama_templates(shared, tsv_set, tmp_path):
     d, _, labels = tsv_set
     m = build_from_triples(tmp_path / "c", [d / "triples.tsv", d / "more.tsv.gz"],
                            label_files=[d / "entity2alias.tsv.gz", d / "relation2alias.tsv"],
-                           templates_path=shared / "trex" / "relations.jsonl", heldout_frac=0.0)
+                           templates_path=shared / "trex" / "relations.jsonl", heldout_frac=0.0, copyable="keep")
     df = pl.read_parquet(tmp_path / "c" / "facts.parquet")
     row = df.filter(pl.col("subject_id") == "Q10544").row(0, named=True)  # Landkreis München, capital München
     assert row["text"] == f"The capital of {labels['Q10544']} is {labels['Q1726']}"
+    assert row["copyable"]  # the value is in its prompt: dropped by default (copyable=drop)
     assert m["counts"]["dropped_value_not_token_aligned"] == 0
     assert {f["path"].rsplit("/", 1)[-1] for f in m["source"]["files"]} >= {"triples.tsv", "more.tsv.gz"}
 

@@ -352,7 +352,8 @@ def build_sharded(spec, out, cluster: str = "local", shards=None, res: SlurmReso
         shutil.rmtree(shard_dir)  # the corpus directory holds only the corpus
         info, options = dump_source(spec.dump, opts, spec.labels, spec.templates, errors)
         rules = rules(dict(multi_value=spec.multi_value, ambiguous_keys=spec.ambiguous_keys, seed=spec.seed,
-                            heldout_frac=spec.heldout_frac, vocab_size=spec.vocab_size))
+                            heldout_frac=spec.heldout_frac, vocab_size=spec.vocab_size, copyable=spec.copyable),
+                      real=True)
         m = build_into(raw, tmp, source_info=info, counts=counts, options=options, recipe=spec.recipe(),
                         variants=spec.variants or None, **rules)
     shutil.rmtree(folder, ignore_errors=True)  # a failed build keeps its logs (the error names them)
