@@ -46,20 +46,37 @@ def cmd_sweep(a):
 
     spec = load_spec(a.spec)
     if a.action == "plan":
-        rows = sweep.plan(spec)
+        from factscale.launch import cost
+
+        mfu_assumed = a.mfu is None
+        a.mfu = cost.DEFAULT_MFU if a.mfu is None else a.mfu
+        a.peak_tflops = cost.PEAK_TFLOPS if a.peak_tflops is None else a.peak_tflops
+        estimate = cost.estimate_for(spec, a.assume_facts, a.assume_tokens_per_fact)
+        rows = sweep.plan(spec, estimate)
         print(f"{'run':<44} {'non-emb':>11} {'epochs':>6} {'tokens':>12} {'FLOPs':>10}  state")
         for r in rows:
-            tok = f"{r['tokens']:,}" if r["tokens"] else "?"
+            tok = f"{r['tokens']:,.0f}" if r["tokens"] else "?"
             fl = f"{r['flops']:.2e}" if r["flops"] else "?"
             axes = f"  [{r['axes']}]" if r.get("axes") else ""
             print(f"{r['run_id']:<44} {r['non_embedding_params']:>11,} {r['epochs']:>6} {tok:>12} {fl:>10}  {r['state']}"
                   f"{axes}")
         total = sum(r["flops"] or 0 for r in rows)
-        print(f"{len(rows)} runs, {sum(r['state'] == 'done' for r in rows)} done; total {total:.3g} FLOPs (6·N·tokens)")
+        print(f"{len(rows)} runs, {sum(r['state'] == 'done' for r in rows)} done; standalone total {total:.3g} FLOPs "
+              "(6 N + 12 layers hidden ctx + 6 hidden vocab scored, per token); tokens from "
+              + "; ".join(sorted({r["tokens_from"] for r in rows})))
         if spec.cooldown_branches:
             from factscale.launch.branches import plan_lines
 
             print("\n".join(plan_lines(expand(spec))))
+        if total:
+            jobs = cost.job_costs(spec, rows, a.mfu, a.peak_tflops)
+            gpu_h = sum(j["gpu_hours"] or 0 for j in jobs)
+            print(f"{len(jobs)} jobs, {sum(j['flops'] or 0 for j in jobs):.3g} FLOPs as launched: {gpu_h:,.1f} GPU-hours "
+                  f"at MFU {a.mfu:g} of {a.peak_tflops:g} TFLOP/s per GPU"
+                  + (" (MFU assumed: measure it with benchmarks/bench_gpu.py)" if mfu_assumed else ""))
+            for j in jobs:
+                if j["warning"]:
+                    print(j["warning"])
     elif a.action == "launch":
         recs = sweep.launch(spec, cluster=a.cluster, wait=not a.no_wait)
         failed = [r for r in recs if r["state"] == "failed"]
@@ -287,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("sweep", help="plan / launch / status of a sweep spec")
     w.add_argument("action", choices=["plan", "launch", "status"])
+    w.add_argument("--assume-facts", type=float, help="plan: facts in the corpus, where it is not built yet")
+    w.add_argument("--assume-tokens-per-fact", type=float, help="plan: tokens per rendered fact (with --assume-facts)")
+    w.add_argument("--mfu", type=float, default=None, help="plan: model FLOPs utilization assumed for GPU-hours "
+                   "(default 0.2, an assumption until benchmarks/bench_gpu.py has measured it)")
+    w.add_argument("--peak-tflops", type=float, default=None, help="plan: peak TFLOP/s per GPU (default 989: H100 "
+                   "dense bf16)")
     w.add_argument("spec")
     w.add_argument("--cluster", default="local", choices=list(CLUSTERS))
     w.add_argument("--no-wait", action="store_true", help="slurm: submit and return")

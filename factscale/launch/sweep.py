@@ -73,27 +73,38 @@ def _run_dirs(spec: SweepSpec, cfgs: list[RunConfig], validate_runs: bool = Fals
     return out
 
 
-def plan(spec: SweepSpec) -> list[dict]:
-    """What a launch would do, without launching: params, tokens, FLOPs (6 N D) and current state."""
+def plan(spec: SweepSpec, estimate=None) -> list[dict]:
+    """What a launch would do, without launching: params, tokens, FLOPs and current state. Tokens come from the
+    built corpus, else from ``estimate`` (``launch.cost``: assumed, or a sample build of the recipe)."""
     from factscale.corpus.build import load_corpus
+    from factscale.launch.cost import flops_per_token
     from factscale.training.data import repeats_of, select_facts
 
     rows = []
-    tokens_by_corpus: dict = {}
+    by_corpus: dict = {}
     cfgs = expand(spec)
     for cfg, rd in zip(cfgs, _run_dirs(spec, cfgs)):
         n = non_embedding_params(cfg.model.arch, resolve_shape(cfg.model))
-        tokens = None
+        per_epoch = fpt = None
+        source = "corpus not built: pass --assume-facts and --assume-tokens-per-fact"
         if rd is not None:
             key = (cfg.corpus.path, cfg.corpus.max_facts, cfg.corpus.where, cfg.train.repeat_by)
-            if key not in tokens_by_corpus:
-                train, _ = select_facts(load_corpus(cfg.corpus.path)[0], cfg)
-                reps = repeats_of(train, cfg.train.repeat_by)
-                tokens_by_corpus[key] = int((train["input_ids"].list.len().to_numpy() * reps).sum())
-            tokens = tokens_by_corpus[key] * cfg.train.epochs
+            if key not in by_corpus:
+                facts, manifest = load_corpus(cfg.corpus.path)
+                train, _ = select_facts(facts, cfg)
+                lens = train["input_ids"].list.len()
+                by_corpus[key] = (int((lens.to_numpy() * repeats_of(train, cfg.train.repeat_by)).sum()),
+                                  float(lens.mean()), float(train["n_value_tokens"].mean()) + 1,
+                                  manifest["tokens"]["vocab_size"])
+            per_epoch, tpf, value, vocab = by_corpus[key]
+            fpt, source = flops_per_token(cfg, vocab, tpf, value), "the built corpus"
+        elif estimate is not None:
+            per_epoch, source = estimate.train_tokens(cfg), estimate.source
+            fpt = flops_per_token(cfg, estimate.vocab, estimate.tokens_per_fact, estimate.value_tokens_per_fact)
+        tokens = per_epoch * cfg.train.epochs if per_epoch else None
         rows.append({"run_id": rd.id if rd else f"{run_name(cfg)}-?", "axes": axes_label(spec, cfg),
-                     "non_embedding_params": n,
-                     "epochs": cfg.train.epochs, "tokens": tokens, "flops": 6 * n * tokens if tokens else None,
+                     "non_embedding_params": n, "epochs": cfg.train.epochs, "tokens": tokens,
+                     "flops_per_token": fpt, "flops": fpt * tokens if tokens else None, "tokens_from": source,
                      "state": rd.status()["state"] if rd else "pending (corpus not built yet)"})
     return rows
 
