@@ -19,6 +19,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -27,6 +28,16 @@ from factscale.fsio import write_atomic
 
 FAULT_ENV = "FACTSCALE_FAULT"
 FAULT_ACTIONS = ("kill", "raise", "usr2", "stall")
+
+
+class RunProgressBar(TQDMProgressBar):
+    """Lightning's bar without the logger's version number (``v_num``: a CSV folder index that says nothing
+    about the run; the run's id is on every probe line)."""
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
 
 
 class AtomicLastCheckpoint(L.Callback):

@@ -27,6 +27,7 @@ from factscale.training.callbacks import (
     AtomicLastCheckpoint,
     EpochLoss,
     ProbeCallback,
+    RunProgressBar,
     check_logger,
     fault_callbacks,
     make_logger,
@@ -90,7 +91,8 @@ def make_trainer(cfg: RunConfig, logger, callbacks: list) -> L.Trainer:
         accelerator=acc, devices=cfg.train.devices, num_nodes=cfg.train.num_nodes,
         strategy="ddp" if world > 1 else "auto", precision=prec, max_epochs=cfg.train.epochs,
         gradient_clip_val=cfg.optim.grad_clip or None, reload_dataloaders_every_n_epochs=1,
-        logger=logger, callbacks=callbacks, plugins=plugins,
+        logger=logger, callbacks=[*callbacks, *([RunProgressBar()] if cfg.train.progress_bar else [])],
+        plugins=plugins,
         enable_checkpointing=False, enable_progress_bar=cfg.train.progress_bar, enable_model_summary=False,
         log_every_n_steps=cfg.train.log_every_n_steps, num_sanity_val_steps=0,
     )

@@ -99,3 +99,13 @@ def test_active_parameters_count_the_embedding_rows_training_uses(trained_run):
     row = res.filter((pl.col("split") == "train") & (pl.col("group_by") == "all")).tail(1)
     assert row["bits_per_active_param"][0] == pytest.approx(row["capacity_bits"][0] / row["active_params"][0])
     assert row["bits_per_total_param"][0] <= row["bits_per_active_param"][0] <= row["bits_per_param"][0]
+
+
+def test_the_progress_bar_shows_no_logger_version(monkeypatch):
+    """Lightning's bar adds ``v_num`` (the CSV logger's folder index): noise on a run's console."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from factscale.training.callbacks import RunProgressBar
+
+    monkeypatch.setattr(TQDMProgressBar, "get_metrics", lambda self, t, m: {"v_num": 3, "train/loss": 1.5})
+    assert RunProgressBar().get_metrics(None, None) == {"train/loss": 1.5}
