@@ -62,6 +62,9 @@ class SweepSpec:
     cooldown_branches: bool = False
     """Runs differing only in train.epochs (optim.schedule wsd) share one constant-rate trunk and each
     trains only its decay from the trunk's checkpoint at its fork epoch (factscale.launch.branches)."""
+    stack: str = "off"
+    """``seeds``: runs differing only in seed and optim.* train as one stacked model in one job, each still
+    its own run directory (factscale.training.stack); ``off``: one job per run."""
 
 
 def spec_from_dict(data: dict, where: str) -> SweepSpec:
@@ -89,6 +92,11 @@ def spec_from_dict(data: dict, where: str) -> SweepSpec:
     for k, v in spec.grid.items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{where}: grid.{k} must be a non-empty list, got {v!r}")
+    if spec.stack not in ("off", "seeds"):
+        raise ConfigError(f"{where}: stack {spec.stack!r}; allowed values: ['off', 'seeds']")
+    if spec.stack != "off" and spec.cooldown_branches:
+        raise ConfigError(f"{where}: stack: seeds with cooldown_branches is not built yet (branches fork "
+                          "in a stack in a later step); choose one")
     return spec
 
 

@@ -124,6 +124,13 @@ class RunJob(submitit.helpers.Checkpointable):
             from factscale.launch.branches import run_group
 
             return run_group(cfg_dict)
+        if "stack" in cfg_dict:  # runs trained as one stacked model (stack: seeds)
+            from factscale.launch.stacks import run_stack_payload
+
+            try:
+                return run_stack_payload(cfg_dict)
+            except RunBusy as e:
+                return {"state": "busy", "message": str(e)}
         cfg = from_dict(RunConfig, cfg_dict)
         try:
             return run(cfg)
@@ -157,6 +164,10 @@ def launch(spec: SweepSpec, cluster: Literal["local", "slurm", "debug"] = "local
         from factscale.launch.branches import launch_units
 
         units = launch_units(cfgs, [rd for _, rd in units])
+    elif spec.stack == "seeds":  # one job per stack: its members differ only in seed and optim.*
+        from factscale.launch.stacks import stack_units
+
+        units = stack_units(cfgs, [rd for _, rd in units])
     for cfg, rd in units:
         st = rd.status()
         if st["state"] in _SKIP:

@@ -125,16 +125,21 @@ class FaultInjector(L.Callback):
         if not self.armed or trainer.current_epoch + 1 != self.epoch:
             return
         self.armed = False
-        if self.action == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        elif self.action == "raise":
-            raise RuntimeError(f"injected fault ({FAULT_ENV}) at epoch {self.epoch}")
-        elif self.action == "usr2":
-            os.kill(os.getpid(), signal.SIGUSR2)
-            signal.pause()  # the handler requeues and exits; nothing trains past the fault
-        else:  # bounded, so a forgotten stalled process still ends by itself
-            time.sleep(3600)
-            raise RuntimeError(f"injected stall ({FAULT_ENV}) at epoch {self.epoch} was never interrupted")
+        inject_fault(self.action, self.epoch)
+
+
+def inject_fault(action: str, epoch: int) -> None:
+    """The fault itself (``FaultInjector``; a stack injects it after its epoch checkpoint too)."""
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "raise":
+        raise RuntimeError(f"injected fault ({FAULT_ENV}) at epoch {epoch}")
+    elif action == "usr2":
+        os.kill(os.getpid(), signal.SIGUSR2)
+        signal.pause()  # the handler requeues and exits; nothing trains past the fault
+    else:  # bounded, so a forgotten stalled process still ends by itself
+        time.sleep(3600)
+        raise RuntimeError(f"injected stall ({FAULT_ENV}) at epoch {epoch} was never interrupted")
 
 
 def fault_callbacks(current_attempt: int) -> list:
@@ -218,6 +223,24 @@ def make_logger(kind: str, rundir, epochs_done: int | None):
     raise ConfigError(f"train.logger: {kind!r} is not allowed; allowed values: {list(LOGGERS)}")
 
 
+def probe_and_record(prober, model, epoch: int, step: int, tokens: int, history_dir: Path | None) -> list[dict]:
+    """Probe ``model`` after ``epoch``: the result rows, and each probed fact's result written to
+    ``history_dir/epoch-<E>.parquet`` (atomic) so a run's fact history survives a kill without living in its
+    checkpoints (None: not written)."""
+    rows = prober.probe(model, epoch, step, tokens)
+    if history_dir is not None:
+        import polars as pl
+
+        from factscale.fsio import write_parquet_atomic
+
+        history_dir.mkdir(parents=True, exist_ok=True)
+        write_parquet_atomic(pl.concat([t.select("fact_id", "split", "correct", "code_bits")
+                                        for t in prober.last_tables.values()]).with_columns(
+            epoch=pl.lit(epoch, dtype=pl.Int32), code_bits=pl.col("code_bits").cast(pl.Float32)),
+            history_dir / f"epoch-{epoch}.parquet")
+    return rows
+
+
 class ProbeCallback(L.Callback):
     """Runs a ``probing.Prober`` every K epochs (and after the last); rows survive checkpoint/resume through
     the callback state."""
@@ -239,18 +262,9 @@ class ProbeCallback(L.Callback):
         epoch = trainer.current_epoch + 1  # epochs completed
         if epoch % self.every and epoch != trainer.max_epochs:
             return
-        rows = self.prober.probe(pl_module.model, epoch, trainer.global_step, int(pl_module.tokens_seen.item()))
+        rows = probe_and_record(self.prober, pl_module.model, epoch, trainer.global_step,
+                                int(pl_module.tokens_seen.item()), self.history_dir if trainer.is_global_zero else None)
         self.rows.extend(rows)
-        if self.history_dir is not None and trainer.is_global_zero:
-            import polars as pl
-
-            from factscale.fsio import write_parquet_atomic
-
-            self.history_dir.mkdir(parents=True, exist_ok=True)
-            write_parquet_atomic(pl.concat([t.select("fact_id", "split", "correct", "code_bits")
-                                            for t in self.prober.last_tables.values()]).with_columns(
-                epoch=pl.lit(epoch, dtype=pl.Int32), code_bits=pl.col("code_bits").cast(pl.Float32)),
-                self.history_dir / f"epoch-{epoch}.parquet")
         for r in rows:
             if r["group_by"] == "all":
                 pl_module.log(f"probe/{r['split']}_mr", r["mr"], on_epoch=True)

@@ -24,9 +24,10 @@ def epoch_progress(trainer):
     return progress
 
 
-def lr_lambda(cfg, total_steps: int, trainer=None):
+def lr_lambda(cfg, total_steps: int, trainer=None, progress=None):
     """LR multiplier per optimizer step. ``wsd`` decays over the last ``decay_frac`` of the epochs by training
-    progress (from ``trainer``; without one, by steps of ``total_steps``), so a run of E epochs keeps the
+    progress (from ``trainer``, or ``progress(step) -> epochs done`` where a loop of its own keeps count as
+    ``epoch_progress`` does; without either, by steps of ``total_steps``), so a run of E epochs keeps the
     stable rate through epoch E(1 - decay_frac) exactly: a cooldown branch forked there from a constant-rate
     trunk with the same warmup equals this run (factscale.launch.branches)."""
     o = cfg.optim
@@ -35,7 +36,8 @@ def lr_lambda(cfg, total_steps: int, trainer=None):
     else:
         warm = max(1, math.ceil(o.warmup_frac * total_steps)) if o.warmup_frac > 0 else 0
     epochs = cfg.train.epochs
-    progress = epoch_progress(trainer) if trainer is not None else (lambda step: step * epochs / max(1, total_steps))
+    if progress is None:
+        progress = epoch_progress(trainer) if trainer is not None else (lambda step: step * epochs / max(1, total_steps))
 
     def f(step: int) -> float:
         if step < warm:

@@ -269,10 +269,23 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
     if not trainer.is_global_zero:
         return {"run_id": rd.id, "state": "done", "rank": trainer.global_rank}
 
-    module.model.save_pretrained(str(rd.model))
+    meta = {"resumed_from_epoch": epochs_done, "attempts": attempt, "train_wall_s": time.time() - t0}
+    if branch_of is not None:
+        meta.update(branch_of=branch_of, fork_epoch=round(cfg.train.epochs * (1 - cfg.optim.decay_frac)))
+    return write_run(cfg, rd, module.model, tok, dm, manifest, probe_cb.rows, probe_cb.last_tables, meta)
+
+
+def write_run(cfg: RunConfig, rd: RunDir, model, tok, dm: FactDataModule, manifest: dict, probe_rows: list[dict],
+              last_tables: dict | None, meta: dict) -> dict:
+    """A trained run's outputs: ``model/`` (``save_pretrained``, the tokenizer adding ``<bos>``), its result
+    rows (the probe rows with the run's metadata and config), the final per-fact table and the fact history;
+    then the checkpoints ``train.keep_checkpoints`` does not keep. Shared by a standalone run and a stacked
+    member (``training.stack``). Returns the run's summary."""
+    model.save_pretrained(str(rd.model))
     with_bos(tok).save_pretrained(str(rd.model))
     fix_mode(rd.model)  # safetensors writes 0600 through a temp file
     acc, prec = resolve_device(cfg)
+    non_emb, total = count_instantiated(model)
     meta = {
         "run_id": rd.id, "corpus_hash": manifest["corpus_hash"], "corpus_kind": manifest["source"]["kind"],
         "non_embedding_params": non_emb, "total_params": total, "vocab_size": len(tok),
@@ -280,20 +293,17 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
         "train_facts": dm.train_facts.height, "heldout_facts": dm.heldout_facts.height,
         "tokens_per_epoch": dm.tokens_per_epoch, "real_token_fraction": dm.real_fraction,
         "git_sha": git_sha(), "device": torch.cuda.get_device_name(0) if acc == "gpu" else "cpu",
-        "precision": prec, "train_wall_s": time.time() - t0, "resumed_from_epoch": epochs_done,
-        "attempts": attempt,
+        "precision": prec, **meta,
     }
-    if branch_of is not None:
-        meta.update(branch_of=branch_of, fork_epoch=round(cfg.train.epochs * (1 - cfg.optim.decay_frac)))
     # rows on this run's probe schedule only: a branch inherits its trunk's rows, and the trunk probed at
     # its own last epoch too, which a standalone run of the branch's length does not
     E, every = cfg.train.epochs, cfg.probe.every_epochs
-    df = build_rows([r for r in probe_cb.rows if r["epoch"] % every == 0 or r["epoch"] == E], cfg, meta)
+    df = build_rows([r for r in probe_rows if r["epoch"] % every == 0 or r["epoch"] == E], cfg, meta)
     df = df.with_columns(bits_per_active_param=pl.col("capacity_bits") / pl.col("active_params"))
     per_fact = None
-    if probe_cb.last_tables:
+    if last_tables:
         per_fact = pl.concat([t.select("fact_id", "split", "relation", "prompt", "value", "correct", "code_bits",
-                                       "memorized_bits") for t in probe_cb.last_tables.values()])
+                                       "memorized_bits") for t in last_tables.values()])
     rd.write_results(df, per_fact, history_epochs={r["epoch"] for r in df.select("epoch").unique().to_dicts()})
     rd.drop_checkpoints(cfg.train.keep_checkpoints)  # after the results: a crash here leaves a done run
     final = df.filter((pl.col("epoch") == df["epoch"].max()) & (pl.col("group_by") == "all"))

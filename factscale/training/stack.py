@@ -1,0 +1,278 @@
+"""Runs of one shape trained as one stacked model (``training.ensemble``), each ending as an ordinary run.
+
+A sweep with ``stack: seeds`` hands the runs that differ only in seed and optimizer settings to one job,
+``run_stack``, which trains them together and leaves, for each member, the run directory its standalone
+run would have left (same id, ``model/``, ``results.parquet``, ``fact_probe.parquet``, fact history), so
+``collect``, ``fit``, ``status`` and the identity rules see ordinary runs. What is the same as a standalone
+run, member by member:
+
+- its batches: each member packs its own epochs (its seed's order: ``FactDataModule.epoch_tensors``); a
+  member whose epoch has fewer batches sits out the extra steps (inactive: it does not move), and a short
+  last batch is padded with unscored rows (the mean over scored labels is unchanged);
+- its learning rate: ``lr_lambda`` with training progress counted as Lightning counts it (epoch + batches
+  done / batches in the epoch), its own warmup, schedule and step count;
+- its probes (``Prober`` on the member unstacked as an ordinary model) at its probe epochs, the per-fact
+  history, ``progress.json`` for ``sweep status``, the mean training loss per epoch with its NaN guard.
+
+Protocol: a stack checkpoint after every epoch (``<runs_dir>/_stacks/<id>/last.pt``, atomic, the previous
+kept), so a killed stack resumes where it was, never restarts. A member that fails (non-finite loss, a
+probe that raises) gets its ``error.json`` and sits out the rest; the others go on. Every member's lock is
+held while the stack trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from factscale.configio import flatten, to_dict
+from factscale.errors import ConfigError, RunBusy
+from factscale.training.config import RunConfig
+from factscale.training.ensemble import IGNORE, Ensemble, init_member
+from factscale.training.rundir import RunDir
+
+STACKS = "_stacks"
+
+
+def stack_key(cfg: RunConfig) -> str:
+    """Runs with equal keys can be trained as one stack: everything but the seed and the optimizer."""
+    flat = flatten(to_dict(cfg))
+    return repr(sorted((k, v) for k, v in flat.items() if k != "seed" and not k.startswith("optim.")))
+
+
+def check_stackable(cfgs: list[RunConfig]) -> None:
+    keys = {stack_key(c) for c in cfgs}
+    if len(keys) > 1:
+        raise ConfigError("a stack's members must differ only in seed and optim.*")
+    c = cfgs[0].train
+    if c.devices * c.num_nodes > 1 or c.precision not in ("auto", "32-true") or c.compile:
+        raise ConfigError("stacked training runs one process, fp32, uncompiled: train.devices, num_nodes, "
+                          "precision and compile keep their defaults in a stack")
+
+
+class _Member:
+    """One member's run: its directory, data, prober, rows and bookkeeping."""
+
+    def __init__(self, cfg: RunConfig, rd: RunDir, facts, tok, manifest):
+        from factscale.probing.engine import Prober
+        from factscale.training.data import FactDataModule
+        from factscale.training.models import count_instantiated
+        from factscale.training.run import probe_sets
+
+        self.cfg, self.rd = cfg, rd
+        self.dm = FactDataModule(cfg, facts, tok.pad_token_id)
+        with torch.random.fork_rng():
+            probe_model = init_member(cfg, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+        non_emb, total = count_instantiated(probe_model)
+        groups = [c for c in ["freq_bucket", *cfg.probe.group_columns] if c in facts.columns]
+        self.prober = Prober(probe_sets(cfg, self.dm), cfg.probe.batch_size, tok.pad_token_id, non_emb, groups,
+                             train_facts=self.dm.train_facts, total_params=total, donors=self.dm.heldout_facts)
+        self.rows: list[dict] = []
+        self.losses: list[float] = []  # mean training loss per epoch
+        self.failed: str | None = None
+        # Lightning's estimated_stepping_batches counts epoch 0's batches (its first dataloader) x epochs
+        self.batches_per_epoch = math.ceil(self.dm.epoch_tensors(0)[0].shape[0] / cfg.train.batch_size)
+
+
+def _stack_dir(members: list[_Member]) -> Path:
+    h = hashlib.blake2b("\n".join(m.rd.id for m in members).encode(), digest_size=6).hexdigest()
+    return Path(members[0].cfg.runs_dir) / STACKS / f"{members[0].rd.id.rsplit('-', 2)[0]}-x{len(members)}-{h}"
+
+
+def _save(path: Path, ens: Ensemble, members: list[_Member], epoch: int) -> None:
+    state = {"epoch": epoch, "flat": ens.flat.detach(), "exp_avg": ens.opt.exp_avg, "exp_avg_sq": ens.opt.exp_avg_sq,
+             "steps": ens.opt.steps, "tokens_seen": ens.tokens_seen, "ids": [m.rd.id for m in members],
+             "rows": [m.rows for m in members], "losses": [m.losses for m in members],
+             "failed": [m.failed for m in members]}
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / ".last.pt.tmp"
+    torch.save(state, tmp)
+    if (path / "last.pt").exists():
+        os.replace(path / "last.pt", path / "prev.pt")
+    os.replace(tmp, path / "last.pt")
+    for m in members:
+        m.rd.note_progress()
+
+
+def _resume(path: Path, ens: Ensemble, members: list[_Member]) -> int:
+    """Epochs done by the stack's last readable checkpoint (0 without one), its state restored."""
+    for name in ("last.pt", "prev.pt"):
+        p = path / name
+        if not p.exists():
+            continue
+        try:
+            s = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception as e:  # a torn write or a bad disk: the previous one, else from the start
+            os.replace(p, p.with_name(p.name + ".corrupt"))
+            for m in members:
+                m.rd.note(f"stack checkpoint {p} is unreadable ({type(e).__name__}); moved aside")
+            continue
+        if s["ids"] != [m.rd.id for m in members]:
+            continue
+        with torch.no_grad():
+            ens.flat.copy_(s["flat"])
+        ens.opt.exp_avg.copy_(s["exp_avg"])
+        ens.opt.exp_avg_sq.copy_(s["exp_avg_sq"])
+        ens.opt.steps.copy_(s["steps"])
+        ens.tokens_seen.copy_(s["tokens_seen"])
+        for m, rows, losses, failed in zip(members, s["rows"], s["losses"], s["failed"]):
+            m.rows, m.losses, m.failed = rows, losses, failed
+        return int(s["epoch"])
+    return 0
+
+
+def _write_losses(m: _Member) -> None:
+    """``logs/version_0/metrics.csv``: the mean training loss per epoch (0-based epochs), where and as a
+    standalone run's CSV log has it."""
+    from factscale.fsio import write_atomic
+
+    d = m.rd.logs / "version_0"
+    d.mkdir(parents=True, exist_ok=True)
+    lines = ["epoch,train/epoch_loss", *(f"{e},{v!r}" for e, v in enumerate(m.losses))]
+    write_atomic(d / "metrics.csv", "\n".join(lines) + "\n")
+
+
+def _fail(m: _Member, exc: BaseException) -> None:
+    m.failed = f"{type(exc).__name__}: {exc}"
+    m.rd.write_error(exc)
+    print(f"[{m.rd.id}] failed in its stack (the other members go on): {m.failed}", flush=True)
+
+
+def _epoch_batches(members: list[_Member], epoch: int):
+    """The stack's steps of one epoch: (ids [K, B, T], labels, active [K], batch index per member)."""
+    packed = [m.dm.epoch_tensors(epoch) for m in members]
+    bs, T = members[0].cfg.train.batch_size, members[0].cfg.train.seq_len
+    pad = members[0].dm.pad_id
+    counts = [math.ceil(ids.shape[0] / bs) for ids, _ in packed]
+    for i in range(max(counts)):
+        ids = torch.full((len(members), bs, T), pad, dtype=packed[0][0].dtype)
+        labels = torch.full((len(members), bs, T), IGNORE, dtype=packed[0][1].dtype)
+        active = torch.zeros(len(members), dtype=torch.bool)
+        for k, ((pi, pl_), m) in enumerate(zip(packed, members)):
+            if i < counts[k] and m.failed is None:
+                rows = pi[i * bs:(i + 1) * bs]
+                ids[k, :len(rows)], labels[k, :len(rows)] = rows, pl_[i * bs:(i + 1) * bs]
+                active[k] = True
+        yield ids, labels, active, i, counts
+
+
+def run_stack(cfgs: list[RunConfig]) -> dict:
+    """Train ``cfgs`` (runs that differ only in seed and optimizer settings) as one stacked model, resuming
+    from the stack's checkpoint; members already done are skipped. Returns a summary per member."""
+    from transformers import AutoTokenizer
+
+    from factscale.corpus.build import load_corpus
+    from factscale.probing.measures import frequency_buckets
+    from factscale.training.callbacks import FAULT_ENV, parse_fault, probe_and_record
+    from factscale.training.run import disk_needed_mb, quiet_lightning, validate, write_run
+
+    check_stackable(cfgs)
+    quiet_lightning()
+    facts, manifest = load_corpus(cfgs[0].corpus.path)
+    for c in cfgs:
+        validate(c, facts)
+    rds = [RunDir(c, manifest["corpus_hash"]) for c in cfgs]
+    out = {"runs": [{"run_id": rd.id, "state": "done", "skipped": True} for rd in rds if rd.results.exists()]}
+    todo = [(c, rd) for c, rd in zip(cfgs, rds) if not rd.results.exists()]
+    if not todo:
+        return {**out, "state": "done"}
+    held = []
+    try:
+        for c, rd in todo:
+            rd.create(min_free_mb=disk_needed_mb(c, manifest["tokens"]["vocab_size"]))
+            if not rd.lock.acquire():
+                raise RunBusy(f"run {rd.id} is already running in another process (lock {rd.lock.path})")
+            held.append(rd)
+        out["runs"] += _train_stack(todo, facts, manifest, AutoTokenizer, frequency_buckets, probe_and_record,
+                                    write_run, parse_fault(os.environ.get(FAULT_ENV)))
+    finally:
+        for rd in held:
+            rd.lock.release()
+    out["state"] = "done" if all(r["state"] == "done" for r in out["runs"]) else "failed"
+    return out
+
+
+def _train_stack(todo, facts, manifest, AutoTokenizer, frequency_buckets, probe_and_record, write_run, fault):
+    cfgs = [c for c, _ in todo]
+    cfg0 = cfgs[0]
+    if cfg0.train.num_threads:
+        torch.set_num_threads(cfg0.train.num_threads)
+    tok = AutoTokenizer.from_pretrained(str(Path(cfg0.corpus.path) / "tokenizer"))
+    if cfg0.probe.freq_column and cfg0.probe.freq_column in facts.columns:
+        facts = facts.with_columns(frequency_buckets(facts[cfg0.probe.freq_column]))
+    members = [_Member(c, rd, facts, tok, manifest) for c, rd in todo]
+    total = [m.batches_per_epoch * m.cfg.train.epochs for m in members]  # Lightning's estimated_stepping_batches
+    ens = Ensemble.from_configs(cfgs, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, total)
+    where = {"epoch": 0, "i": np.zeros(len(members)), "n": np.ones(len(members))}
+    from factscale.training.module import lr_lambda
+
+    # training progress as Lightning's scheduler sees it before a member's next step: epoch + batches done / batches
+    ens.schedules = [lr_lambda(c, n, progress=lambda step, k=k: where["epoch"] + where["i"][k] / where["n"][k])
+                     for k, (c, n) in enumerate(zip(cfgs, total))]
+    path = _stack_dir(members)
+    attempts = [m.rd.start_attempt()["attempts"] for m in members]
+    t0 = time.time()
+    start = _resume(path, ens, members)
+    E = cfg0.train.epochs
+    try:
+        for epoch in range(start, E):
+            sums, counts = torch.zeros(len(members)), torch.zeros(len(members))
+            where["epoch"] = epoch
+            for ids, labels, active, i, per_member in _epoch_batches(members, epoch):
+                where["i"][:], where["n"][:] = i, per_member
+                losses = ens.train_step(ids, labels, active)
+                sums += torch.where(active, losses, 0.0)
+                counts += active
+            done = epoch + 1
+            for k, m in enumerate(members):
+                if m.failed is not None:
+                    continue
+                mean = float(sums[k] / counts[k].clamp(min=1))
+                try:
+                    if not math.isfinite(mean):
+                        raise FloatingPointError(f"training loss is {mean} in epoch {done}: the run diverged; lower "
+                                                 "optim.lr or set optim.grad_clip")
+                    m.losses.append(mean)
+                    if done % m.cfg.probe.every_epochs == 0 or done == E:
+                        rows = probe_and_record(m.prober, ens.member(k), done, int(ens.opt.steps[k]),
+                                                int(ens.tokens_seen[k]), m.rd.history)
+                        m.rows.extend(rows)
+                        mr = {r["split"]: r["mr"] for r in rows if r["group_by"] == "all"}
+                        print(f"[{m.rd.id}] epoch {done}/{E}: " + ", ".join(f"{s} MR {v:.3f}" for s, v in mr.items()),
+                              flush=True)
+                        m.rd.write_progress(done, E, mr, resumed_from=start)
+                except Exception as e:
+                    _fail(m, e)
+            _save(path, ens, members, done)
+            if fault and fault[1] == done and fault[2] == attempts[0]:
+                from factscale.training.callbacks import inject_fault
+
+                inject_fault(fault[0], done)
+    finally:
+        for m in members:
+            m.rd.end_attempt(time.time() - t0)
+    results = []
+    for k, m in enumerate(members):
+        if m.failed is not None:
+            results.append({"run_id": m.rd.id, "state": "failed", "error": m.failed})
+            continue
+        m.dm.epoch_tensors(E - 1)  # real_fraction of the last epoch, as a standalone run reports it
+        meta = {"resumed_from_epoch": start or None, "attempts": attempts[k], "train_wall_s": time.time() - t0,
+                "stack_members": len(members)}
+        _write_losses(m)
+        results.append(write_run(m.cfg, m.rd, ens.member(k), tok, m.dm, manifest, m.rows,
+                                 m.prober.last_tables, meta))
+    if all(r["state"] == "done" for r in results):
+        for name in ("last.pt", "prev.pt"):
+            (path / name).unlink(missing_ok=True)
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+    return results

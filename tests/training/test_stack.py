@@ -1,0 +1,131 @@
+"""Stacked runs (``stack: seeds``): each member ends as the run directory its standalone run leaves, with the
+same results; a killed stack resumes; a failing member fails alone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+from conftest import tiny_run_config
+
+from factscale.errors import ConfigError
+from factscale.launch.spec import expand, spec_from_dict
+from factscale.launch.stacks import StackGroup, stack_units
+from factscale.training.rundir import RunDir
+from factscale.training.stack import run_stack
+
+# wsd with warmup in steps: the schedule counts epoch progress as Lightning does; lr 3e-3 keeps float noise
+# (eager attention in the stack, SDPA standalone: ~1e-7 per step) from being amplified into flipped facts
+OVER = {"model.size": "2k", "train.epochs": 4, "probe.every_epochs": 2, "optim.schedule": "wsd",
+        "optim.warmup_steps": 5, "optim.decay_frac": 0.5, "optim.lr": 3e-3}
+COLUMNS = ("mr", "capacity", "capacity_bits", "net_bits", "value_loss", "mr_keyblind", "capacity_above_chance",
+           "non_embedding_params", "total_params", "active_params", "tokens_seen")
+
+
+def members(corpus, runs, seeds=(0, 1), **over):
+    return [tiny_run_config(corpus, runs, seed=s, **{**OVER, **over}) for s in seeds]
+
+
+def assert_same_results(a: pl.DataFrame, b: pl.DataFrame) -> None:
+    assert a.height == b.height and a["epoch"].to_list() == b["epoch"].to_list()
+    for col in COLUMNS:
+        if col in a.columns:
+            x, y = a[col].cast(pl.Float64).to_numpy(), b[col].cast(pl.Float64).to_numpy()
+            assert np.allclose(x, y, rtol=1e-4, atol=1e-6, equal_nan=True), (col, x, y)
+
+
+@pytest.mark.slow  # trains 2 stacked and 2 standalone runs
+def test_stacked_members_equal_their_standalone_runs(tiny_corpus, tmp_path):
+    from factscale.training.run import run
+
+    stacked = members(tiny_corpus, tmp_path / "stack", seeds=(0, 1, 2))
+    stacked[2] = tiny_run_config(tiny_corpus, tmp_path / "stack", seed=2, **{**OVER, "optim.lr": 2e-3})
+    out = run_stack(stacked)
+    assert out["state"] == "done" and len(out["runs"]) == 3
+    for c in stacked:
+        alone = tiny_run_config(tiny_corpus, tmp_path / "alone", seed=c.seed, **{**OVER, "optim.lr": c.optim.lr})
+        run(alone)
+        rs, ra = RunDir(c), RunDir(alone)
+        assert rs.id == ra.id  # the same experiment: the same identity
+        a, b = pl.read_parquet(ra.results), pl.read_parquet(rs.results)
+        assert_same_results(a, b)
+        assert b["stack_members"][0] == 3 and a["cfg.seed"].to_list() == b["cfg.seed"].to_list()
+        fa, fb = pl.read_parquet(ra.fact_history), pl.read_parquet(rs.fact_history)
+        assert fa.select("epoch", "fact_id", "split").equals(fb.select("epoch", "fact_id", "split"))
+        la = pl.read_csv(ra.logs / "version_0" / "metrics.csv").filter(pl.col("train/epoch_loss").is_not_null())
+        lb = pl.read_csv(rs.logs / "version_0" / "metrics.csv")
+        assert np.allclose(la["train/epoch_loss"].to_numpy(), lb["train/epoch_loss"].to_numpy(), rtol=1e-5)
+        assert (rs.model / "model.safetensors").exists() and not rs.lock.held_by_other()
+    assert run_stack(stacked)["runs"][0]["skipped"]  # done members are not trained again
+
+
+def test_a_diverging_member_fails_alone(tiny_corpus, tmp_path):
+    cfgs = members(tiny_corpus, tmp_path, seeds=(0, 1), **{"train.epochs": 2, "probe.every_epochs": 1})
+    cfgs[1] = tiny_run_config(tiny_corpus, tmp_path, seed=1, **{**OVER, "train.epochs": 2, "probe.every_epochs": 1,
+                                                                 "optim.lr": 1e30, "optim.grad_clip": 0.0})
+    out = run_stack(cfgs)
+    by_id = {r["run_id"]: r for r in out["runs"]}
+    ok, bad = RunDir(cfgs[0]), RunDir(cfgs[1])
+    assert out["state"] == "failed" and by_id[ok.id]["state"] == "done" and ok.results.exists()
+    assert by_id[bad.id]["state"] == "failed" and "diverged" in by_id[bad.id]["error"]
+    assert bad.status()["state"] == "failed" and not bad.results.exists()
+
+
+def test_a_stack_is_one_job_of_runs_that_differ_only_in_seed_and_optimizer(tiny_corpus, tmp_path):
+    d = {"name": "s", "runs_dir": str(tmp_path / "runs"), "stack": "seeds",
+         "base": {"corpus": {"path": str(tiny_corpus)}, "train": {"batch_size": 4, "seq_len": 64, "epochs": 2}},
+         "grid": {"model.size": ["1k", "2k"], "seed": [0, 1, 2], "optim.lr": [0.01, 0.003]}}
+    spec = spec_from_dict(d, "s")
+    cfgs = expand(spec)
+    units = stack_units(cfgs, [RunDir(c) for c in cfgs])
+    assert len(units) == 2 and all(isinstance(u, StackGroup) and len(u.members) == 6 for _, u in units)
+    with pytest.raises(ConfigError, match="stack 'all'; allowed values"):
+        spec_from_dict({**d, "stack": "all"}, "s")
+    with pytest.raises(ConfigError, match="not built yet"):
+        spec_from_dict({**d, "cooldown_branches": True}, "s")
+    with pytest.raises(ConfigError, match="differ only in seed and optim"):
+        run_stack([cfgs[0], cfgs[-1]])
+
+
+def _cli(*args, fault=None):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("FACTSCALE_FAULT", None)
+    if fault:
+        env["FACTSCALE_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "factscale.cli", *map(str, args)], env=env, capture_output=True,
+                          text=True)
+
+
+@pytest.mark.slow  # three launches of a 2-member stack in subprocesses
+def test_a_killed_stack_resumes_to_the_same_results(tiny_corpus, tmp_path):
+    """SIGKILL after the stack's epoch-2 checkpoint (``kill@2``); the relaunch resumes from it (attempt 2,
+    resumed from epoch 2) and every member ends with the results of a stack that was never killed."""
+    def spec(runs):
+        return {"name": "s", "runs_dir": str(runs), "stack": "seeds",
+                "base": {"corpus": {"path": str(tiny_corpus)}, "model": {"size": "2k"},
+                         "optim": {"lr": 3e-3, "schedule": "wsd", "warmup_steps": 5, "decay_frac": 0.5},
+                         "train": {"batch_size": 4, "seq_len": 64, "loss_on": "value", "epochs": 4,
+                                   "num_threads": 1},
+                         "probe": {"every_epochs": 2}},
+                "grid": {"seed": [0, 1]}}
+    for name in ("killed", "clean"):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec(tmp_path / name)))
+    first = _cli("sweep", "launch", tmp_path / "killed.yaml", "--cluster", "debug", fault="kill@2")
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    cfgs = expand(spec_from_dict(spec(tmp_path / "killed"), "s"))
+    assert [RunDir(c).status()["state"] for c in cfgs] == ["interrupted", "interrupted"]
+    second = _cli("sweep", "launch", tmp_path / "killed.yaml", "--cluster", "debug", fault="kill@2")
+    assert second.returncode == 0, second.stderr[-2000:]
+    clean = _cli("sweep", "launch", tmp_path / "clean.yaml", "--cluster", "debug")
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    for c, c2 in zip(cfgs, expand(spec_from_dict(spec(tmp_path / "clean"), "s"))):
+        a, b = pl.read_parquet(RunDir(c).results), pl.read_parquet(RunDir(c2).results)
+        assert a["resumed_from_epoch"][0] == 2 and a["attempts"][0] == 2
+        assert_same_results(a, b)
+    assert not list((tmp_path / "killed" / "_stacks").glob("*/last.pt"))  # removed once every member is done
