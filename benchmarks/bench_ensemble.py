@@ -114,6 +114,9 @@ def main():
                          "~20-50 s here, so the default compiles only the largest")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    # every (size, K) compiles the same Python function anew (StackedProgram.losses); dynamo's default limit
+    # of 8 recompiles per function would silently run the rest eager
+    torch._dynamo.config.recompile_limit = 64
     sizes, ks = a.sizes.split(","), [int(k) for k in a.ks.split(",")]
     n_batches = 1 + a.rounds * a.steps  # one warm-up batch, then fresh batches for every timed step
     # every member's own batches (its seed's order), packed once; member m's are the same for every size and K
@@ -138,12 +141,13 @@ def main():
             batches = [(torch.stack([packed[m][0][i] for m in range(k)]), torch.stack([packed[m][1][i] for m in range(k)]))
                        for i in range(n_batches)]
             sep = Separate(cfgs, a.vocab, total)
+            # every path from the same initial weights (copied before any step)
             ens = Ensemble([copy.deepcopy(m.model) for m, _, _ in sep.members], cfgs, [total] * k)
+            comp = Ensemble([copy.deepcopy(m.model) for m, _, _ in sep.members], cfgs, [total] * k)
             paths = {"separate": sep.step, "stacked": ens.train_step}
             first = {"separate": sep.step(*batches[0]), "stacked": ens.train_step(*batches[0])}
             warm = None
             if not a.no_compile and (a.compile_ks == "all" or k in {int(x) for x in a.compile_ks.split(",")}):
-                comp = Ensemble([copy.deepcopy(m.model) for m, _, _ in sep.members], cfgs, [total] * k)
                 comp.compile()
                 t = time.perf_counter()
                 first["compiled"] = comp.train_step(*batches[0])

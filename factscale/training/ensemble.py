@@ -211,10 +211,16 @@ class StackedProgram:
 
     def compiled_losses(self, **kwargs):
         """``losses`` under ``torch.compile`` (made once per program; kwargs to torch.compile the first time).
-        Dynamo specializes vmap's batch size, so every K compiles on its own (even with dynamic=True: the
-        guard on ``ids.shape[0]`` fails), ~20-50 s each on a 2-core CPU; ensembles of one K share it."""
+
+        Static shapes by default. Dynamo specializes vmap's batch size, so every K compiles on its own (even
+        with dynamic=True), ~20-50 s each on a 2-core CPU; ensembles of one shape and K share the compiled
+        code. Every program compiles the same Python function, so a second shape is a *re*compile of it:
+        with automatic dynamic shapes dynamo then makes the changed widths symbolic, which vmap's batched
+        tensors cannot take ("Cannot call sizes() on tensor with symbolic sizes"); hence dynamic=False. A
+        process compiling more than ``torch._dynamo.config.recompile_limit`` (8) shapes x K runs the rest
+        eager (dynamo warns)."""
         if self._compiled is None:
-            self._compiled = torch.compile(self.losses, **kwargs)
+            self._compiled = torch.compile(self.losses, **{"dynamic": False, **kwargs})
         return self._compiled
 
 

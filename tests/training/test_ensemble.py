@@ -118,11 +118,13 @@ def split_key_biases(arch: str, params: dict[str, torch.Tensor]) -> tuple[dict, 
     return keys, rest
 
 
-@pytest.mark.parametrize("arch,attention,loss_on", [("qwen2", "isolated", "value"), ("llama", "isolated", "value"),
-                                                    ("gpt2", "isolated", "value"), ("qwen2", "packed", "all")])
-def test_stacked_members_train_exactly_as_standalone_runs(arch, attention, loss_on):
+@pytest.mark.parametrize("arch,attention,loss_on,tie", [
+    ("qwen2", "isolated", "value", True), ("llama", "isolated", "value", True), ("gpt2", "isolated", "value", True),
+    ("qwen2", "packed", "all", True), ("llama", "isolated", "all", False)])
+def test_stacked_members_train_exactly_as_standalone_runs(arch, attention, loss_on, tie):
     steps = 24
-    cfgs = member_configs(arch, **{"train.attention": attention, "train.loss_on": loss_on})
+    cfgs = member_configs(arch, **{"train.attention": attention, "train.loss_on": loss_on,
+                                   "model.tie_embeddings": tie})
     data = [batches(c, steps) for c in cfgs]
     assert not torch.equal(data[0][0][0], data[1][0][0])  # members see different batches (their own seeds)
     ens = Ensemble.from_configs(cfgs, VOCAB, BOS, EOS, PAD, [steps] * 3)
