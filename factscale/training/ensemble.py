@@ -24,9 +24,9 @@ Two things differ from the standalone path, both on purpose and proven equal in 
 - the loss runs the output head at a fixed number of positions per member (its scored ones, padded with
   ignored ones: ``scored_targets``), not at ``scored_loss``'s exact set: gathering exactly the scored
   positions has a data-dependent shape, which vmap cannot batch. The mean over scored labels is the same
-  number. (Full logits with a masked mean are the same number too, but cost 2x the whole step here: the
-  head, log-softmax and their backward over every position of a vocabulary of 1,024 outweigh a 10k
-  model's decoder. Measured with benchmarks/bench_ensemble.py.)
+  number. (Full logits with a masked mean are the same number too, but made the whole stacked step ~2x
+  slower for a 5k model, K = 4, on the demo's batch: the head, log-softmax and their backward over every
+  position of a 1,024-token vocabulary outweigh the decoder. docs/results/ensemble.md.)
 """
 
 from __future__ import annotations
