@@ -16,7 +16,10 @@ are the demo's shape (batch 32 x 32 tokens, value-only loss, isolated attention,
 vocabulary). Rounds of the paths back to back, the order rotating (this machine's speed drifts between
 seconds, so a ratio within a round is steadier than two bests taken minutes apart); ratios are medians of
 the per-round ratios, steps/s the best round's. Prints steps/s (all K members together) of each path,
-stacked / separate, and the largest loss difference between the paths on the first step.
+stacked / separate, and the largest loss difference between the paths on the first step. Where the stacked
+step is compiled, so is a baseline (sep-comp): K steps of one standalone member under ``train.compile``
+(FactLM compiles its decoder body in place), the existing path's own compiled speed; cmp/sep-comp is the
+gain of stacking itself, with compilation on both sides.
 """
 
 from __future__ import annotations
@@ -114,6 +117,9 @@ def main():
                          "~20-50 s here, so the default compiles only the largest")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    # every (size, K) compiles the same Python function anew (StackedProgram.losses); dynamo's default limit
+    # of 8 recompiles per function would silently run the rest eager
+    torch._dynamo.config.recompile_limit = 64
     sizes, ks = a.sizes.split(","), [int(k) for k in a.ks.split(",")]
     n_batches = 1 + a.rounds * a.steps  # one warm-up batch, then fresh batches for every timed step
     # every member's own batches (its seed's order), packed once; member m's are the same for every size and K
@@ -128,22 +134,42 @@ def main():
     print(f"arch {a.arch}; batch {a.batch} x {a.seq} per member; vocab {a.vocab}; loss_on={a.loss_on}; "
           f"attention={a.attention}; {a.rounds} rounds x {a.steps} steps; {torch.get_num_threads()} thread(s); "
           f"torch {torch.__version__}")
-    print(f"{'size':>5} {'non-emb':>7} {'K':>3} {'separate':>9} {'stacked':>9} {'compiled':>9} "
-          f"{'stk/sep':>8} {'cmp/sep':>8} {'loss diff':>9}   (steps/s of all K members; ratios: medians of rounds)")
+    print(f"{'size':>5} {'non-emb':>7} {'K':>3} {'separate':>9} {'sep-comp':>9} {'stacked':>9} {'compiled':>9} "
+          f"{'stk/sep':>8} {'cmp/sep':>8} {'cmp/sep-comp':>12} {'loss diff':>9}   "
+          "(steps/s of all K members; ratios: medians of rounds)")
+    compile_ks = set(ks) if a.compile_ks == "all" else {int(x) for x in a.compile_ks.split(",")}
     for size in sizes:
         n = non_embedding_params(a.arch, resolve_shape(configs(a, size, 1)[0].model))
+        one, one_warm = None, None
+        if not a.no_compile and compile_ks & set(ks):
+            # the existing compiled path (train.compile: the decoder body compiled in place), one member; K of
+            # them run one after another, so K separate compiled steps cost K of its steps (one model, one
+            # compile; K models in one process would compile K times)
+            c = configs(a, size, 1)[0]
+            c.train.compile = True
+            one = Separate([c], a.vocab, 10**6)
+            one.members[0][0].configure_model()
+            t = time.perf_counter()
+            one.step(packed[0][0][:1], packed[0][1][:1])
+            one_warm = time.perf_counter() - t
         for k in ks:
             cfgs = configs(a, size, k)
             total = n_batches + 1
             batches = [(torch.stack([packed[m][0][i] for m in range(k)]), torch.stack([packed[m][1][i] for m in range(k)]))
                        for i in range(n_batches)]
             sep = Separate(cfgs, a.vocab, total)
+            # every path from the same initial weights (copied before any step)
             ens = Ensemble([copy.deepcopy(m.model) for m, _, _ in sep.members], cfgs, [total] * k)
+            comp = Ensemble([copy.deepcopy(m.model) for m, _, _ in sep.members], cfgs, [total] * k)
             paths = {"separate": sep.step, "stacked": ens.train_step}
             first = {"separate": sep.step(*batches[0]), "stacked": ens.train_step(*batches[0])}
             warm = None
-            if not a.no_compile and (a.compile_ks == "all" or k in {int(x) for x in a.compile_ks.split(",")}):
-                comp = Ensemble([copy.deepcopy(m.model) for m, _, _ in sep.members], cfgs, [total] * k)
+            if one is not None and k in compile_ks:
+                def sep_comp(ids, labels, one=one, k=k):
+                    for m in range(k):
+                        one.step(ids[m:m + 1], labels[m:m + 1])
+
+                paths["sep-comp"] = sep_comp
                 comp.compile()
                 t = time.perf_counter()
                 first["compiled"] = comp.train_step(*batches[0])
@@ -158,10 +184,14 @@ def main():
                     times[p].append(timed(paths[p], batches, 1 + r * a.steps, a.steps))
             sps = {p: 1 / min(t) for p, t in times.items()}
             ratio = {p: statistics.median(s / t for s, t in zip(times["separate"], times[p])) for p in paths}
-            print(f"{size:>5} {n:>7,} {k:>3} {sps['separate']:>9.1f} {sps['stacked']:>9.1f} "
-                  f"{sps.get('compiled', float('nan')):>9.1f} {ratio['stacked']:>7.2f}x "
-                  f"{ratio.get('compiled', float('nan')):>7.2f}x {diff:>9.1e}"
-                  + (f"   (compile warm-up {warm:.0f} s)" if warm is not None and warm > 2 else ""), flush=True)
+            vs_comp = (statistics.median(s / t for s, t in zip(times["sep-comp"], times["compiled"]))
+                       if "compiled" in times else float("nan"))
+            nan = float("nan")
+            print(f"{size:>5} {n:>7,} {k:>3} {sps['separate']:>9.1f} {sps.get('sep-comp', nan):>9.1f} "
+                  f"{sps['stacked']:>9.1f} {sps.get('compiled', nan):>9.1f} {ratio['stacked']:>7.2f}x "
+                  f"{ratio.get('compiled', nan):>7.2f}x {vs_comp:>11.2f}x {diff:>9.1e}"
+                  + (f"   (compile warm-up: stacked {warm:.0f} s, one member {one_warm:.0f} s)" if warm else ""),
+                  flush=True)
 
 
 if __name__ == "__main__":

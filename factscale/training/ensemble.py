@@ -24,9 +24,9 @@ Two things differ from the standalone path, both on purpose and proven equal in 
 - the loss runs the output head at a fixed number of positions per member (its scored ones, padded with
   ignored ones: ``scored_targets``), not at ``scored_loss``'s exact set: gathering exactly the scored
   positions has a data-dependent shape, which vmap cannot batch. The mean over scored labels is the same
-  number. (Full logits with a masked mean are the same number too, but cost 2x the whole step here: the
-  head, log-softmax and their backward over every position of a vocabulary of 1,024 outweigh a 10k
-  model's decoder. Measured with benchmarks/bench_ensemble.py.)
+  number. (Full logits with a masked mean are the same number too, but made the whole stacked step ~2x
+  slower for a 5k model, K = 4, on the demo's batch: the head, log-softmax and their backward over every
+  position of a 1,024-token vocabulary outweigh the decoder. docs/results/ensemble.md.)
 """
 
 from __future__ import annotations
@@ -211,10 +211,16 @@ class StackedProgram:
 
     def compiled_losses(self, **kwargs):
         """``losses`` under ``torch.compile`` (made once per program; kwargs to torch.compile the first time).
-        Dynamo specializes vmap's batch size, so every K compiles on its own (even with dynamic=True: the
-        guard on ``ids.shape[0]`` fails), ~20-50 s each on a 2-core CPU; ensembles of one K share it."""
+
+        Static shapes by default. Dynamo specializes vmap's batch size, so every K compiles on its own (even
+        with dynamic=True), ~20-50 s each on a 2-core CPU; ensembles of one shape and K share the compiled
+        code. Every program compiles the same Python function, so a second shape is a *re*compile of it:
+        with automatic dynamic shapes dynamo then makes the changed widths symbolic, which vmap's batched
+        tensors cannot take ("Cannot call sizes() on tensor with symbolic sizes"); hence dynamic=False. A
+        process compiling more than ``torch._dynamo.config.recompile_limit`` (8) shapes x K runs the rest
+        eager (dynamo warns)."""
         if self._compiled is None:
-            self._compiled = torch.compile(self.losses, **kwargs)
+            self._compiled = torch.compile(self.losses, **{"dynamic": False, **kwargs})
         return self._compiled
 
 
