@@ -40,3 +40,14 @@ def test_bench_train_runs_and_both_loops_agree_on_the_loss():
     assert diff < 1e-4  # the same model, data, schedule and AdamW settings: the two loops train alike
     assert "isolation mask per batch" in lines  # the mask timing ran (it checks the two masks equal first)
     assert lines["factscale / plain"].endswith("(median of 1 paired rounds)")
+
+
+@pytest.mark.slow  # trains 2 stacked and 2 standalone runs in a subprocess
+def test_bench_stack_runs_and_both_ways_agree():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_stack.py"), "--size", "1k", "--seeds", "2",
+                          "--epochs", "2", "--probe-every", "2", "--keys", "100", "--rounds", "1"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("round 0"))
+    assert float(line.rsplit("value loss ", 1)[1]) < 1e-4 and "median ratio" in out.stdout
