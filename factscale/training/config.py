@@ -87,7 +87,8 @@ class OptimConfig:
     lr: float = 3e-3
     """Peak learning rate of AdamW (after warmup)."""
     weight_decay: float = 0.0
-    """AdamW weight decay on matrices (never on norms, biases or embeddings); 0 = off."""
+    """AdamW weight decay on every parameter with 2 or more dimensions - the matrices and the token (and
+    position) embeddings, as nanoGPT decays them - never on norms or biases; 0 = off."""
     beta1: float = 0.9
     """AdamW first-moment decay, in [0, 1)."""
     beta2: float = 0.98
