@@ -101,6 +101,36 @@ def summarize(df: pl.DataFrame, lin: dict | None, exps: dict, budget: int) -> di
     return {"n_runs": df["run_id"].n_unique(), "epochs": budget, "sizes": sizes, "linear": linear}
 
 
+def store_slope(store: Fits, epochs: int) -> dict:
+    """The log-log slope of capacity in N at one budget (``power-size``, capped sizes left out), or why not."""
+    try:
+        r = store.get("power-size", {"epoch": epochs})
+    except fit.FitError as e:
+        return {"epochs": epochs, "slope": None, "ci": None, "why": str(e)}
+    s = r["params"]["s"]
+    return {"epochs": epochs, "slope": s["value"], "ci": _ci(s), "why": s["no_interval"], "n_runs": r["n_runs"],
+            "left_out_capped": [e["size"] for e in r.get("excluded_capped", [])], "interval": r["interval"]}
+
+
+def law_verdict(slopes: dict, sizes: list[dict]) -> str:
+    """What the size law at the largest budget says, plainly: linear (Lu et al.), sublinear, or not decided."""
+    last = slopes[max(slopes)] if slopes else None
+    if not last or last["slope"] is None:
+        return "no size law: " + (last["why"] if last else "no budgets")
+    if last["ci"] is None:
+        return f"log-log slope {last['slope']:.2f} at {last['epochs']} epochs has no interval ({last['why']}): not decided"
+    lo, hi = last["ci"]
+    saturated = all(r["saturated"] for r in sizes if r["size"] not in last["left_out_capped"])
+    if lo <= 1 <= hi:
+        return (f"slope {last['slope']:.2f} [{lo:.2f}, {hi:.2f}] at {last['epochs']} epochs contains 1: consistent with "
+                "Lu et al.'s linear law" + ("" if saturated else " (not every size saturated yet)"))
+    if hi < 1:
+        return (f"slope {last['slope']:.2f} [{lo:.2f}, {hi:.2f}] at {last['epochs']} epochs is below 1: "
+                + ("a sublinear law at this scale (every fitted size saturated)" if saturated else
+                   "below linear, but not every size is saturated: larger sizes may still be gaining, not a law yet"))
+    return f"slope {last['slope']:.2f} [{lo:.2f}, {hi:.2f}] at {last['epochs']} epochs is above 1: superlinear at this scale"
+
+
 def report(summary: dict, held: pl.DataFrame, log=print) -> None:
     """The printed summary: what was observed, in the order a reader checks it."""
     E = summary["epochs"]
@@ -138,6 +168,15 @@ def report(summary: dict, held: pl.DataFrame, log=print) -> None:
                        "excludes 1: not proportional to N" if lci else "no interval")
             log(f"  log-log slope {lin['loglog_slope']:.3f}" + (f" [{lci[0]:.3f}, {lci[1]:.3f}]" if lci else "")
                 + f" ({verdict})")
+    for e, sl in sorted((summary.get("slopes") or {}).items()):
+        if sl["slope"] is None:
+            log(f"  size law at {e} epochs: not fitted ({sl['why']})")
+            continue
+        ci = f" [{sl['ci'][0]:.3f}, {sl['ci'][1]:.3f}]" if sl["ci"] else f" (no interval: {sl['why']})"
+        left = f"; left out as capped: {', '.join(sl['left_out_capped'])}" if sl["left_out_capped"] else ""
+        log(f"  log-log slope at {e:>4} epochs: {sl['slope']:.3f}{ci}, {sl['n_runs']} runs{left}")
+    if summary.get("verdict"):
+        log(f"  size law: {summary['verdict']}")
     for row in held.sort("non_embedding_params").iter_rows(named=True):
         log(f"  calibration {row[SIZE]:>4} seed {row['cfg.seed']}: " + calibration_text(row))
 
@@ -189,6 +228,7 @@ def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> 
         return r
 
     lin = try_fit(f"linear-size-epoch{budget}", "linear-size", {"epoch": budget})
+    slopes = {e: store_slope(store, e) for e in sorted(g["train.epochs"])}
     exps = {s: try_fit(f"exp-epochs-size{s}", "exp-epochs", {"size": s}) for s in g["model.size"]}
     joint = try_fit("joint", "joint", {})
     if isinstance(joint, dict):
@@ -199,6 +239,8 @@ def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> 
     figures = plots.plot_all(df, out / "figures", store)
 
     summary = summarize(df, lin if isinstance(lin, dict) else None, exps, budget)
+    summary["slopes"] = slopes
+    summary["verdict"] = law_verdict(slopes, summary["sizes"])
     summary["seconds"] = time.time() - t0
     summary.update(results=str(results), fits=str(fits_dir), figures=figures)
     write_json_atomic(out / "summary.json", summary, default=str)  # before printing: a report bug loses nothing

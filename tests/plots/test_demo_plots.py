@@ -30,6 +30,9 @@ def test_quick_demo_end_to_end(quick_demo):
     out, stdout = quick_demo
     assert "=== factscale demo summary" in stdout and "gain 40 -> 80 epochs" in stdout and "log-log slope" in stdout
     assert "relative-error fit" in stdout and "memorized bits (code length)" in stdout
+    for e in (10, 20, 40, 80):  # the size law per budget, said plainly at the end
+        assert f"log-log slope at {e:>4} epochs" in stdout or f"size law at {e} epochs: not fitted" in stdout
+    assert "  size law: " in stdout
     df = pl.read_parquet(out / "results.parquet")
     assert df["run_id"].n_unique() == 3 * 2 * 4  # sizes x seeds x annealed budgets (cooldown branches)
     assert df["cfg.optim.schedule"].unique().to_list() == ["wsd"]  # branches only: the constant-rate trunks are not runs
@@ -71,6 +74,22 @@ def test_quick_demo_end_to_end(quick_demo):
         w, h = Image.open(png).size
         assert w > 300 and h > 200
     assert "generalization" in s["figures"]["skipped"]  # needs a corpus-size axis: said, not faked
+
+
+def test_the_demo_says_which_size_law_it_observed():
+    from factscale.demo import law_verdict
+
+    sat = [{"size": "a", "saturated": True}, {"size": "b", "saturated": True}, {"size": "c", "saturated": False}]
+    def slopes(s, ci, left=()):
+        return {200: {"epochs": 200, "slope": s, "ci": ci, "why": None if ci else "too few runs",
+                      "left_out_capped": list(left)}}
+    assert "consistent with Lu et al.'s linear law" in law_verdict(slopes(0.97, [0.9, 1.05], ["c"]), sat)
+    assert "not every size saturated" in law_verdict(slopes(0.97, [0.9, 1.05]), sat)
+    assert "a sublinear law at this scale" in law_verdict(slopes(0.8, [0.7, 0.9], ["c"]), sat)
+    assert "not a law yet" in law_verdict(slopes(0.8, [0.7, 0.9]), sat)
+    assert "superlinear" in law_verdict(slopes(1.3, [1.1, 1.5], ["c"]), sat)
+    assert "has no interval" in law_verdict(slopes(0.9, None), sat)
+    assert law_verdict({200: {"epochs": 200, "slope": None, "ci": None, "why": "2 sizes"}}, sat).startswith("no size law")
 
 
 def test_demo_report_of_a_size_whose_cstar_fits_to_zero_or_fails():
