@@ -28,7 +28,7 @@ import polars as pl
 from tqdm import tqdm
 
 from factscale.analysis import intervals
-from factscale.analysis.laws import LAWS, MAX_FILL, MEASURES, Law
+from factscale.analysis.laws import LAWS, MAX_FILL, MEASURE_CAP, MEASURES, Law
 from factscale.analysis.vocab import BUDGET, SIZE
 from factscale.errors import FitError
 
@@ -164,7 +164,7 @@ def fit_law(df: pl.DataFrame, law_name: str, where: dict | None = None, *, fixed
                        f"{n_free} free parameters; need more points than parameters")
     if np.ptp(y) == 0:
         raise FitError(f"{law_name}: {law.y} is constant ({y[0]}) over all {len(y)} points; nothing to fit")
-    limits = law.limits(sel)
+    limits = law.limits(sel, MEASURE_CAP.get(law.y, "n_facts"))
     rng = np.random.default_rng(seed)
     best = _best_fit(law, x, y, n_starts, fixed, robust, rng, limits)
     if best is None or not best.success:

@@ -30,7 +30,10 @@ from factscale.analysis.vocab import BUDGET, SIZE, apply_where, label_annealed, 
 from factscale.errors import FitError
 
 
-MEASURES = ("capacity", "capacity_above_chance")  # what a capacity law can be fitted on
+MEASURES = ("capacity", "capacity_above_chance", "keyed_bits")  # what a capacity law can be fitted on
+# the column that bounds a capacity law's asymptote, per measure: facts for facts; none for keyed bits (a
+# miscalibrated key-blind code can exceed the prior, so the prior is no bound)
+MEASURE_CAP = {"capacity": "n_facts", "capacity_above_chance": "n_facts", "keyed_bits": None}
 MAX_FILL = 0.6  # laws in model size leave out sizes that fill more of their facts than this (fit.capped_sizes)
 
 
@@ -61,7 +64,7 @@ class Law:
     split: str = "train"
     log_space: bool = False  # residuals in log y (laws spanning decades)
     relative: bool = False  # residuals relative to y: sizes spanning decades each count, not just the largest
-    upper: Callable | None = None  # (selected rows) -> {param: upper bound from the data}
+    upper: Callable | None = None  # (selected rows, cap column) -> {param: upper bound from the data}
     fixed_over: tuple[tuple[str, str], ...] = ()  # (column, what) that must be constant over the points
     design: tuple[str, ...] = ()  # run-level columns naming a run's design point (bootstrap strata)
     min_distinct: dict = field(default_factory=dict)  # x column -> distinct values the law needs
@@ -97,9 +100,10 @@ class Law:
                                f"{vals.to_list()}; choose one with --where {alias}=...")
         return sel
 
-    def limits(self, sel: pl.DataFrame) -> dict:
+    def limits(self, sel: pl.DataFrame, cap: str | None = "n_facts") -> dict:
+        """Each parameter's (low, high); ``cap``: the column bounding a capacity law's asymptote (None: none)."""
         lim = dict(self.bounds)
-        for p, hi in (self.upper(sel) if self.upper else {}).items():
+        for p, hi in (self.upper(sel, cap) if self.upper else {}).items():
             if hi is not None:
                 lim[p] = (lim[p][0], hi)
         return lim
@@ -126,7 +130,6 @@ def _solve_joint(v, facts, epochs):
     return (facts - v["c"]) / per_param if per_param > 0 else float("inf")
 
 
-_FACTS = pl.col("n_facts").cast(pl.Float64)
 _N = pl.col("non_embedding_params").cast(pl.Float64)
 _AT_FIXED_EPOCHS = (("epoch", "epochs"),)
 _AT_FIXED_SIZE = (("non_embedding_params", "size"),)
@@ -148,7 +151,7 @@ LAWS: dict[str, Law] = {law.name: law for law in [
     Law("exp-epochs", "C(E) = cstar - a*exp(-b*E)", ("cstar", "a", "b"), ("epoch",), "capacity",
         lambda x, cstar, a, b: cstar - a * np.exp(-b * x[0]), _exp_guess,
         {"cstar": (0, None), "a": (None, None), "b": (0, None)},
-        upper=lambda sel: {"cstar": _col_max(sel, _FACTS, ("n_facts",))},  # C* <= the facts trained on
+        upper=lambda sel, cap: {"cstar": cap and _col_max(sel, pl.col(cap).cast(pl.Float64), (cap,))},  # C* <= facts
         fixed_over=_AT_FIXED_SIZE, design=(BUDGET,), min_distinct={"epoch": 4}),
     Law("joint", "C(N, E) = N*(kstar - a*exp(-b*E)) + c", ("kstar", "a", "b", "c"),
         ("non_embedding_params", "epoch"), "capacity",
@@ -158,7 +161,7 @@ LAWS: dict[str, Law] = {law.name: law for law in [
                            "b": rng.uniform(0.1, 3.0) / max(np.median(x[1]), 1e-9), "c": 0.0},
         {"kstar": (0, None), "a": (None, None), "b": (0, None), "c": (None, None)}, relative=True,
         # N*kstar (C* without the intercept) of every fitted size <= the facts it trained on
-        upper=lambda sel: {"kstar": _col_min(sel, _FACTS / _N, ("n_facts",))},
+        upper=lambda sel, cap: {"kstar": cap and _col_min(sel, pl.col(cap).cast(pl.Float64) / _N, (cap,))},
         design=("non_embedding_params", BUDGET), min_distinct={"non_embedding_params": 2, "epoch": 3},
         solve=_solve_joint, intercept="c", capped_sizes=True),
     Law("power-gen", "L(D) = Dc * D^alpha + linf", ("dc", "alpha", "linf"), ("train_facts",), "value_loss",
@@ -174,6 +177,6 @@ LAWS: dict[str, Law] = {law.name: law for law in [
     Law("bits-epochs", "bits/param(E) = cstar - a*exp(-b*E)", ("cstar", "a", "b"), ("epoch",), "bits_per_param",
         lambda x, cstar, a, b: cstar - a * np.exp(-b * x[0]), _exp_guess,
         {"cstar": (0, None), "a": (None, None), "b": (0, None)},
-        upper=lambda sel: {"cstar": _col_max(sel, pl.col("prior_bits") / _N, ("prior_bits",))},  # <= all the bits
+        upper=lambda sel, cap: {"cstar": _col_max(sel, pl.col("prior_bits") / _N, ("prior_bits",))},  # <= all the bits
         fixed_over=_AT_FIXED_SIZE, design=(BUDGET,), min_distinct={"epoch": 4}),
 ]}

@@ -324,8 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="fit a scaling law to a results table")
     f.add_argument("results")
     f.add_argument("--measure", choices=list(MEASURES),
-                   help="what a capacity law fits: facts memorized (default) or memorized above the key-blind "
-                   "baseline (docs/definitions.md)")
+                   help="what a capacity law fits: facts memorized (default), facts memorized above the key-blind "
+                   "baseline, or keyed bits (docs/definitions.md)")
     f.add_argument("--max-fill", type=fill_fraction, default=MAX_FILL,
                    help=f"laws in model size leave out sizes whose capacity fills more than this fraction of the "
                    f"facts they trained on (capped by the corpus; default {MAX_FILL}; 1 keeps every size)")

@@ -9,12 +9,13 @@ applies the documented rules, in order, and counts what each rule did:
    ``first`` (keep the first value in source order, e.g. Wikidata's statement order);
 3. ambiguous keys - one label shared by different subjects - are resolved by ``ambiguous_keys``:
    ``disambiguate`` (default: the key becomes ``label (subject_id)``) or ``drop``;
-4. held-out split by subject (unseen keys, same relations), seeded;
-5. render; copyable facts - the value equals the subject's label, or appears as whole words in its own
-   prompt ("The country of Latvia is Latvia") - are counted and, by ``copyable``, dropped (default: a model
-   copies them from the prompt, they measure no memory) or kept with a ``copyable`` column. Real sources
-   only: a synthetic corpus' values are drawn independently of its keys (its entropy is exact);
-6. train the tokenizer, tokenize, check value alignment.
+4. copyable facts - the value equals the subject's label, or appears as whole words in the prompt it will
+   be rendered with ("The country of Latvia is Latvia") - are counted and, by ``copyable``, dropped
+   (default: a model copies them from the prompt, they measure no memory) or kept with a ``copyable``
+   column; before ``max_facts`` and the study variants (which derive facts from the kept ones). Real
+   sources only: a synthetic corpus' values are drawn independently of its keys (its entropy is exact);
+5. held-out split by subject (unseen keys, same relations), seeded;
+6. render, train the tokenizer, tokenize, check value alignment.
 
 Output: ``facts.parquet``, ``tokenizer/`` (``AutoTokenizer.from_pretrained``), ``manifest.json``.
 """
@@ -79,9 +80,10 @@ def copyable_facts(df: pl.DataFrame, rule: str, counts: dict) -> pl.DataFrame:
         raise CorpusError(f"copyable={rule!r}; allowed values: {list(COPYABLE_RULES)}")
     value_words = _words(pl.col("value"))
     is_key = _words(pl.col("value")) == _words(pl.col("subject_label"))
-    in_prompt = ~is_key & (value_words.str.strip_chars() != "") & _words(pl.col("prompt")).str.contains(
+    in_prompt = ~is_key & (value_words.str.strip_chars() != "") & _words(pl.col("_prompt")).str.contains(
         value_words, literal=True)
-    flags = df.select(is_key.alias("k"), in_prompt.alias("p"))
+    prompts = render(df)["prompt"]  # the prompt each fact will have (before variants derive facts from it)
+    flags = df.with_columns(_prompt=prompts).select(is_key.alias("k"), in_prompt.alias("p"))
     counts["copyable_value_is_key"] = int(flags["k"].sum())
     counts["copyable_value_in_prompt"] = int(flags["p"].sum())
     if rule == "keep":
@@ -365,6 +367,8 @@ def build_into(
     counts["raw_facts"] = raw.height
     LOG.info(f"corpus: {raw.height:,} raw facts: applying the rules (dedupe, multi-value, ambiguous keys, split)")
     df = resolve(raw, multi_value, ambiguous_keys, counts)
+    if copyable is not None:  # real sources (synthetic values are independent of their keys); before the cap
+        df = copyable_facts(df, copyable, counts)
     if max_facts is not None and df.height > max_facts:
         counts["dropped_max_facts"] = df.height - max_facts
         df = df.head(max_facts)
@@ -379,11 +383,6 @@ def build_into(
     df = add_statistics(df)
     df = assign_split(df, heldout_frac, seed)
     df = render(df)
-    if copyable is not None:  # real sources (synthetic values are independent of their keys)
-        df = copyable_facts(df, copyable, counts)
-        if df.height == 0:
-            raise CorpusError(f"no facts left after the copyable rule (copyable=keep keeps them); counts: "
-                              f"{json.dumps(counts)}")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,8 @@ from factscale.plots.studies import STUDY_FIGURES
 __all__ = ["FIGURES", "PlotError", "plot", "plot_all", "save", "script_main"]
 NON_EMB = "non-embedding parameters"
 MEASURE_LABELS = {"capacity": "capacity (facts memorized, exact match)",
-                  "capacity_above_chance": "capacity above the key-blind baseline (facts)"}
+                  "capacity_above_chance": "capacity above the key-blind baseline (facts)",
+                  "keyed_bits": "keyed bits (key-blind code - own-key code, bits)"}
 
 
 def themed(fn):
@@ -124,7 +125,7 @@ def fig_capacity_vs_size(df: pl.DataFrame, fits: Fits | None = None):
     y = fits.measure
     if y not in d.columns or d[y].null_count() == d.height:
         raise PlotError(f"the results table has no {y} values (probed before the key-blind baseline existed?)")
-    se = {"capacity": "capacity_se", "capacity_above_chance": "capacity_above_chance_se"}.get(y)
+    se = f"{y}_se"
     fig, ax = new_figure()
     budgets = sorted(d["epoch"].unique().to_list())
     pal = dict(zip(budgets, sns.color_palette("rocket", len(budgets))))
@@ -150,7 +151,8 @@ def fig_capacity_vs_size(df: pl.DataFrame, fits: Fits | None = None):
         k = r["params"]["k"]["value"]
         draw_fit(ax, r, "non_embedding_params", xs, pal[e],
                  f"{e} epochs: C = {k:.3g}·N + c, R²={r['r2']:.3f}{_ci_note(r)}")
-    ax.axhline(d["n_facts"].max(), color="grey", ls=":", lw=1, label="training facts")
+    if y != "keyed_bits":  # a line in facts, not in bits
+        ax.axhline(d["n_facts"].max(), color="grey", ls=":", lw=1, label="training facts")
     ax.set(xlabel=f"{NON_EMB} N", ylabel=MEASURE_LABELS.get(y, y))
     ax.set_title(f"{MEASURE_LABELS.get(y, y).capitalize()} vs non-embedding parameters\n(final probe of each run)"
                  f"{capped_note}", fontsize=9)

@@ -371,6 +371,18 @@ def test_trunk_jackknife_covers_on_the_demos_branched_design():
         assert hits[key] / n >= 0.90, (key, hits[key], n)
 
 
+def test_keyed_bits_are_a_measure_with_no_cap_at_the_facts():
+    """--measure keyed_bits fits a capacity law in bits: the asymptote is not bounded by the fact count."""
+    truth = {"kstar": 0.08, "a": 0.06, "b": 0.02, "c": 0.0}
+    df = simulate("joint", truth, np.random.default_rng(4), seeds=3, budgets=(10, 30, 100, 300), n_facts=100.0,
+                  sizes={k: SIZES[k] for k in ("s1", "s2", "s3")})
+    df = df.with_columns(keyed_bits=pl.col("capacity") * 6.0)  # 6 bits per fact, far above 100 facts
+    r = fit_law(df, "exp-epochs", {"size": "s2"}, measure="keyed_bits", n_boot=50, max_fill=None)
+    assert r["measure"] == "keyed_bits" and r["params"]["cstar"]["bounds"][1] is None
+    assert r["params"]["cstar"]["value"] == pytest.approx(6 * truth["kstar"] * SIZES["s2"], rel=0.1)
+    assert fit_law(df, "exp-epochs", {"size": "s2"}, n_boot=0)["params"]["cstar"]["bounds"][1] == 100.0
+
+
 def test_sizes_capped_by_the_corpus_are_left_out_of_size_laws():
     """A size whose capacity fills more than --max-fill (60%) of its facts is bounded by the corpus: laws in
     model size leave it out by default and say so; --max-fill 1 keeps it."""
