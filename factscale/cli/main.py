@@ -22,11 +22,11 @@ from factscale.training.models import ARCHS
 def cmd_sizes(a):
     from factscale.training.models import size_table
 
-    print(f"{'size':>6} {'arch':>6} {'layers':>6} {'hidden':>6} {'heads':>5} {'ffn':>6} {'non-emb':>13} {'total':>13}"
-          f"   (vocab {a.vocab})")
+    print(f"{'size':>13} {'arch':>6} {'layers':>6} {'hidden':>6} {'heads':>5} {'ffn':>6} {'experts':>10} "
+          f"{'non-emb':>13} {'per token':>13} {'total':>13}   (vocab {a.vocab}; experts: Qwen2-MoE, qwen2 only)")
     for r in size_table(a.arch, a.vocab, tie=not a.untied):
-        print(f"{r['size']:>6} {r['arch']:>6} {r['layers']:>6} {r['hidden']:>6} {r['heads']:>5} {r['ffn']:>6} "
-              f"{r['non_embedding']:>13,} {r['total']:>13,}")
+        print(f"{r['size']:>13} {r['arch']:>6} {r['layers']:>6} {r['hidden']:>6} {r['heads']:>5} {r['ffn']:>6} "
+              f"{r['experts']:>10} {r['non_embedding']:>13,} {r['per_token']:>13,} {r['total']:>13,}")
 
 
 def cmd_train(a):

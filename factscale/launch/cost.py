@@ -10,9 +10,10 @@ Tokens come from the best source available, said in the output:
   ``SAMPLE_KEYS`` keys (tokens per fact measured, facts scaled by keys).
 
 FLOPs per token follow PaLM's convention, as ``benchmarks/bench_gpu.py`` does:
-``6 N + 12 layers hidden ctx + 6 hidden vocab scored``, with ctx the attention span (a fact's tokens under
-fact-isolated attention, else ``seq_len``) and ``scored`` the fraction of positions whose head is computed
-(``loss_on: value``: the value tokens and ``<eos>``). GPU-hours = FLOPs / (MFU x peak). The MFU is an
+``6 N + 12 layers hidden ctx + 6 hidden vocab scored``, with N the non-embedding parameters a token
+passes through (all of them; for a mixture of experts its experts only), ctx the attention span (a fact's
+tokens under fact-isolated attention, else ``seq_len``) and ``scored`` the fraction of positions whose
+head is computed (``loss_on: value``: the value tokens and ``<eos>``). GPU-hours = FLOPs / (MFU x peak). The MFU is an
 assumption (``--mfu``, default ``DEFAULT_MFU``) until ``bench_gpu.py`` has been run on the target GPU:
 tiny models run far below it (kernel-launch bound).
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from factscale.errors import ConfigError
 from factscale.training.config import RunConfig
-from factscale.training.models import non_embedding_params, resolve_shape
+from factscale.training.models import params_per_token, resolve_shape
 
 DEFAULT_MFU = 0.2  # assumed, not measured: no GPU run of bench_gpu.py is recorded in docs/results yet
 PEAK_TFLOPS = 989.0  # H100 SXM dense bf16, spec sheet (--peak-tflops for other GPUs)
@@ -52,7 +53,7 @@ class CorpusEstimate:
 
 def flops_per_token(cfg: RunConfig, vocab: int, tokens_per_fact: float, value_tokens: float | None) -> float:
     shape = resolve_shape(cfg.model)
-    n = non_embedding_params(cfg.model.arch, shape)
+    n = params_per_token(cfg.model.arch, shape)  # a mixture of experts computes only the token's experts
     ctx = tokens_per_fact if cfg.train.attention == "isolated" else cfg.train.seq_len
     scored = 1.0 if cfg.train.loss_on != "value" or value_tokens is None else min(1.0, value_tokens / tokens_per_fact)
     return 6 * n + 12 * shape.n_layers * shape.hidden * ctx + 6 * shape.hidden * vocab * scored

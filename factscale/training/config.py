@@ -70,6 +70,15 @@ class ModelConfig:
     """Share input embedding and output head (neither counts as non-embedding parameters)."""
     max_position: int = 512
     """Longest position the model supports (RoPE range; GPT-2's learned position table). Must cover train.seq_len."""
+    experts: Optional[int] = None
+    """Mixture of experts (Qwen2-MoE, qwen2 only): experts per layer, each of width model.ffn; 0 = dense;
+    None = the registry's (dense unless the size is a ``*-moe-*`` entry)."""
+    experts_per_token: Optional[int] = None
+    """Experts each token is routed to (top-k), in [1, experts]."""
+    shared_expert_ffn: Optional[int] = None
+    """Width of the always-on shared expert (0 = none)."""
+    router_aux_coef: float = 0.001
+    """Weight of the router's load-balancing loss added to the training loss (MoE only)."""
 
     def __post_init__(self):
         explicit = [self.n_layers, self.hidden, self.heads, self.ffn]
@@ -78,8 +87,14 @@ class ModelConfig:
                 "model: give either model.size (a registry name) or all of "
                 "model.n_layers, model.hidden, model.heads, model.ffn"
             )
-        for name in ("n_layers", "hidden", "heads", "kv_heads", "ffn", "max_position"):
+        for name in ("n_layers", "hidden", "heads", "kv_heads", "ffn", "max_position", "experts_per_token"):
             positive_or_none(self, name, "model")
+        for name in ("experts", "shared_expert_ffn"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise ConfigError(f"model.{name} must be an integer >= 0, got {v!r}")
+        if not self.router_aux_coef >= 0:
+            raise ConfigError(f"model.router_aux_coef must be >= 0, got {self.router_aux_coef}")
 
 
 @dataclass

@@ -19,8 +19,11 @@ class Shape:
     n_layers: int
     hidden: int
     heads: int
-    ffn: int
+    ffn: int  # the MLP's inner width; with experts, each expert's
     kv_heads: int | None = None
+    experts: int = 0  # > 0: a sparse mixture-of-experts MLP in every layer (Qwen2-MoE)
+    top_k: int = 0  # experts each token is routed to
+    shared_ffn: int = 0  # the always-on shared expert's inner width (0: none)
 
 
 # Roughly x3 apart from ~2k to ~300M non-embedding params (Lu et al. span 0.6M-308M), with 1k and 7k filling in
@@ -42,6 +45,10 @@ SIZES: dict[str, Shape] = {
     "30m": Shape(10, 512, 8, 1408),
     "100m": Shape(14, 768, 12, 2112),
     "300m": Shape(24, 1024, 16, 2816),
+    # mixture-of-experts (Qwen2-MoE, 4 experts, top-1) beside the dense 5k: matched in total non-embedding
+    # parameters (3,708 vs 3,588; 1,980 per token) and in parameters per token (3,708 per token, 10,620 total)
+    "5k-moe-total": Shape(2, 12, 2, 8, experts=4, top_k=1),
+    "5k-moe-active": Shape(2, 12, 2, 32, experts=4, top_k=1),
 }
 ARCHS = ("qwen2", "llama", "gpt2")
 
@@ -53,9 +60,18 @@ def resolve_shape(cfg: ModelConfig) -> Shape:
         base = SIZES[cfg.size]
         # explicit fields override a registry entry (e.g. size=1m with n_layers=2)
         shape = Shape(cfg.n_layers or base.n_layers, cfg.hidden or base.hidden, cfg.heads or base.heads,
-                      cfg.ffn or base.ffn, cfg.kv_heads or base.kv_heads)
+                      cfg.ffn or base.ffn, cfg.kv_heads or base.kv_heads,
+                      base.experts if cfg.experts is None else cfg.experts,
+                      cfg.experts_per_token or base.top_k, cfg.shared_expert_ffn or base.shared_ffn)
     else:
-        shape = Shape(cfg.n_layers, cfg.hidden, cfg.heads, cfg.ffn, cfg.kv_heads)
+        shape = Shape(cfg.n_layers, cfg.hidden, cfg.heads, cfg.ffn, cfg.kv_heads, cfg.experts or 0,
+                      cfg.experts_per_token or 0, cfg.shared_expert_ffn or 0)
+    if shape.experts:
+        if cfg.arch != "qwen2":
+            raise ConfigError(f"model.experts: mixture-of-experts models are Qwen2-MoE; model.arch must be qwen2, "
+                              f"got {cfg.arch!r}")
+        if not 1 <= shape.top_k <= shape.experts:
+            raise ConfigError(f"model.experts_per_token must be in [1, experts={shape.experts}], got {shape.top_k}")
     if shape.hidden % shape.heads:
         raise ConfigError(f"model.hidden ({shape.hidden}) must be divisible by model.heads ({shape.heads})")
     if shape.kv_heads and shape.heads % shape.kv_heads:
@@ -68,6 +84,8 @@ def resolve_shape(cfg: ModelConfig) -> Shape:
 def non_embedding_params(arch: str, s: Shape) -> int:
     """Exact count of parameters outside token/position embeddings and the output head."""
     h, f, L = s.hidden, s.ffn, s.n_layers
+    if s.experts and arch != "qwen2":
+        raise ConfigError(f"a mixture-of-experts shape is Qwen2-MoE: model.arch must be qwen2, got {arch!r}")
     if arch == "gpt2":
         per_layer = (2 * h) + (h * 3 * h + 3 * h) + (h * h + h) + (2 * h) + (h * f + f) + (f * h + h)
         return L * per_layer + 2 * h
@@ -78,8 +96,26 @@ def non_embedding_params(arch: str, s: Shape) -> int:
     attn = h * q + 2 * h * kv + q * h
     if arch == "qwen2":  # Qwen2 has biases on q, k, v (not o)
         attn += q + 2 * kv
-    per_layer = attn + 3 * h * f + 2 * h  # gated MLP (gate, up, down) + two RMSNorms
+    per_layer = attn + _mlp(s, s.experts) + 2 * h  # gated MLP (gate, up, down) + two RMSNorms
     return L * per_layer + h  # + final norm
+
+
+def _mlp(s: Shape, experts: int) -> int:
+    """A layer's MLP parameters: dense gated (gate, up, down), or Qwen2-MoE's sparse block with ``experts``
+    of its experts counted: the router (hidden x all experts), the experts, the shared expert and its gate."""
+    h = s.hidden
+    if not s.experts:
+        return 3 * h * s.ffn
+    return h * s.experts + experts * 3 * h * s.ffn + 3 * h * s.shared_ffn + h
+
+
+def params_per_token(arch: str, s: Shape) -> int:
+    """Non-embedding parameters one token passes through: all of them for a dense model; for a mixture of
+    experts, the router, the token's ``top_k`` experts and the shared expert (the experts it is not routed
+    to do not count)."""
+    if not s.experts:
+        return non_embedding_params(arch, s)
+    return non_embedding_params(arch, s) - s.n_layers * (_mlp(s, s.experts) - _mlp(s, s.top_k))
 
 
 def embedding_params(arch: str, s: Shape, vocab_size: int, tie: bool, max_position: int) -> int:
@@ -100,6 +136,16 @@ def hf_config(cfg: ModelConfig, vocab_size: int, bos_id: int = 1, eos_id: int = 
         return GPT2Config(n_embd=s.hidden, n_layer=s.n_layers, n_head=s.heads, n_inner=s.ffn,
                           n_positions=cfg.max_position, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                           **common)
+    if cfg.arch == "qwen2" and s.experts:
+        from transformers import Qwen2MoeConfig
+
+        return Qwen2MoeConfig(hidden_size=s.hidden, moe_intermediate_size=s.ffn, intermediate_size=s.ffn,
+                              num_experts=s.experts, num_experts_per_tok=s.top_k,
+                              shared_expert_intermediate_size=s.shared_ffn, decoder_sparse_step=1, mlp_only_layers=[],
+                              norm_topk_prob=False, router_aux_loss_coef=cfg.router_aux_coef,
+                              num_hidden_layers=s.n_layers, num_attention_heads=s.heads,
+                              num_key_value_heads=s.kv_heads or s.heads, max_position_embeddings=cfg.max_position,
+                              attention_dropout=0.0, **common)
     if cfg.arch == "qwen2":
         from transformers import Qwen2Config as Cfg
     elif cfg.arch == "llama":
@@ -136,8 +182,11 @@ def count_instantiated(model) -> tuple[int, int]:
 def size_table(arch: str, vocab_size: int, tie: bool = True, max_position: int = 512) -> list[dict]:
     rows = []
     for name, s in SIZES.items():
+        if s.experts and arch != "qwen2":
+            continue  # mixture-of-experts entries are Qwen2-MoE
         ne = non_embedding_params(arch, s)
         rows.append({"size": name, "arch": arch, "layers": s.n_layers, "hidden": s.hidden, "heads": s.heads,
-                     "ffn": s.ffn, "non_embedding": ne,
+                     "ffn": s.ffn, "experts": f"{s.experts} (top-{s.top_k})" if s.experts else "-",
+                     "non_embedding": ne, "per_token": params_per_token(arch, s),
                      "total": ne + embedding_params(arch, s, vocab_size, tie, max_position)})
     return rows

@@ -94,12 +94,24 @@ def scored_loss(model, ids: torch.Tensor, labels: torch.Tensor, position_ids: to
     shifted by one; proven in the tests), but under ``loss_on: value`` only ~1/4 of the positions are
     scored, and for small models the vocabulary-wide head is most of the step's work.
     """
-    hidden = model.base_model(input_ids=ids, position_ids=position_ids, attention_mask=attention_mask,
-                              use_cache=False).last_hidden_state
+    moe = bool(getattr(model.config, "num_experts", 0))
+    out = model.base_model(input_ids=ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False,
+                           **({"output_router_logits": True} if moe else {}))
     targets = labels[:, 1:]
     rows, cols = (targets != -100).nonzero(as_tuple=True)  # the state at t predicts the token at t + 1
-    logits = model.get_output_embeddings()(hidden[rows, cols])
-    return torch.nn.functional.cross_entropy(logits.float(), targets[rows, cols])
+    logits = model.get_output_embeddings()(out.last_hidden_state[rows, cols])
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets[rows, cols])
+    return loss + router_loss(model, out.router_logits) if moe else loss
+
+
+def router_loss(model, router_logits) -> torch.Tensor:
+    """A mixture of experts' load-balancing loss (Switch Transformer's, as Qwen2-MoE adds it to its loss),
+    weighted by ``model.router_aux_coef``. Every position counts, padding included: the packed windows are
+    nearly full, and transformers' own version takes no 4D mask."""
+    from transformers.models.qwen2_moe.modeling_qwen2_moe import load_balancing_loss_func
+
+    c = model.config
+    return c.router_aux_loss_coef * load_balancing_loss_func(router_logits, c.num_experts, c.num_experts_per_tok)
 
 
 class FactLM(L.LightningModule):
@@ -126,6 +138,12 @@ class FactLM(L.LightningModule):
         if self.cfg.train.loss_on == "value":
             return scored_loss(self.model, ids, labels, pos, mask)
         # nearly every position is scored: the plain full-logits path (no data-dependent shapes)
+        if getattr(self.model.config, "num_experts", 0):  # the cross-entropy, then the router's loss
+            out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=False,
+                             output_router_logits=True)
+            logits = out.logits[:, :-1].float()
+            ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+            return ce + router_loss(self.model, out.router_logits)
         return self.model(input_ids=ids, labels=labels, position_ids=pos, attention_mask=mask, use_cache=False).loss
 
     def training_step(self, batch, batch_idx):

@@ -35,7 +35,13 @@ from factscale.training.callbacks import (
 )
 from factscale.training.config import RunConfig
 from factscale.training.data import FactDataModule, select_facts
-from factscale.training.models import count_instantiated, embedding_params, non_embedding_params, resolve_shape
+from factscale.training.models import (
+    count_instantiated,
+    embedding_params,
+    non_embedding_params,
+    params_per_token,
+    resolve_shape,
+)
 from factscale.training.module import FactLM
 from factscale.training.rows import build_rows, summary_fields
 from factscale.training.rundir import RunDir
@@ -286,9 +292,11 @@ def write_run(cfg: RunConfig, rd: RunDir, model, tok, dm: FactDataModule, manife
     fix_mode(rd.model)  # safetensors writes 0600 through a temp file
     acc, prec = resolve_device(cfg)
     non_emb, total = count_instantiated(model)
+    per_token = params_per_token(cfg.model.arch, resolve_shape(cfg.model))
     meta = {
         "run_id": rd.id, "corpus_hash": manifest["corpus_hash"], "corpus_kind": manifest["source"]["kind"],
         "non_embedding_params": non_emb, "total_params": total, "vocab_size": len(tok),
+        "params_per_token": per_token, "experts": resolve_shape(cfg.model).experts,
         "active_params": active_params(cfg, dm.train_facts), "used_token_ids": used_token_ids(dm.train_facts),
         "train_facts": dm.train_facts.height, "heldout_facts": dm.heldout_facts.height,
         "tokens_per_epoch": dm.tokens_per_epoch, "real_token_fraction": dm.real_fraction,
@@ -299,7 +307,8 @@ def write_run(cfg: RunConfig, rd: RunDir, model, tok, dm: FactDataModule, manife
     # its own last epoch too, which a standalone run of the branch's length does not
     E, every = cfg.train.epochs, cfg.probe.every_epochs
     df = build_rows([r for r in probe_rows if r["epoch"] % every == 0 or r["epoch"] == E], cfg, meta)
-    df = df.with_columns(bits_per_active_param=pl.col("capacity_bits") / pl.col("active_params"))
+    df = df.with_columns(bits_per_active_param=pl.col("capacity_bits") / pl.col("active_params"),
+                         bits_per_param_per_token=pl.col("capacity_bits") / pl.col("params_per_token"))
     per_fact = None
     if last_tables:
         per_fact = pl.concat([t.select("fact_id", "split", "relation", "prompt", "value", "correct", "code_bits",

@@ -50,6 +50,10 @@ def check_stackable(cfgs: list[RunConfig]) -> None:
     keys = {stack_key(c) for c in cfgs}
     if len(keys) > 1:
         raise ConfigError("a stack's members must differ only in seed and optim.*")
+    from factscale.training.models import resolve_shape
+
+    if resolve_shape(cfgs[0].model).experts:
+        raise ConfigError("a mixture-of-experts model cannot be stacked yet (its routing does not vmap): stack: off")
     c = cfgs[0].train
     if c.devices * c.num_nodes > 1 or c.precision not in ("auto", "32-true") or c.compile:
         raise ConfigError("stacked training runs one process, fp32, uncompiled: train.devices, num_nodes, "

@@ -36,6 +36,16 @@ def test_flops_per_token_is_the_palm_count():
     assert cost.flops_per_token(cfg, 256, 12.0, None) == 6 * n + 12 * s.n_layers * s.hidden * 12 + 6 * s.hidden * 256
 
 
+def test_a_mixture_of_experts_costs_its_tokens_experts_only():
+    from factscale.training.models import params_per_token
+
+    d = spec_dict(__import__("pathlib").Path("/tmp"), grid={"model.size": ["5k-moe-active"]})
+    cfg = expand(spec_from_dict(d, "x"))[0]
+    s = SIZES["5k-moe-active"]
+    assert cost.flops_per_token(cfg, 256, 12.0, None) == (6 * params_per_token("qwen2", s)
+                                                          + 12 * s.n_layers * s.hidden * 12 + 6 * s.hidden * 256)
+
+
 def test_the_sample_estimate_is_close_to_the_built_corpus(tmp_path):
     """200 of 600 keys: facts scaled exactly, tokens per fact within 10% of the full build's."""
     spec = spec_from_dict(spec_dict(tmp_path), "x")
