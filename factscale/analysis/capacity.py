@@ -50,9 +50,10 @@ REFERENCES = [
 BIOS_NOT_COMPARABLE = ("bits not comparable to Allen-Zhu & Li's bioS count: theirs includes the names and a gender "
                        "bit, and the employer's city follows from the employer; here every attribute is drawn "
                        "independently and names are not counted")
-COLUMNS = ["measured", "source", "corpus", "weights", "arch", "size", "non_embedding_params", "active_params",
-           "total_params", "epochs", "exposures", "mr", "capacity", "capacity_bits", "capacity_bits_se",
-           "bits_per_param", "bits_per_param_se", "bits_per_active_param", "bits_per_total_param",
+COLUMNS = ["measured", "source", "corpus", "weights", "arch", "size", "experts", "non_embedding_params",
+           "params_per_token", "active_params", "total_params", "epochs", "exposures", "mr", "capacity", "capacity_bits",
+           "capacity_bits_se", "bits_per_param", "bits_per_param_se", "bits_per_param_per_token",
+           "bits_per_active_param", "bits_per_total_param",
            "bits_per_total_param_se", "prior_bits", "eos_bits",
            "run_id", "note"]
 
@@ -77,7 +78,10 @@ def _measured(df: pl.DataFrame, where: str) -> pl.DataFrame:
         weights=opt("weights", pl.String).fill_null("fp32"),
         arch=pl.col("cfg.model.arch").cast(pl.String),
         size=pl.col("cfg.model.size").cast(pl.String),
+        experts=opt("experts", pl.Int64).cast(pl.Int64).fill_null(0),  # 0: dense (and older results)
         non_embedding_params=pl.col("non_embedding_params").cast(pl.Int64),
+        # a dense model's every parameter serves every token; older results lack the column
+        params_per_token=opt("params_per_token", pl.Int64).cast(pl.Int64).fill_null(pl.col("non_embedding_params")),
         total_params=pl.col("total_params").cast(pl.Int64),
         epochs=pl.col("epoch").cast(pl.Int64),
         exposures=pl.when(repeat.is_null()).then(pl.col("epoch")).otherwise(None).cast(pl.Int64),
@@ -87,6 +91,8 @@ def _measured(df: pl.DataFrame, where: str) -> pl.DataFrame:
         capacity_bits_se=pl.col("capacity_bits_se").cast(pl.Float64),
         bits_per_param=pl.col("capacity_bits") / pl.col("non_embedding_params"),
         bits_per_param_se=pl.col("capacity_bits_se") / pl.col("non_embedding_params"),
+        bits_per_param_per_token=pl.col("capacity_bits") / opt("params_per_token", pl.Int64).cast(pl.Float64)
+        .fill_null(pl.col("non_embedding_params").cast(pl.Float64)),
         active_params=opt("active_params", pl.Int64).cast(pl.Int64),  # null for results of older versions
         bits_per_active_param=pl.col("capacity_bits") / opt("active_params"),
         bits_per_total_param=pl.col("capacity_bits") / pl.col("total_params"),
@@ -154,8 +160,8 @@ def _f(v, fmt: str) -> str:
 
 
 def format_table(df: pl.DataFrame) -> str:
-    head = (f"{'corpus':<17} {'weights':<10} {'size':>5} {'non-emb':>8} {'total':>8} {'expos.':>6} {'MR':>6} "
-            f"{'capacity bits (se)':>19} {'bits/non-emb':>12} {'bits/total':>10}  source")
+    head = (f"{'corpus':<17} {'weights':<10} {'size':>13} {'non-emb':>8} {'per tok':>8} {'total':>8} {'expos.':>6} "
+            f"{'MR':>6} {'capacity bits (se)':>19} {'bits/non-emb':>12} {'bits/tok':>8} {'bits/total':>10}  source")
     lines = [head]
     for r in df.iter_rows(named=True):
         if r["measured"]:
@@ -163,10 +169,12 @@ def format_table(df: pl.DataFrame) -> str:
             src = r["run_id"]
         else:
             bits, src = "-", r["source"]
-        lines.append(f"{r['corpus']:<17} {r['weights']:<10} {r.get('size') or '-':>5} "
-                     f"{_f(r.get('non_embedding_params'), ','):>8} {_f(r.get('total_params'), ','):>8} "
+        lines.append(f"{r['corpus']:<17} {r['weights']:<10} {r.get('size') or '-':>13} "
+                     f"{_f(r.get('non_embedding_params'), ','):>8} {_f(r.get('params_per_token'), ','):>8} "
+                     f"{_f(r.get('total_params'), ','):>8} "
                      f"{_f(r['exposures'], 'd'):>6} {_f(r.get('mr'), '.3f'):>6} {bits:>19} "
-                     f"{_f(r['bits_per_param'], '.3f'):>12} {_f(r['bits_per_total_param'], '.3f'):>10}  {src}")
+                     f"{_f(r['bits_per_param'], '.3f'):>12} {_f(r.get('bits_per_param_per_token'), '.3f'):>8} "
+                     f"{_f(r['bits_per_total_param'], '.3f'):>10}  {src}")
         if not r["measured"]:
             lines.append(f"{'':<17}   ({r['note']})")
     return "\n".join(lines)
