@@ -40,6 +40,7 @@ QUICK = {"corpus_build.synthetic.n_keys": 700, "grid.model.size": ["1k", "5k", "
          "grid.train.epochs": [10, 20, 40, 80], "base.probe.every_epochs": 40}
 """--quick: 3 sizes on a smaller corpus with shorter budgets (a few minutes), for the tests."""
 N_BOOT = 200
+WIDEST_VERDICT = 0.5  # a slope interval wider than this cannot tell a linear law (1) from a sublinear one
 
 
 def demo_spec(out: Path, quick: bool = False) -> dict:
@@ -83,6 +84,7 @@ def summarize(df: pl.DataFrame, lin: dict | None, exps: dict, budget: int) -> di
         elif r is not None:  # the fitted asymptote: a secondary view (often at its bound)
             c = r["params"]["cstar"]
             row.update(cstar=c["value"], cstar_ci=_ci(c), cstar_at_bound=c["at_bound"],
+                       cstar_ci_clipped=c.get("ci_clipped"),
                        fraction_of_cstar=row["capacity_mean"] / c["value"] if c["value"] > 0 else None)
         sat = sat_rows.get(row["size"])
         if sat is not None:  # measured: the gain between the two largest budgets, paired by seed
@@ -121,6 +123,9 @@ def law_verdict(slopes: dict, sizes: list[dict]) -> str:
         return f"log-log slope {last['slope']:.2f} at {last['epochs']} epochs has no interval ({last['why']}): not decided"
     lo, hi = last["ci"]
     saturated = all(r["saturated"] for r in sizes if r["size"] not in last["left_out_capped"])
+    if lo <= 1 <= hi and hi - lo > WIDEST_VERDICT:
+        return (f"slope {last['slope']:.2f} [{lo:.2f}, {hi:.2f}] at {last['epochs']} epochs: the interval is too wide "
+                f"(> {WIDEST_VERDICT}) to tell linear from sublinear: not decided (add seeds or sizes)")
     if lo <= 1 <= hi:
         return (f"slope {last['slope']:.2f} [{lo:.2f}, {hi:.2f}] at {last['epochs']} epochs contains 1: consistent with "
                 "Lu et al.'s linear law" + ("" if saturated else " (not every size saturated yet)"))
@@ -143,6 +148,8 @@ def report(summary: dict, held: pl.DataFrame, log=print) -> None:
             f"C* at its bound (>= {r['cstar']:.0f}, the facts trained on: not determined by these budgets)"
             if r["cstar_at_bound"] and math.isclose(r["cstar"], r["n_facts"], rel_tol=1e-6) else
             f"C* = {r['cstar']:.0f}" + (f" [{r['cstar_ci'][0]:.0f}, {r['cstar_ci'][1]:.0f}]" if r["cstar_ci"] else "")
+            + (" (the interval's top is the facts trained on: clipped there)" if "high" in (r.get("cstar_ci_clipped") or "")
+               else "")
             + (f", reached {frac:.0%}" if frac is not None else ", reached -"))
         log(f"  {r['size']:>4} ({r['non_embedding_params']:>5,} non-emb / {r['total_params']:>6,} total params, "
             f"{r['seeds']} seeds): {r['capacity_mean']:>6.0f}{sd} of {r['n_facts']} facts"

@@ -226,7 +226,7 @@ def fit_law(df: pl.DataFrame, law_name: str, where: dict | None = None, *, fixed
                  "fixed": p in fixed, "bounds": [lo, hi],
                  "at_bound": p not in fixed and any(b is not None and math.isclose(values[p], b, rel_tol=1e-6,
                                                                                     abs_tol=1e-12) for b in (lo, hi)),
-                 "ci_low": None, "ci_high": None, "no_interval": refusal}
+                 "ci_low": None, "ci_high": None, "no_interval": refusal, "ci_clipped": None}
         if entry["at_bound"]:  # the fit pinned it: its draws pile up at the bound, an interval would be false
             side = "<=" if hi is not None and math.isclose(values[p], hi, rel_tol=1e-6, abs_tol=1e-12) else ">="
             entry["no_interval"] = f"{p} at its bound ({side} {values[p]:.4g}): the data do not determine it"
@@ -331,7 +331,7 @@ def holdout_largest(df: pl.DataFrame, law_name: str, where: dict | None = None, 
                   include_unannealed=include_unannealed, max_fill=max_fill, **kw)
     held = sel.filter(pl.col("non_embedding_params") == largest)
     pred = np.atleast_1d(predict(fit, **{c: held[c].cast(pl.Float64).to_numpy() for c in law.xs}))
-    obs = held[law.y].cast(pl.Float64).to_numpy()
+    obs = held[fit["measure"]].cast(pl.Float64).to_numpy()
     return {"held_out_params": int(largest), "predicted": pred.tolist(), "observed": obs.tolist(),
             "mean_rel_error": float(np.mean(np.abs(pred - obs) / np.maximum(np.abs(obs), 1e-12)))}
 
@@ -357,6 +357,8 @@ def format_table(result: dict) -> str:
         se = f"{v['stderr']:.4g}" if v["stderr"] is not None else "-"
         ci = f"[{v['ci_low']:.4g}, {v['ci_high']:.4g}]" if v["ci_low"] is not None else "-"
         note = "  (fixed)" if v["fixed"] else (f"  ({v['no_interval']})" if v["at_bound"] else "")
+        if v.get("ci_clipped"):
+            note += f"  ({v['ci_clipped']} end clipped at the parameter's bound: that end is the bound, not the data)"
         lines.append(f"  {p:<8} {v['value']:>12.5g} {se:>12} {ci}{note}")
     b = result["bootstrap"]
     st = result["status"]

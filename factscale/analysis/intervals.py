@@ -80,10 +80,17 @@ def jackknife(refit: Callable, runs: np.ndarray, trunks: dict, free: list[int]) 
 
 
 def t_interval(value: float, se: float, dof: int, ci: float, limits: tuple) -> dict:
+    """value +- t quantile x se, clipped to the parameter's limits; ``ci_clipped`` names a clipped end (that
+    end is the bound, not the data's). A zero standard error gives no interval: refits that all agree
+    exactly say nothing about the spread."""
+    if not se > 0:
+        return {"no_interval": "standard error 0: the refits agree exactly, nothing measures the spread"}
     half = float(stats.t.ppf((1 + ci) / 2, dof)) * se
     lo, hi = limits
-    return {"ci_low": max(value - half, -np.inf if lo is None else lo),
-            "ci_high": min(value + half, np.inf if hi is None else hi), "no_interval": None}
+    low = value - half if lo is None or value - half > lo else lo
+    high = value + half if hi is None or value + half < hi else hi
+    clipped = [name for name, cut in (("low", low != value - half), ("high", high != value + half)) if cut]
+    return {"ci_low": low, "ci_high": high, "no_interval": None, "ci_clipped": ",".join(clipped) or None}
 
 
 def covariance_draws(values: dict, params: tuple, var_names: list, cov, dof: int, ci: float, limits: dict,

@@ -1,8 +1,10 @@
 """Saturation measured, not extrapolated: has a model size stopped gaining facts with more epochs?
 
 Per model size, the relative capacity gain between its two largest epoch budgets (annealed end points),
-paired by seed (a seed's branches share its trunk; pairing removes the trunk effect), with a t-interval
-over seeds (seeds - 1 degrees of freedom). The verdict:
+paired by seed (a seed's branches share its trunk; pairing removes the trunk effect; runs pair when they
+agree on every config field but the budget), with a t-interval over the pairs (pairs - 1 degrees of
+freedom). The threshold is per step between the two budgets, whatever their ratio (100 -> 200 or 300 ->
+1000): compare sweeps at the same ratio. The verdict:
 
 - ``saturated``: the gain's whole interval lies below ``threshold`` (default 10%);
 - ``still gaining``: its whole interval lies above it;
@@ -43,13 +45,28 @@ def saturation(df: pl.DataFrame, threshold: float = GAIN_THRESHOLD, max_fill: fl
             rows.append({**row, "why": f"one epoch budget ({budgets[0]}): nothing to compare"})
             continue
         prev, last = budgets[-2:]
-        pairs = (g.filter(pl.col("epoch") == prev).select("cfg.seed", pl.col(measure).alias("a"))
-                 .join(g.filter(pl.col("epoch") == last).select("cfg.seed", pl.col(measure).alias("b"),
-                                                                 pl.col("capacity").alias("cap"), "n_facts"),
-                       on="cfg.seed"))
-        row.update(from_epochs=int(prev), to_epochs=int(last), seeds=pairs.height)
+        # a pair: the runs at both budgets that agree on every config field but the budget (the seed, and any
+        # other axis of the grid: a learning rate, a corpus), so a seed's branches pair with each other
+        key = [c for c in g.columns if c.startswith("cfg.") and c != "cfg.train.epochs" and g[c].n_unique() > 1]
+        a = g.filter(pl.col("epoch") == prev).select(*key, pl.col(measure).cast(pl.Float64).alias("a"))
+        b = g.filter(pl.col("epoch") == last).select(*key, pl.col(measure).cast(pl.Float64).alias("b"),
+                                                      pl.col("capacity").alias("cap"), "n_facts")
+        row.update(from_epochs=int(prev), to_epochs=int(last))
+        if (key and (a.select(key).is_duplicated().any() or b.select(key).is_duplicated().any())) or \
+                (not key and (a.height > 1 or b.height > 1)):
+            rows.append({**row, "why": "several runs at one budget agree on every config field: they cannot be paired"})
+            continue
+        pairs = a.join(b, on=key) if key else a.join(b, how="cross")
+        row["seeds"] = pairs.height
         if pairs.height == 0:
-            rows.append({**row, "why": f"no seed has both {prev} and {last} epochs"})
+            rows.append({**row, "why": f"no run has both {prev} and {last} epochs"})
+            continue
+        if (pairs["a"] <= 0).any():  # nothing memorized at the earlier budget: a relative gain is undefined
+            grew = bool((pairs.filter(pl.col("a") <= 0)["b"] > 0).all())
+            rows.append({**row, "fill": float((pairs["cap"] / pairs["n_facts"]).mean()),
+                         "verdict": "still gaining" if grew else "undetermined",
+                         "why": f"{measure} <= 0 at {prev} epochs" + (f", > 0 at {last}" if grew else
+                                                                       ": nothing memorized to compare")})
             continue
         gains = (pairs["b"] / pairs["a"] - 1).to_numpy().astype(float)
         row.update(gain=float(gains.mean()), fill=float((pairs["cap"] / pairs["n_facts"]).mean()))

@@ -178,7 +178,8 @@ def cmd_fit(a):
                     include_unannealed=a.include_unannealed, measure=a.measure, max_fill=a.max_fill)
     print(fit.format_table(r))
     if a.holdout_largest:
-        r["holdout_largest"] = fit.holdout_largest(df, a.law, key_values(a.where), fixed=fixed, max_fill=a.max_fill)
+        r["holdout_largest"] = fit.holdout_largest(df, a.law, key_values(a.where), fixed=fixed, max_fill=a.max_fill,
+                                                   measure=a.measure)
         print(f"  held out the largest size: mean relative error of its prediction "
               f"{r['holdout_largest']['mean_rel_error']:.1%}")
     if q:

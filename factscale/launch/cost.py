@@ -11,9 +11,9 @@ Tokens come from the best source available, said in the output:
 
 FLOPs per token follow PaLM's convention, as ``benchmarks/bench_gpu.py`` does:
 ``6 N + 12 layers hidden ctx + 6 hidden vocab scored``, with N the non-embedding parameters a token
-passes through (all of them; for a mixture of experts its experts only), ctx the attention span (a fact's
-tokens under fact-isolated attention, else ``seq_len``) and ``scored`` the fraction of positions whose
-head is computed (``loss_on: value``: the value tokens and ``<eos>``). GPU-hours = FLOPs / (MFU x peak). The MFU is an
+passes through (all of them; for a mixture of experts its experts only), ctx = ``seq_len`` (masked attention
+computes the whole window, fact-isolated or not) and ``scored`` the fraction of positions whose head is
+computed (``loss_on: value``: the value tokens and ``<eos>``). GPU-hours = FLOPs / (MFU x peak). The MFU is an
 assumption (``--mfu``, default ``DEFAULT_MFU``) until ``bench_gpu.py`` has been run on the target GPU:
 tiny models run far below it (kernel-launch bound).
 """
@@ -54,7 +54,7 @@ class CorpusEstimate:
 def flops_per_token(cfg: RunConfig, vocab: int, tokens_per_fact: float, value_tokens: float | None) -> float:
     shape = resolve_shape(cfg.model)
     n = params_per_token(cfg.model.arch, shape)  # a mixture of experts computes only the token's experts
-    ctx = tokens_per_fact if cfg.train.attention == "isolated" else cfg.train.seq_len
+    ctx = cfg.train.seq_len  # masked SDPA computes the whole window, isolated attention or not (as bench_gpu counts)
     scored = 1.0 if cfg.train.loss_on != "value" or value_tokens is None else min(1.0, value_tokens / tokens_per_fact)
     return 6 * n + 12 * shape.n_layers * shape.hidden * ctx + 6 * shape.hidden * vocab * scored
 
@@ -132,17 +132,28 @@ def job_costs(spec, rows: list[dict], mfu: float, peak_tflops: float) -> list[di
     from factscale.cluster import SlurmResources
     from factscale.launch.branches import BranchGroup, groups
     from factscale.launch.spec import expand
+    from factscale.launch.stacks import StackGroup, stack_units
     from factscale.training.rundir import run_name
 
     if not 0 < mfu <= 1 or not peak_tflops > 0:
         raise ConfigError(f"--mfu must be in (0, 1] and --peak-tflops > 0, got {mfu} and {peak_tflops}")
     cfgs = expand(spec)
     per_epoch = {id(c): r["flops"] / r["epochs"] if r["flops"] else None for c, r in zip(cfgs, rows)}
-    units = groups(cfgs) if spec.cooldown_branches else cfgs
+    if spec.cooldown_branches:
+        units = groups(cfgs)
+    elif spec.stack == "seeds":  # a stack trains all its members in one job: their FLOPs add up
+        units = [u if isinstance(u, StackGroup) else c for c, u in stack_units(cfgs, [None] * len(cfgs))]
+    else:
+        units = cfgs
     base = to_dict(spec.resources.slurm)
     jobs = []
     for u in units:
-        if isinstance(u, BranchGroup):
+        if isinstance(u, StackGroup):
+            f = [per_epoch[id(c)] for c in u.members]
+            epochs = sum(c.train.epochs for c in u.members)
+            flops = None if None in f else sum(x * c.train.epochs for x, c in zip(f, u.members))
+            name, size = f"stack of {len(u.members)} ({run_name(u.members[0])} ...)", u.members[0].model.size
+        elif isinstance(u, BranchGroup):
             f = [per_epoch[id(b)] for b in u.branches]
             epochs = max(u.forks) + sum(b.train.epochs - k for b, k in zip(u.branches, u.forks))
             flops = None if None in f else f[0] * max(u.forks) + sum(

@@ -58,6 +58,10 @@ def check_stackable(cfgs: list[RunConfig]) -> None:
     if c.devices * c.num_nodes > 1 or c.precision not in ("auto", "32-true") or c.compile:
         raise ConfigError("stacked training runs one process, fp32, uncompiled: train.devices, num_nodes, "
                           "precision and compile keep their defaults in a stack")
+    if c.accelerator != "cpu" and torch.cuda.is_available():
+        # a standalone run of the same config would train on the GPU in bf16: not the same experiment
+        raise ConfigError("stacks train on the CPU in fp32 for now; on a GPU machine set train.accelerator: cpu "
+                          "to stack, or stack: off")
 
 
 class _Member:
@@ -84,9 +88,11 @@ class _Member:
         self.batches_per_epoch = math.ceil(self.dm.epoch_tensors(0)[0].shape[0] / cfg.train.batch_size)
 
 
-def _stack_dir(members: list[_Member]) -> Path:
-    h = hashlib.blake2b("\n".join(m.rd.id for m in members).encode(), digest_size=6).hexdigest()
-    return Path(members[0].cfg.runs_dir) / STACKS / f"{members[0].rd.id.rsplit('-', 2)[0]}-x{len(members)}-{h}"
+def _stack_dir(rds: list[RunDir]) -> Path:
+    """The stack's own directory, named by all its members (done or not): a relaunch after some members
+    finished finds the same checkpoint."""
+    h = hashlib.blake2b("\n".join(rd.id for rd in rds).encode(), digest_size=6).hexdigest()
+    return Path(rds[0].cfg.runs_dir) / STACKS / f"{rds[0].id.rsplit('-', 2)[0]}-x{len(rds)}-{h}"
 
 
 def _save(path: Path, ens: Ensemble, members: list[_Member], epoch: int) -> None:
@@ -117,16 +123,17 @@ def _resume(path: Path, ens: Ensemble, members: list[_Member]) -> int:
             for m in members:
                 m.rd.note(f"stack checkpoint {p} is unreadable ({type(e).__name__}); moved aside")
             continue
-        if s["ids"] != [m.rd.id for m in members]:
+        if not {m.rd.id for m in members} <= set(s["ids"]):
             continue
+        idx = [s["ids"].index(m.rd.id) for m in members]  # members done since are not in this stack any more
         with torch.no_grad():
-            ens.flat.copy_(s["flat"])
-        ens.opt.exp_avg.copy_(s["exp_avg"])
-        ens.opt.exp_avg_sq.copy_(s["exp_avg_sq"])
-        ens.opt.steps.copy_(s["steps"])
-        ens.tokens_seen.copy_(s["tokens_seen"])
-        for m, rows, losses, failed in zip(members, s["rows"], s["losses"], s["failed"]):
-            m.rows, m.losses, m.failed = rows, losses, failed
+            ens.flat.copy_(s["flat"][idx])
+        ens.opt.exp_avg.copy_(s["exp_avg"][idx])
+        ens.opt.exp_avg_sq.copy_(s["exp_avg_sq"][idx])
+        ens.opt.steps.copy_(s["steps"][idx])
+        ens.tokens_seen.copy_(s["tokens_seen"][idx])
+        for m, i in zip(members, idx):
+            m.rows, m.losses, m.failed = s["rows"][i], s["losses"][i], s["failed"][i]
         return int(s["epoch"])
     return 0
 
@@ -190,11 +197,21 @@ def run_stack(cfgs: list[RunConfig]) -> dict:
     try:
         for c, rd in todo:
             rd.create(min_free_mb=disk_needed_mb(c, manifest["tokens"]["vocab_size"]))
-            if not rd.lock.acquire():
+            for _ in range(50):  # a `status` probe holds a lock for microseconds: not a reason to give up
+                if rd.lock.acquire():
+                    break
+                time.sleep(0.1)
+            else:
                 raise RunBusy(f"run {rd.id} is already running in another process (lock {rd.lock.path})")
             held.append(rd)
-        out["runs"] += _train_stack(todo, facts, manifest, AutoTokenizer, frequency_buckets, probe_and_record,
-                                    write_run, parse_fault(os.environ.get(FAULT_ENV)))
+        try:
+            out["runs"] += _train_stack(todo, _stack_dir(rds), facts, manifest, AutoTokenizer, frequency_buckets,
+                                        probe_and_record, write_run, parse_fault(os.environ.get(FAULT_ENV)))
+        except Exception as e:  # the stack itself failed: every member still to do is failed, never "interrupted"
+            for _, rd in todo:
+                if not rd.results.exists():
+                    rd.write_error(e)
+            raise
     finally:
         for rd in held:
             rd.lock.release()
@@ -202,7 +219,7 @@ def run_stack(cfgs: list[RunConfig]) -> dict:
     return out
 
 
-def _train_stack(todo, facts, manifest, AutoTokenizer, frequency_buckets, probe_and_record, write_run, fault):
+def _train_stack(todo, path, facts, manifest, AutoTokenizer, frequency_buckets, probe_and_record, write_run, fault):
     cfgs = [c for c, _ in todo]
     cfg0 = cfgs[0]
     if cfg0.train.num_threads:
@@ -219,7 +236,6 @@ def _train_stack(todo, facts, manifest, AutoTokenizer, frequency_buckets, probe_
     # training progress as Lightning's scheduler sees it before a member's next step: epoch + batches done / batches
     ens.schedules = [lr_lambda(c, n, progress=lambda step, k=k: where["epoch"] + where["i"][k] / where["n"][k])
                      for k, (c, n) in enumerate(zip(cfgs, total))]
-    path = _stack_dir(members)
     attempts = [m.rd.start_attempt()["attempts"] for m in members]
     t0 = time.time()
     start = _resume(path, ens, members)
@@ -267,11 +283,16 @@ def _train_stack(todo, facts, manifest, AutoTokenizer, frequency_buckets, probe_
             results.append({"run_id": m.rd.id, "state": "failed", "error": m.failed})
             continue
         m.dm.epoch_tensors(E - 1)  # real_fraction of the last epoch, as a standalone run reports it
+        # train_wall_s: the whole stack's (its members train at once); device and precision: what it ran on
         meta = {"resumed_from_epoch": start or None, "attempts": attempts[k], "train_wall_s": time.time() - t0,
-                "stack_members": len(members)}
-        _write_losses(m)
-        results.append(write_run(m.cfg, m.rd, ens.member(k), tok, m.dm, manifest, m.rows,
-                                 m.prober.last_tables, meta))
+                "stack_members": len(members), "device": "cpu", "precision": "32-true"}
+        try:
+            _write_losses(m)
+            results.append(write_run(m.cfg, m.rd, ens.member(k), tok, m.dm, manifest, m.rows,
+                                     m.prober.last_tables, meta))
+        except Exception as e:  # this member's outputs failed: the others are still written
+            _fail(m, e)
+            results.append({"run_id": m.rd.id, "state": "failed", "error": m.failed})
     if all(r["state"] == "done" for r in results):
         for name in ("last.pt", "prev.pt"):
             (path / name).unlink(missing_ok=True)

@@ -383,6 +383,15 @@ def test_keyed_bits_are_a_measure_with_no_cap_at_the_facts():
     assert fit_law(df, "exp-epochs", {"size": "s2"}, n_boot=0)["params"]["cstar"]["bounds"][1] == 100.0
 
 
+def test_a_clipped_interval_end_says_so_and_a_zero_se_gives_none():
+    from factscale.analysis.intervals import t_interval
+
+    r = t_interval(823.4, 10.0, 1, 0.95, (0, 830))  # t(1) x 10 = 127: the top would be 950 facts of 830
+    assert r["ci_high"] == 830 and r["ci_clipped"] == "high" and r["ci_low"] == pytest.approx(823.4 - 127.06, abs=0.1)
+    assert t_interval(5.0, 1.0, 10, 0.95, (None, None))["ci_clipped"] is None
+    assert "standard error 0" in t_interval(5.0, 0.0, 10, 0.95, (None, None))["no_interval"]
+
+
 def test_sizes_capped_by_the_corpus_are_left_out_of_size_laws():
     """A size whose capacity fills more than --max-fill (60%) of its facts is bounded by the corpus: laws in
     model size leave it out by default and say so; --max-fill 1 keeps it."""

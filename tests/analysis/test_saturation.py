@@ -51,3 +51,17 @@ def test_one_budget_is_not_judged_and_seeds_pair_by_seed():
     r = saturation(df).row(0, named=True)
     assert r["gain"] == pytest.approx(0.01) and r["gain_ci_high"] == pytest.approx(0.01)
     assert r["verdict"] == "saturated"
+
+
+def test_runs_pair_on_every_axis_but_the_budget_and_zero_is_not_a_gain():
+    """Two seeds x two learning rates: 4 pairs (not a cross product of 8); capacity 0 at the earlier budget
+    is still gaining if it rose, undetermined if it did not."""
+    df = table({"a": [(1000, 1010), (1100, 1111)]})
+    df = pl.concat([df.with_columns(**{"cfg.optim.lr": pl.lit(0.01)}),
+                    df.with_columns(**{"cfg.optim.lr": pl.lit(0.003)}, capacity=pl.col("capacity") * 2)])
+    r = saturation(df).row(0, named=True)
+    assert r["seeds"] == 4 and r["gain"] == pytest.approx(0.01)
+    zero = table({"a": [(0, 10), (0, 20)], "b": [(0, 0), (0, 0)]})
+    s = {x["size"]: x for x in saturation(zero).iter_rows(named=True)}
+    assert s["a"]["verdict"] == "still gaining" and s["b"]["verdict"] == "undetermined"
+    assert "nothing memorized" in s["b"]["why"]

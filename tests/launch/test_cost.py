@@ -31,9 +31,9 @@ def test_flops_per_token_is_the_palm_count():
     cfg = expand(spec_from_dict(spec_dict(__import__("pathlib").Path("/tmp")), "x"))[0]
     s = SIZES["2k"]
     n = non_embedding_params("qwen2", s)
-    # isolated attention: the span is a fact (12 tokens); loss_on value: the head at 3 of 12 positions
-    assert cost.flops_per_token(cfg, 256, 12.0, 3.0) == 6 * n + 12 * s.n_layers * s.hidden * 12 + 6 * s.hidden * 256 * 0.25
-    assert cost.flops_per_token(cfg, 256, 12.0, None) == 6 * n + 12 * s.n_layers * s.hidden * 12 + 6 * s.hidden * 256
+    # attention over the whole 64-token window (masked SDPA computes it all); loss_on value: the head at 3 of 12
+    assert cost.flops_per_token(cfg, 256, 12.0, 3.0) == 6 * n + 12 * s.n_layers * s.hidden * 64 + 6 * s.hidden * 256 * 0.25
+    assert cost.flops_per_token(cfg, 256, 12.0, None) == 6 * n + 12 * s.n_layers * s.hidden * 64 + 6 * s.hidden * 256
 
 
 def test_a_mixture_of_experts_costs_its_tokens_experts_only():
@@ -43,7 +43,7 @@ def test_a_mixture_of_experts_costs_its_tokens_experts_only():
     cfg = expand(spec_from_dict(d, "x"))[0]
     s = SIZES["5k-moe-active"]
     assert cost.flops_per_token(cfg, 256, 12.0, None) == (6 * params_per_token("qwen2", s)
-                                                          + 12 * s.n_layers * s.hidden * 12 + 6 * s.hidden * 256)
+                                                          + 12 * s.n_layers * s.hidden * 64 + 6 * s.hidden * 256)
 
 
 def test_the_sample_estimate_is_close_to_the_built_corpus(tmp_path):
@@ -83,6 +83,17 @@ def test_a_plan_before_the_corpus_exists_is_costed_and_warns(tmp_path, capsys):
     assert "assumed: 1,000,000 facts x 14 tokens per fact" in out and "MFU assumed" in out
     with pytest.raises(ConfigError, match="both --assume-facts and --assume-tokens-per-fact"):
         cost.estimate_for(load_spec(p), 1e6, None)
+
+
+def test_a_stack_of_seeds_is_one_job_costing_all_its_members(tmp_path):
+    d = spec_dict(tmp_path, stack="seeds", grid={"model.size": ["2k", "5k"], "seed": [0, 1, 2]})
+    spec = spec_from_dict(d, "x")
+    est = cost.assumed(1e4, 12, 256, 0.1)
+    rows = plan(spec, est)
+    jobs = cost.job_costs(spec, rows, 0.2, 100.0)
+    assert len(jobs) == 2 and all(j["job"].startswith("stack of 3") for j in jobs)
+    assert sum(j["flops"] for j in jobs) == pytest.approx(sum(r["flops"] for r in rows))
+    assert {j["epochs"] for j in jobs} == {30}
 
 
 def test_the_flagship_sweep_is_branched_and_costed_per_job():

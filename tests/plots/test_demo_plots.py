@@ -89,6 +89,7 @@ def test_the_demo_says_which_size_law_it_observed():
     assert "not a law yet" in law_verdict(slopes(0.8, [0.7, 0.9]), sat)
     assert "superlinear" in law_verdict(slopes(1.3, [1.1, 1.5], ["c"]), sat)
     assert "has no interval" in law_verdict(slopes(0.9, None), sat)
+    assert "too wide" in law_verdict(slopes(0.9, [0.4, 1.4], ["c"]), sat)
     assert law_verdict({200: {"epochs": 200, "slope": None, "ci": None, "why": "2 sizes"}}, sat).startswith("no size law")
 
 
