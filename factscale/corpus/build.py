@@ -12,7 +12,8 @@ applies the documented rules, in order, and counts what each rule did:
 4. copyable facts - the value equals the subject's label, or appears as whole words in the prompt it will
    be rendered with ("The country of Latvia is Latvia") - are counted and, by ``copyable``, dropped
    (default: a model copies them from the prompt, they measure no memory) or kept with a ``copyable``
-   column; before ``max_facts`` and the study variants (which derive facts from the kept ones). Real
+   column; before the corpus' ``max_facts`` and the study variants (which derive facts from the kept ones;
+   a dump's ``max_facts`` also caps parsing, so a dump build may keep fewer than ``max_facts``). Real
    sources only: a synthetic corpus' values are drawn independently of its keys (its entropy is exact);
 5. held-out split by subject (unseen keys, same relations), seeded;
 6. render, train the tokenizer, tokenize, check value alignment.
