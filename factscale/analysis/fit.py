@@ -80,7 +80,8 @@ def _best_fit(law, x, y, n_starts, fixed, robust, rng, limits):
 def capped_sizes(sel: pl.DataFrame, max_fill: float | None) -> tuple[pl.DataFrame, list[dict]]:
     """Leave out the model sizes whose mean capacity at some selected budget fills more than ``max_fill`` of
     the facts they trained on: there the corpus, not the model, bounds what is memorized, and a law in model
-    size fitted through them bends (the demo's log-log slope 0.77 came from two such sizes). Fill is measured on raw capacity, whatever the law's measure."""
+    size fitted through them bends (the demo's log-log slope 0.77 came from two such sizes). Fill is measured
+    on raw capacity, whatever the law's measure."""
     if max_fill is None or max_fill >= 1 or not {"capacity", "n_facts"} <= set(sel.columns) or sel.height == 0:
         return sel, []
     name = [pl.col(SIZE).first()] if SIZE in sel.columns else []

@@ -1,6 +1,6 @@
 """The corpus sources: every way facts enter factscale, one function each, registered in ``SOURCES``.
 
-A source reads its input into the raw facts frame (``build.RAW_SCHEMA``) and hands it to the build rules
+A source reads its input into the raw facts frame (``rules.RAW_SCHEMA``) and hands it to the build rules
 (``build.build_corpus`` / ``build.build_into``), which write the corpus directory atomically. ``build_from_spec``
 dispatches a recipe (``CorpusSpec``) to its source; the CLI and a sweep's ``corpus_build`` go through it.
 """

@@ -23,7 +23,7 @@ KEYBLIND_SEED = 1  # fixes the pairs; a corpus property, like the probe sample's
 
 
 def _ranked(df: pl.DataFrame, id_col: str) -> pl.DataFrame:
-    from factscale.corpus.build import stable_unit
+    from factscale.corpus.rules import stable_unit
 
     return (df.with_columns(_u=stable_unit(df[id_col].cast(pl.String), KEYBLIND_SEED))
             .sort("relation", "_u", id_col)

@@ -77,7 +77,7 @@ def probe_sample(train: pl.DataFrame, n: int | None, by: str = "relation") -> pl
     N = train.height
     if n is None or N <= n:
         return train
-    from factscale.corpus.build import stable_unit
+    from factscale.corpus.rules import stable_unit
 
     key = train["fact_id"].cast(pl.String) if "fact_id" in train.columns else pl.Series(range(N)).cast(pl.String)
     cols = [by] if by in train.columns else []

@@ -11,7 +11,8 @@ import pytest
 
 import factscale.corpus.build  # noqa: F401  (the module, in sys.modules)
 from factscale.corpus import SyntheticSpec, build_synthetic, load_corpus
-from factscale.corpus.build import content_hash, corpus_hash_of, stable_unit
+from factscale.corpus.build import content_hash, corpus_hash_of
+from factscale.corpus.rules import stable_unit
 from factscale.errors import CorpusError
 
 SPEC = dict(n_keys=60, vocab_sizes=[8], seed=0)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from factscale.corpus.build import raw_frame
+from factscale.corpus.rules import raw_frame
 from factscale.errors import CorpusError
 
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",

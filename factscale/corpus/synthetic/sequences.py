@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from factscale.corpus.build import raw_frame
+from factscale.corpus.rules import raw_frame
 from factscale.errors import CorpusError
 
 LETTERS = string.ascii_lowercase + string.ascii_uppercase  # 52 one-byte letters

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import polars as pl
 
-from factscale.corpus.build import load_corpus, raw_frame
+from factscale.corpus.build import load_corpus
+from factscale.corpus.rules import raw_frame
 from factscale.errors import CorpusError
 
 # mapping keys -> raw columns

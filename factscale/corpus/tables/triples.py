@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from factscale.corpus.build import raw_frame
+from factscale.corpus.rules import raw_frame
 from factscale.corpus.render import load_lama_templates
 from factscale.corpus.tables.tsv import EXPECTED_TRIPLES, iter_lines, looks_like_tsv, read_id_triples
 from factscale.corpus.wikidata.dump import MAX_ERRORS_KEPT

@@ -374,7 +374,7 @@ def dump_to_raw(paths, opts: DumpOptions, label_files=(), workers: int = 1, prog
 def raw_from_passes(passes, opts: DumpOptions, spill: Spill, label_files=(), templates: dict | None = None):
     """Each file's pass 1 (``Pass1.finish``: counts, errors), in file order, and their ``spill`` -> (raw facts
     frame, counts, errors). Labels and drop rules are resolved on disk (``labels.resolve``)."""
-    from factscale.corpus.build import RAW_SCHEMA, raw_frame
+    from factscale.corpus.rules import RAW_SCHEMA, raw_frame
 
     counts: Counter = Counter()
     errors = []
