@@ -115,25 +115,34 @@ def store_slope(store: Fits, epochs: int) -> dict:
 
 
 def law_verdict(slopes: dict, sizes: list[dict]) -> str:
-    """What the size law at the largest budget says, plainly: linear (Lu et al.), sublinear, or not decided."""
-    last = slopes[max(slopes)] if slopes else None
-    if not last or last["slope"] is None:
-        return "no size law: " + (last["why"] if last else "no budgets")
+    """What the size law says, plainly, at the largest budget that has one: linear (Lu et al.), sublinear at
+    this scale (only with every fitted size saturated), or not decided."""
+    if not slopes:
+        return "no size law: no budgets"
+    top = max(slopes)
+    fitted = [e for e in sorted(slopes) if slopes[e]["slope"] is not None]
+    if not fitted:
+        return "no size law at any budget: " + (slopes[top]["why"] or "")
+    last = slopes[fitted[-1]]
+    before = "" if fitted[-1] == top else (f"no size law at {top} epochs ({slopes[top]['why']}); at "
+                                          f"{last['epochs']} epochs: ")
     if last["ci"] is None:
-        return f"log-log slope {last['slope']:.2f} at {last['epochs']} epochs has no interval ({last['why']}): not decided"
+        return before + (f"log-log slope {last['slope']:.2f} at {last['epochs']} epochs has no interval "
+                         f"({last['why']}): not decided")
     lo, hi = last["ci"]
     saturated = all(r["saturated"] for r in sizes if r["size"] not in last["left_out_capped"])
+    head = f"slope {last['slope']:.2f} [{lo:.2f}, {hi:.2f}] at {last['epochs']} epochs"
     if lo <= 1 <= hi and hi - lo > WIDEST_VERDICT:
-        return (f"slope {last['slope']:.2f} [{lo:.2f}, {hi:.2f}] at {last['epochs']} epochs: the interval is too wide "
-                f"(> {WIDEST_VERDICT}) to tell linear from sublinear: not decided (add seeds or sizes)")
+        return before + (f"{head}: the interval is too wide (> {WIDEST_VERDICT}) to tell linear from sublinear: "
+                         "not decided (add seeds or sizes)")
     if lo <= 1 <= hi:
-        return (f"slope {last['slope']:.2f} [{lo:.2f}, {hi:.2f}] at {last['epochs']} epochs contains 1: consistent with "
-                "Lu et al.'s linear law" + ("" if saturated else " (not every size saturated yet)"))
+        return before + f"{head} contains 1: consistent with Lu et al.'s linear law" + (
+            "" if saturated else " (not every size saturated yet)")
     if hi < 1:
-        return (f"slope {last['slope']:.2f} [{lo:.2f}, {hi:.2f}] at {last['epochs']} epochs is below 1: "
-                + ("a sublinear law at this scale (every fitted size saturated)" if saturated else
-                   "below linear, but not every size is saturated: larger sizes may still be gaining, not a law yet"))
-    return f"slope {last['slope']:.2f} [{lo:.2f}, {hi:.2f}] at {last['epochs']} epochs is above 1: superlinear at this scale"
+        return before + f"{head} is below 1: " + (
+            "a sublinear law at this scale (every fitted size saturated)" if saturated else
+            "below linear, but not every size is saturated: larger sizes may still be gaining, not a law yet")
+    return before + f"{head} is above 1: superlinear at this scale"
 
 
 def report(summary: dict, held: pl.DataFrame, log=print) -> None:

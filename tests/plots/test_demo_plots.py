@@ -91,6 +91,11 @@ def test_the_demo_says_which_size_law_it_observed():
     assert "has no interval" in law_verdict(slopes(0.9, None), sat)
     assert "too wide" in law_verdict(slopes(0.9, [0.4, 1.4], ["c"]), sat)
     assert law_verdict({200: {"epochs": 200, "slope": None, "ci": None, "why": "2 sizes"}}, sat).startswith("no size law")
+    # the largest budget has no law (its sizes are capped): the verdict comes from the largest that has one
+    both = {**slopes(0.69, [0.53, 0.84]), 400: {"epochs": 400, "slope": None, "ci": None, "why": "3 sizes capped",
+                                                "left_out_capped": []}}
+    v = law_verdict(both, sat)
+    assert v.startswith("no size law at 400 epochs (3 sizes capped); at 200 epochs: slope 0.69") and "not a law yet" in v
 
 
 def test_demo_report_of_a_size_whose_cstar_fits_to_zero_or_fails():
