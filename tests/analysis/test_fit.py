@@ -63,7 +63,7 @@ def near(r, truth, p, widths=2.0):
 def test_linear_size_recovers_k_and_c_and_a_log_log_slope_of_one():
     truth = {"k": 0.05, "c": 300.0}
     df = simulate("linear", truth, np.random.default_rng(0))
-    r = fit_law(df, "linear-size", {"epochs": 320})
+    r = fit_law(df, "linear-size", {"epochs": 320}, n_boot=100)
     assert r["r2"] > 0.99 and r["n_runs"] == 18 and r["status"]["success"] and r["n_unannealed"] == 0
     assert r["params"]["k"]["value"] == pytest.approx(0.05, rel=0.03)
     assert within(r, truth, "k")

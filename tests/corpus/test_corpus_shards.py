@@ -189,6 +189,7 @@ def _slurm_down() -> str | None:
     return None if r.returncode == 0 and r.stdout.strip() else f"sinfo: {r.stderr.strip() or 'no nodes'}"
 
 
+@pytest.mark.slow  # the fast tier stays under 2 minutes (the full suite runs it)
 def test_benchmark_script_checks_the_same_hash(tmp_path):
     r = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[2] / "benchmarks" / "bench_shards.py"),
                         "--gb", "0.01", "--dir", str(tmp_path), "--cluster", "debug", "--shards", "3"],
@@ -197,6 +198,7 @@ def test_benchmark_script_checks_the_same_hash(tmp_path):
     assert "same corpus hash and counts: True" in r.stdout and "sharded / local time: " in r.stdout
 
 
+@pytest.mark.slow  # the fast tier stays under 2 minutes (the full suite runs it)
 def test_one_bz2_file_split_at_its_blocks_builds_the_local_corpus(shared, tmp_path):
     """3 shards of one .bz2 file (uncompressed byte ranges, each entered at the bz2 block before it through the
     saved block index) give the local build's corpus: same facts, hash, counts and error lines."""

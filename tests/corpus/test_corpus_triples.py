@@ -19,6 +19,7 @@ def trex(shared, tmp_path_factory):
     return out, m
 
 
+@pytest.mark.slow  # the fast tier stays under 2 minutes (the full suite runs it)
 def test_trex_counts(shared, trex):
     _, m = trex
     c = m["counts"]
@@ -57,6 +58,7 @@ def copyable_by_hand(row: dict) -> str | None:
     return None
 
 
+@pytest.mark.slow  # the fast tier stays under 2 minutes (the full suite runs it)
 def test_copyable_facts_are_counted_exactly_and_marked_when_kept(trex):
     """Facts a model can copy from its prompt ("The country of Latvia is Latvia"): the rule's counts and the
     copyable column equal a word-by-word recount of every real T-REx fact."""
@@ -84,6 +86,7 @@ def test_copyable_facts_are_dropped_by_default(shared, tmp_path, trex):
     assert not any(copyable_by_hand(r) for r in df.select("value", "prompt", "subject_label").iter_rows(named=True))
 
 
+@pytest.mark.slow  # the fast tier stays under 2 minutes (the full suite runs it)
 def test_trex_rendering_uses_lama_templates_and_counts(trex):
     out, _ = trex
     df = pl.read_parquet(out / "facts.parquet")

@@ -339,6 +339,7 @@ def test_parallel_decompression_gives_the_same_facts(shared, tmp_path, suffix):
     assert one == many and len(one) > 5000
 
 
+@pytest.mark.slow  # the fast tier stays under 2 minutes (the full suite runs it)
 def test_decoding_backends_give_identical_results(shared, tmp_path):
     """msgspec's typed decoding (skips unused fields, counts sitelinks by key) against plain json.loads."""
     pytest.importorskip("msgspec")
@@ -440,6 +441,7 @@ def test_bucket_runs_merge_back_in_fact_order(tmp_path):
     assert pl.concat(got).equals(rows)
 
 
+@pytest.mark.slow  # the fast tier stays under 2 minutes (the full suite runs it)
 def test_label_resolution_under_a_low_open_file_limit_lowers_the_buckets_and_says_so(tmp_path):
     """With the hard limit on open files at 300 and one label row per bucket asked for, the buckets are fewer
     (a warning line says so) and the result is the default sizes' - not 'Too many open files'."""
