@@ -304,7 +304,8 @@ class RunDir:
     # ------------------------------------------------------------------ results
     def write_results(self, df, per_fact=None, history_epochs=None) -> None:
         """``per_fact``: the final probe of every probed fact (``fact_probe.parquet``); the per-probe files
-        under ``probes/`` of ``history_epochs`` become ``fact_history.parquet`` (every probe this run made)."""
+        under ``probes/`` of ``history_epochs`` become ``fact_history.parquet`` (every probe this run made,
+        with each fact's relation, prompt and value from ``per_fact``)."""
         if per_fact is not None:
             write_parquet_atomic(per_fact, self.fact_probe)
         parts = sorted(self.history.glob("epoch-*.parquet"), key=lambda p: int(p.stem.split("-")[1]))
@@ -312,7 +313,11 @@ class RunDir:
         if parts:
             import polars as pl
 
-            write_parquet_atomic(pl.concat([pl.read_parquet(p) for p in parts]), self.fact_history)
+            history = pl.concat([pl.read_parquet(p) for p in parts])
+            if per_fact is not None:  # every probe's row readable on its own: the fact's relation, prompt, value
+                text = per_fact.select("fact_id", "split", "relation", "prompt", "value")
+                history = history.join(text, on=["fact_id", "split"], how="left")
+            write_parquet_atomic(history, self.fact_history)
         write_parquet_atomic(df, self.results)  # last: its presence marks the run done
         shutil.rmtree(self.history, ignore_errors=True)
         self.progress_file.unlink(missing_ok=True)

@@ -51,6 +51,10 @@ def test_fact_history_holds_every_probe_and_facts_lists_what_the_tables_say(trai
     assert not (d / "probes").exists()
     last = hist.filter(pl.col("epoch") == cfg.train.epochs).sort("split", "fact_id")
     assert last["correct"].to_list() == final.sort("split", "fact_id")["correct"].to_list()
+    # every probe's row carries the fact's text: readable without joining the final table
+    text = ["relation", "prompt", "value"]
+    assert last.select(text).equals(final.sort("split", "fact_id").select(text))
+    assert hist["prompt"].null_count() == 0 and hist["value"].null_count() == 0
 
     train_final = final.filter(pl.col("split") == "train")
     mem = select(str(d), "memorized")
