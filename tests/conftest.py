@@ -65,3 +65,20 @@ def trained_run(tiny_corpus, tmp_path_factory):
 
     cfg = tiny_run_config(tiny_corpus, tmp_path_factory.mktemp("runs"))
     return run(cfg), cfg
+
+
+def token_facts(n: int, seed: int = 0, vocab: int = 64, bos: int = 1, eos: int = 2):
+    """``n`` random tokenized facts (4-11 tokens, ``<bos>`` first, ``<eos>`` last) as the data module reads
+    them: input_ids, value_start, split (all train), order."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(4, 12, size=n)
+    return pl.DataFrame({
+        "input_ids": pl.Series([[bos, *rng.integers(3, vocab, size=k - 2).tolist(), eos] for k in lengths],
+                               dtype=pl.List(pl.Int32)),
+        "value_start": pl.Series(rng.integers(1, lengths - 1), dtype=pl.Int32),
+        "split": ["train"] * n,
+        "order": np.arange(n),
+    })

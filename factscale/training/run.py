@@ -17,7 +17,7 @@ import polars as pl
 import torch
 
 from factscale.corpus.build import corpus_hash_of, load_corpus
-from factscale.errors import ConfigError, CorpusError, RunBusy
+from factscale.errors import ConfigError, CorpusError
 from factscale.fsio import fix_mode
 from factscale.probing.engine import Prober
 from factscale.probing.measures import frequency_buckets, probe_sample
@@ -208,12 +208,7 @@ def run(cfg: RunConfig, init_from: str | Path | None = None, branch_of: str | No
         rd.path.mkdir(parents=True, exist_ok=True)
         return _train(cfg, rd, facts, manifest, rd.attempts()["attempts"], init_from, branch_of, list(callbacks))
     rd.create(min_free_mb=disk_needed_mb(cfg, manifest["tokens"]["vocab_size"]))
-    for _ in range(50):  # a `status` probe holds the lock for microseconds: not a reason to give up
-        if rd.lock.acquire():
-            break
-        time.sleep(0.1)
-    else:
-        raise RunBusy(f"run {rd.id} is already running in another process (lock {rd.lock.path})")
+    rd.hold_lock()
     t0 = time.time()
     try:
         if rd.results.exists():

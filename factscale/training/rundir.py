@@ -167,6 +167,17 @@ class RunDir:
         return rd
 
     # ------------------------------------------------------------------ creation, attempts, errors
+    def hold_lock(self) -> None:
+        """Take the run's lock, or raise RunBusy if another process trains this run. A ``status`` probe holds
+        the lock for microseconds: not a reason to give up, so a taken lock is retried for up to 5 s."""
+        from factscale.errors import RunBusy
+
+        for _ in range(50):
+            if self.lock.acquire():
+                return
+            time.sleep(0.1)
+        raise RunBusy(f"run {self.id} is already running in another process (lock {self.lock.path})")
+
     def create(self, min_free_mb: int = 50) -> Path:
         """Create the directory and write the resolved config; fail loudly if it cannot be written."""
         d = self.path

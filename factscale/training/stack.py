@@ -32,9 +32,17 @@ import numpy as np
 import torch
 
 from factscale.configio import flatten, to_dict
-from factscale.errors import ConfigError, RunBusy
+from factscale.errors import ConfigError
 from factscale.training.config import RunConfig
+from factscale.corpus.build import load_corpus
+from factscale.probing.engine import Prober
+from factscale.probing.measures import frequency_buckets
+from factscale.training.callbacks import FAULT_ENV, inject_fault, parse_fault, probe_and_record
+from factscale.training.data import FactDataModule
 from factscale.training.ensemble import IGNORE, Ensemble, init_member
+from factscale.training.models import count_instantiated, resolve_shape
+from factscale.training.module import lr_lambda
+from factscale.training.run import disk_needed_mb, probe_sets, quiet_lightning, validate, write_run
 from factscale.training.rundir import RunDir
 
 STACKS = "_stacks"
@@ -50,8 +58,6 @@ def check_stackable(cfgs: list[RunConfig]) -> None:
     keys = {stack_key(c) for c in cfgs}
     if len(keys) > 1:
         raise ConfigError("a stack's members must differ only in seed and optim.*")
-    from factscale.training.models import resolve_shape
-
     if resolve_shape(cfgs[0].model).experts:
         raise ConfigError("a mixture-of-experts model cannot be stacked yet (its routing does not vmap): stack: off")
     c = cfgs[0].train
@@ -68,11 +74,6 @@ class _Member:
     """One member's run: its directory, data, prober, rows and bookkeeping."""
 
     def __init__(self, cfg: RunConfig, rd: RunDir, facts, tok, manifest):
-        from factscale.probing.engine import Prober
-        from factscale.training.data import FactDataModule
-        from factscale.training.models import count_instantiated
-        from factscale.training.run import probe_sets
-
         self.cfg, self.rd = cfg, rd
         self.dm = FactDataModule(cfg, facts, tok.pad_token_id)
         with torch.random.fork_rng():
@@ -176,13 +177,6 @@ def _epoch_batches(members: list[_Member], epoch: int):
 def run_stack(cfgs: list[RunConfig]) -> dict:
     """Train ``cfgs`` (runs that differ only in seed and optimizer settings) as one stacked model, resuming
     from the stack's checkpoint; members already done are skipped. Returns a summary per member."""
-    from transformers import AutoTokenizer
-
-    from factscale.corpus.build import load_corpus
-    from factscale.probing.measures import frequency_buckets
-    from factscale.training.callbacks import FAULT_ENV, parse_fault, probe_and_record
-    from factscale.training.run import disk_needed_mb, quiet_lightning, validate, write_run
-
     check_stackable(cfgs)
     quiet_lightning()
     facts, manifest = load_corpus(cfgs[0].corpus.path)
@@ -197,16 +191,10 @@ def run_stack(cfgs: list[RunConfig]) -> dict:
     try:
         for c, rd in todo:
             rd.create(min_free_mb=disk_needed_mb(c, manifest["tokens"]["vocab_size"]))
-            for _ in range(50):  # a `status` probe holds a lock for microseconds: not a reason to give up
-                if rd.lock.acquire():
-                    break
-                time.sleep(0.1)
-            else:
-                raise RunBusy(f"run {rd.id} is already running in another process (lock {rd.lock.path})")
+            rd.hold_lock()
             held.append(rd)
         try:
-            out["runs"] += _train_stack(todo, _stack_dir(rds), facts, manifest, AutoTokenizer, frequency_buckets,
-                                        probe_and_record, write_run, parse_fault(os.environ.get(FAULT_ENV)))
+            out["runs"] += _train_stack(todo, _stack_dir(rds), facts, manifest)
         except Exception as e:  # the stack itself failed: every member still to do is failed, never "interrupted"
             for _, rd in todo:
                 if not rd.results.exists():
@@ -219,7 +207,10 @@ def run_stack(cfgs: list[RunConfig]) -> dict:
     return out
 
 
-def _train_stack(todo, path, facts, manifest, AutoTokenizer, frequency_buckets, probe_and_record, write_run, fault):
+def _train_stack(todo, path: Path, facts, manifest: dict) -> list[dict]:
+    from transformers import AutoTokenizer
+
+    fault = parse_fault(os.environ.get(FAULT_ENV))
     cfgs = [c for c, _ in todo]
     cfg0 = cfgs[0]
     if cfg0.train.num_threads:
@@ -231,7 +222,6 @@ def _train_stack(todo, path, facts, manifest, AutoTokenizer, frequency_buckets, 
     total = [m.batches_per_epoch * m.cfg.train.epochs for m in members]  # Lightning's estimated_stepping_batches
     ens = Ensemble.from_configs(cfgs, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, total)
     where = {"epoch": 0, "i": np.zeros(len(members)), "n": np.ones(len(members))}
-    from factscale.training.module import lr_lambda
 
     # training progress as Lightning's scheduler sees it before a member's next step: epoch + batches done / batches
     ens.schedules = [lr_lambda(c, n, progress=lambda step, k=k: where["epoch"] + where["i"][k] / where["n"][k])
@@ -271,8 +261,6 @@ def _train_stack(todo, path, facts, manifest, AutoTokenizer, frequency_buckets, 
                     _fail(m, e)
             _save(path, ens, members, done)
             if fault and fault[1] == done and fault[2] == attempts[0]:
-                from factscale.training.callbacks import inject_fault
-
                 inject_fault(fault[0], done)
     finally:
         for m in members:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import types
 
-import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import tiny_run_config
+from conftest import tiny_run_config, token_facts
 
 from factscale.errors import ConfigError
 from factscale.training.config import ModelConfig
@@ -28,15 +27,7 @@ def one_thread():
 
 
 def facts(n: int = 24, seed: int = 0) -> pl.DataFrame:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(4, 12, size=n)
-    return pl.DataFrame({
-        "input_ids": pl.Series([[BOS, *rng.integers(3, VOCAB, size=k - 2).tolist(), EOS] for k in lengths],
-                               dtype=pl.List(pl.Int32)),
-        "value_start": pl.Series(rng.integers(1, lengths - 1), dtype=pl.Int32),
-        "split": ["train"] * n,
-        "order": np.arange(n),
-    })
+    return token_facts(n, seed, VOCAB, BOS, EOS)
 
 
 def packed_windows(attention: str, loss_on: str = "value"):

@@ -5,11 +5,10 @@ state; unstacked members are ordinary transformers models with the stacked membe
 from __future__ import annotations
 
 import lightning as L
-import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import tiny_run_config
+from conftest import tiny_run_config, token_facts
 
 from factscale.training.data import FactDataModule
 from factscale.training.ensemble import Ensemble, additive_attention, scored_targets
@@ -20,24 +19,8 @@ BOS, EOS, PAD, VOCAB = 1, 2, 0, 64
 B, T = 4, 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def facts(n: int = 48, seed: int = 0) -> pl.DataFrame:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(4, 12, size=n)
-    return pl.DataFrame({
-        "input_ids": pl.Series([[BOS, *rng.integers(3, VOCAB, size=k - 2).tolist(), EOS] for k in lengths],
-                               dtype=pl.List(pl.Int32)),
-        "value_start": pl.Series(rng.integers(1, lengths - 1), dtype=pl.Int32),
-        "split": ["train"] * n,
-        "order": np.arange(n),
-    })
+    return token_facts(n, seed, VOCAB, BOS, EOS)
 
 
 def config(arch: str = "qwen2", seed: int = 0, **over):
