@@ -32,12 +32,13 @@ from factscale.analysis.vocab import SIZE, overall
 from factscale.configio import read_yaml_mapping, set_dotted
 from factscale.errors import ConfigError
 from factscale.fsio import write_json_atomic, write_parquet_atomic
-from factscale.launch.spec import spec_from_dict
+from factscale.launch.spec import expand, spec_from_dict
 from factscale.launch.sweep import launch
 
 DEMO_SPEC = Path(__file__).with_name("demo.yaml")  # also sweeps/demo.yaml (a link)
-QUICK = {"corpus_build.synthetic.n_keys": 700, "grid.model.size": ["1k", "5k", "10k"],
-         "grid.train.epochs": [10, 20, 40, 80], "base.probe.every_epochs": 40}
+QUICK = {"corpus_build.synthetic.n_keys": 700,
+         "grid.model.size, corpus.max_facts": [["500", 300], ["2k", 450], ["5k", 650]],
+         "grid.train.epochs": [10, 20, 40, 80], "grid.seed": [0, 1], "base.probe.every_epochs": 40}
 """--quick: 3 sizes on a smaller corpus with shorter budgets (a few minutes), for the tests."""
 N_BOOT = 200
 WIDEST_VERDICT = 0.5  # a slope interval wider than this cannot tell a linear law (1) from a sublinear one
@@ -116,7 +117,7 @@ def store_slope(store: Fits, epochs: int) -> dict:
 
 def law_verdict(slopes: dict, sizes: list[dict]) -> str:
     """What the size law says, plainly, at the largest budget that has one: linear (Lu et al.), sublinear at
-    this scale (only with every fitted size saturated), or not decided."""
+    this scale (only with every fitted size saturated), superlinear (likewise), or not decided."""
     if not slopes:
         return "no size law: no budgets"
     top = max(slopes)
@@ -142,7 +143,9 @@ def law_verdict(slopes: dict, sizes: list[dict]) -> str:
         return before + f"{head} is below 1: " + (
             "a sublinear law at this scale (every fitted size saturated)" if saturated else
             "below linear, but not every size is saturated: larger sizes may still be gaining, not a law yet")
-    return before + f"{head} is above 1: superlinear at this scale"
+    return before + f"{head} is above 1: " + (
+        "superlinear at this scale (every fitted size saturated)" if saturated else
+        "above linear, but not every size is saturated: smaller sizes may still be catching up, not a law yet")
 
 
 def report(summary: dict, held: pl.DataFrame, log=print) -> None:
@@ -211,10 +214,12 @@ def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> 
     t0 = time.time()
     out = Path(out)
     spec = spec_from_dict(demo_spec(out, quick), "demo")
-    g = spec.grid
-    budget = max(g["train.epochs"])
-    log(f"[1/4] corpus + training: {len(g['model.size'])} sizes x {len(g['seed'])} seeds, each a trunk with "
-        f"cooldown branches at {g['train.epochs']} epochs, on the local executor (runs under {spec.runs_dir})")
+    cfgs = expand(spec)
+    sizes = list(dict.fromkeys(c.model.size for c in cfgs))
+    budgets = sorted({c.train.epochs for c in cfgs})
+    budget = budgets[-1]
+    log(f"[1/4] corpus + training: {len(sizes)} sizes x {len({c.seed for c in cfgs})} seeds, each a trunk with "
+        f"cooldown branches at {budgets} epochs, on the local executor (runs under {spec.runs_dir})")
     recs = launch(spec, cluster="local", log=log)
     failed = [r for r in recs if r["state"] == "failed"]
     if failed:
@@ -244,8 +249,8 @@ def demo(out: str | Path = "factscale-demo", quick: bool = False, log=print) -> 
         return r
 
     lin = try_fit(f"linear-size-epoch{budget}", "linear-size", {"epoch": budget})
-    slopes = {e: store_slope(store, e) for e in sorted(g["train.epochs"])}
-    exps = {s: try_fit(f"exp-epochs-size{s}", "exp-epochs", {"size": s}) for s in g["model.size"]}
+    slopes = {e: store_slope(store, e) for e in budgets}
+    exps = {s: try_fit(f"exp-epochs-size{s}", "exp-epochs", {"size": s}) for s in sizes}
     joint = try_fit("joint", "joint", {})
     if isinstance(joint, dict):
         joint["solve"] = fit.params_needed(joint, 10 * float(df["n_facts"].max()), budget)

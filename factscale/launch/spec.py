@@ -52,7 +52,9 @@ class SweepSpec:
     base: dict = field(default_factory=dict)
     """The run config every grid point starts from (the same keys as `factscale train`'s YAML)."""
     grid: dict = field(default_factory=dict)
-    """Dotted config field -> list of values; the sweep is their cartesian product."""
+    """Dotted config field -> list of values; the sweep is their cartesian product. A linked axis names
+    several fields joined by commas and lists one tuple per point (``model.size, corpus.max_facts:
+    [[2k, 2100], [5k, 4500]]``): its fields vary together, not crosswise."""
     resources: Resources = field(default_factory=Resources)
     corpus_build: Optional[CorpusSpec] = None
     """Build base.corpus.path from this recipe (the same fields as `factscale corpus build`) if it is missing
@@ -92,6 +94,13 @@ def spec_from_dict(data: dict, where: str) -> SweepSpec:
     for k, v in spec.grid.items():
         if not isinstance(v, list) or not v:
             raise ConfigError(f"{where}: grid.{k} must be a non-empty list, got {v!r}")
+        fields = axis_fields(k)
+        if len(fields) > 1 and not all(isinstance(p, list) and len(p) == len(fields) for p in v):
+            raise ConfigError(f"{where}: grid.{k} is a linked axis of {len(fields)} fields: every value must be a "
+                              f"list of {len(fields)} (one per field), got {v!r}")
+    named = [f for k in spec.grid for f in axis_fields(k)]
+    if len(set(named)) != len(named):
+        raise ConfigError(f"{where}: grid names a field twice: {sorted({f for f in named if named.count(f) > 1})}")
     if spec.stack not in ("off", "seeds"):
         raise ConfigError(f"{where}: stack {spec.stack!r}; allowed values: ['off', 'seeds']")
     if spec.stack != "off" and spec.cooldown_branches:
@@ -111,19 +120,33 @@ def load_spec(path: str | Path) -> SweepSpec:
     return spec
 
 
+def axis_fields(key: str) -> list[str]:
+    """The dotted fields a grid key sets: one, or several for a linked axis (``"model.size, corpus.max_facts"``)."""
+    return [f.strip() for f in key.split(",")]
+
+
+def grid_fields(spec: SweepSpec) -> list[str]:
+    """Every dotted field the grid varies, linked axes unpacked."""
+    return [f for k in spec.grid for f in axis_fields(k)]
+
+
 def expand(spec: SweepSpec) -> list[RunConfig]:
     keys = list(spec.grid)
     cfgs = []
     for values in itertools.product(*(spec.grid[k] for k in keys)):
         d = json.loads(json.dumps(spec.base))
         d["runs_dir"] = spec.runs_dir
+        point = {}
         for k, v in zip(keys, values):
+            fields = axis_fields(k)
+            point.update(zip(fields, v if len(fields) > 1 else [v]))
+        for k, v in point.items():
             set_dotted(d, k, v)
         try:
             cfg = from_dict(RunConfig, d)
             resolve_shape(cfg.model)
         except ConfigError as e:
-            raise ConfigError(f"sweep {spec.name}, grid point {dict(zip(keys, values))}: {e}") from None
+            raise ConfigError(f"sweep {spec.name}, grid point {point}: {e}") from None
         cfgs.append(cfg)
     ids = [identity_hash(c, "") for c in cfgs]
     if len(set(ids)) != len(ids):

@@ -26,9 +26,12 @@ class Shape:
     shared_ffn: int = 0  # the always-on shared expert's inner width (0: none)
 
 
-# Roughly x3 apart from ~2k to ~300M non-embedding params (Lu et al. span 0.6M-308M), with 1k and 7k filling in
-# the demo's decade. Head dims stay even (RoPE); FFN ~2.75x hidden for the gated MLPs.
+# Roughly x3 apart from ~2k to ~300M non-embedding params (Lu et al. span 0.6M-308M), with 1k and 7k filling in.
+# 500, 900, 2k, 5k and 7k are one depth family (2 layers, width 4-16): the demo's sizes vary width only, so
+# its size law is not a mix of depths. Head dims stay even (RoPE); FFN ~2.75x hidden for the gated MLPs.
 SIZES: dict[str, Shape] = {
+    "500": Shape(2, 4, 1, 12),
+    "900": Shape(2, 6, 1, 16),
     "1k": Shape(1, 8, 2, 22),
     "2k": Shape(2, 8, 2, 22),
     "5k": Shape(2, 12, 2, 32),

@@ -84,6 +84,37 @@ def test_bad_specs_name_the_key(tmp_path, tiny_corpus):
     assert r.returncode == 2 and "grid.seed must be a non-empty list" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_linked_axis_varies_its_fields_together(tmp_path, tiny_corpus):
+    d = _spec(tmp_path, tiny_corpus, grid={"model.size, corpus.max_facts": [["2k", 10], ["5k", 20]], "seed": [0, 1]})
+    cfgs = expand(spec_from_dict(d, "x"))
+    assert sorted((c.model.size, c.corpus.max_facts, c.seed) for c in cfgs) == [
+        ("2k", 10, 0), ("2k", 10, 1), ("5k", 20, 0), ("5k", 20, 1)]  # 2 linked points x 2 seeds, not 2 x 2 x 2
+
+
+def test_local_jobs_start_longest_first():
+    """With 2 workers the demo's largest size must not start last and run alone."""
+    from factscale.demo import demo_spec
+    from factscale.launch.branches import launch_units
+    from factscale.launch.sweep import work_estimate
+
+    cfgs = expand(spec_from_dict(demo_spec(Path("x")), "demo"))
+    from types import SimpleNamespace
+
+    units = launch_units(cfgs, [SimpleNamespace(corpus_hash="c")] * len(cfgs))
+    order = [c.model.size for c, _ in sorted(units, key=lambda u: -work_estimate(u[0]))]
+    assert order[:3] == ["5k"] * 3 and order[-3:] == ["500"] * 3
+
+
+@pytest.mark.parametrize("grid, match", [
+    ({"model.size, corpus.max_facts": [["2k", 10], "5k"]}, "linked axis of 2 fields: every value must be a list of 2"),
+    ({"model.size, corpus.max_facts": [["2k", 10, 3]]}, "linked axis of 2 fields"),
+    ({"model.size, seed": [["2k", 0]], "seed": [1]}, r"grid names a field twice: \['seed'\]"),
+])
+def test_bad_linked_axes_are_named(tmp_path, tiny_corpus, grid, match):
+    with pytest.raises(ConfigError, match=match):
+        spec_from_dict(_spec(tmp_path, tiny_corpus, grid=grid), "x")
+
+
 @pytest.mark.slow  # > 20 s on the shared 2-core CPU
 def test_local_launch_skips_done_runs_and_collects(tmp_path, tiny_corpus):
     p = tmp_path / "s.yaml"
