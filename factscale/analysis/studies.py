@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from factscale.analysis.vocab import final_probes
 from factscale.configio import parse_where
 from factscale.errors import PlotError
 
@@ -272,6 +273,17 @@ def floor_bits(spec: dict) -> dict[str, float]:
 
 def corpus_floors(df: pl.DataFrame) -> dict[str, float]:
     """``floor_bits`` of the synthetic corpus the runs trained on (read from its manifest)."""
+    return floor_bits(_synthetic_spec(df))
+
+
+def corpus_controls(df: pl.DataFrame) -> list[str]:
+    """The random attributes (nothing to generalize) of the synthetic corpus the runs trained on."""
+    spec = _synthetic_spec(df)
+    pred = spec.get("predictable") or [False] * len(spec["vocab_sizes"])
+    return [f"S{a + 1}" for a, p in enumerate(pred) if not p]
+
+
+def _synthetic_spec(df: pl.DataFrame) -> dict:
     from factscale.corpus.build import read_manifest
 
     paths = df["cfg.corpus.path"].unique().to_list() if "cfg.corpus.path" in df.columns else []
@@ -281,25 +293,58 @@ def corpus_floors(df: pl.DataFrame) -> dict[str, float]:
     src = (m or {}).get("source", {})
     if src.get("kind") != "synthetic" or "vocab_sizes" not in src.get("spec", {}):
         raise PlotError(f"{paths[0]}: no synthetic facts manifest there; the known floors need the corpus recipe")
-    return floor_bits(src["spec"])
+    return src["spec"]
 
 
-def generalization_table(df: pl.DataFrame, floors: dict[str, float] | None = None) -> pl.DataFrame:
-    """Held-out rows per relation with ``excess_bits`` = mean code length per fact - the relation's floor.
+def generalization_table(df: pl.DataFrame, floors: dict[str, float] | None = None,
+                         controls: list[str] | None = None) -> pl.DataFrame:
+    """Held-out rows per relation with ``excess_bits`` = mean code length per fact - the relation's floor, and
+    ``excess_over_control_bits`` = that minus the random controls' mean excess in the same run and probe.
 
     A predictable attribute's excess is what its rule still costs beyond the noise nothing can predict; a
     random attribute's floor is its prior (log2 V), so its excess can only fall to ~0 (calibration), never
-    below. Rows keep ``relation`` and are labelled as a split's overall rows, so ``fit_law(t.filter(relation
+    below. The control's excess is over-confidence, which also changes with training steps: subtracting it
+    leaves what generalization adds (negative: the rule codes unseen keys better than the control is coded).
+    Rows keep ``relation`` and are labelled as a split's overall rows, so ``fit_law(t.filter(relation
     == r), "power-excess")`` fits one relation alone.
     """
     floors = floors if floors is not None else corpus_floors(df)
+    controls = controls if controls is not None else corpus_controls(df)
     d = df.filter((pl.col("split") == "heldout") & (pl.col("group_by") == "relation"))
     if d.height == 0:
         raise PlotError("no held-out probe rows per relation (probe.splits must include heldout)")
     unknown = sorted(set(d["group"].unique().to_list()) - set(floors))
     if unknown:
         raise PlotError(f"relations {unknown} have no known floor (floors given for {sorted(floors)})")
-    return d.with_columns(relation=pl.col("group"), floor_bits=pl.col("group").replace_strict(floors,
+    t = d.with_columns(relation=pl.col("group"), floor_bits=pl.col("group").replace_strict(floors,
                                                                                           return_dtype=pl.Float64),
                           group_by=pl.lit("all"), group=pl.lit("all")
                           ).with_columns(excess_bits=pl.col("code_bits_mean") - pl.col("floor_bits"))
+    control = (t.filter(pl.col("relation").is_in(controls)).group_by("run_id", "epoch")
+               .agg(control_excess_bits=pl.col("excess_bits").mean()))
+    t = t.join(control, on=["run_id", "epoch"], how="left")
+    return t.with_columns(excess_over_control_bits=pl.col("excess_bits") - pl.col("control_excess_bits"))
+
+
+def generalization_summary(df: pl.DataFrame, floors: dict[str, float] | None = None,
+                           controls: list[str] | None = None) -> pl.DataFrame:
+    """Per (size, training facts D), at each run's final probe, mean over seeds [t interval]: each predictable
+    attribute's held-out excess over its floor, the random control's excess, and their difference (what
+    generalization adds). Read the difference across D only when every D trained the same optimizer steps
+    (``sweeps/generalization.yaml`` links corpus.max_facts and train.epochs): the control's over-confidence
+    changes with steps."""
+    controls = controls if controls is not None else corpus_controls(df)
+    t = final_probes(generalization_table(df, floors, controls))
+    per_seed = []
+    for (size, params, seed, d), g in t.group_by([SIZE, PARAMS, SEED, "train_facts"]):
+        row = {SIZE: size, PARAMS: params, SEED: seed, "train_facts": d,
+               "control_excess": float(g["control_excess_bits"][0])}
+        for r in g.filter(~pl.col("relation").is_in(controls)).iter_rows(named=True):
+            row[f"{r['relation']}_excess"] = r["excess_bits"]
+            row[f"{r['relation']}_minus_control"] = r["excess_over_control_bits"]
+        per_seed.append(row)
+    per_seed = pl.DataFrame(per_seed)
+    quantities = sorted(c for c in per_seed.columns if c.endswith(("_excess", "_minus_control")))
+    out = _summarise(per_seed, [SIZE, PARAMS, "train_facts"], quantities)
+    return out.sort(PARAMS, "train_facts").with_columns(group=pl.format("D={}", "train_facts"))
+

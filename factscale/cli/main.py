@@ -259,6 +259,9 @@ def cmd_study(a):
         t, title = st.preference_summary(df, column), f"preference by {column}: MR alone, mixed, loss = alone - mixed"
     elif a.kind == "overwriting":
         t, title = st.overwriting_summary(df), "overwriting: phase MRs (annealed end), forgetting = control - blocked"
+    elif a.kind == "generalization":
+        t, title = (st.generalization_summary(df), "generalization: held-out excess over the known floor (bits per "
+                    "fact) per attribute, the random control's, and the difference (what generalization adds)")
     else:
         t, title = st.compatibility_summary(df), "compatibility: forward-statement MR per group and differences"
     st.print_summary(t, f"{title}; mean over seeds [95% t interval]")
@@ -369,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     ct.set_defaults(fn=cmd_capacity_table)
 
     sd = sub.add_parser("study", help="a behaviour study's differences with intervals over seeds")
-    sd.add_argument("kind", choices=["overwriting", "compatibility", "preference"])
+    sd.add_argument("kind", choices=["overwriting", "compatibility", "preference", "generalization"])
     sd.add_argument("results", help="the study's results table (factscale collect)")
     sd.add_argument("--column", choices=["freq_level", "rarity_bucket", "value_len"],
                     help="preference: the grouping column (default: the one the results break down by)")

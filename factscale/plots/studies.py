@@ -16,6 +16,7 @@ from matplotlib.ticker import NullFormatter
 
 from factscale.analysis.studies import (
     compatibility_summary,
+    corpus_controls,
     generalization_table,
     preference_column,
     preference_per_seed,
@@ -137,6 +138,11 @@ def fig_generalization_by_relation(df: pl.DataFrame):
         xs = np.geomspace(t["train_facts"].min(), t["train_facts"].max(), 50)
         axes[1].plot(xs, predict(r, train_facts=xs), lw=1, color="k")
         labels.append(f"{rel}: {r['params']['dc']['value']:.3g}·D^{r['params']['alpha']['value']:.3f}")
+    diff = (t.filter(~pl.col("relation").is_in(corpus_controls(df)) & pl.col("control_excess_bits").is_not_null())
+            .group_by("relation", "train_facts").agg(pl.col("excess_over_control_bits").mean()).sort("train_facts"))
+    for (rel,), g in diff.group_by("relation", maintain_order=True):
+        axes[1].plot(g["train_facts"], g["excess_over_control_bits"], "--", lw=1.2,
+                     label=f"{rel} - random control (mean over seeds)")
     axes[1].axhline(0, color="grey", lw=1, ls=":")
     axes[1].set(ylabel="held-out code length - known floor (bits/fact)",
                 title="Excess code length over the floor vs training facts" + (f"\n(fits: {'; '.join(labels)})"
@@ -145,7 +151,7 @@ def fig_generalization_by_relation(df: pl.DataFrame):
     for ax in axes:
         ax.set(xscale="log", xlabel="training facts")
         ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
-        ax.legend(title="relation", fontsize=8)
+        ax.legend(title="relation", fontsize=7)
     fig.tight_layout()
     return fig
 

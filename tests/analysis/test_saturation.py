@@ -65,3 +65,48 @@ def test_runs_pair_on_every_axis_but_the_budget_and_zero_is_not_a_gain():
     s = {x["size"]: x for x in saturation(zero).iter_rows(named=True)}
     assert s["a"]["verdict"] == "still gaining" and s["b"]["verdict"] == "undetermined"
     assert "nothing memorized" in s["b"]["why"]
+
+
+def data_table(plateau: float, noise: float = 0.01, seeds: int = 3, bits_per_fact: float = 96.0) -> pl.DataFrame:
+    """Final probes of one size at doubling training sets: memorized bits min(D x h, B*) x (1 + seed noise)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for d in (25, 50, 100, 200, 400, 800):
+        for seed in range(seeds):
+            bits = min(d * bits_per_fact, plateau) * (1 + noise * rng.standard_normal())
+            rows.append({"run_id": f"{d}-{seed}", "split": "train", "group_by": "all", "epoch": 300,
+                         "cfg.train.epochs": 300, "cfg.model.size": "2k", "cfg.seed": seed,
+                         "cfg.corpus.max_facts": d, "train_facts": d, "non_embedding_params": 1656,
+                         "n_facts": d, "capacity": 0.0, "capacity_bits": bits, "prior_bits": d * bits_per_fact})
+    return pl.DataFrame(rows)
+
+
+def test_the_data_plateau_is_found_where_the_bits_stop_growing():
+    from factscale.analysis.saturation import data_plateau
+
+    flat = data_plateau(data_table(plateau=10_000)).row(0, named=True)  # capacity reached at D ~ 104
+    assert flat["verdict"] == "plateau" and (flat["from_facts"], flat["to_facts"]) == (400, 800)
+    assert flat["seeds"] == 3 and flat["gain_ci_low"] <= flat["gain"] <= flat["gain_ci_high"] < 0.1
+    assert flat["bits_at_largest"] == pytest.approx(10_000, rel=0.03)
+    assert flat["bits_per_param_at_largest"] == pytest.approx(10_000 / 1656, rel=0.03)
+    rising = data_plateau(data_table(plateau=1e9)).row(0, named=True)  # every set below capacity: the diagonal
+    assert rising["verdict"] == "still rising" and rising["gain"] == pytest.approx(1.0, abs=0.05)
+    one = data_plateau(data_table(plateau=10_000, seeds=1)).row(0, named=True)
+    assert one["verdict"] == "undetermined" and "one seed" in one["why"]
+
+
+def test_the_bits_vs_data_figure_marks_the_plateau(tmp_path):
+    from factscale import plots
+
+    df = data_table(plateau=10_000)
+    paths = plots.plot("bits-vs-data", df, tmp_path)
+    assert paths and all(p.exists() and p.stat().st_size > 0 for p in paths)
+    fig = plots.FIGURES["bits-vs-data"](df)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    import re
+
+    assert any(re.match(r"plateau (9|10),\d{3} bits = \d\.\d\d/non-emb param \(gain [+-]\d+% \[", t) for t in labels)
+    with pytest.raises(plots.PlotError, match="needs runs at >= 2 training-set sizes"):
+        plots.FIGURES["bits-vs-data"](df.filter(pl.col("train_facts") == 800))

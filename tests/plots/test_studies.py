@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_run_config
 
 from factscale.analysis.fit import fit_law
-from factscale.analysis.studies import compatibility_per_seed, floor_bits, generalization_table
+from factscale.analysis.studies import SIZE, compatibility_per_seed, floor_bits, generalization_table
 from factscale.corpus import SyntheticSpec, build_from_triples, build_synthetic
 from factscale.testing import run_dir
 from factscale.training.run import run
@@ -219,7 +219,22 @@ def test_power_excess_recovers_a_known_power_law_of_one_relation_alone():
                 rows.append({"run_id": f"{D}-{seed}", "split": "heldout", "group_by": "relation", "group": rel,
                              "epoch": 40, "cfg.train.epochs": 40, "train_facts": D,
                              "code_bits_mean": floors[rel] + excess * (1 + rng.normal(0, 0.02))})
-    t = generalization_table(pl.DataFrame(rows), floors)
+    t = generalization_table(pl.DataFrame(rows), floors, controls=["S2"])
+    # what generalization adds: S1's excess minus the control's, in the same run and probe
+    s1 = t.filter(pl.col("relation") == "S1")
+    assert (s1["excess_over_control_bits"] - (s1["excess_bits"] - s1["control_excess_bits"])).abs().max() < 1e-12
+    assert s1["control_excess_bits"].to_numpy() == pytest.approx(0.01, rel=0.1)
+    assert t.filter(pl.col("relation") == "S2")["excess_over_control_bits"].abs().max() < 1e-12
+    from factscale.analysis.studies import generalization_summary
+
+    rows = [{**r, SIZE: "20k", "non_embedding_params": 20000, "cfg.seed": int(r["run_id"].split("-")[1])}
+            for r in rows]
+    summ = generalization_summary(pl.DataFrame(rows), floors, controls=["S2"])
+    at = {(r["group"], r["quantity"]): r for r in summ.iter_rows(named=True)}
+    assert set(q for _, q in at) == {"S1_excess", "S1_minus_control", "control_excess"}
+    one = at[("D=250", "S1_minus_control")]
+    assert one["n"] == 3 and one["mean"] == pytest.approx(3 * 250 ** -0.4 - 0.01, rel=0.05) and one["lo"] < one["hi"]
+    assert summ["group"].unique(maintain_order=True).to_list()[:2] == ["D=250", "D=500"]  # in D order, not text
     r = fit_law(t.filter(pl.col("relation") == "S1"), "power-excess", n_boot=100)
     assert r["params"]["alpha"]["value"] == pytest.approx(-0.4, abs=0.02)
     assert r["params"]["dc"]["value"] == pytest.approx(3.0, rel=0.1)

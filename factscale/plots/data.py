@@ -1,0 +1,59 @@
+"""Capacity as a plateau in the data: memorized bits vs the training set's entropy at a fixed model size.
+
+Morris et al. 2025 define a model's capacity as the plateau its total memorization reaches as the training
+set grows (Allen-Zhu & Li's bits per parameter is the same plateau over N people). This figure draws, per
+model size, memorized bits (``capacity_bits``: prior code - model code, clipped at the set) at each training
+set size against the set's entropy (``prior_bits``: all of it memorized is the diagonal), and the plateau as
+``analysis.saturation.data_plateau`` judges it: a solid line where the gain between the two largest sets is
+below 10% with its interval, dotted and labelled otherwise. Imports nothing from ``plots`` (no cycle).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from factscale.analysis.saturation import data_plateau
+from factscale.analysis.vocab import SIZE, final_probes, overall, sizes_sorted
+from factscale.errors import PlotError
+
+
+def fig_bits_vs_data(df: pl.DataFrame):
+    """Memorized bits vs training-set entropy per size (final probes at each size's largest budget)."""
+    ends = final_probes(overall(df))
+    ends = ends.filter(pl.col("epoch") == pl.col("epoch").max().over(SIZE))
+    if ends["train_facts"].n_unique() < 2:
+        raise PlotError("bits vs data needs runs at >= 2 training-set sizes (grid over corpus.max_facts)")
+    sizes = sizes_sorted(ends)
+    palette = dict(zip(sizes, sns.color_palette("viridis", len(sizes))))
+    plateau = {r["size"]: r for r in data_plateau(df).iter_rows(named=True)}
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    sns.scatterplot(ends.to_pandas(), x="prior_bits", y="capacity_bits", hue=SIZE, hue_order=sizes,
+                    palette=palette, alpha=0.5, ax=ax, legend=False)
+    means = ends.group_by(SIZE, "train_facts").agg(pl.col("prior_bits").mean(), pl.col("capacity_bits").mean())
+    for s in sizes:
+        m = means.filter(pl.col(SIZE) == s).sort("prior_bits")
+        ax.plot(m["prior_bits"], m["capacity_bits"], "-o", color=palette[s], ms=4, label=f"{s} (mean over seeds)")
+        p = plateau.get(s)
+        if p is None:
+            continue
+        ci = (f" (gain {p['gain']:+.0%} [{p['gain_ci_low']:+.0%}, {p['gain_ci_high']:+.0%}] from D={p['from_facts']} "
+              f"to {p['to_facts']})" if p["gain_ci_low"] is not None else f" ({p['why']})")
+        text = (f"plateau {p['bits_at_largest']:,.0f} bits = {p['bits_per_param_at_largest']:.2f}/non-emb param"
+                if p["verdict"] == "plateau" else f"{s}: {p['verdict']} at the largest D")
+        ax.axhline(p["bits_at_largest"], color=palette[s], ls="-" if p["verdict"] == "plateau" else ":", lw=1,
+                   label=text + ci)
+    lim = float(ends["prior_bits"].max())
+    xs = np.geomspace(max(1.0, float(ends["prior_bits"].min())), lim, 50)
+    ax.plot(xs, xs, color="0.6", ls="--", lw=1, label="every bit of the set memorized")
+    ax.set(xscale="log", yscale="log", xlabel="training-set entropy (bits: facts x prior bits per fact)",
+           ylabel="memorized bits (code length)",
+           title=f"Memorized bits vs training-set size ({int(ends['epoch'].max())} epochs, final probes)")
+    ax.legend(fontsize=6)
+    return fig
+
+
+DATA_FIGURES = {"bits-vs-data": fig_bits_vs_data}
