@@ -95,7 +95,10 @@ def _summarise(per_seed: pl.DataFrame, keys: list[str], quantities: list[str]) -
 
 
 def overwriting_per_seed(df: pl.DataFrame) -> pl.DataFrame:
-    """Per (size, seed): phase MRs at the phase boundary and at the (annealed) end, for each order."""
+    """Per (size, seed): phase MRs and phase-1 net bits (prior - code, unclipped: a fact that stays partly
+    coded still counts) at the phase boundary and at the (annealed) end, for each order. The blocked run at
+    the boundary is mid-schedule (at the stable rate, not annealed); a first-phase-only run of half the
+    epochs is the annealed reference there, and ``forgetting_annealed`` = that reference - blocked at the end."""
     d = rows_by(df, "phase")
     if ORDER not in d.columns:
         raise PlotError("results lack cfg.train.order")
@@ -108,28 +111,37 @@ def overwriting_per_seed(df: pl.DataFrame) -> pl.DataFrame:
         raise PlotError(f"overwriting summarises two phases p1, p2; the results have {phases}")
     rows = []
     for (size, params, seed), g in d.group_by([SIZE, PARAMS, SEED]):
-        E = int(g["cfg.train.epochs"].max())
-        rs = _unique(g.iter_rows(named=True), lambda r: (r[ORDER], r["epoch"], r["group"]), "overwriting")
-        mr = {k: r["mr"] for k, r in rs.items()}
+        E = int(g.filter(pl.col(ORDER) == "blocked")["cfg.train.epochs"].max())
+        rs = _unique(g.iter_rows(named=True), lambda r: (r[ORDER], r["cfg.train.epochs"], r["epoch"], r["group"]),
+                     "overwriting")
         end, mid = E, E // 2
         if E % 2 or mid not in set(g["epoch"].to_list()):
             raise PlotError(f"overwriting needs a probe at the phase boundary, epoch {E}/2 (train.epochs even, "
                             "probe.every_epochs dividing it)")
         row = {SIZE: size, PARAMS: params, SEED: seed, "boundary_epoch": mid, "end_epoch": end}
-        for order, tag in (("blocked", "blocked"), ("first-phase-only", "control"), ("interleaved", "interleaved")):
-            for ph in ("p1", "p2"):
-                row[f"{ph}_end_{tag}"] = mr.get((order, end, ph))
-            row[f"p1_boundary_{tag}"] = mr.get((order, mid, "p1"))
-        if row["p1_end_control"] is not None and row["p1_end_blocked"] is not None:
-            row["forgetting"] = row["p1_end_control"] - row["p1_end_blocked"]
-        if row["p1_boundary_blocked"] is not None and row["p1_end_blocked"] is not None:
-            row["p1_drop_blocked"] = row["p1_boundary_blocked"] - row["p1_end_blocked"]
+        for q, col in (("", "mr"), ("bits_", "net_bits")):
+            def at(order, epochs, epoch, ph, col=col):
+                r = rs.get((order, epochs, epoch, ph))
+                return None if r is None or r.get(col) is None else float(r[col])
+            for order, tag in (("blocked", "blocked"), ("first-phase-only", "control"), ("interleaved", "interleaved")):
+                for ph in ("p1", "p2"):
+                    row[f"{ph}_{q}end_{tag}"] = at(order, E, end, ph)
+                row[f"p1_{q}boundary_{tag}"] = at(order, E, mid, "p1")
+            row[f"p1_{q}boundary_annealed"] = at("first-phase-only", mid, mid, "p1")
+            for name, a, b in (("forgetting", "end_control", "end_blocked"),
+                               ("p1_drop_blocked", "boundary_blocked", "end_blocked"),
+                               ("forgetting_annealed", "boundary_annealed", "end_blocked")):
+                x, y = row[f"p1_{q}{a}"], row[f"p1_{q}{b}"]
+                row[f"{q}{name}" if q else name] = None if x is None or y is None else x - y
         rows.append(row)
     return pl.DataFrame(rows).sort(PARAMS, SEED)
 
 
-OVERWRITING_QUANTITIES = ["p1_boundary_blocked", "p1_end_blocked", "p1_end_control", "p1_end_interleaved",
-                          "p2_end_blocked", "p2_end_interleaved", "p1_drop_blocked", "forgetting"]
+OVERWRITING_QUANTITIES = ["p1_boundary_blocked", "p1_boundary_annealed", "p1_end_blocked", "p1_end_control",
+                          "p1_end_interleaved", "p2_end_blocked", "p2_end_interleaved", "p1_drop_blocked",
+                          "forgetting", "forgetting_annealed",
+                          "p1_bits_boundary_blocked", "p1_bits_boundary_annealed", "p1_bits_end_blocked",
+                          "p1_bits_end_control", "bits_forgetting", "bits_forgetting_annealed"]
 
 
 def overwriting_summary(df: pl.DataFrame) -> pl.DataFrame:
@@ -211,11 +223,14 @@ def preference_per_seed(df: pl.DataFrame, column: str) -> pl.DataFrame:
                 if r["group"] in into:
                     raise PlotError(f"preference: two {'mixed' if a is None else 'alone'} rows for group "
                                     f"{r['group']} ({size}, seed {seed}); collect one run per design point")
-                into[r["group"]] = r["mr"]
+                into[r["group"]] = (r["mr"], r.get("mr_keyblind"))
         for grp in sorted(alone.keys() & mixed.keys()):
-            rows.append({SIZE: size, PARAMS: params, SEED: seed, "group": grp, "mr_alone": alone[grp],
-                         "mr_mixed": mixed[grp], "loss": alone[grp] - mixed[grp],
-                         "retention": mixed[grp] / alone[grp] if alone[grp] > 0 else None})
+            (a, a_kb), (m, m_kb) = alone[grp], mixed[grp]
+            rows.append({SIZE: size, PARAMS: params, SEED: seed, "group": grp, "mr_alone": a, "mr_mixed": m,
+                         "loss": a - m, "retention": m / a if a > 0 else None,
+                         # MR above what the key-blind guess (the commonest value of the relation) also gets
+                         "mr_alone_above_chance": None if a_kb is None else a - a_kb,
+                         "mr_mixed_above_chance": None if m_kb is None else m - m_kb})
     if not rows:
         raise PlotError(f"preference by {column!r} needs, per seed, a run of each group alone (corpus.where: "
                         f"{column}=G) and a mixed run (no corpus.where, or several groups)")
@@ -223,13 +238,15 @@ def preference_per_seed(df: pl.DataFrame, column: str) -> pl.DataFrame:
 
 
 def preference_summary(df: pl.DataFrame, column: str) -> pl.DataFrame:
-    """Per size and group: MR alone, mixed, loss and retention (mixed / alone); and for each pair (A, B) of
+    """Per size and group: MR alone, mixed, loss and retention (mixed / alone), MR alone and mixed above the
+    key-blind guess rate (a group whose values are common is partly guessed); and for each pair (A, B) of
     groups, paired within seeds, the preference for A over B in absolute terms, loss(B) - loss(A), and in
     relative terms, retention(A) - retention(B). Both > 0: A keeps more of what it stores alone. They can
     disagree: a group that stores more alone has more to lose."""
     p = preference_per_seed(df, column)
     out = [_summarise(p.rename({"group": "group_"}), [SIZE, PARAMS, "group_"],
-                      ["mr_alone", "mr_mixed", "loss", "retention"]).rename({"group_": "group"})]
+                      ["mr_alone", "mr_mixed", "loss", "retention", "mr_alone_above_chance",
+                       "mr_mixed_above_chance"]).rename({"group_": "group"})]
     loss = p.pivot(on="group", index=[SIZE, PARAMS, SEED], values="loss")
     kept = p.pivot(on="group", index=[SIZE, PARAMS, SEED], values="retention")
     groups = sorted(p["group"].unique().to_list())

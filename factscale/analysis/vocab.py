@@ -56,6 +56,14 @@ def where_alias(column: str) -> str:
     return next((k for k, v in ALIASES.items() if v == column), column)
 
 
+def facts_per_size(df: pl.DataFrame) -> int:
+    """The most distinct training-set sizes any one model size has: a law or figure in D needs them within a
+    size (a design with data proportional to size has one D per size, which is no D axis)."""
+    if df.height == 0:
+        return 0
+    return int(df.group_by(SIZE).agg(pl.col("train_facts").n_unique())["train_facts"].max())
+
+
 def sizes_sorted(df: pl.DataFrame) -> list[str]:
     """Model size names, smallest non-embedding count first."""
     return (df.group_by(SIZE).agg(pl.col("non_embedding_params").first()).sort("non_embedding_params")

@@ -16,7 +16,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from factscale.analysis.saturation import data_plateau
-from factscale.analysis.vocab import SIZE, final_probes, overall, sizes_sorted
+from factscale.analysis.vocab import SIZE, facts_per_size, final_probes, overall, sizes_sorted
 from factscale.errors import PlotError
 
 
@@ -24,8 +24,8 @@ def fig_bits_vs_data(df: pl.DataFrame):
     """Memorized bits vs training-set entropy per size (final probes at each size's largest budget)."""
     ends = final_probes(overall(df))
     ends = ends.filter(pl.col("epoch") == pl.col("epoch").max().over(SIZE))
-    if ends["train_facts"].n_unique() < 2:
-        raise PlotError("bits vs data needs runs at >= 2 training-set sizes (grid over corpus.max_facts)")
+    if facts_per_size(ends) < 2:
+        raise PlotError("bits vs data needs runs at >= 2 training-set sizes at one model size (grid over corpus.max_facts)")
     sizes = sizes_sorted(ends)
     palette = dict(zip(sizes, sns.color_palette("viridis", len(sizes))))
     plateau = {r["size"]: r for r in data_plateau(df).iter_rows(named=True)}

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from factscale.analysis.fit import params_needed, predict, predict_band
 from factscale.analysis.laws import MAX_FILL, MEASURES
 from factscale.analysis.fitstore import Fits, default_dir, saved_fits
-from factscale.analysis.vocab import SIZE, final_probes, label_annealed, overall, sizes_sorted
+from factscale.analysis.vocab import SIZE, facts_per_size, final_probes, label_annealed, overall, sizes_sorted
 from factscale.errors import FitError, PlotError
 from factscale.fsio import write_atomic
 from factscale.plots.data import DATA_FIGURES
@@ -269,8 +269,8 @@ def fig_extrapolation(df: pl.DataFrame, facts: float | None = None, fits: Fits |
 def fig_generalization(df: pl.DataFrame, fits: Fits | None = None):
     """Held-out value loss at each run's final probe vs number of training facts, with the power law."""
     d = final_probes(overall(df, "heldout"))
-    if d["train_facts"].n_unique() < 3:
-        raise PlotError("generalization needs runs at >= 3 corpus sizes (grid over corpus.max_facts)")
+    if facts_per_size(d) < 3:
+        raise PlotError("generalization needs runs at >= 3 corpus sizes at one model size (grid over corpus.max_facts)")
     sizes = sizes_sorted(d)
     fig, ax = new_figure()
     sns.scatterplot(d.to_pandas(), x="train_facts", y="value_loss", hue=SIZE, hue_order=sizes,
@@ -294,8 +294,8 @@ def fig_generalization(df: pl.DataFrame, fits: Fits | None = None):
 def fig_mr_vs_facts(df: pl.DataFrame):
     """MR at each run's final probe vs number of training facts, per model size."""
     d = final_probes(overall(df))
-    if d["train_facts"].n_unique() < 2:
-        raise PlotError("MR vs facts needs runs at >= 2 corpus sizes (grid over corpus.max_facts)")
+    if facts_per_size(d) < 2:
+        raise PlotError("MR vs facts needs runs at >= 2 corpus sizes at one model size (grid over corpus.max_facts)")
     sizes = sizes_sorted(d)
     fig, ax = new_figure()
     sns.lineplot(d.to_pandas(), x="train_facts", y="mr", hue=SIZE, hue_order=sizes, marker="o",

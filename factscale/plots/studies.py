@@ -22,7 +22,7 @@ from factscale.analysis.studies import (
     preference_per_seed,
     rows_by,
 )
-from factscale.analysis.vocab import final_probes
+from factscale.analysis.vocab import facts_per_size, final_probes
 from factscale.errors import PlotError
 
 
@@ -93,25 +93,42 @@ def fig_preference(df: pl.DataFrame):
 
 
 def fig_overwriting(df: pl.DataFrame):
-    """Phase MRs vs epochs: blocked order, the continued-phase-1 control and interleaved order, per size."""
+    """Phase MRs (top) and phase-1 net bits (bottom) vs epochs: blocked order, the continued-phase-1 control
+    and interleaved order, per size; the annealed phase-1 reference at the boundary (a first-phase-only run
+    of half the epochs) as a point where the sweep has it."""
     d = rows_by(df, "phase")
     if "cfg.train.order" not in d.columns:
         raise PlotError("results lack cfg.train.order")
     d = d.with_columns(curve=pl.format("{} under {}", "group", "cfg.train.order"))
     sizes = d.sort("non_embedding_params")["cfg.model.size"].unique(maintain_order=True).to_list()
-    fig, axes = _subplots(len(sizes), (6 * len(sizes), 4.2))
+    fig = Figure(figsize=(6 * len(sizes), 7.5))
+    axes = fig.subplots(2, len(sizes), squeeze=False)
     order = [c for c in ("p1 under blocked", "p2 under blocked", "p1 under first-phase-only",
                          "p1 under interleaved", "p2 under interleaved") if c in set(d["curve"].to_list())]
-    for ax, size in zip(axes, sizes):
-        ds = d.filter((pl.col("cfg.model.size") == size) & pl.col("curve").is_in(order))
-        sns.lineplot(ds.to_pandas(), x="epoch", y="mr", hue="curve", hue_order=order, ax=ax, errorbar=("pi", 100))
-        boundary = int(ds["cfg.train.epochs"].max()) // 2
-        ax.axvline(boundary, color="grey", lw=1, ls=":")
+    has_bits = "net_bits" in d.columns and d["net_bits"].null_count() < d.height
+    for k, size in enumerate(sizes):
+        dsize = d.filter(pl.col("cfg.model.size") == size)
+        E = int(dsize["cfg.train.epochs"].max())
+        ds = dsize.filter(pl.col("curve").is_in(order) & (pl.col("cfg.train.epochs") == E))
+        ref = dsize.filter((pl.col("cfg.train.order") == "first-phase-only") & (pl.col("cfg.train.epochs") == E // 2)
+                           & (pl.col("epoch") == E // 2) & (pl.col("group") == "p1"))
         n = ds["cfg.seed"].n_unique()
-        ax.set(xlabel="epochs (blocked: phase 1 before the dotted line, phase 2 after)", ylabel="MR of the phase's facts",
-               ylim=(-0.02, 1.02), title=f"{size}: phase MRs vs epochs (mean of {n} seeds, band: range)")
-        ax.title.set_fontsize(9)
-        ax.legend(fontsize=7)
+        for ax, y, label in ((axes[0][k], "mr", "MR of the phase's facts"),
+                             (axes[1][k], "net_bits", "net bits of the phase's facts (prior - code, unclipped)")):
+            if y == "net_bits" and not has_bits:
+                ax.set_axis_off()
+                continue
+            sns.lineplot(ds.to_pandas(), x="epoch", y=y, hue="curve", hue_order=order, ax=ax, errorbar=("pi", 100))
+            if ref.height:
+                ax.errorbar([E // 2], [ref[y].mean()], yerr=[[ref[y].mean() - ref[y].min()], [ref[y].max() - ref[y].mean()]],
+                            fmt="k*", ms=9, label="p1 annealed at the boundary (first-phase-only, E/2 epochs)")
+            ax.axvline(E // 2, color="grey", lw=1, ls=":")
+            ax.set(xlabel="epochs (blocked: phase 1 before the dotted line, phase 2 after)", ylabel=label,
+                   title=f"{size}: {'phase MRs' if y == 'mr' else 'net bits'} vs epochs (mean of {n} seeds, band: range)")
+            if y == "mr":
+                ax.set_ylim(-0.02, 1.02)
+            ax.title.set_fontsize(9)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -122,8 +139,8 @@ def fig_generalization_by_relation(df: pl.DataFrame):
     from factscale.errors import FitError
 
     d = final_probes(df.filter((pl.col("split") == "heldout") & (pl.col("group_by") == "relation")))
-    if d.height == 0 or d["train_facts"].n_unique() < 2:
-        raise PlotError("needs held-out probes at >= 2 corpus sizes (grid over corpus.max_facts)")
+    if facts_per_size(d) < 2:
+        raise PlotError("needs held-out probes at >= 2 corpus sizes at one model size (grid over corpus.max_facts)")
     t = final_probes(generalization_table(df))
     fig, axes = _subplots(2, (10, 4))
     sns.lineplot(d.to_pandas(), x="train_facts", y="mr", hue="group", marker="o", ax=axes[0], errorbar=None)

@@ -108,5 +108,9 @@ def test_the_bits_vs_data_figure_marks_the_plateau(tmp_path):
     import re
 
     assert any(re.match(r"plateau (9|10),\d{3} bits = \d\.\d\d/non-emb param \(gain [+-]\d+% \[", t) for t in labels)
-    with pytest.raises(plots.PlotError, match="needs runs at >= 2 training-set sizes"):
+    with pytest.raises(plots.PlotError, match="needs runs at >= 2 training-set sizes at one model size"):
         plots.FIGURES["bits-vs-data"](df.filter(pl.col("train_facts") == 800))
+    # data proportional to size (the demo's design): two sizes, one D each, is no D axis
+    other = df.filter(pl.col("train_facts") == 400).with_columns(**{"cfg.model.size": pl.lit("5k")})
+    with pytest.raises(plots.PlotError, match="at one model size"):
+        plots.FIGURES["bits-vs-data"](pl.concat([df.filter(pl.col("train_facts") == 800), other]))

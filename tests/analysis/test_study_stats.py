@@ -50,17 +50,44 @@ def test_overwriting_forgetting_is_control_minus_blocked_within_each_seed():
         overwriting_per_seed(pl.DataFrame([r for r in rows if r["cfg.train.order"] == "blocked"]))
 
 
+def test_overwriting_in_bits_against_an_annealed_boundary_reference():
+    """Net bits (unclipped) beside MR, and the annealed phase-1 reference at the boundary: a first-phase-only
+    run of half the epochs. Forgetting against it = reference - blocked at the end, within each seed."""
+    rows = []
+    for seed, (ref_mr, ref_bits, blk_bits) in enumerate([(0.55, 900.0, 200.0), (0.5, 800.0, -50.0),
+                                                         (0.6, 950.0, 100.0)]):
+        runs = [("blocked", 200, {(100, "p1"): (0.4, 600.0), (200, "p1"): (0.1, blk_bits), (200, "p2"): (0.5, 700.0)}),
+                ("first-phase-only", 200, {(100, "p1"): (0.4, 600.0), (200, "p1"): (0.7, 1100.0)}),
+                ("first-phase-only", 100, {(100, "p1"): (ref_mr, ref_bits)})]  # annealed at the boundary
+        for order, epochs, at in runs:
+            rows += [{"split": "train", "group_by": "phase", "group": ph, "epoch": e, "mr": mr, "net_bits": bits,
+                      "cfg.seed": seed, "cfg.train.order": order, "cfg.model.size": "2k",
+                      "non_embedding_params": 1656, "cfg.train.epochs": epochs} for (e, ph), (mr, bits) in at.items()]
+    p = overwriting_per_seed(pl.DataFrame(rows))
+    assert p["p1_boundary_annealed"].to_list() == pytest.approx([0.55, 0.5, 0.6])
+    assert p["p1_boundary_blocked"].to_list() == pytest.approx([0.4] * 3)  # mid-schedule: not the reference
+    assert p["forgetting_annealed"].to_list() == pytest.approx([0.45, 0.4, 0.5])
+    assert p["bits_forgetting_annealed"].to_list() == pytest.approx([700.0, 850.0, 850.0])
+    assert p["bits_forgetting"].to_list() == pytest.approx([900.0, 1150.0, 1000.0])  # control - blocked, in bits
+    s = {r["quantity"]: r for r in overwriting_summary(pl.DataFrame(rows)).iter_rows(named=True)}
+    assert s["bits_forgetting_annealed"]["mean"] == pytest.approx(2400 / 3) and s["bits_forgetting_annealed"]["n"] == 3
+
+
 def test_preference_is_the_difference_of_the_groups_losses_paired_by_seed():
     rows = []
     for seed, (a1, m1, a4, m4) in enumerate([(0.5, 0.2, 0.9, 0.8), (0.6, 0.2, 0.9, 0.9), (0.4, 0.2, 0.8, 0.7)]):
         base = {"split": "train", "group_by": "freq_level", "epoch": 100, "cfg.train.epochs": 100, "cfg.seed": seed,
                 "cfg.model.size": "2k", "non_embedding_params": 1656}
-        rows += [{**base, "cfg.corpus.where": "freq_level=x1", "group": "x1", "mr": a1},
-                 {**base, "cfg.corpus.where": "freq_level=x4", "group": "x4", "mr": a4},
-                 {**base, "cfg.corpus.where": None, "group": "x1", "mr": m1},
-                 {**base, "cfg.corpus.where": None, "group": "x4", "mr": m4},
-                 {**base, "cfg.corpus.where": None, "group": "x1", "mr": 0.99, "epoch": 50}]  # not the end point
+        rows += [{**base, "cfg.corpus.where": "freq_level=x1", "group": "x1", "mr": a1, "mr_keyblind": 0.1},
+                 {**base, "cfg.corpus.where": "freq_level=x4", "group": "x4", "mr": a4, "mr_keyblind": 0.05},
+                 {**base, "cfg.corpus.where": None, "group": "x1", "mr": m1, "mr_keyblind": 0.1},
+                 {**base, "cfg.corpus.where": None, "group": "x4", "mr": m4, "mr_keyblind": 0.0},
+                 {**base, "cfg.corpus.where": None, "group": "x1", "mr": 0.99, "epoch": 50,
+                  "mr_keyblind": 0.1}]  # not the end point
     s = preference_summary(pl.DataFrame(rows), "freq_level")
+    above = {(r["group"], r["quantity"]): r["mean"] for r in s.iter_rows(named=True) if "above_chance" in r["quantity"]}
+    assert above[("x1", "mr_alone_above_chance")] == pytest.approx(0.5 - 0.1)  # MR above the key-blind guess
+    assert above[("x4", "mr_mixed_above_chance")] == pytest.approx((0.8 + 0.9 + 0.7) / 3)
     pref = s.filter(pl.col("quantity") == "pref_x1_over_x4").row(0, named=True)
     # loss(x4) - loss(x1) per seed: (0.1 - 0.3), (0.0 - 0.4), (0.1 - 0.2)
     assert pref["mean"] == pytest.approx((-0.2 - 0.4 - 0.1) / 3) and pref["n"] == 3

@@ -43,10 +43,13 @@ def test_quick_demo_end_to_end(quick_demo):
     assert [r["n_facts"] for r in sizes] == [300, 450, 650]  # each size its own nested slice (the linked axis)
     caps = [r["capacity_mean"] for r in sizes]
     assert caps == sorted(caps) and caps[-1] > 1.5 * caps[0]  # bigger models memorize more
+    assert sizes[-1]["bits_per_total_param"] > 0
     for r in sizes:
         assert r["capacity_mean"] <= 0.6 * r["n_facts"]  # data proportional to size: no size capped by its slice
         assert r["non_embedding_params"] < r["total_params"]
-        assert 0 < r["bits_per_total_param"] < r["bits_per_param"]
+        # the smallest size may store ~nothing in the quick budgets: 0 bits is then 0 per parameter either way
+        assert 0 <= r["bits_per_total_param"] <= r["bits_per_param"]
+        assert r["bits_per_total_param"] < r["bits_per_param"] or r["bits_per_param"] == 0
         assert r["cstar"] is not None and 0 < r["cstar"] <= r["n_facts"]  # C* bounded by the facts available
         tol = 1e-9 * r["n_facts"]  # a C* at its bound may sit a rounding error off it
         if r["cstar_ci"] is not None:  # the trunk jackknife (2 trunks: t(1)), clipped to the facts trained on
@@ -75,7 +78,8 @@ def test_quick_demo_end_to_end(quick_demo):
         png = drawn[name][0]
         w, h = Image.open(png).size
         assert w > 300 and h > 200
-    assert "generalization" in s["figures"]["skipped"]  # needs a corpus-size axis: said, not faked
+    # a D axis within a size: said, not faked (the demo's D grows with the size, one D per size)
+    assert {"generalization", "mr-vs-facts", "bits-vs-data", "study-generalization"} <= set(s["figures"]["skipped"])
 
 
 def test_the_demo_says_which_size_law_it_observed():
