@@ -120,7 +120,7 @@ def overwriting_per_seed(df: pl.DataFrame) -> pl.DataFrame:
                             "probe.every_epochs dividing it)")
         row = {SIZE: size, PARAMS: params, SEED: seed, "boundary_epoch": mid, "end_epoch": end}
         for q, col in (("", "mr"), ("bits_", "net_bits")):
-            def at(order, epochs, epoch, ph, col=col):
+            def at(order, epochs, epoch, ph, col=col, rs=rs):
                 r = rs.get((order, epochs, epoch, ph))
                 return None if r is None or r.get(col) is None else float(r[col])
             for order, tag in (("blocked", "blocked"), ("first-phase-only", "control"), ("interleaved", "interleaved")):

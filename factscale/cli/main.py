@@ -214,32 +214,6 @@ def cmd_plot(a):
         print("\n".join(str(p) for p in plots.plot(a.name, df, a.out_dir, fits)))
 
 
-def cmd_quantize_probe(a):
-    from factscale.analysis.quantize import probe_run, rtn_quantizer, run_dirs
-    from factscale.errors import CollectError
-
-    try:
-        bits = [int(b) for b in a.bits.split(",")]
-        for b in bits:
-            rtn_quantizer(b)
-    except ValueError:
-        raise CollectError(f"--bits {a.bits!r}: comma-separated integers in [2, 16], e.g. 8,4") from None
-    import polars as pl
-
-    from factscale.analysis.capacity import write_table
-
-    frames = []
-    for d in run_dirs(a.runs):
-        df = probe_run(d, bits, embeddings=a.embeddings)
-        frames.append(df)
-        for r in df.iter_rows(named=True):
-            print(f"{r['run_id']}  {r['weights']:>5}: MR {r['mr']:.3f}, capacity {r['capacity']:.0f} facts, "
-                  f"{r['capacity_bits']:.0f} bits ({r['bits_per_param']:.3f}/non-emb, {r['bits_per_total_param']:.3f}"
-                  f"/total param), eos {r['eos_bits']:.0f} bits")
-    if a.output:
-        print("wrote " + ", ".join(map(str, write_table(pl.concat(frames, how="diagonal_relaxed"), a.output))))
-
-
 def cmd_capacity_table(a):
     from factscale.analysis.capacity import capacity_table, format_table, read_tables, write_table
 
@@ -285,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     from factscale.cli.config import add_parser as add_config_parser
     from factscale.cli.corpus import add_corpus_parser
     from factscale.cli.facts import add_parser as add_facts_parser
+    from factscale.cli.probe import add_parsers as add_probe_parsers
 
     add_corpus_parser(sub)
     add_config_parser(sub)
@@ -359,12 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--max-fill", type=fill_fraction, default=MAX_FILL, help="as for fit")
     pp.set_defaults(fn=cmd_plot)
 
-    qp = sub.add_parser("quantize-probe", help="capacity of saved runs after int8/int4 weight quantization")
-    qp.add_argument("runs", nargs="+", help="run directories, or runs directories holding finished runs")
-    qp.add_argument("--bits", default="8,4", help="weight bits, comma-separated (default 8,4; fp32 is always probed)")
-    qp.add_argument("--embeddings", action="store_true", help="also quantize the token embeddings / output head")
-    qp.add_argument("-o", "--output", help="write OUTPUT.parquet and OUTPUT.csv (atomically)")
-    qp.set_defaults(fn=cmd_quantize_probe)
+    add_probe_parsers(sub)
 
     ct = sub.add_parser("capacity-table", help="bits per parameter of runs beside the published anchors")
     ct.add_argument("results", nargs="+", help="results tables (factscale collect / quantize-probe)")
