@@ -62,15 +62,23 @@ def _gain(pairs: pl.DataFrame, ci: float) -> dict:
     return out
 
 
-def _verdict(row: dict, threshold: float, flat: str, rising: str) -> dict:
+def _verdict(row: dict, threshold: float, flat: str, rising: str, falling: str | None = None) -> dict:
+    """``flat``: the gain's interval below ``threshold`` (with ``falling`` given: within +-threshold, and
+    ``falling`` when it lies wholly below -threshold); ``rising``: wholly above threshold."""
     if row["gain_ci_low"] is None:
         return {**row, "why": "one seed: the gain has no interval (add seeds)" if row["seeds"] == 1 else
                 "gain not finite"}
-    if row["gain_ci_high"] < threshold:
+    lo, hi = row["gain_ci_low"], row["gain_ci_high"]
+    if falling is not None and hi < -threshold:
+        return {**row, "verdict": falling}
+    if hi < threshold and (falling is None or lo > -threshold):
         return {**row, "verdict": flat}
-    if row["gain_ci_low"] > threshold:
+    if lo > threshold:
         return {**row, "verdict": rising}
-    return {**row, "why": f"the gain's interval contains the {threshold:.0%} threshold (add seeds or points)"}
+    if falling is None:
+        return {**row, "why": f"the gain's interval contains the {threshold:.0%} threshold (add seeds or budgets)"}
+    return {**row, "why": f"the gain's interval [{lo:+.0%}, {hi:+.0%}] is neither within +-{threshold:.0%} nor "
+                          "wholly beyond it (add seeds or points)"}
 
 
 def saturation(df: pl.DataFrame, threshold: float = GAIN_THRESHOLD, max_fill: float = MAX_FILL,
@@ -113,15 +121,21 @@ def data_plateau(df: pl.DataFrame, threshold: float = GAIN_THRESHOLD, ci: float 
     """Capacity as a plateau in the data (Morris et al.'s definition): per model size, memorized bits at each
     training-set size D (final probes, mean over seeds), and whether they stopped growing: the relative gain
     between the two largest D, paired by seed, with its t-interval against ``threshold``. Verdicts:
-    ``plateau`` (the plateau value is the mean at the largest D, also per non-embedding parameter),
-    ``still rising`` (the largest D is below the model's capacity, or the budget too short), ``undetermined``."""
+    ``plateau`` (the interval within +-threshold; the plateau value is the mean at the largest D, also per
+    non-embedding parameter), ``still rising`` (wholly above: the largest D is below the model's capacity,
+    or the budget too short), ``falling`` (wholly below -threshold: past a peak, e.g. a fixed epoch budget
+    no longer enough for the larger sets), ``undetermined``. The peak over D (Allen-Zhu & Li's ratio is the
+    peak over N people) is reported beside it: ``peak_bits`` at ``peak_facts``."""
     ends = final_probes(overall(df))
     rows = []
     for (size,), g in ends.group_by(SIZE, maintain_order=True):
         g = g.filter(pl.col("epoch") == g["epoch"].max())  # at one budget: the largest
         n = int(g["non_embedding_params"][0])
         last_d = g.filter(pl.col("train_facts") == g["train_facts"].max())
+        means = g.group_by("train_facts").agg(pl.col(measure).mean()).sort(measure, descending=True)
         row = {"size": size, "non_embedding_params": n, "from_facts": None, "to_facts": None, "seeds": 0,
+               "peak_bits": float(means[measure][0]), "peak_facts": int(means["train_facts"][0]),
+               "peak_bits_per_param": float(means[measure][0]) / n,
                "gain": None, "gain_ci_low": None, "gain_ci_high": None,
                "bits_at_largest": float(last_d[measure].mean()),
                "bits_per_param_at_largest": float(last_d[measure].mean()) / n,
@@ -135,7 +149,7 @@ def data_plateau(df: pl.DataFrame, threshold: float = GAIN_THRESHOLD, ci: float 
         if (pairs["a"] <= 0).any():
             rows.append({**row, "why": f"{measure} <= 0 at D = {prev}: a relative gain is undefined"})
             continue
-        rows.append(_verdict({**row, **_gain(pairs, ci)}, threshold, "plateau", "still rising"))
+        rows.append(_verdict({**row, **_gain(pairs, ci)}, threshold, "plateau", "still rising", "falling"))
     out = pl.DataFrame(rows, schema_overrides={"gain": pl.Float64, "gain_ci_low": pl.Float64, "why": pl.String,
                                                "gain_ci_high": pl.Float64, "from_facts": pl.Int64,
                                                "to_facts": pl.Int64})

@@ -5,7 +5,8 @@ set grows (Allen-Zhu & Li's bits per parameter is the same plateau over N people
 model size, memorized bits (``capacity_bits``: prior code - model code, clipped at the set) at each training
 set size against the set's entropy (``prior_bits``: all of it memorized is the diagonal), and the plateau as
 ``analysis.saturation.data_plateau`` judges it: a solid line where the gain between the two largest sets is
-below 10% with its interval, dotted and labelled otherwise. Imports nothing from ``plots`` (no cycle).
+within +-10% with its interval, dotted and labelled otherwise (still rising, falling, undetermined), and the
+peak over D as a star. Imports nothing from ``plots`` (no cycle).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import polars as pl
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from factscale.analysis.saturation import data_plateau
 from factscale.analysis.vocab import SIZE, facts_per_size, final_probes, overall, sizes_sorted
@@ -46,12 +48,17 @@ def fig_bits_vs_data(df: pl.DataFrame):
                 if p["verdict"] == "plateau" else f"{s}: {p['verdict']} at the largest D")
         ax.axhline(p["bits_at_largest"], color=palette[s], ls="-" if p["verdict"] == "plateau" else ":", lw=1,
                    label=text + ci)
+        peak = means.filter((pl.col(SIZE) == s) & (pl.col("train_facts") == p["peak_facts"]))
+        ax.plot(peak["prior_bits"], peak["capacity_bits"], "*", color=palette[s], ms=12,
+                label=f"{s}: peak {p['peak_bits']:,.0f} bits = {p['peak_bits_per_param']:.2f}/non-emb param "
+                      f"at D={p['peak_facts']:,}")
     lim = float(ends["prior_bits"].max())
     xs = np.geomspace(max(1.0, float(ends["prior_bits"].min())), lim, 50)
     ax.plot(xs, xs, color="0.6", ls="--", lw=1, label="every bit of the set memorized")
     ax.set(xscale="log", yscale="log", xlabel="training-set entropy (bits: facts x prior bits per fact)",
            ylabel="memorized bits (code length)",
            title=f"Memorized bits vs training-set size ({int(ends['epoch'].max())} epochs, final probes)")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
     ax.legend(fontsize=6)
     return fig
 

@@ -93,6 +93,13 @@ def test_the_data_plateau_is_found_where_the_bits_stop_growing():
     assert flat["bits_per_param_at_largest"] == pytest.approx(10_000 / 1656, rel=0.03)
     rising = data_plateau(data_table(plateau=1e9)).row(0, named=True)  # every set below capacity: the diagonal
     assert rising["verdict"] == "still rising" and rising["gain"] == pytest.approx(1.0, abs=0.05)
+    assert rising["peak_facts"] == 800 and flat["peak_bits"] >= flat["bits_at_largest"]
+    # past a peak: bits fall at the largest sets (a fixed budget no longer enough for them)
+    falling = data_table(plateau=10_000).with_columns(
+        capacity_bits=pl.when(pl.col("train_facts") == 800).then(pl.col("capacity_bits") * 0.6)
+        .otherwise(pl.col("capacity_bits")))
+    f = data_plateau(falling).row(0, named=True)
+    assert f["verdict"] == "falling" and f["gain_ci_high"] < -0.1 and f["peak_facts"] in (200, 400)
     one = data_plateau(data_table(plateau=10_000, seeds=1)).row(0, named=True)
     assert one["verdict"] == "undetermined" and "one seed" in one["why"]
 
