@@ -26,6 +26,7 @@ from factscale.fsio import write_atomic, write_parquet_atomic
 NEEDED = ["run_id", "epoch", "split", "group_by", "mr", "capacity", "capacity_bits", "capacity_bits_se",
           "non_embedding_params", "total_params", "corpus_kind", "cfg.model.size", "cfg.model.arch",
           "cfg.train.epochs"]
+PRECISION_WEIGHTS = {"32-true": "fp32", "bf16-mixed": "bf16 mixed", "bf16-true": "bf16", "16-mixed": "fp16 mixed"}
 CORPUS_NAMES = {"synthetic": "facts", "synthetic-bios": "bios", "synthetic-random-sequences": "random-sequences"}
 
 AZL = "Allen-Zhu & Li 2024, Physics of LMs 3.3 (arXiv 2404.05405)"
@@ -75,7 +76,9 @@ def _measured(df: pl.DataFrame, where: str) -> pl.DataFrame:
         source=pl.lit("measured here"),
         corpus=pl.col("corpus_kind").replace_strict(CORPUS_NAMES, default=pl.lit("facts (") + pl.col("corpus_kind")
                                                     + pl.lit(")"), return_dtype=pl.String),
-        weights=opt("weights", pl.String).fill_null("fp32"),
+        # a quantize-probe's weights, else the training precision (the published rows' vocabulary)
+        weights=opt("weights", pl.String).fill_null(
+            opt("precision", pl.String).replace_strict(PRECISION_WEIGHTS, default="fp32", return_dtype=pl.String)),
         arch=pl.col("cfg.model.arch").cast(pl.String),
         size=pl.col("cfg.model.size").cast(pl.String),
         experts=opt("experts", pl.Int64).cast(pl.Int64).fill_null(0),  # 0: dense (and older results)

@@ -24,12 +24,13 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from factscale.analysis.vocab import final_probes
+from factscale.analysis.vocab import PREFERENCE_COLUMNS, final_probes
 from factscale.configio import parse_where
 from factscale.errors import PlotError
 
 MIN_SEEDS = 3
 SEED, SIZE, PARAMS = "cfg.seed", "cfg.model.size", "non_embedding_params"
+
 ORDER, WHERE = "cfg.train.order", "cfg.corpus.where"
 
 
@@ -77,7 +78,7 @@ def rows_by(df: pl.DataFrame, by: str, split: str = "train") -> pl.DataFrame:
 
 def preference_column(df: pl.DataFrame) -> str:
     """The grouping column of a preference study's results: frequency level, else difficulty bucket."""
-    for c in ("freq_level", "rarity_bucket"):
+    for c in PREFERENCE_COLUMNS[:2]:
         if df.filter(pl.col("group_by") == c).height:
             return c
     raise PlotError("no frequency/difficulty breakdown: set probe.group_columns: [freq_level] or [rarity_bucket]")

@@ -56,6 +56,12 @@ def where_alias(column: str) -> str:
     return next((k for k, v in ALIASES.items() if v == column), column)
 
 
+PREFERENCE_COLUMNS = ("freq_level", "rarity_bucket", "value_len")
+"""The group columns a preference study compares (frequency level, difficulty bucket, value length)."""
+STUDIES = ("overwriting", "compatibility", "preference", "generalization")
+"""The behaviour studies ``factscale study`` summarises (``analysis.studies``)."""
+
+
 def facts_per_size(df: pl.DataFrame) -> int:
     """The most distinct training-set sizes any one model size has: a law or figure in D needs them within a
     size (a design with data proportional to size has one D per size, which is no D axis)."""

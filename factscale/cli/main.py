@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from factscale.analysis.laws import LAWS, MAX_FILL, MEASURES
+from factscale.analysis.vocab import PREFERENCE_COLUMNS, STUDIES
 from factscale.cluster import CLUSTERS
 from factscale.configio import key_values
 from factscale.errors import FactscaleError
@@ -342,9 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     ct.set_defaults(fn=cmd_capacity_table)
 
     sd = sub.add_parser("study", help="a behaviour study's differences with intervals over seeds")
-    sd.add_argument("kind", choices=["overwriting", "compatibility", "preference", "generalization"])
+    sd.add_argument("kind", choices=list(STUDIES))
     sd.add_argument("results", help="the study's results table (factscale collect)")
-    sd.add_argument("--column", choices=["freq_level", "rarity_bucket", "value_len"],
+    sd.add_argument("--column", choices=list(PREFERENCE_COLUMNS),
                     help="preference: the grouping column (default: the one the results break down by)")
     sd.add_argument("-o", "--output", help="also write the summary as CSV (atomically)")
     sd.set_defaults(fn=cmd_study)

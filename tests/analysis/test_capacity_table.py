@@ -204,7 +204,9 @@ def test_capacity_table_has_measured_and_published_rows(tmp_path, capsys):
 
     rows = [_results("synthetic", "2k", 1000, 4000, 1500.0, 30.0),
             _results("synthetic-bios", "2k", 1000, 5000, 1200.0, 0.0),
-            _results("synthetic-random-sequences", "5k", 3000, 9000, 6000.0, 0.0)]
+            _results("synthetic-random-sequences", "5k", 3000, 9000, 6000.0, 0.0),
+            {**_results("synthetic-random-sequences", "5k", 3000, 9000, 5000.0, 0.0), "precision": "bf16-true",
+             "run_id": "bf16-run"}]  # trained with bf16 weights: the table says so
     rows += [{**rows[0], "epoch": 50, "capacity_bits": 1.0}, {**rows[0], "split": "heldout"},
              {**rows[0], "group_by": "relation", "group": "S1"}]  # not final / not train / not overall: ignored
     pl.DataFrame(rows).write_parquet(tmp_path / "r.parquet")
@@ -216,7 +218,8 @@ def test_capacity_table_has_measured_and_published_rows(tmp_path, capsys):
     t = pl.read_parquet(tmp_path / "t.parquet")
     assert pl.read_csv(tmp_path / "t.csv").height == t.height
     m = t.filter(pl.col("measured"))
-    assert m.height == 4 and sorted(m["corpus"]) == ["bios", "bios", "facts", "random-sequences"]
+    assert m.height == 5 and sorted(m["corpus"]) == ["bios", "bios", "facts", "random-sequences", "random-sequences"]
+    assert m.filter(pl.col("run_id") == "bf16-run")["weights"].to_list() == ["bf16"]
     f = m.filter(pl.col("corpus") == "facts").row(0, named=True)
     assert f["bits_per_param"] == 1.5 and f["bits_per_total_param"] == 1500 / 4000
     assert f["bits_per_param_se"] == pytest.approx(0.03) and f["exposures"] == 100 and f["weights"] == "fp32"
