@@ -21,10 +21,11 @@ def _variants(items: list[str] | None) -> dict | None:
         opts = {}
         for k, v in key_values(rest).items():
             try:
-                opts[k] = [int(x) for x in v.split("/")] if k == "levels" else (int(v) if v.isdigit() else v)
+                opts[k] = ([int(x) for x in v.split("/")] if k == "levels" else float(v) if k == "alpha"
+                           else int(v) if v.isdigit() else v)
             except ValueError:
-                raise CorpusError(f"--variant {item!r}: levels are integers separated by '/', e.g. levels=1/2/4/8") \
-                    from None
+                raise CorpusError(f"--variant {item!r}: levels are integers separated by '/', e.g. levels=1/2/4/8; "
+                                  "alpha is a number") from None
         out[name] = opts
     return out or None
 
@@ -172,7 +173,8 @@ def add_corpus_parser(sub) -> None:
     b.add_argument("--symbols", type=int, help="random-sequences: alphabet size, at most 2704 (default 256)")
     b.add_argument("--seed", type=int, help="default 0")
     b.add_argument("--variant", action="append", metavar="NAME:k=v,...",
-                   help="compatibility:n=200 | frequency:mode=assigned|signal,levels=1/2/4/8 | phases:n=2,by=relation")
+                   help="compatibility:n=200 | frequency:mode=assigned|signal,levels=1/2/4/8 | "
+                   "frequency:mode=zipf,alpha=1,max=16 | phases:n=2,by=relation")
     b.set_defaults(fn=cmd_corpus_build)
     ex = c.add_parser("export", help="corpus directory -> Hugging Face datasets directory (load_from_disk)")
     ex.add_argument("corpus")

@@ -26,7 +26,8 @@ overwriting). Each variant adds columns to every fact row and is recorded in the
   keep their property ids; other relations get a generic inverse ``r~inv`` ("o is the r of s").
 
 - ``frequency``: per-fact exposure counts per epoch (``repeats``), either ``assigned`` uniformly at
-  random from ``levels`` or from the ``signal`` (popularity: T-REx count, sitelinks) by quantile.
+  random from ``levels``, from the ``signal`` (popularity: T-REx count, sitelinks) by quantile, or drawn
+  from a truncated Zipf law (``mode: zipf``, ``alpha``, ``max``: skewed exposures).
 - ``phases``: a ``phase`` per fact (by relation, or random) for blocked-vs-interleaved training.
 
 Difficulty columns (``rarity_bucket``: quartile of the value's surprisal ranked within its relation, ties
@@ -122,12 +123,27 @@ def compatibility(df: pl.DataFrame, n: int, seed: int, counts: dict) -> pl.DataF
     return out
 
 
-def frequency(df: pl.DataFrame, mode: str, levels: list[int], seed: int, signal: str = "popularity") -> pl.DataFrame:
-    """Per-fact repeats per epoch: ``assigned`` (uniform over levels) or from a ``signal`` by quantile."""
+def zipf_repeats(n: int, alpha: float, kmax: int, seed: int) -> np.ndarray:
+    """``n`` exposure counts per epoch drawn independently from a Zipf law truncated to 1..kmax:
+    P(k) = k^-alpha / sum_j j^-alpha (skewed exposures: few facts seen often, most seen once)."""
+    if not (isinstance(kmax, int) and kmax >= 1) or not (np.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"frequency variant mode=zipf needs alpha >= 0 and max >= 1 (an integer), got "
+                         f"alpha={alpha!r}, max={kmax!r}")
+    k = np.arange(1, kmax + 1)
+    p = k ** -float(alpha)
+    return np.random.default_rng(seed).choice(k, size=n, p=p / p.sum())
+
+
+def frequency(df: pl.DataFrame, mode: str, levels: list[int], seed: int, signal: str = "popularity",
+              alpha: float = 1.0, kmax: int = 16) -> pl.DataFrame:
+    """Per-fact repeats per epoch: ``assigned`` (uniform over levels), from a ``signal`` by quantile, or
+    ``zipf`` (a Zipf law with exponent ``alpha`` over 1..``kmax``: ``zipf_repeats``)."""
     if "repeats" in df.columns:
         raise ValueError("variants compatibility and frequency both set per-fact repeats; use one of them")
     levels = sorted(int(x) for x in levels)
-    if mode == "assigned":
+    if mode == "zipf":
+        reps = zipf_repeats(df.height, alpha, kmax, seed)
+    elif mode == "assigned":
         rng = np.random.default_rng(seed)
         reps = np.asarray(levels)[rng.integers(len(levels), size=df.height)]
     elif mode == "signal":
@@ -137,7 +153,7 @@ def frequency(df: pl.DataFrame, mode: str, levels: list[int], seed: int, signal:
         idx = np.clip(np.ceil(ranks * len(levels)).astype(int) - 1, 0, len(levels) - 1)
         reps = np.asarray(levels)[idx]
     else:
-        raise ValueError(f"frequency variant mode={mode!r}; allowed values: ['assigned', 'signal']")
+        raise ValueError(f"frequency variant mode={mode!r}; allowed values: ['assigned', 'signal', 'zipf']")
     return df.with_columns(repeats=pl.Series(reps, dtype=pl.Int64)).with_columns(
         freq_level=pl.format("x{}", pl.col("repeats")))
 
@@ -170,7 +186,8 @@ def apply_variants(df: pl.DataFrame, variants: dict | None, seed: int, counts: d
         df = compatibility(df, int(variants["compatibility"].get("n", 200)), seed, counts)
     if "frequency" in variants:
         v = variants["frequency"]
-        df = frequency(df, v.get("mode", "assigned"), v.get("levels", [1, 2, 4, 8]), seed, v.get("signal", "popularity"))
+        df = frequency(df, v.get("mode", "assigned"), v.get("levels", [1, 2, 4, 8]), seed, v.get("signal", "popularity"),
+                       float(v.get("alpha", 1.0)), v.get("max", 16))
     if "phases" in variants:
         v = variants["phases"]
         df = phases(df, int(v.get("n", 2)), v.get("by", "relation"), seed)

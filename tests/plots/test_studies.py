@@ -71,6 +71,30 @@ def test_frequency_from_signal_and_difficulty(shared, tmp_path):
     assert df.filter(pl.col("value_len") == "1")["n_value_tokens"].max() == 2  # one token + <eos>
 
 
+def test_zipf_exposures_follow_the_stated_distribution(tmp_path, capsys):
+    """Skewed exposures: counts drawn from P(k) ~ k^-alpha on 1..max match it (chi-square), and a corpus
+    built with the variant carries them as repeats / freq_level."""
+    from scipy import stats
+
+    from factscale.cli.main import main
+    from factscale.corpus.variants import zipf_repeats
+
+    draws = zipf_repeats(20_000, 1.2, 8, seed=3)
+    k = np.arange(1, 9)
+    p = k ** -1.2 / (k ** -1.2).sum()
+    observed = np.bincount(draws, minlength=9)[1:]
+    assert stats.chisquare(observed, p * draws.size).pvalue > 1e-3 and observed[0] > observed[-1] * 8
+    assert (zipf_repeats(50, 0.0, 4, seed=0) <= 4).all()  # alpha 0: uniform over 1..max
+    with pytest.raises(ValueError, match="alpha >= 0 and max >= 1"):
+        zipf_repeats(10, -1.0, 4, seed=0)
+    main(["corpus", "build", "--synthetic", "--n-keys", "300", "--variant", "frequency:mode=zipf,alpha=1.5,max=4",
+          "-o", str(tmp_path / "z")])
+    df = pl.read_parquet(tmp_path / "z" / "facts.parquet")
+    assert set(df["repeats"].unique()) <= {1, 2, 3, 4}
+    assert df.select((pl.col("freq_level") == pl.format("x{}", "repeats")).all()).item()
+    assert (df["repeats"] == 1).sum() > (df["repeats"] == 4).sum()
+
+
 def test_compatibility_study_end_to_end(compat, tmp_path):
     corpus, _, _ = compat
     cfg = tiny_run_config(corpus, tmp_path, **{"model.size": "5k", "train.epochs": 6, "probe.every_epochs": 3,
