@@ -9,6 +9,8 @@ Laws (N = non-embedding params, E = epochs, D = training facts, C = capacity in 
 - ``power-gen``:    L(D) = Dc * D^alpha (+ L_inf)        (held-out value loss vs training facts)
 - ``power-excess``: E(D) = Dc * D^alpha   (held-out code length of a predictable attribute above its known
                     floor, bits per fact: ``analysis.studies.generalization_table`` makes the rows)
+- ``sigmoid-recall``: MR(N, k) = sigmoid(a ln N + b ln k + c)   (recall of a frequency group vs size and
+                    its exposures k = repeats x epochs: probe rows broken down by ``freq_level``)
 - ``bits-epochs``:  bits/param(E) = B* - a*exp(-b*E)     (beside Allen-Zhu & Li's ~1 and ~2 bits)
 
 A ``Law`` holds its formula, bounds (some from the data: C* cannot exceed the facts trained on), the
@@ -73,6 +75,8 @@ class Law:
     intercept: str | None = None  # the parameter --no-intercept fixes at 0
     offset: str | None = None  # the parameter --no-offset fixes at 0
     capped_sizes: bool = False  # leave out sizes the corpus caps (fit.capped_sizes, --max-fill)
+    by: str | None = None  # fitted on the rows broken down by this group column, not the split's overall rows
+    derive: Callable | None = None  # (selected rows) -> rows with the derived x columns (e.g. exposures)
 
     def zeroed(self, no_intercept: bool = False, no_offset: bool = False) -> dict:
         """The ``fixed`` dict for --no-intercept / --no-offset (options a law without them ignores)."""
@@ -81,10 +85,18 @@ class Law:
 
     def select(self, df: pl.DataFrame, where: dict | None = None, include_unannealed: bool = False) -> pl.DataFrame:
         """The rows this law is fitted on: its split's overall rows, ``where``, end-of-schedule probes."""
-        for col in ("split", "group_by", "epoch", BUDGET, self.y, *self.xs):
+        for col in ("split", "group_by", "epoch", BUDGET, self.y, *(() if self.derive else self.xs)):
             if col not in df.columns:
                 raise FitError(f"results table has no column {col!r}; is it a factscale results table?")
-        sel = label_annealed(apply_where(overall(df, self.split), where, FitError))
+        if self.by is None:
+            rows = overall(df, self.split)
+        else:
+            rows = df.filter((pl.col("split") == self.split) & (pl.col("group_by") == self.by))
+            if rows.height == 0:
+                raise FitError(f"{self.name} is fitted on probe rows broken down by {self.by!r}; the results have "
+                               f"none (probe.group_columns: [{self.by}])")
+        sel = label_annealed(apply_where(rows, where, FitError))
+        sel = self.derive(sel) if self.derive else sel
         if not include_unannealed:
             ends = sel.filter(pl.col("annealed"))
             if ends.height == 0 and sel.height:
@@ -128,6 +140,26 @@ def _solve_joint(v, facts, epochs):
         raise FitError("--solve for the joint law needs epochs=E")
     per_param = v["kstar"] - v["a"] * math.exp(-v["b"] * epochs)
     return (facts - v["c"]) / per_param if per_param > 0 else float("inf")
+
+
+def _exposures(sel: pl.DataFrame) -> pl.DataFrame:
+    """Exposures of a frequency group's facts: its repeats per epoch (the group ``x<k>``) x the epochs."""
+    k = pl.col("group").str.strip_prefix("x").cast(pl.Int64, strict=False)
+    bad = sel.filter(k.is_null())["group"].unique().to_list()
+    if bad:
+        raise FitError(f"frequency groups {bad[:5]} are not x<repeats> (the frequency variant's freq_level)")
+    return sel.with_columns(exposures=(k * pl.col("epoch")).cast(pl.Float64))
+
+
+def _logit_guess(x, y, rng):
+    (n, k) = (np.log(x[0]), np.log(x[1]))
+    a, b = rng.uniform(0.2, 2.0), rng.uniform(0.2, 2.0)
+    m = float(np.clip(np.mean(y), 0.02, 0.98))
+    return {"a": a, "b": b, "c": math.log(m / (1 - m)) - a * float(n.mean()) - b * float(k.mean())}
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
 
 _N = pl.col("non_embedding_params").cast(pl.Float64)
@@ -174,6 +206,11 @@ LAWS: dict[str, Law] = {law.name: law for law in [
         lambda x, y, rng: {"dc": float(np.max(y)) * rng.uniform(0.5, 5), "alpha": -rng.uniform(0.02, 0.8)},
         {"dc": (0, None), "alpha": (-5, 5)}, split="heldout", log_space=True,
         fixed_over=_AT_FIXED_EPOCHS, design=("train_facts",), min_distinct={"train_facts": 3}),
+    Law("sigmoid-recall", "MR(N, k) = 1 / (1 + exp(-(a*ln N + b*ln k + c)))", ("a", "b", "c"),
+        ("non_embedding_params", "exposures"), "mr",
+        lambda x, a, b, c: _sigmoid(a * np.log(x[0]) + b * np.log(x[1]) + c), _logit_guess,
+        {"a": (None, None), "b": (None, None), "c": (None, None)}, by="freq_level", derive=_exposures,
+        design=("non_embedding_params", BUDGET), min_distinct={"non_embedding_params": 2, "exposures": 2}),
     Law("bits-epochs", "bits/param(E) = cstar - a*exp(-b*E)", ("cstar", "a", "b"), ("epoch",), "bits_per_param",
         lambda x, cstar, a, b: cstar - a * np.exp(-b * x[0]), _exp_guess,
         {"cstar": (0, None), "a": (None, None), "b": (0, None)},

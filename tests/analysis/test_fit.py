@@ -413,3 +413,30 @@ def test_sizes_capped_by_the_corpus_are_left_out_of_size_laws():
         fit_law(few, "linear-size", {"epochs": 320})
     with pytest.raises(FitError, match="max-fill"):
         fit_law(df, "linear-size", {"epochs": 320}, max_fill=0)
+
+
+def test_sigmoid_recall_recovers_a_known_law_in_size_and_exposures():
+    """MR of each frequency group (x1, x2, x4 repeats per epoch) at 3 sizes x 3 seeds, drawn from
+    sigmoid(a ln N + b ln k + c) with k = repeats x epochs, plus seed noise: the fit recovers a, b, c and
+    its run-bootstrap interval covers them; rows come from the freq_level breakdown, not the overall rows."""
+    import math
+
+    rng = np.random.default_rng(0)
+    a, b, c = 1.2, 0.9, -1.2 * math.log(4000) - 0.9 * math.log(200)
+    rows = []
+    for n in (1000, 4000, 16000):
+        for seed in range(3):
+            run = {"run_id": f"{n}-{seed}", "split": "train", "epoch": 100, "cfg.train.epochs": 100,
+                   "cfg.model.size": str(n), "non_embedding_params": n, "cfg.seed": seed}
+            rows.append({**run, "group_by": "all", "group": "all", "mr": 0.5})  # not fitted: the overall row
+            for rep in (1, 2, 4):
+                mr = 1 / (1 + math.exp(-(a * math.log(n) + b * math.log(rep * 100) + c))) + rng.normal(0, 0.01)
+                rows.append({**run, "group_by": "freq_level", "group": f"x{rep}", "mr": mr})
+    r = fit_law(pl.DataFrame(rows), "sigmoid-recall", n_boot=100)
+    assert r["n_runs"] == 9 and r["interval"].startswith("run bootstrap")
+    for p, true in (("a", a), ("b", b)):
+        v = r["params"][p]
+        assert v["value"] == pytest.approx(true, rel=0.1) and v["ci_low"] <= true <= v["ci_high"], (p, v)
+    bad = pl.DataFrame([{**rows[1], "group": "often"}])
+    with pytest.raises(FitError, match="not x<repeats>"):
+        fit_law(bad, "sigmoid-recall", n_boot=0)
