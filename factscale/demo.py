@@ -117,10 +117,13 @@ def store_slope(store: Fits, epochs: int) -> dict:
 
 
 def law_verdict(slopes: dict, sizes: list[dict]) -> str:
-    """What the size law says, plainly, at the largest budget that has one: linear (Lu et al.), sublinear at
-    this scale (only with every fitted size saturated), superlinear (likewise), or not decided."""
+    """What the size law says, plainly, at the largest budget that has one. A law (linear as Lu et al.,
+    sublinear or superlinear at this scale) is claimed only when every fitted size is saturated; otherwise the
+    verdict is "not decided" whatever the slope, with how the slope moved across budgets (a fixed-budget slope
+    that is still moving is a point it passes through, not a law)."""
     if not slopes:
         return "no size law: no budgets"
+    slopes = {int(e): v for e, v in slopes.items()}  # summary.json keys are strings
     top = max(slopes)
     fitted = [e for e in sorted(slopes) if slopes[e]["slope"] is not None]
     if not fitted:
@@ -134,19 +137,22 @@ def law_verdict(slopes: dict, sizes: list[dict]) -> str:
     lo, hi = last["ci"]
     saturated = all(r["saturated"] for r in sizes if r["size"] not in last["left_out_capped"])
     head = f"slope {last['slope']:.2f} [{lo:.2f}, {hi:.2f}] at {last['epochs']} epochs"
+    if not saturated:
+        path = " -> ".join(f"{slopes[e]['slope']:.2f}" for e in fitted)
+        trend = ("" if len(fitted) < 2 else
+                 f"; across budgets {fitted[0]}-{fitted[-1]} the slope went {path} "
+                 f"({'falling' if slopes[fitted[-1]]['slope'] < slopes[fitted[0]]['slope'] else 'rising'}: still moving)")
+        side = "contains 1" if lo <= 1 <= hi else "is below 1" if hi < 1 else "is above 1"
+        return before + (f"{head} {side}, but not every fitted size is saturated: no law claimed, not decided"
+                         f"{trend}; more epochs (or seeds) decide it")
     if lo <= 1 <= hi and hi - lo > WIDEST_VERDICT:
         return before + (f"{head}: the interval is too wide (> {WIDEST_VERDICT}) to tell linear from sublinear: "
                          "not decided (add seeds or sizes)")
     if lo <= 1 <= hi:
-        return before + f"{head} contains 1: consistent with Lu et al.'s linear law" + (
-            "" if saturated else " (not every size saturated yet)")
+        return before + f"{head} contains 1, every fitted size saturated: consistent with Lu et al.'s linear law"
     if hi < 1:
-        return before + f"{head} is below 1: " + (
-            "a sublinear law at this scale (every fitted size saturated)" if saturated else
-            "below linear, but not every size is saturated: larger sizes may still be gaining, not a law yet")
-    return before + f"{head} is above 1: " + (
-        "superlinear at this scale (every fitted size saturated)" if saturated else
-        "above linear, but not every size is saturated: smaller sizes may still be catching up, not a law yet")
+        return before + f"{head} is below 1, every fitted size saturated: a sublinear law at this scale"
+    return before + f"{head} is above 1, every fitted size saturated: superlinear at this scale"
 
 
 def report(summary: dict, held: pl.DataFrame, log=print) -> None:
@@ -188,7 +194,7 @@ def report(summary: dict, held: pl.DataFrame, log=print) -> None:
                        "excludes 1: not proportional to N" if lci else "no interval")
             log(f"  log-log slope {lin['loglog_slope']:.3f}" + (f" [{lci[0]:.3f}, {lci[1]:.3f}]" if lci else "")
                 + f" ({verdict})")
-    for e, sl in sorted((summary.get("slopes") or {}).items()):
+    for e, sl in sorted((summary.get("slopes") or {}).items(), key=lambda kv: int(kv[0])):
         if sl["slope"] is None:
             log(f"  size law at {e} epochs: not fitted ({sl['why']})")
             continue

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import polars as pl
 
-from factscale.analysis.vocab import overall
+from factscale.analysis.vocab import PRECISION_WEIGHTS, overall
 from factscale.errors import CollectError
 from factscale.fsio import write_atomic, write_parquet_atomic
 
 NEEDED = ["run_id", "epoch", "split", "group_by", "mr", "capacity", "capacity_bits", "capacity_bits_se",
           "non_embedding_params", "total_params", "corpus_kind", "cfg.model.size", "cfg.model.arch",
           "cfg.train.epochs"]
-PRECISION_WEIGHTS = {"32-true": "fp32", "bf16-mixed": "bf16 mixed", "bf16-true": "bf16", "16-mixed": "fp16 mixed"}
 CORPUS_NAMES = {"synthetic": "facts", "synthetic-bios": "bios", "synthetic-random-sequences": "random-sequences"}
 
 AZL = "Allen-Zhu & Li 2024, Physics of LMs 3.3 (arXiv 2404.05405)"

@@ -24,6 +24,9 @@ import polars as pl
 
 from factscale.errors import CollectError
 
+# config fields of transformers models that change the logits after the output head (Gemma-2, Cohere, Granite)
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
 
 def encode_for(facts: pl.DataFrame, tokenizer, eos: bool = True) -> tuple[pl.DataFrame, int]:
     """``facts`` with ``input_ids`` and ``value_start`` in ``tokenizer``'s ids; and the number re-aligned."""
@@ -44,7 +47,12 @@ def encode_for(facts: pl.DataFrame, tokenizer, eos: bool = True) -> tuple[pl.Dat
         else:  # merged across the boundary: the value's own tokens after the prompt's
             realigned += 1
             p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            tok, vs = p + tokenizer(text[space:], add_special_tokens=False)["input_ids"], len(p)
+            v = list(tokenizer(text[space:], add_special_tokens=False)["input_ids"])
+            # a tokenizer that prefixes a word marker itself (SentencePiece legacy) encodes " x" as two leading
+            # whitespace pieces: keep one, so the value is not charged for a token the text does not have
+            while len(v) > 1 and not tokenizer.decode(v[:2]).strip():
+                v = v[1:]
+            tok, vs = p + v, len(p)
         ids.append(bos + list(tok) + end)
         starts.append(len(bos) + vs)
     return facts.with_columns(pl.Series("input_ids", ids, dtype=pl.List(pl.Int32)),
@@ -72,6 +80,10 @@ def probe_model(model_dir: str | Path, corpus: str | Path, eos: bool = True, max
     hf_logging.disable_progress_bar()  # one summary line per split instead
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    scaled = {k: getattr(model.config, k) for k in LOGIT_TRANSFORMS if getattr(model.config, k, None) not in (None, 1, 1.0)}
+    if scaled:  # the probe applies the output head itself, at the value positions only
+        raise CollectError(f"{model_dir}: the model transforms its logits ({scaled}); the probe's code lengths "
+                           "would not be the model's, so it is refused")
     model.eval()
     non_emb, total = count_instantiated(model)
     facts, realigned = encode_for(facts, tokenizer, eos)

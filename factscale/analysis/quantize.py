@@ -106,9 +106,9 @@ def run_dirs(paths: list[str | Path]) -> list[Path]:
 
 def probe_run(run_dir: str | Path, bits: list[int] = (8, 4), embeddings: bool = False,
               quantizers: dict[str, Quantizer] | None = None, batch_size: int | None = None) -> pl.DataFrame:
-    """One row per precision (``fp32`` = the saved weights, then ``int<b>`` per ``bits``, or the named
-    ``quantizers``): the run's final overall training row with its measures recomputed on that model
-    (mr, capacity, capacity_se, net_bits, capacity_bits, capacity_bits_se, bits_per_param,
+    """One row per precision (``fp32`` = the saved weights, ``bf16`` for a run trained with bf16 weights, then
+    ``int<b>`` per ``bits``, or the named ``quantizers``): the run's final overall training row with its
+    measures recomputed on that model (mr, capacity, capacity_se, net_bits, capacity_bits, capacity_bits_se, bits_per_param,
     bits_per_total_param, value_loss), plus ``weights``, ``quantized_params``, ``eos_bits`` (population
     total of the code bits spent on ``<eos>``) and ``capacity_bits_no_eos`` (= max(0, net_bits + eos_bits))."""
     from transformers import AutoModelForCausalLM
@@ -120,6 +120,7 @@ def probe_run(run_dir: str | Path, bits: list[int] = (8, 4), embeddings: bool = 
     from factscale.training.data import select_facts
     from factscale.training.models import count_instantiated
     from factscale.training.rundir import RunDir
+    from factscale.analysis.vocab import PRECISION_WEIGHTS
 
     rd = RunDir.open(run_dir)
     cfg = rd.cfg
@@ -135,8 +136,11 @@ def probe_run(run_dir: str | Path, bits: list[int] = (8, 4), embeddings: bool = 
     model = AutoModelForCausalLM.from_pretrained(str(rd.model)).float()
     non_emb, total = count_instantiated(model)
     pad = model.config.pad_token_id
+    # the saved weights as trained: fp32, or bf16 for a bf16-true run (probed upcast, which is exact)
+    trained = PRECISION_WEIGHTS.get(base["precision"][0] if "precision" in base.columns else None, "fp32")
+    trained = "bf16" if trained == "bf16" else "fp32"
     qs = dict(quantizers) if quantizers is not None else \
-        {"fp32": identity_quantizer, **{f"int{b}": rtn_quantizer(b) for b in bits}}
+        {trained: identity_quantizer, **{f"int{b}": rtn_quantizer(b) for b in bits}}
     rows = []
     for name, q in qs.items():
         m = copy.deepcopy(model)

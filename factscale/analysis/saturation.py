@@ -132,7 +132,12 @@ def data_plateau(df: pl.DataFrame, threshold: float = GAIN_THRESHOLD, ci: float 
         g = g.filter(pl.col("epoch") == g["epoch"].max())  # at one budget: the largest
         n = int(g["non_embedding_params"][0])
         last_d = g.filter(pl.col("train_facts") == g["train_facts"].max())
-        means = g.group_by("train_facts").agg(pl.col(measure).mean()).sort(measure, descending=True)
+        means = (g.filter(pl.col(measure).is_not_null() & pl.col(measure).is_not_nan())
+                 .group_by("train_facts").agg(pl.col(measure).mean()).sort(measure, descending=True))
+        if means.height == 0:
+            rows.append({"size": size, "non_embedding_params": n, "verdict": "undetermined",
+                         "why": f"no finite {measure} at any training-set size"})
+            continue
         row = {"size": size, "non_embedding_params": n, "from_facts": None, "to_facts": None, "seeds": 0,
                "peak_bits": float(means[measure][0]), "peak_facts": int(means["train_facts"][0]),
                "peak_bits_per_param": float(means[measure][0]) / n,

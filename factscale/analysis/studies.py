@@ -116,7 +116,7 @@ def overwriting_per_seed(df: pl.DataFrame) -> pl.DataFrame:
         rs = _unique(g.iter_rows(named=True), lambda r: (r[ORDER], r["cfg.train.epochs"], r["epoch"], r["group"]),
                      "overwriting")
         end, mid = E, E // 2
-        if E % 2 or mid not in set(g["epoch"].to_list()):
+        if E % 2 or mid not in set(g.filter(pl.col(ORDER) == "blocked")["epoch"].to_list()):
             raise PlotError(f"overwriting needs a probe at the phase boundary, epoch {E}/2 (train.epochs even, "
                             "probe.every_epochs dividing it)")
         row = {SIZE: size, PARAMS: params, SEED: seed, "boundary_epoch": mid, "end_epoch": end}
@@ -224,14 +224,15 @@ def preference_per_seed(df: pl.DataFrame, column: str) -> pl.DataFrame:
                 if r["group"] in into:
                     raise PlotError(f"preference: two {'mixed' if a is None else 'alone'} rows for group "
                                     f"{r['group']} ({size}, seed {seed}); collect one run per design point")
-                into[r["group"]] = (r["mr"], r.get("mr_keyblind"))
+                # above chance on the same facts: capacity_above_chance / n_facts pairs each fact with its own
+                # key-blind guess (mr_keyblind averages only the facts that have a donor)
+                above = r.get("capacity_above_chance")
+                into[r["group"]] = (r["mr"], None if above is None or not r.get("n_facts") else above / r["n_facts"])
         for grp in sorted(alone.keys() & mixed.keys()):
-            (a, a_kb), (m, m_kb) = alone[grp], mixed[grp]
+            (a, a_above), (m, m_above) = alone[grp], mixed[grp]
             rows.append({SIZE: size, PARAMS: params, SEED: seed, "group": grp, "mr_alone": a, "mr_mixed": m,
                          "loss": a - m, "retention": m / a if a > 0 else None,
-                         # MR above what the key-blind guess (the commonest value of the relation) also gets
-                         "mr_alone_above_chance": None if a_kb is None else a - a_kb,
-                         "mr_mixed_above_chance": None if m_kb is None else m - m_kb})
+                         "mr_alone_above_chance": a_above, "mr_mixed_above_chance": m_above})
     if not rows:
         raise PlotError(f"preference by {column!r} needs, per seed, a run of each group alone (corpus.where: "
                         f"{column}=G) and a mixed run (no corpus.where, or several groups)")
@@ -352,9 +353,13 @@ def generalization_summary(df: pl.DataFrame, floors: dict[str, float] | None = N
     (``sweeps/generalization.yaml`` links corpus.max_facts and train.epochs): the control's over-confidence
     changes with steps."""
     controls = controls if controls is not None else corpus_controls(df)
+    if not controls:
+        raise PlotError("generalization summary needs a random attribute (the control: synthetic predictable: "
+                        "false); the corpus has none")
     t = final_probes(generalization_table(df, floors, controls))
     per_seed = []
     for (size, params, seed, d), g in t.group_by([SIZE, PARAMS, SEED, "train_facts"]):
+        _unique(g.iter_rows(named=True), lambda r: r["relation"], f"generalization ({size}, seed {seed}, D={d})")
         row = {SIZE: size, PARAMS: params, SEED: seed, "train_facts": d,
                "control_excess": float(g["control_excess_bits"][0])}
         for r in g.filter(~pl.col("relation").is_in(controls)).iter_rows(named=True):

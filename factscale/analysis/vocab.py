@@ -56,6 +56,8 @@ def where_alias(column: str) -> str:
     return next((k for k, v in ALIASES.items() if v == column), column)
 
 
+PRECISION_WEIGHTS = {"32-true": "fp32", "bf16-mixed": "bf16 mixed", "bf16-true": "bf16", "16-mixed": "fp16 mixed"}
+"""A run's training precision (the ``precision`` column) in the weights vocabulary of the capacity table."""
 PREFERENCE_COLUMNS = ("freq_level", "rarity_bucket", "value_len")
 """The group columns a preference study compares (frequency level, difficulty bucket, value length)."""
 STUDIES = ("overwriting", "compatibility", "preference", "generalization")

@@ -125,7 +125,7 @@ def compatibility(df: pl.DataFrame, n: int, seed: int, counts: dict) -> pl.DataF
 
 def zipf_repeats(n: int, alpha: float, kmax: int, seed: int) -> np.ndarray:
     """``n`` exposure counts per epoch drawn independently from a Zipf law truncated to 1..kmax:
-    P(k) = k^-alpha / sum_j j^-alpha (skewed exposures: few facts seen often, most seen once)."""
+    P(k) = k^-alpha / sum_j j^-alpha (skewed exposures: once is the commonest count, many times the rarest)."""
     if not (isinstance(kmax, int) and kmax >= 1) or not (np.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"frequency variant mode=zipf needs alpha >= 0 and max >= 1 (an integer), got "
                          f"alpha={alpha!r}, max={kmax!r}")

@@ -82,7 +82,9 @@ def probe_batched(model, input_ids, value_starts=None, pad_id: int = 0, batch_si
         mask = (pos >= vs[:, None]) & (pos < ln[:, None])
         rows, cols = mask.nonzero(as_tuple=True)
         hidden = model.base_model(input_ids=ids).last_hidden_state[:, :-1][rows, cols]
-        logits = head(hidden).float()
+        # the head in fp32 whatever the weights' dtype (bf16-true runs): code lengths are not bf16-rounded
+        with torch.autocast(device_type=hidden.device.type, enabled=False):  # not re-cast under autocast
+            logits = F.linear(hidden.float(), head.weight.float(), None if head.bias is None else head.bias.float())
         targets = ids[:, 1:][rows, cols]
         fact = rows + b
         wrong.index_add_(0, fact, (logits.argmax(-1) != targets).long())

@@ -174,7 +174,8 @@ class TrainConfig:
     schedule, later phases never seen), so forgetting is measured against continued training, not time."""
     precision: Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed"] = "auto"
     """auto = fp32 on CPU, bf16-mixed on GPU. ``bf16-mixed``: fp32 weights and optimizer, bf16 autocast;
-    ``bf16-true``: the weights themselves in bf16 (and so the optimizer's state). Probes score in fp32 logits."""
+    ``bf16-true``: the weights themselves in bf16 (and so the optimizer's state). Probes apply the output
+    head in fp32 to the final hidden states."""
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     """auto = a GPU if one is visible, else the CPU."""
     devices: int = 1

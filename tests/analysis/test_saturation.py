@@ -100,6 +100,9 @@ def test_the_data_plateau_is_found_where_the_bits_stop_growing():
         .otherwise(pl.col("capacity_bits")))
     f = data_plateau(falling).row(0, named=True)
     assert f["verdict"] == "falling" and f["gain_ci_high"] < -0.1 and f["peak_facts"] in (200, 400)
+    holes = data_table(plateau=10_000).with_columns(  # a probe without bits (an older table): not the peak
+        capacity_bits=pl.when(pl.col("train_facts") == 25).then(None).otherwise(pl.col("capacity_bits")))
+    assert data_plateau(holes).row(0, named=True)["peak_bits"] == pytest.approx(flat["peak_bits"])
     one = data_plateau(data_table(plateau=10_000, seeds=1)).row(0, named=True)
     assert one["verdict"] == "undetermined" and "one seed" in one["why"]
 

@@ -78,15 +78,18 @@ def test_preference_is_the_difference_of_the_groups_losses_paired_by_seed():
     for seed, (a1, m1, a4, m4) in enumerate([(0.5, 0.2, 0.9, 0.8), (0.6, 0.2, 0.9, 0.9), (0.4, 0.2, 0.8, 0.7)]):
         base = {"split": "train", "group_by": "freq_level", "epoch": 100, "cfg.train.epochs": 100, "cfg.seed": seed,
                 "cfg.model.size": "2k", "non_embedding_params": 1656}
-        rows += [{**base, "cfg.corpus.where": "freq_level=x1", "group": "x1", "mr": a1, "mr_keyblind": 0.1},
-                 {**base, "cfg.corpus.where": "freq_level=x4", "group": "x4", "mr": a4, "mr_keyblind": 0.05},
-                 {**base, "cfg.corpus.where": None, "group": "x1", "mr": m1, "mr_keyblind": 0.1},
-                 {**base, "cfg.corpus.where": None, "group": "x4", "mr": m4, "mr_keyblind": 0.0},
+        def chance(mr, kb):  # capacity above the key-blind baseline, 100 facts per group
+            return {"capacity_above_chance": (mr - kb) * 100, "n_facts": 100}
+
+        rows += [{**base, "cfg.corpus.where": "freq_level=x1", "group": "x1", "mr": a1, **chance(a1, 0.1)},
+                 {**base, "cfg.corpus.where": "freq_level=x4", "group": "x4", "mr": a4, **chance(a4, 0.05)},
+                 {**base, "cfg.corpus.where": None, "group": "x1", "mr": m1, **chance(m1, 0.1)},
+                 {**base, "cfg.corpus.where": None, "group": "x4", "mr": m4, **chance(m4, 0.0)},
                  {**base, "cfg.corpus.where": None, "group": "x1", "mr": 0.99, "epoch": 50,
-                  "mr_keyblind": 0.1}]  # not the end point
+                  **chance(0.99, 0.1)}]  # not the end point
     s = preference_summary(pl.DataFrame(rows), "freq_level")
     above = {(r["group"], r["quantity"]): r["mean"] for r in s.iter_rows(named=True) if "above_chance" in r["quantity"]}
-    assert above[("x1", "mr_alone_above_chance")] == pytest.approx(0.5 - 0.1)  # MR above the key-blind guess
+    assert above[("x1", "mr_alone_above_chance")] == pytest.approx(0.4)  # (0.5 - 0.1, 0.6 - 0.1, 0.4 - 0.1) / 3
     assert above[("x4", "mr_mixed_above_chance")] == pytest.approx((0.8 + 0.9 + 0.7) / 3)
     pref = s.filter(pl.col("quantity") == "pref_x1_over_x4").row(0, named=True)
     # loss(x4) - loss(x1) per seed: (0.1 - 0.3), (0.0 - 0.4), (0.1 - 0.2)

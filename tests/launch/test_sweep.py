@@ -91,18 +91,22 @@ def test_a_linked_axis_varies_its_fields_together(tmp_path, tiny_corpus):
         ("2k", 10, 0), ("2k", 10, 1), ("5k", 20, 0), ("5k", 20, 1)]  # 2 linked points x 2 seeds, not 2 x 2 x 2
 
 
-def test_local_jobs_start_longest_first():
-    """With 2 workers the demo's largest size must not start last and run alone."""
-    from factscale.demo import demo_spec
-    from factscale.launch.branches import launch_units
-    from factscale.launch.sweep import work_estimate
-
-    cfgs = expand(spec_from_dict(demo_spec(Path("x")), "demo"))
+def test_local_jobs_start_longest_first(monkeypatch, tmp_path):
+    """With 2 workers the demo's largest size must not start last and run alone: the local launcher hands its
+    poller the jobs longest first (the poller is replaced to see the order it gets)."""
     from types import SimpleNamespace
 
+    from factscale.demo import demo_spec
+    from factscale.launch import sweep
+    from factscale.launch.branches import launch_units
+
+    spec = spec_from_dict(demo_spec(tmp_path), "demo")
+    cfgs = expand(spec)
     units = launch_units(cfgs, [SimpleNamespace(corpus_hash="c")] * len(cfgs))
-    order = [c.model.size for c, _ in sorted(units, key=lambda u: -work_estimate(u[0]))]
-    assert order[:3] == ["5k"] * 3 and order[-3:] == ["500"] * 3
+    seen = []
+    monkeypatch.setattr(sweep, "_poll_local", lambda ex, r, pending, *a: seen.extend(c.model.size for c, _ in pending))
+    sweep._launch_local(spec, units, tmp_path / "f", print)
+    assert len(seen) == 12 and seen[:3] == ["5k"] * 3 and seen[-3:] == ["500"] * 3
 
 
 @pytest.mark.parametrize("grid, match", [

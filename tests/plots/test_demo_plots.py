@@ -94,11 +94,15 @@ def test_the_demo_says_which_size_law_it_observed():
         return {200: {"epochs": 200, "slope": s, "ci": ci, "why": None if ci else "too few runs",
                       "left_out_capped": list(left)}}
     assert "consistent with Lu et al.'s linear law" in law_verdict(slopes(0.97, [0.9, 1.05], ["c"]), sat)
-    assert "not every size saturated" in law_verdict(slopes(0.97, [0.9, 1.05]), sat)
     assert "a sublinear law at this scale" in law_verdict(slopes(0.8, [0.7, 0.9], ["c"]), sat)
-    assert "not a law yet" in law_verdict(slopes(0.8, [0.7, 0.9]), sat)
     assert "superlinear at this scale" in law_verdict(slopes(1.3, [1.1, 1.5], ["c"]), sat)
-    assert "smaller sizes may still be catching up, not a law yet" in law_verdict(slopes(1.3, [1.1, 1.5]), sat)
+    for s, ci in ((0.97, [0.9, 1.05]), (0.8, [0.7, 0.9]), (1.3, [1.1, 1.5])):  # a size not saturated: no law
+        v = law_verdict(slopes(s, ci), sat)
+        assert "not every fitted size is saturated: no law claimed, not decided" in v
+        assert "linear law" not in v and "sublinear law" not in v and "superlinear" not in v
+    moving = {e: {"epochs": e, "slope": s, "ci": [s - 0.1, s + 0.1], "why": None, "left_out_capped": []}
+              for e, s in ((40, 1.68), (80, 1.32), ("240", 1.09))}  # a key as summary.json stores it
+    assert "the slope went 1.68 -> 1.32 -> 1.09 (falling: still moving)" in law_verdict(moving, sat)
     assert "has no interval" in law_verdict(slopes(0.9, None), sat)
     assert "too wide" in law_verdict(slopes(0.9, [0.4, 1.4], ["c"]), sat)
     assert law_verdict({200: {"epochs": 200, "slope": None, "ci": None, "why": "2 sizes"}}, sat).startswith("no size law")
@@ -106,7 +110,7 @@ def test_the_demo_says_which_size_law_it_observed():
     both = {**slopes(0.69, [0.53, 0.84]), 400: {"epochs": 400, "slope": None, "ci": None, "why": "3 sizes capped",
                                                 "left_out_capped": []}}
     v = law_verdict(both, sat)
-    assert v.startswith("no size law at 400 epochs (3 sizes capped); at 200 epochs: slope 0.69") and "not a law yet" in v
+    assert v.startswith("no size law at 400 epochs (3 sizes capped); at 200 epochs: slope 0.69") and "not decided" in v
 
 
 def test_demo_report_of_a_size_whose_cstar_fits_to_zero_or_fails():

@@ -259,6 +259,13 @@ def test_power_excess_recovers_a_known_power_law_of_one_relation_alone():
     one = at[("D=250", "S1_minus_control")]
     assert one["n"] == 3 and one["mean"] == pytest.approx(3 * 250 ** -0.4 - 0.01, rel=0.05) and one["lo"] < one["hi"]
     assert summ["group"].unique(maintain_order=True).to_list()[:2] == ["D=250", "D=500"]  # in D order, not text
+    from factscale.errors import PlotError
+
+    with pytest.raises(PlotError, match="needs a random attribute"):
+        generalization_summary(pl.DataFrame(rows), floors, controls=[])
+    twice = [*rows, {**rows[0], "run_id": "again"}]  # a second run at one (size, seed, D): refused, not last-wins
+    with pytest.raises(PlotError, match="two probe rows"):
+        generalization_summary(pl.DataFrame(twice), floors, controls=["S2"])
     r = fit_law(t.filter(pl.col("relation") == "S1"), "power-excess", n_boot=100)
     assert r["params"]["alpha"]["value"] == pytest.approx(-0.4, abs=0.02)
     assert r["params"]["dc"]["value"] == pytest.approx(3.0, rel=0.1)

@@ -58,12 +58,23 @@ def test_a_model_that_knows_nothing_scores_about_zero(tiny_corpus, tmp_path):
     assert info["vocab_size"] == len(tok) and train["mr"] < 0.05 and train["capacity_bits"] == 0.0
     assert train["net_bits"] < 0  # random logits code values worse than the prior
     assert abs(train["capacity_above_chance"]) <= 0.05 * train["n_facts"]
+    import json
+
+    from factscale.errors import CollectError
+
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**cfg, "final_logit_softcapping": 30.0}))
+    with pytest.raises(CollectError, match="transforms its logits"):  # code lengths would not be the model's
+        probe_model(tmp_path / "m", tiny_corpus)
 
 
 class _MergingTokenizer:
     """One token per character, except ": " as one token (what a tokenizer without whitespace pre-splitting can
     learn): after a colon, no token begins at the space before the value."""
     bos_token_id, eos_token_id = 1, 2
+
+    def decode(self, ids):
+        return "".join(chr(i) if i >= 32 else "?" for i in ids)  # only whether a piece is blank matters here
 
     def __call__(self, texts, add_special_tokens=False, return_offsets_mapping=False):
         one = isinstance(texts, str)
@@ -92,3 +103,6 @@ def test_values_are_realigned_to_the_models_token_boundaries():
     assert ids[1] == [1] + tok("Cd z")["input_ids"] + [2] and vs[1] == 1 + 2
     no_eos, _ = encode_for(facts, tok, eos=False)
     assert no_eos["input_ids"].to_list()[1] == ids[1][:-1]
+    tok.bos_token_id = None  # a tokenizer without <bos> (Qwen's): the ids start with the prompt
+    no_bos, _ = encode_for(facts, tok)
+    assert no_bos["input_ids"].to_list()[1] == ids[1][1:] and no_bos["value_start"].to_list() == [3, 2]
