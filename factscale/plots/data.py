@@ -63,4 +63,43 @@ def fig_bits_vs_data(df: pl.DataFrame):
     return fig
 
 
-DATA_FIGURES = {"bits-vs-data": fig_bits_vs_data}
+def fig_recall_vs_exposures(df: pl.DataFrame):
+    """MR of each frequency group vs its exposures (repeats x epochs) per size, final probes, with the fitted
+    ``sigmoid-recall`` law MR = sigmoid(a ln N + b ln k + c) drawn per size where it fits."""
+    from factscale.analysis.fit import fit_law
+    from factscale.analysis.laws import LAWS
+    from factscale.errors import FitError
+
+    law = LAWS["sigmoid-recall"]
+    try:
+        rows = law.select(df)
+    except FitError as e:
+        raise PlotError(f"recall vs exposures: {e}") from None
+    if rows["exposures"].n_unique() < 2:
+        raise PlotError("recall vs exposures needs >= 2 exposure counts (a frequency variant and "
+                        "probe.group_columns: [freq_level])")
+    sizes = sizes_sorted(rows)
+    palette = dict(zip(sizes, sns.color_palette("viridis", len(sizes))))
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    sns.lineplot(rows.to_pandas(), x="exposures", y="mr", hue=SIZE, hue_order=sizes, palette=palette, marker="o",
+                 errorbar=("pi", 100), ax=ax)
+    try:
+        r = fit_law(df, "sigmoid-recall", n_boot=0)
+        v = {p: r["params"][p]["value"] for p in r["params"]}
+        ks = np.geomspace(float(rows["exposures"].min()), float(rows["exposures"].max()), 60)
+        for s in sizes:
+            n = float(rows.filter(pl.col(SIZE) == s)["non_embedding_params"][0])
+            ax.plot(ks, law.fn([np.full_like(ks, n), ks], **v), color=palette[s], ls="--", lw=1)
+        ax.set_title(f"MR vs exposures per fact (final probes; dashed: MR = sigmoid({v['a']:.2f} ln N + "
+                     f"{v['b']:.2f} ln k {v['c']:+.1f}), R² = {r['r2']:.2f})", fontsize=8)
+    except FitError as e:
+        ax.set_title(f"MR vs exposures per fact (final probes; law not fitted: {str(e)[:60]})", fontsize=8)
+    ax.set(xscale="log", xlabel="exposures k (repeats per epoch x epochs)", ylabel="MR of the facts with k exposures",
+           ylim=(-0.02, 1.02))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.legend(fontsize=7, title="size (band: range over seeds)")
+    return fig
+
+
+DATA_FIGURES = {"bits-vs-data": fig_bits_vs_data, "recall-vs-exposures": fig_recall_vs_exposures}

@@ -437,6 +437,13 @@ def test_sigmoid_recall_recovers_a_known_law_in_size_and_exposures():
     for p, true in (("a", a), ("b", b)):
         v = r["params"][p]
         assert v["value"] == pytest.approx(true, rel=0.1) and v["ci_low"] <= true <= v["ci_high"], (p, v)
+    from factscale import plots
+
+    fig = plots.FIGURES["recall-vs-exposures"](pl.DataFrame(rows))
+    import re
+
+    assert re.search(r"sigmoid\(1\.\d\d ln N \+ 0\.\d\d ln k", fig.axes[0].get_title())
+    assert len(fig.axes[0].lines) >= 3  # the law drawn per size
     bad = pl.DataFrame([{**rows[1], "group": "often"}])
     with pytest.raises(FitError, match="not x<repeats>"):
         fit_law(bad, "sigmoid-recall", n_boot=0)
