@@ -270,7 +270,7 @@ def _launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
     ex = executor("local", folder, timeout_min=r.timeout_min)
     # longest first: with max_parallel workers the last job to start is a short one, not a long one left
     # running alone (the demo's largest size last kept one core idle for ~2 of its 14 minutes)
-    pending, running, out = sorted(todo, key=lambda u: -work_estimate(u[0])), [], []
+    pending, running, out = sorted(todo, key=lambda u: -work_estimate(u[0]) * len(getattr(u[1], "members", [0]))), [], []
     try:
         with _ctrl_c_flag() as ctrl_c:
             _poll_local(ex, r, pending, running, out, folder, log, ctrl_c)
@@ -287,7 +287,8 @@ def _launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
 
 def work_estimate(cfg: RunConfig) -> float:
     """A job's relative cost for ordering local jobs: facts x epochs x non-embedding parameters (a trunk's
-    config stands for its branch group). Runs on the whole corpus count as larger than any slice."""
+    config stands for its branch group; a stack's member for each of its members). Runs on the whole corpus
+    count as larger than any slice."""
     facts = cfg.corpus.max_facts or 1e12
     return facts * cfg.train.epochs * non_embedding_params(cfg.model.arch, resolve_shape(cfg.model))
 
