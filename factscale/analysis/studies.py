@@ -46,6 +46,20 @@ def seed_interval(values, ci: float = 0.95) -> dict:
     return out
 
 
+def seed_interval_binomial(values, binomial_var, ci: float = 0.95) -> dict:
+    """``seed_interval`` whose variance also counts which facts were sampled into the groups: the squared
+    standard error is s^2/k (seeds) + the mean over seeds of the binomial term p(1-p)/n of each group's MR
+    (the groups' facts are fixed across seeds, so the seeds' spread alone misses it). t on k - 1 dof."""
+    pairs = [(v, b) for v, b in zip(values, binomial_var) if v is not None and b is not None and math.isfinite(v)]
+    out = seed_interval([v for v, _ in pairs], ci)
+    if out["lo"] is None:
+        return out
+    x, k = np.asarray([v for v, _ in pairs]), len(pairs)
+    se = math.sqrt(x.var(ddof=1) / k + float(np.mean([b for _, b in pairs])))
+    half = stats.t.ppf(0.5 + ci / 2, k - 1) * se
+    return {**out, "lo": out["mean"] - half, "hi": out["mean"] + half}
+
+
 def fmt(d: dict, digits: int = 3) -> str:
     m = f"{d['mean']:.{digits}f}"
     if d["lo"] is None:
@@ -164,17 +178,28 @@ def compatibility_per_seed(df: pl.DataFrame) -> pl.DataFrame:
         def facts(*parts, at=at):
             return sum(at[p]["capacity"] for p in parts) if all(p in at for p in parts) else None
 
+        def binom(part, at=at):  # the binomial variance of a group's MR over its probed facts
+            r = at.get(part)
+            n = (r or {}).get("n_probed") or (r or {}).get("n_facts")
+            return None if r is None or not n else r["mr"] * (1 - r["mr"]) / n
+
         row = {SIZE: size, PARAMS: params, SEED: seed, "budget": budget,
                "fwd_control": mr("control-forward/forward"), "fwd_twice": mr("twice/forward"),
                "fwd_paraphrase": mr("paraphrase/forward"), "fwd_inverse": mr("inverse/forward")}
         for kind in ("paraphrase", "inverse"):
             red, ctl = facts(f"{kind}/forward", f"{kind}/{kind}"), facts("control-forward/forward", f"control-{kind}/{kind}")
             row[f"extra_facts_{kind}"] = None if None in (red, ctl) else red - ctl
+        parts = {"fwd_control": "control-forward/forward", "fwd_twice": "twice/forward",
+                 "fwd_paraphrase": "paraphrase/forward", "fwd_inverse": "inverse/forward"}
+        for q, part in parts.items():
+            row[f"binom_{q}"] = binom(part)
         for name, a, b in (("paraphrase_minus_control", "fwd_paraphrase", "fwd_control"),
                            ("twice_minus_control", "fwd_twice", "fwd_control"),
                            ("paraphrase_minus_twice", "fwd_paraphrase", "fwd_twice"),
                            ("inverse_minus_control", "fwd_inverse", "fwd_control")):
             row[name] = None if row[a] is None or row[b] is None else row[a] - row[b]
+            va, vb = row[f"binom_{a}"], row[f"binom_{b}"]
+            row[f"binom_{name}"] = None if va is None or vb is None else va + vb  # disjoint groups of facts
         rows.append(row)
     if not rows:
         raise PlotError("no final (annealed) probe rows broken down by 'part'")
@@ -193,7 +218,21 @@ COMPATIBILITY_QUANTITIES = ["fwd_control", "fwd_twice", "fwd_paraphrase", "fwd_i
 
 
 def compatibility_summary(df: pl.DataFrame) -> pl.DataFrame:
-    return _summarise(compatibility_per_seed(df), [SIZE, PARAMS, "budget"], COMPATIBILITY_QUANTITIES)
+    """The compatibility quantities over seeds; an MR or a difference of MRs gets the binomial term of the
+    fact sampling in its interval (``seed_interval_binomial``): every contrast is between different facts."""
+    per_seed = compatibility_per_seed(df)
+    out = []
+    for key, g in per_seed.sort(SIZE, "budget").group_by([SIZE, PARAMS, "budget"], maintain_order=True):
+        for q in COMPATIBILITY_QUANTITIES:
+            if q not in g.columns:
+                continue
+            b = f"binom_{q}"
+            binomial = b in g.columns and g[b].null_count() == 0  # tables without n_probed: the seeds only
+            stat = (seed_interval_binomial(g[q].to_list(), g[b].to_list()) if binomial
+                    else seed_interval(g[q].to_list()))
+            out.append({**dict(zip([SIZE, PARAMS, "budget"], key)), "quantity": q, **stat})
+    return pl.DataFrame(out, schema_overrides={"lo": pl.Float64, "hi": pl.Float64, "why": pl.String}
+                        ).sort(PARAMS, maintain_order=True)
 
 
 def _alone_group(where: str | None, column: str) -> str | None:

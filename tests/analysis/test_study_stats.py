@@ -28,6 +28,19 @@ def test_seed_interval_is_the_t_interval_and_refuses_below_three_seeds():
     assert two["mean"] == 1.5 and two["lo"] is None and "needs >= 3" in two["why"]
 
 
+def test_the_binomial_term_widens_a_contrast_between_different_facts():
+    """Groups of fixed facts: the seeds' spread misses which facts were drawn into each group; the interval
+    adds the binomial variance p(1-p)/n (per group, summed for a difference), averaged over seeds."""
+    from factscale.analysis.studies import seed_interval_binomial
+
+    d = seed_interval_binomial([0.1, 0.2, 0.3], [0.001, 0.001, 0.001])
+    half = 4.302652729911275 * math.sqrt(0.01 / 3 + 0.001)
+    assert d["mean"] == pytest.approx(0.2) and d["hi"] - d["mean"] == pytest.approx(half)
+    plain = seed_interval([0.1, 0.2, 0.3])
+    assert d["lo"] < plain["lo"] and d["hi"] > plain["hi"]
+    assert seed_interval_binomial([0.1, 0.2], [0.001, 0.001])["lo"] is None  # still no interval below 3 seeds
+
+
 def _phase_rows(seed, order, mrs):
     """mrs: {(epoch, phase): mr} for one run of 200 epochs."""
     return [{"split": "train", "group_by": "phase", "group": ph, "epoch": e, "mr": mr, "cfg.seed": seed,
@@ -120,6 +133,17 @@ def test_compatibility_differences_and_the_plateau_change_between_budgets():
     # redundant (55 + 40 facts) - control (30 + 30) at 100 epochs; (62 + 40) - (50 + 30) at 200
     assert p["extra_facts_paraphrase"].to_list() == pytest.approx([35.0, 22.0])
     assert p["extra_facts_paraphrase_change"][1] == pytest.approx(-13.0)
+    # with n_probed (every real table), each MR difference carries its binomial term: p(1-p)/n summed
+    with_n = pl.DataFrame([{**r, "n_probed": 100, "cfg.seed": seed, "mr": r["mr"] + 0.01 * seed}
+                           for seed in range(3) for r in rows])
+    q = compatibility_per_seed(with_n).filter((pl.col("budget") == 100) & (pl.col("cfg.seed") == 0)).row(0, named=True)
+    assert q["binom_twice_minus_control"] == pytest.approx(0.5 * 0.5 / 100 + 0.3 * 0.7 / 100)
+    from factscale.analysis.studies import compatibility_summary
+
+    summ = {(r["budget"], r["quantity"]): r for r in compatibility_summary(with_n).iter_rows(named=True)}
+    tmc = summ[(100, "twice_minus_control")]  # every seed gives 0.2: only the binomial term is left
+    assert tmc["mean"] == pytest.approx(0.2) and tmc["hi"] - tmc["mean"] == pytest.approx(
+        4.302652729911275 * math.sqrt(0.5 * 0.5 / 100 + 0.3 * 0.7 / 100), rel=0.02)
 
 
 def test_duplicate_rows_and_a_missing_boundary_probe_are_refused_not_resolved_silently():
