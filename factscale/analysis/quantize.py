@@ -120,7 +120,6 @@ def probe_run(run_dir: str | Path, bits: list[int] = (8, 4), embeddings: bool = 
     from factscale.training.data import select_facts
     from factscale.training.models import count_instantiated
     from factscale.training.rundir import RunDir
-    from factscale.analysis.vocab import PRECISION_WEIGHTS
 
     rd = RunDir.open(run_dir)
     cfg = rd.cfg
@@ -137,8 +136,7 @@ def probe_run(run_dir: str | Path, bits: list[int] = (8, 4), embeddings: bool = 
     non_emb, total = count_instantiated(model)
     pad = model.config.pad_token_id
     # the saved weights as trained: fp32, or bf16 for a bf16-true run (probed upcast, which is exact)
-    trained = PRECISION_WEIGHTS.get(base["precision"][0] if "precision" in base.columns else None, "fp32")
-    trained = "bf16" if trained == "bf16" else "fp32"
+    trained = "bf16" if "precision" in base.columns and base["precision"][0] == "bf16-true" else "fp32"
     qs = dict(quantizers) if quantizers is not None else \
         {trained: identity_quantizer, **{f"int{b}": rtn_quantizer(b) for b in bits}}
     rows = []

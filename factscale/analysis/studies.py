@@ -336,7 +336,10 @@ def corpus_floors(df: pl.DataFrame) -> dict[str, float]:
 
 def corpus_controls(df: pl.DataFrame) -> list[str]:
     """The random attributes (nothing to generalize) of the synthetic corpus the runs trained on."""
-    spec = _synthetic_spec(df)
+    return _controls(_synthetic_spec(df))
+
+
+def _controls(spec: dict) -> list[str]:
     pred = spec.get("predictable") or [False] * len(spec["vocab_sizes"])
     return [f"S{a + 1}" for a, p in enumerate(pred) if not p]
 
@@ -391,7 +394,10 @@ def generalization_summary(df: pl.DataFrame, floors: dict[str, float] | None = N
     generalization adds). Read the difference across D only when every D trained the same optimizer steps
     (``sweeps/generalization.yaml`` links corpus.max_facts and train.epochs): the control's over-confidence
     changes with steps."""
-    controls = controls if controls is not None else corpus_controls(df)
+    if floors is None or controls is None:  # the corpus manifest, read once
+        spec = _synthetic_spec(df)
+        floors = floor_bits(spec) if floors is None else floors
+        controls = _controls(spec) if controls is None else controls
     if not controls:
         raise PlotError("generalization summary needs a random attribute (the control: synthetic predictable: "
                         "false); the corpus has none")
