@@ -68,7 +68,7 @@ def fmt(d: dict, digits: int = 3) -> str:
     return f"{m} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}] (n={d['n']}){same}"
 
 
-def _unique(rows, key, what: str) -> dict:
+def unique_rows(rows, key, what: str) -> dict:
     """{key(row): row}, refusing two rows for one key (a re-run or a concatenated table would otherwise
     let whichever row came last win, silently)."""
     out = {}
@@ -98,7 +98,7 @@ def preference_column(df: pl.DataFrame) -> str:
     raise PlotError("no frequency/difficulty breakdown: set probe.group_columns: [freq_level] or [rarity_bucket]")
 
 
-def _summarise(per_seed: pl.DataFrame, keys: list[str], quantities: list[str]) -> pl.DataFrame:
+def summarise(per_seed: pl.DataFrame, keys: list[str], quantities: list[str]) -> pl.DataFrame:
     """Per-seed rows -> one row per (keys, quantity) with mean, lo, hi, n, why."""
     out = []
     for key, g in per_seed.sort(keys).group_by(keys, maintain_order=True):
@@ -127,7 +127,7 @@ def overwriting_per_seed(df: pl.DataFrame) -> pl.DataFrame:
     rows = []
     for (size, params, seed), g in d.group_by([SIZE, PARAMS, SEED]):
         E = int(g.filter(pl.col(ORDER) == "blocked")["cfg.train.epochs"].max())
-        rs = _unique(g.iter_rows(named=True), lambda r: (r[ORDER], r["cfg.train.epochs"], r["epoch"], r["group"]),
+        rs = unique_rows(g.iter_rows(named=True), lambda r: (r[ORDER], r["cfg.train.epochs"], r["epoch"], r["group"]),
                      "overwriting")
         end, mid = E, E // 2
         if E % 2 or mid not in set(g.filter(pl.col(ORDER) == "blocked")["epoch"].to_list()):
@@ -160,7 +160,7 @@ OVERWRITING_QUANTITIES = ["p1_boundary_blocked", "p1_boundary_annealed", "p1_end
 
 
 def overwriting_summary(df: pl.DataFrame) -> pl.DataFrame:
-    return _summarise(overwriting_per_seed(df), [SIZE, PARAMS], OVERWRITING_QUANTITIES)
+    return summarise(overwriting_per_seed(df), [SIZE, PARAMS], OVERWRITING_QUANTITIES)
 
 
 def compatibility_per_seed(df: pl.DataFrame) -> pl.DataFrame:
@@ -170,7 +170,7 @@ def compatibility_per_seed(df: pl.DataFrame) -> pl.DataFrame:
     d = rows_by(df, "part").filter(pl.col("epoch") == pl.col("cfg.train.epochs"))
     rows = []
     for (size, params, seed, budget), g in d.group_by([SIZE, PARAMS, SEED, "cfg.train.epochs"]):
-        at = _unique(g.iter_rows(named=True), lambda r: r["group"], f"compatibility ({size}, seed {seed}, {budget})")
+        at = unique_rows(g.iter_rows(named=True), lambda r: r["group"], f"compatibility ({size}, seed {seed}, {budget})")
 
         def mr(part, at=at):
             return at[part]["mr"] if part in at else None
@@ -285,7 +285,7 @@ def preference_summary(df: pl.DataFrame, column: str) -> pl.DataFrame:
     relative terms, retention(A) - retention(B). Both > 0: A keeps more of what it stores alone. They can
     disagree: a group that stores more alone has more to lose."""
     p = preference_per_seed(df, column)
-    out = [_summarise(p.rename({"group": "group_"}), [SIZE, PARAMS, "group_"],
+    out = [summarise(p.rename({"group": "group_"}), [SIZE, PARAMS, "group_"],
                       ["mr_alone", "mr_mixed", "loss", "retention", "mr_alone_above_chance",
                        "mr_mixed_above_chance"]).rename({"group_": "group"})]
     loss = p.pivot(on="group", index=[SIZE, PARAMS, SEED], values="loss")
@@ -295,7 +295,7 @@ def preference_summary(df: pl.DataFrame, column: str) -> pl.DataFrame:
         for b in groups[i + 1:]:
             for wide, name, expr in ((loss, f"pref_{a}_over_{b}", pl.col(b) - pl.col(a)),
                                      (kept, f"pref_{a}_over_{b}_relative", pl.col(a) - pl.col(b))):
-                s = _summarise(wide.with_columns(expr.alias(name)), [SIZE, PARAMS], [name])
+                s = summarise(wide.with_columns(expr.alias(name)), [SIZE, PARAMS], [name])
                 out.append(s.with_columns(group=pl.lit(None, dtype=pl.String)).select(out[0].columns))
     return pl.concat(out).sort(PARAMS)
 
@@ -404,7 +404,7 @@ def generalization_summary(df: pl.DataFrame, floors: dict[str, float] | None = N
     t = final_probes(generalization_table(df, floors, controls))
     per_seed = []
     for (size, params, seed, d), g in t.group_by([SIZE, PARAMS, SEED, "train_facts"]):
-        _unique(g.iter_rows(named=True), lambda r: r["relation"], f"generalization ({size}, seed {seed}, D={d})")
+        unique_rows(g.iter_rows(named=True), lambda r: r["relation"], f"generalization ({size}, seed {seed}, D={d})")
         row = {SIZE: size, PARAMS: params, SEED: seed, "train_facts": d,
                "control_excess": float(g["control_excess_bits"][0])}
         for r in g.filter(~pl.col("relation").is_in(controls)).iter_rows(named=True):
@@ -413,6 +413,6 @@ def generalization_summary(df: pl.DataFrame, floors: dict[str, float] | None = N
         per_seed.append(row)
     per_seed = pl.DataFrame(per_seed)
     quantities = sorted(c for c in per_seed.columns if c.endswith(("_excess", "_minus_control")))
-    out = _summarise(per_seed, [SIZE, PARAMS, "train_facts"], quantities)
+    out = summarise(per_seed, [SIZE, PARAMS, "train_facts"], quantities)
     return out.sort(PARAMS, "train_facts").with_columns(group=pl.format("D={}", "train_facts"))
 

@@ -60,8 +60,8 @@ PRECISION_WEIGHTS = {"32-true": "fp32", "bf16-mixed": "bf16 mixed", "bf16-true":
 """A run's training precision (the ``precision`` column) in the weights vocabulary of the capacity table."""
 PREFERENCE_COLUMNS = ("freq_level", "rarity_bucket", "value_len")
 """The group columns a preference study compares (frequency level, difficulty bucket, value length)."""
-STUDIES = ("overwriting", "compatibility", "preference", "generalization")
-"""The behaviour studies ``factscale study`` summarises (``analysis.studies``)."""
+STUDIES = ("overwriting", "compatibility", "preference", "generalization", "junk", "forgetting")
+"""The studies ``factscale study`` summarises (``analysis.studies``; junk and forgetting: ``analysis.axes``)."""
 
 
 def facts_per_size(df: pl.DataFrame) -> int:

@@ -102,7 +102,9 @@ def cmd_corpus_build(a):
     c = m["counts"]
     print(f"corpus {a.out}: {c['kept_facts']} facts ({c.get('kept_train', 0)} train, {c.get('kept_heldout', 0)} "
           f"held-out), {len(m['facts_per_relation'])} relations, {m['entropy_bits']['all']:.0f} bits "
-          f"({m['entropy_bits']['kind']}), vocab {m['tokens']['vocab_size']}")
+          f"({m['entropy_bits']['kind']}), vocab {m['tokens']['vocab_size']}"
+          + (f", + a junk pool of {c['kept_junk']} pieces ({m['tokens']['junk_tokens']:,} tokens; <domain> token "
+             f"id {m['tokens']['domain_tag_id']})" if c.get("kept_junk") else ""))
     dropped = {k: v for k, v in c.items() if (k.startswith("dropped") or "malformed" in k) and v}
     if dropped:
         print("  dropped/skipped: " + ", ".join(f"{k}={v}" for k, v in dropped.items()))
@@ -174,7 +176,8 @@ def add_corpus_parser(sub) -> None:
     b.add_argument("--seed", type=int, help="default 0")
     b.add_argument("--variant", action="append", metavar="NAME:k=v,...",
                    help="compatibility:n=200 | frequency:mode=assigned|signal,levels=1/2/4/8 | "
-                   "frequency:mode=zipf,alpha=1,max=16 | phases:n=2,by=relation")
+                   "frequency:mode=zipf,alpha=1,max=16 | phases:n=2,by=relation | junk:kind=random|facts,n=N "
+                   "(a pool runs mix in with train.junk_ratio)")
     b.set_defaults(fn=cmd_corpus_build)
     ex = c.add_parser("export", help="corpus directory -> Hugging Face datasets directory (load_from_disk)")
     ex.add_argument("corpus")

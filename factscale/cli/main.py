@@ -226,6 +226,7 @@ def cmd_capacity_table(a):
 
 def cmd_study(a):
 
+    from factscale.analysis import axes as ax
     from factscale.analysis import studies as st
 
     df = _read_results(a.results)
@@ -237,9 +238,19 @@ def cmd_study(a):
     elif a.kind == "generalization":
         t, title = (st.generalization_summary(df), "generalization: held-out excess over the known floor (bits per "
                     "fact) per attribute, the random control's, and the difference (what generalization adds)")
+    elif a.kind == "junk":
+        t, title = ax.junk_summary(df), ("junk: keyed bits and facts above chance on the useful facts, retained = "
+                                         "keyed bits / the clean run's, critical ratio = retained crosses 1/2")
+    elif a.kind == "forgetting":
+        t, title = ax.forgetting_summary(df), ("forgetting: bits gained on injected facts over held-out ones, power "
+                                               "law vs exponential in steps, chosen by held-out RMSE")
     else:
         t, title = st.compatibility_summary(df), "compatibility: forward-statement MR per group and differences"
-    st.print_summary(t, f"{title}; mean over seeds [95% t interval]")
+    if a.kind == "junk":
+        print(f"{title}; mean over seeds [95% t interval]")
+        ax.junk_table_print(t)
+    else:
+        st.print_summary(t, f"{title}; mean over seeds [95% t interval]")
     if a.output:
         from factscale.fsio import write_atomic
 

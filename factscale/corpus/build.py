@@ -38,9 +38,9 @@ from pathlib import Path
 
 import polars as pl
 
-from factscale.corpus.render import render, tokenize, train_tokenizer
+from factscale.corpus.render import DOMAIN_TAG_ID, render, tokenize, train_tokenizer
 from factscale.corpus.rules import add_statistics, assign_split, copyable_facts, resolve
-from factscale.corpus.variants import apply_variants, difficulty_columns
+from factscale.corpus.variants import apply_variants, difficulty_columns, junk_facts, junk_options, random_junk
 from factscale.errors import CorpusError
 from factscale.fsio import file_sha256, fix_mode, write_json_atomic
 from factscale.provenance import versions
@@ -245,10 +245,13 @@ def build_into(
         raise CorpusError("the compatibility variant pairs facts across keys: build it with heldout_frac=0")
     try:
         df = apply_variants(df, variants, seed, counts)
+        junk = junk_options(variants)
+        df = add_statistics(df)
+        df = assign_split(df, heldout_frac, seed)
+        if junk and junk[0] == "facts":
+            df = junk_facts(df, junk[1], counts)
     except ValueError as e:
         raise CorpusError(str(e)) from None
-    df = add_statistics(df)
-    df = assign_split(df, heldout_frac, seed)
     df = render(df)
 
     out = Path(out_dir)
@@ -257,17 +260,24 @@ def build_into(
     # never with tokens whose embeddings no training step touched (and no held-out text shapes the vocab)
     LOG.info(f"corpus: {df.height:,} facts rendered: training the BPE tokenizer ({vocab_size:,} tokens), tokenizing "
              f"({time.time() - t0:.1f} s so far)")
-    tokenizer = train_tokenizer(df.filter(pl.col("split") == "train")["text"], vocab_size, out / "tokenizer")
+    tokenizer = train_tokenizer(df.filter(pl.col("split") == "train")["text"], vocab_size, out / "tokenizer",
+                                domain_tag=junk is not None)
     df, n_bad = tokenize(df, tokenizer)
     counts["dropped_value_not_token_aligned"] = n_bad
     if df.height == 0:
         raise CorpusError("no facts left after tokenization")
     df = difficulty_columns(df)
+    if junk and junk[0] == "random":  # token ids: drawn after the tokenizer exists, appended last
+        lengths = df.filter(pl.col("split") == "train")["input_ids"].list.len().to_numpy()
+        df = pl.concat([df, random_junk(lengths, junk[1], len(tokenizer), DOMAIN_TAG_ID + 1, tokenizer.bos_token_id,
+                                        tokenizer.eos_token_id, seed)], how="diagonal_relaxed")
+        counts["junk_pieces"] = junk[1]
     df = df.with_row_index("fact_id").with_columns(pl.col("fact_id").cast(pl.Int64))
     df = df.drop("template")
     df.write_parquet(out / "facts.parquet")  # out is this build's private directory
 
-    per_rel = df.group_by("relation", "relation_label").agg(pl.len().alias("facts")).sort("facts", descending=True)
+    useful = df.filter(pl.col("split") != "junk")  # a junk pool is training text, not facts: no fact statistics
+    per_rel = useful.group_by("relation", "relation_label").agg(pl.len().alias("facts")).sort("facts", descending=True)
     split_counts = dict(df.group_by("split").len().iter_rows())
     train = df.filter(pl.col("split") == "train")
     manifest = {
@@ -285,22 +295,25 @@ def build_into(
             "copyable": copyable,
             "variants": variants or {},
         },
-        "counts": {**counts, "kept_facts": df.height, **{f"kept_{k}": v for k, v in split_counts.items()}},
+        "counts": {**counts, "kept_facts": useful.height, **{f"kept_{k}": v for k, v in split_counts.items()}},
         "facts_per_relation": {r: n for r, _, n in per_rel.iter_rows()},
-        "facts_per_group": {c: dict(df.group_by(c).len().sort(c).iter_rows())
+        "facts_per_group": {c: dict(useful.group_by(c).len().sort(c).iter_rows())
                             for c in ("variant", "freq_level", "phase", "rarity_bucket", "value_len") if c in df.columns},
         "relation_labels": {r: lab for r, lab, _ in per_rel.iter_rows()},
         "entropy_bits": {
             # exact for synthetic corpora; for real ones the sum of empirical value surprisals
             "kind": "exact" if entropy_bits is not None else "empirical_prior",
             "train": float(train["prior_bits"].sum()),
-            "all": float(df["prior_bits"].sum()) if entropy_bits is None else float(entropy_bits),
+            # a junk pool's facts are not the corpus' information
+            "all": float(useful["prior_bits"].sum()) if entropy_bits is None or junk else float(entropy_bits),
         },
         "tokens": {
             "vocab_size": len(tokenizer),
-            "mean_tokens_per_fact": float(df["input_ids"].list.len().mean()),
-            "mean_value_tokens": float(df["n_value_tokens"].mean()),
+            "mean_tokens_per_fact": float(useful["input_ids"].list.len().mean()),
+            "mean_value_tokens": float(useful["n_value_tokens"].mean()),
             "train_tokens_per_epoch": int(train["input_ids"].list.len().sum()),
+            **({"junk_tokens": int(df.filter(pl.col("split") == "junk")["input_ids"].list.len().sum()),
+                "domain_tag_id": DOMAIN_TAG_ID} if junk else {}),
         },
         "recipe": recipe,
         "versions": versions(),

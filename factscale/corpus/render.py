@@ -20,6 +20,9 @@ from factscale.corpus.verbalize import relation_template
 from factscale.errors import CorpusError
 
 SPECIALS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>"}
+# a junk corpus' tokenizer (``--variant junk``) adds this special token after the three above, so its id is
+# 3; ``train.domain_tag`` prefixes it to every useful fact (Allen-Zhu & Li 2024's domain name)
+DOMAIN_TAG, DOMAIN_TAG_ID = "<domain>", 3
 GENERIC_TEMPLATE = "The [R] of [X] is [Y]"
 
 
@@ -76,10 +79,11 @@ def render(facts: pl.DataFrame) -> pl.DataFrame:
     ).with_columns(value_char_end=pl.col("text").str.len_chars())
 
 
-def train_tokenizer(texts: list[str] | pl.Series, vocab_size: int, out_dir: str | Path):
+def train_tokenizer(texts: list[str] | pl.Series, vocab_size: int, out_dir: str | Path, domain_tag: bool = False):
     """Train a byte-level BPE on the rendered facts; save it in Hugging Face format.
 
-    ``texts`` may be a polars Series: it is fed in chunks, never all as Python strings at once."""
+    ``texts`` may be a polars Series: it is fed in chunks, never all as Python strings at once. With
+    ``domain_tag`` the tokenizer also holds ``DOMAIN_TAG`` (id ``DOMAIN_TAG_ID``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -88,7 +92,7 @@ def train_tokenizer(texts: list[str] | pl.Series, vocab_size: int, out_dir: str 
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIALS.values()),
+        special_tokens=[*SPECIALS.values(), *([DOMAIN_TAG] if domain_tag else [])],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -100,7 +104,10 @@ def train_tokenizer(texts: list[str] | pl.Series, vocab_size: int, out_dir: str 
         bos_token=SPECIALS["bos"],
         eos_token=SPECIALS["eos"],
         pad_token=SPECIALS["pad"],
+        **({"additional_special_tokens": [DOMAIN_TAG]} if domain_tag else {}),
     )
+    if domain_tag and hf.convert_tokens_to_ids(DOMAIN_TAG) != DOMAIN_TAG_ID:
+        raise RuntimeError(f"{DOMAIN_TAG} has id {hf.convert_tokens_to_ids(DOMAIN_TAG)}, not {DOMAIN_TAG_ID}")
     hf.save_pretrained(str(out_dir))
     return hf
 

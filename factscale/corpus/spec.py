@@ -64,7 +64,7 @@ class CorpusSpec:
     seed: int = 0
     """Seeds the held-out split, variants and synthetic draws."""
     variants: dict = field(default_factory=dict)
-    """Behaviour-study variants: compatibility / frequency / phases (``corpus.variants``)."""
+    """Study variants: compatibility / frequency / phases / junk (``corpus.variants``)."""
 
     def __post_init__(self):
         given = [s for s in SOURCES if self._given(s)]

@@ -29,6 +29,12 @@ overwriting). Each variant adds columns to every fact row and is recorded in the
   random from ``levels``, from the ``signal`` (popularity: T-REx count, sitelinks) by quantile, or drawn
   from a truncated Zipf law (``mode: zipf``, ``alpha``, ``max``: skewed exposures).
 - ``phases``: a ``phase`` per fact (by relation, or random) for blocked-vs-interleaved training.
+- ``junk``: a pool of ``n`` junk pieces (``split`` = ``junk``) that runs mix into their training with
+  ``train.junk_ratio`` and never probe: ``kind: facts`` takes ``n`` facts of the corpus out of its training
+  split (the last ones in its seeded order, so every ``corpus.max_facts`` prefix is untouched): facts of the
+  same format, each seen rarely; ``kind: random``: ``<bos>`` + uniformly random non-special tokens +
+  ``<eos>``, lengths drawn from the training facts' (noise with nothing to store). The tokenizer of a junk
+  corpus also holds a ``<domain>`` token that ``train.domain_tag`` prefixes to every useful fact.
 
 Difficulty columns (``rarity_bucket``: quartile of the value's surprisal ranked within its relation, ties
 at random,
@@ -176,12 +182,62 @@ def phases(df: pl.DataFrame, n: int, by: str, seed: int) -> pl.DataFrame:
     raise ValueError(f"phases variant by={by!r}; allowed values: ['random', 'relation']")
 
 
-def apply_variants(df: pl.DataFrame, variants: dict | None, seed: int, counts: dict) -> pl.DataFrame:
-    """Apply the requested variants in a fixed order: compatibility, frequency, phases."""
-    variants = variants or {}
-    unknown = set(variants) - {"compatibility", "frequency", "phases"}
+JUNK_KINDS = ("facts", "random")
+
+
+def junk_options(variants: dict | None) -> tuple[str, int] | None:
+    """(kind, n) of a ``junk`` variant, checked; None without one."""
+    if not variants or "junk" not in variants:
+        return None
+    v = variants["junk"] or {}
+    if set(variants) != {"junk"}:
+        raise ValueError(f"the junk variant combines with no other variant (its pool would inherit their columns); "
+                         f"got {sorted(variants)}")
+    unknown = set(v) - {"kind", "n"}
     if unknown:
-        raise ValueError(f"unknown corpus variant(s) {sorted(unknown)}; allowed: compatibility, frequency, phases")
+        raise ValueError(f"junk variant: unknown option(s) {sorted(unknown)}; allowed: kind, n")
+    kind, n = v.get("kind", "random"), v.get("n")
+    if kind not in JUNK_KINDS:
+        raise ValueError(f"junk variant kind={kind!r}; allowed values: {list(JUNK_KINDS)}")
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+        raise ValueError(f"junk variant needs n, the pool size, an integer >= 1; got n={n!r}")
+    return kind, n
+
+
+def junk_facts(df: pl.DataFrame, n: int, counts: dict) -> pl.DataFrame:
+    """``kind: facts``: the last ``n`` training facts in the seeded order become the junk pool."""
+    train = df["split"] == "train"
+    if int(train.sum()) <= n:
+        raise ValueError(f"junk variant kind=facts n={n}: the corpus has {int(train.sum())} training facts; "
+                         "n must leave some to learn: lower n or build more facts")
+    cut = df.filter(train)["order"].sort(descending=True)[n - 1]
+    counts["junk_pieces"] = n
+    return df.with_columns(split=pl.when(train & (pl.col("order") >= cut)).then(pl.lit("junk"))
+                           .otherwise(pl.col("split")))
+
+
+def random_junk(lengths: np.ndarray, n: int, vocab_size: int, first_id: int, bos: int, eos: int,
+                seed: int) -> pl.DataFrame:
+    """``kind: random``: ``n`` pieces ``<bos>`` + uniform tokens in [first_id, vocab_size) + ``<eos>``, their
+    lengths drawn from ``lengths`` (the training facts'); every token after ``<bos>`` is a target."""
+    rng = np.random.default_rng([seed, 13])
+    ln = rng.choice(np.asarray(lengths), size=n)
+    ids = [[bos, *rng.integers(first_id, vocab_size, size=k - 2).tolist(), eos] for k in ln]
+    return pl.DataFrame({"input_ids": pl.Series(ids, dtype=pl.List(pl.Int32)),
+                         "value_start": pl.Series([1] * n, dtype=pl.Int32),
+                         "n_value_tokens": pl.Series(ln - 1, dtype=pl.Int32),
+                         "split": ["junk"] * n, "relation": ["junk"] * n})
+
+
+def apply_variants(df: pl.DataFrame, variants: dict | None, seed: int, counts: dict) -> pl.DataFrame:
+    """Apply the requested variants in a fixed order: compatibility, frequency, phases (``junk`` is applied
+    by the builder: after the split, or after tokenization)."""
+    variants = variants or {}
+    unknown = set(variants) - {"compatibility", "frequency", "phases", "junk"}
+    if unknown:
+        raise ValueError(f"unknown corpus variant(s) {sorted(unknown)}; allowed: compatibility, frequency, junk, "
+                         "phases")
+    junk_options(variants)
     if "compatibility" in variants:
         df = compatibility(df, int(variants["compatibility"].get("n", 200)), seed, counts)
     if "frequency" in variants:

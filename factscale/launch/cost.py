@@ -48,7 +48,13 @@ class CorpusEstimate:
         facts = self.facts * (1 - self.heldout_frac)
         if cfg.corpus.max_facts is not None:
             facts = min(facts, cfg.corpus.max_facts)
-        return facts * self.tokens_per_fact
+        return with_junk(cfg, facts * self.tokens_per_fact, facts)
+
+
+def with_junk(cfg: RunConfig, untagged_tokens: float, facts: float) -> float:
+    """Tokens an epoch trains: the useful ones, a domain tag per fact, and junk_ratio x the untagged useful
+    tokens of junk (``training.data``)."""
+    return untagged_tokens * (1 + cfg.train.junk_ratio) + (facts if cfg.train.domain_tag else 0)
 
 
 def flops_per_token(cfg: RunConfig, vocab: int, tokens_per_fact: float, value_tokens: float | None) -> float:
@@ -70,6 +76,9 @@ def sample_estimate(recipe, keys: int = SAMPLE_KEYS) -> CorpusEstimate:
         raise ConfigError("corpus_build.synthetic: this kind has no n_keys to scale a sample by; give "
                           "--assume-facts and --assume-tokens-per-fact")
     small = dataclasses.replace(recipe, synthetic={**recipe.synthetic, "n_keys": min(keys, n_keys)})
+    if "junk" in (recipe.variants or {}):  # the junk pool scaled down with the keys (its size leaves no token count)
+        junk = recipe.variants["junk"]
+        small.variants = {"junk": {**junk, "n": max(1, round(junk.get("n", 1) * min(keys, n_keys) / n_keys))}}
     with tempfile.TemporaryDirectory(prefix="factscale-plan-") as d:
         m = build_from_spec(small, Path(d) / "sample")
     t = m["tokens"]

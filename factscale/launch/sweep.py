@@ -77,7 +77,7 @@ def plan(spec: SweepSpec, estimate=None) -> list[dict]:
     """What a launch would do, without launching: params, tokens, FLOPs and current state. Tokens come from the
     built corpus, else from ``estimate`` (``launch.cost``: assumed, or a sample build of the recipe)."""
     from factscale.corpus.build import load_corpus
-    from factscale.launch.cost import flops_per_token
+    from factscale.launch.cost import flops_per_token, with_junk
     from factscale.training.data import repeats_of, select_facts
 
     rows = []
@@ -88,15 +88,17 @@ def plan(spec: SweepSpec, estimate=None) -> list[dict]:
         per_epoch = fpt = None
         source = "corpus not built: pass --assume-facts and --assume-tokens-per-fact"
         if rd is not None:
-            key = (cfg.corpus.path, cfg.corpus.max_facts, cfg.corpus.where, cfg.train.repeat_by)
+            key = (cfg.corpus.path, cfg.corpus.max_facts, cfg.corpus.where, cfg.train.repeat_by, cfg.train.domain_tag)
             if key not in by_corpus:
                 facts, manifest = load_corpus(cfg.corpus.path)
                 train, _ = select_facts(facts, cfg)
-                lens = train["input_ids"].list.len()
-                by_corpus[key] = (int((lens.to_numpy() * repeats_of(train, cfg.train.repeat_by)).sum()),
+                lens = train["input_ids"].list.len() - int(cfg.train.domain_tag)  # untagged lengths
+                reps = repeats_of(train, cfg.train.repeat_by)
+                by_corpus[key] = (int((lens.to_numpy() * reps).sum()), int(reps.sum()),
                                   float(lens.mean()), float(train["n_value_tokens"].mean()) + 1,
                                   manifest["tokens"]["vocab_size"])
-            per_epoch, tpf, value, vocab = by_corpus[key]
+            untagged, n_seen, tpf, value, vocab = by_corpus[key]
+            per_epoch = with_junk(cfg, untagged, n_seen)
             fpt, source = flops_per_token(cfg, vocab, tpf, value), "the built corpus"
         elif estimate is not None:
             per_epoch, source = estimate.train_tokens(cfg), estimate.source
@@ -288,9 +290,10 @@ def _launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
 def work_estimate(cfg: RunConfig) -> float:
     """A job's relative cost for ordering local jobs: facts x epochs x non-embedding parameters (a trunk's
     config stands for its branch group; a stack's member for each of its members). Runs on the whole corpus
-    count as larger than any slice."""
+    count as larger than any slice; junk mixed in multiplies the tokens."""
     facts = cfg.corpus.max_facts or 1e12
-    return facts * cfg.train.epochs * non_embedding_params(cfg.model.arch, resolve_shape(cfg.model))
+    return (facts * cfg.train.epochs * (1 + cfg.train.junk_ratio)
+            * non_embedding_params(cfg.model.arch, resolve_shape(cfg.model)))
 
 
 def _poll_local(ex, r, pending: list, running: list, out: list, folder: Path, log, ctrl_c: list) -> None:

@@ -29,6 +29,7 @@ from factscale.analysis.fitstore import Fits, default_dir, saved_fits
 from factscale.analysis.vocab import SIZE, facts_per_size, final_probes, label_annealed, overall, sizes_sorted
 from factscale.errors import FitError, PlotError
 from factscale.fsio import write_atomic
+from factscale.plots.axes import AXES_FIGURES
 from factscale.plots.data import DATA_FIGURES
 from factscale.plots.studies import STUDY_FIGURES
 
@@ -314,7 +315,7 @@ FIGURES = {
     "extrapolation": fig_extrapolation,
     "generalization": fig_generalization,
     "mr-vs-facts": fig_mr_vs_facts,
-    **{name: themed(fn) for name, fn in {**DATA_FIGURES, **STUDY_FIGURES}.items()},
+    **{name: themed(fn) for name, fn in {**DATA_FIGURES, **STUDY_FIGURES, **AXES_FIGURES}.items()},
 }
 
 

@@ -172,6 +172,25 @@ class TrainConfig:
     ``interleaved`` trains a random 1/n of all facts each epoch (same steps, same exposures per fact);
     ``first-phase-only`` trains phase 1 in every epoch: the control for ``blocked`` (the same steps and
     schedule, later phases never seen), so forgetting is measured against continued training, not time."""
+    junk_ratio: float = 0.0
+    """Junk tokens mixed in per useful (training-fact) token, every epoch: pieces drawn from the corpus' junk
+    pool (``--variant junk:kind=random|facts,n=N``), cycling through it in a seeded order, so each piece is
+    seen about ``epochs x pieces per epoch / n`` times (the rows' ``junk_exposures``). Allen-Zhu & Li's 1:7
+    useful-to-junk is 7. Junk is trained on and never probed; 0 = none."""
+    domain_tag: bool = False
+    """Prefix every useful fact, in training and in every probe, with the junk corpus' ``<domain>`` token
+    (junk pieces stay untagged): the model can tell the data worth storing from the junk."""
+    inject_where: Optional[str] = None
+    """``column=value[,value...]``: facts injected mid-run (e.g. ``phase=p4`` of a ``phases:n=4,by=random``
+    corpus): of the run's training facts these select, alternate ones (in the corpus' order) are trained only
+    in epochs ``inject_epoch`` .. ``inject_epoch + inject_epochs - 1`` (``injected`` = yes) and the others never
+    (``control``: the baseline); every probe breaks facts down by ``injected`` (yes / control / no), and the
+    train split's ``all`` rows include the never-trained control. ``factscale study forgetting`` fits the
+    decay of the injected half's gain over the control. None = off."""
+    inject_epoch: int = 1
+    """The epoch (1-based) in which the injected facts are first trained."""
+    inject_epochs: int = 1
+    """Consecutive epochs in which the injected facts are trained (their exposures, times any repeats)."""
     precision: Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed"] = "auto"
     """auto = fp32 on CPU, bf16-mixed on GPU. ``bf16-mixed``: fp32 weights and optimizer, bf16 autocast;
     ``bf16-true``: the weights themselves in bf16 (and so the optimizer's state). Probes apply the output
@@ -205,6 +224,19 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"train.{name} must be a positive integer, got {v!r}")
+        for name in ("inject_epoch", "inject_epochs"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"train.{name} must be a positive integer, got {v!r}")
+        if self.inject_where is not None:
+            col, eq, vals = str(self.inject_where).partition("=")
+            if not (eq and col.strip() and vals.strip()):
+                raise ConfigError(f"train.inject_where must read 'column=value[,value...]', got {self.inject_where!r}")
+            if self.inject_epoch + self.inject_epochs - 1 > self.epochs:
+                raise ConfigError(f"train.inject_epoch={self.inject_epoch} + inject_epochs={self.inject_epochs} - 1 "
+                                  f"is past train.epochs={self.epochs}: the injection must end within the run")
+        if isinstance(self.junk_ratio, bool) or not (math.isfinite(self.junk_ratio) and self.junk_ratio >= 0):
+            raise ConfigError(f"train.junk_ratio must be a finite number >= 0 (0 = no junk), got {self.junk_ratio!r}")
 
 
 @dataclass

@@ -6,6 +6,9 @@ Because packing depends only on (seed, epoch), a run resumed from a checkpoint s
 it would have seen. Padding sits at the end of a window and is masked out of the loss; causal attention
 means it cannot affect real tokens, so no padding mask is needed. Whether facts in a window see each other
 is ``train.attention`` (train.fact_positions): the windows are the same either way.
+
+Junk mixing (``train.junk_ratio``): each epoch also packs pieces of the corpus' junk pool, drawn by cycling
+through seeded permutations of the pool, so an epoch's junk is again a function of (seed, epoch) only.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import polars as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from factscale.corpus.render import flat_tokens
+from factscale.corpus.render import DOMAIN_TAG_ID, flat_tokens
+from factscale.configio import parse_where
 from factscale.errors import ConfigError
 from factscale.training.config import RunConfig
 
@@ -43,7 +47,50 @@ def select_facts(facts: pl.DataFrame, cfg: RunConfig) -> tuple[pl.DataFrame, pl.
     heldout = facts.filter(pl.col("split") == "heldout").sort("order")
     if cfg.corpus.heldout_max is not None:
         heldout = heldout.head(cfg.corpus.heldout_max)
+    if cfg.train.domain_tag:
+        train, heldout = with_domain_tag(train), with_domain_tag(heldout)
+    if cfg.train.inject_where is not None:
+        train, heldout = _mark_injected(train, cfg), heldout.with_columns(injected=pl.lit("no"))
     return train, heldout
+
+
+def _mark_injected(train: pl.DataFrame, cfg: RunConfig) -> pl.DataFrame:
+    """The ``injected`` column of the run's training facts (``train.inject_where``): of the selected facts,
+    alternate ones in the corpus' seeded order are ``yes`` (trained in the injection epochs only) and
+    ``control`` (never trained: the same kind of facts, keys as familiar, the baseline forgetting is measured
+    against); every other fact ``no``. The halves depend on the corpus only, so seeds share them."""
+    col, values = parse_where(cfg.train.inject_where)
+    if col not in train.columns:
+        raise ConfigError(f"train.inject_where: column {col!r} is not in facts.parquet; available: "
+                          f"{sorted(train.columns)}")
+    hit = train[col].cast(pl.String).is_in(values)
+    if not 1 < int(hit.sum()) < train.height:
+        raise ConfigError(f"train.inject_where={cfg.train.inject_where}: selects {int(hit.sum())} of the run's "
+                          f"{train.height} training facts; it must select some (two or more), not all")
+    rank = pl.col("order").rank("ordinal").over(pl.lit(hit))  # train is sorted by order: alternate within the hit
+    return train.with_columns(injected=pl.when(~hit).then(pl.lit("no")).when(rank % 2 == 1).then(pl.lit("yes"))
+                              .otherwise(pl.lit("control")))
+
+
+def junk_pool(facts: pl.DataFrame, cfg: RunConfig) -> pl.DataFrame | None:
+    """The corpus' junk pieces this run mixes in (``train.junk_ratio``), or None; checks that a junk ratio or
+    a domain tag has a junk corpus under it."""
+    if not (cfg.train.junk_ratio or cfg.train.domain_tag):
+        return None
+    pool = facts.filter(pl.col("split") == "junk").sort("fact_id")
+    if pool.height == 0:
+        field = "train.junk_ratio" if cfg.train.junk_ratio else "train.domain_tag"
+        raise ConfigError(f"{field}: corpus {cfg.corpus.path} has no junk pool (nor a <domain> token); build one "
+                          "with `factscale corpus build ... --variant junk:kind=random,n=N` (or kind=facts)")
+    return pool if cfg.train.junk_ratio else None
+
+
+def with_domain_tag(df: pl.DataFrame) -> pl.DataFrame:
+    """``<bos> <domain> text <eos>``: the tag after ``<bos>``, so the value starts one token later."""
+    return df.with_columns(
+        input_ids=pl.concat_list(pl.col("input_ids").list.head(1), pl.lit(DOMAIN_TAG_ID, dtype=pl.Int32),
+                                 pl.col("input_ids").list.slice(1)),
+        value_start=pl.col("value_start") + 1)
 
 
 def repeats_of(train: pl.DataFrame, column: str | None) -> np.ndarray:
@@ -154,9 +201,14 @@ class FactDataModule(L.LightningDataModule):
         self.train_facts, self.heldout_facts = select_facts(facts, cfg)
         if self.train_facts.height == 0:
             raise ConfigError(f"corpus.path {cfg.corpus.path}: no training facts")
-        self.flat, self.offsets = flat_tokens(self.train_facts["input_ids"])
+        junk = junk_pool(facts, cfg)
+        # the packer's pieces: the training facts, then the junk pool (indices n_useful.. in epoch orders)
+        pieces = self.train_facts if junk is None else pl.concat(
+            [self.train_facts.select("input_ids", "value_start"), junk.select("input_ids", "value_start")])
+        self.n_useful = self.train_facts.height
+        self.flat, self.offsets = flat_tokens(pieces["input_ids"])
         self.lengths = np.diff(self.offsets)
-        self.value_starts = self.train_facts["value_start"].to_numpy().astype(np.int64)
+        self.value_starts = pieces["value_start"].to_numpy().astype(np.int64)
         longest = int(self.lengths.max())
         if longest > cfg.train.seq_len:
             raise ConfigError(f"train.seq_len={cfg.train.seq_len} is shorter than the longest fact "
@@ -169,18 +221,35 @@ class FactDataModule(L.LightningDataModule):
         self.repeats = repeats_of(self.train_facts, cfg.train.repeat_by)
         self.index = np.repeat(np.arange(self.train_facts.height), self.repeats)
         self.real_fraction: float | None = None
-        self.tokens_per_epoch = int((self.lengths * self.repeats).sum())
+        self.tokens_per_epoch = int((self.lengths[:self.n_useful] * self.repeats).sum())  # useful tokens
+        # junk pieces per epoch: junk_ratio x the epoch's useful tokens (without tags, so a tagged run and an
+        # untagged one mix in the same junk) over the pool's mean piece length
+        untagged = self.tokens_per_epoch - (int(self.repeats.sum()) if cfg.train.domain_tag else 0)
+        self.junk_pool_size = 0 if junk is None else junk.height
+        self.junk_per_epoch = 0 if junk is None else max(1, round(
+            cfg.train.junk_ratio * untagged / float(self.lengths[self.n_useful:].mean())))
         # pinned host batches let the host->device copy run asynchronously on a GPU
         pin = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
         self.packer = Packer(self.flat, self.offsets, self.value_starts, cfg.train.seq_len, pad_id,
                              cfg.train.loss_on == "value", pin_memory=pin)
         self._phase: tuple[np.ndarray, int] | None = None
+        self.injected = self.train_facts["injected"].to_numpy() if cfg.train.inject_where else None
 
     def epoch_facts(self, epoch: int) -> np.ndarray:
-        """Indices of the facts trained in this epoch (all of them, unless phases are in play)."""
+        """Indices of the facts trained in this epoch (all of them, unless phases or an injection are in play)."""
+        keep = self._phase_keep(epoch)
+        if self.injected is not None:  # the control half never; the injected half only in its epochs
+            c = self.cfg.train
+            now = c.inject_epoch - 1 <= epoch < c.inject_epoch - 1 + c.inject_epochs
+            trained = (self.injected == "no") | ((self.injected == "yes") & now)
+            keep = trained if keep is None else keep & trained
+        return self.index if keep is None else self.index[keep[self.index]]
+
+    def _phase_keep(self, epoch: int) -> np.ndarray | None:
+        """Which training facts this epoch's phase trains (``train.phase_column``); None = all."""
         col = self.cfg.train.phase_column
         if col is None:
-            return self.index
+            return None
         if col not in self.train_facts.columns:
             raise ConfigError(f"train.phase_column: column {col!r} is not in facts.parquet")
         if self._phase is None:  # phase codes 0..n-1 in sorted name order, once (not per epoch)
@@ -189,19 +258,36 @@ class FactDataModule(L.LightningDataModule):
         phase, n = self._phase
         E = self.cfg.train.epochs
         if self.cfg.train.order == "blocked":
-            keep = phase == min(n - 1, epoch * n // E)
-        elif self.cfg.train.order == "first-phase-only":
-            keep = phase == 0
-        else:  # a fresh random partition of all facts into n slots every n epochs
-            perm = np.random.default_rng([self.cfg.seed, epoch // n, 7]).permutation(len(phase))
-            keep = np.zeros(len(phase), dtype=bool)
-            keep[perm[epoch % n::n]] = True
-        return self.index[keep[self.index]]
+            return phase == min(n - 1, epoch * n // E)
+        if self.cfg.train.order == "first-phase-only":
+            return phase == 0
+        # a fresh random partition of all facts into n slots every n epochs
+        perm = np.random.default_rng([self.cfg.seed, epoch // n, 7]).permutation(len(phase))
+        keep = np.zeros(len(phase), dtype=bool)
+        keep[perm[epoch % n::n]] = True
+        return keep
+
+    def junk_pieces(self, epoch: int) -> np.ndarray:
+        """Packer indices of this epoch's junk: positions [e J, (e + 1) J) of an endless walk through the pool,
+        one seeded permutation per pass, so every piece is drawn once per pass (exposures differ by at most 1)."""
+        J, P = self.junk_per_epoch, self.junk_pool_size
+        k = np.arange(epoch * J, (epoch + 1) * J, dtype=np.int64)
+        out = np.empty(J, dtype=np.int64)
+        for c in np.unique(k // P).tolist():  # the passes this epoch's draws fall in (one or two, unless J > P)
+            at = (k // P) == c
+            out[at] = np.random.default_rng([self.cfg.seed, c, 17]).permutation(P)[k[at] % P]
+        return self.n_useful + out
+
+    def junk_exposures(self) -> float:
+        """Mean times a junk piece is trained on over the run (0 without junk)."""
+        return self.junk_per_epoch * self.cfg.train.epochs / self.junk_pool_size if self.junk_pool_size else 0.0
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """The facts of this epoch in training order; a function of (seed, epoch) only."""
+        """The facts (and junk pieces) of this epoch in training order; a function of (seed, epoch) only."""
         rng = np.random.default_rng([self.cfg.seed, epoch])
         facts = self.epoch_facts(epoch)
+        if self.junk_per_epoch:
+            facts = np.concatenate([facts, self.junk_pieces(epoch)])
         return facts[rng.permutation(len(facts))]
 
     def epoch_tensors(self, epoch: int, reuse: bool = False):

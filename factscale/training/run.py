@@ -34,7 +34,7 @@ from factscale.training.callbacks import (
     parse_fault,
 )
 from factscale.training.config import RunConfig
-from factscale.training.data import FactDataModule, select_facts
+from factscale.training.data import FactDataModule, junk_pool, select_facts
 from factscale.training.models import (
     count_instantiated,
     embedding_params,
@@ -113,6 +113,13 @@ def probe_sets(cfg: RunConfig, dm: FactDataModule) -> dict[str, pl.DataFrame]:
     return sets
 
 
+def probe_groups(cfg: RunConfig, facts: pl.DataFrame) -> list[str]:
+    """The columns every probe breaks its rows down by: frequency bucket, ``probe.group_columns``, and
+    ``injected`` when facts are injected mid-run."""
+    return [c for c in ["freq_bucket", *cfg.probe.group_columns] if c in facts.columns] + (
+        ["injected"] if cfg.train.inject_where is not None else [])
+
+
 def validate(cfg: RunConfig, facts: pl.DataFrame) -> None:
     """Everything about a run that can be checked before its directory exists (ConfigError names the field)."""
     resolve_shape(cfg.model)
@@ -128,14 +135,15 @@ def validate(cfg: RunConfig, facts: pl.DataFrame) -> None:
     train, _ = select_facts(facts, cfg)
     if train.height == 0:
         raise ConfigError(f"corpus.path {cfg.corpus.path}: no training facts")
+    junk = junk_pool(facts, cfg)
     if cfg.corpus.max_facts is not None and train.height < cfg.corpus.max_facts:
         raise ConfigError(f"corpus.max_facts={cfg.corpus.max_facts} exceeds the {train.height} training facts of "
                           f"{cfg.corpus.path}{' where ' + cfg.corpus.where if cfg.corpus.where else ''}: the run "
                           "would be named for a cap it does not apply; lower it or build a larger corpus")
-    longest = int(train["input_ids"].list.len().max())
+    longest = max(int(d["input_ids"].list.len().max()) for d in (train, junk) if d is not None)
     if longest > cfg.train.seq_len:
-        raise ConfigError(f"train.seq_len={cfg.train.seq_len} is shorter than the longest fact ({longest} tokens); "
-                          "raise train.seq_len")
+        raise ConfigError(f"train.seq_len={cfg.train.seq_len} is shorter than the longest fact or junk piece "
+                          f"({longest} tokens); raise train.seq_len")
     check_logger(cfg.train.logger)
     parse_fault(os.environ.get(FAULT_ENV))
 
@@ -244,7 +252,7 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
     if non_emb != non_embedding_params(cfg.model.arch, resolve_shape(cfg.model)):  # the registry's count is reported
         raise RuntimeError(f"non-embedding parameters: the model has {non_emb}, the size registry counts "
                            f"{non_embedding_params(cfg.model.arch, resolve_shape(cfg.model))}: the count formula drifted")
-    groups = [c for c in ["freq_bucket", *cfg.probe.group_columns] if c in facts.columns]
+    groups = probe_groups(cfg, facts)
     prober = Prober(probe_sets(cfg, dm), cfg.probe.batch_size, tok.pad_token_id, non_emb, groups,
                     train_facts=dm.train_facts, total_params=total, donors=dm.heldout_facts)
     ckpt, epochs_done = rd.resume_checkpoint(readonly=global_rank(cfg) != 0)
@@ -295,6 +303,7 @@ def write_run(cfg: RunConfig, rd: RunDir, model, tok, dm: FactDataModule, manife
         "active_params": active_params(cfg, dm.train_facts), "used_token_ids": used_token_ids(dm.train_facts),
         "train_facts": dm.train_facts.height, "heldout_facts": dm.heldout_facts.height,
         "tokens_per_epoch": dm.tokens_per_epoch, "real_token_fraction": dm.real_fraction,
+        "junk_pieces_per_epoch": dm.junk_per_epoch, "junk_exposures": dm.junk_exposures(),
         "git_sha": git_sha(), "device": torch.cuda.get_device_name(0) if acc == "gpu" else "cpu",
         "precision": prec, **meta,
     }

@@ -45,6 +45,10 @@ __all__ = ["RunDir", "RunLock"]
 # Fields that do not change what a run computes, so they do not enter its identity hash.
 _NON_IDENTITY = {"runs_dir", "name", "train.progress_bar", "train.log_every_n_steps", "train.num_threads",
                  "train.logger", "train.keep_checkpoints"}
+# Fields added after runs were already named: at these (default) values they stay out of the identity, so a run
+# made before they existed keeps its id and is found again; any other value enters it.
+_LATER_DEFAULTS = {"train.junk_ratio": 0.0, "train.domain_tag": False, "train.inject_where": None,
+                   "train.inject_epoch": 1, "train.inject_epochs": 1}
 
 
 def _short(n: int | None) -> str:
@@ -63,12 +67,20 @@ def run_name(cfg: RunConfig) -> str:
         parts.append(f"f{_short(cfg.corpus.max_facts)}")
     if cfg.corpus.where is not None:  # e.g. "freq_level=x1" -> "w-x1": which group trained alone
         parts.append("w-" + re.sub(r"[^A-Za-z0-9.]+", "_", cfg.corpus.where.partition("=")[2]).strip("_"))
+    if cfg.train.inject_where is not None:  # e.g. "phase=p4" at epoch 10 -> "inj-p4@10"
+        parts.append("inj-" + re.sub(r"[^A-Za-z0-9.]+", "_", cfg.train.inject_where.partition("=")[2]).strip("_")
+                     + f"@{cfg.train.inject_epoch}")
+    if cfg.train.junk_ratio:
+        parts.append(f"j{cfg.train.junk_ratio:g}")
+    if cfg.train.domain_tag:
+        parts.append("tag")
     parts.append(f"s{cfg.seed}")
     return "-".join(parts)
 
 
 def identity(cfg: RunConfig, corpus_hash: str) -> dict:
-    flat = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in _NON_IDENTITY}
+    flat = {k: v for k, v in flatten(to_dict(cfg)).items()
+            if k not in _NON_IDENTITY and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
     return {"config": flat, "corpus_hash": corpus_hash}
 
 

@@ -42,7 +42,7 @@ from factscale.training.data import FactDataModule
 from factscale.training.ensemble import IGNORE, Ensemble, init_member
 from factscale.training.models import count_instantiated, resolve_shape
 from factscale.training.module import lr_lambda
-from factscale.training.run import disk_needed_mb, probe_sets, quiet_lightning, validate, write_run
+from factscale.training.run import disk_needed_mb, probe_groups, probe_sets, quiet_lightning, validate, write_run
 from factscale.training.rundir import RunDir
 
 STACKS = "_stacks"
@@ -79,7 +79,7 @@ class _Member:
         with torch.random.fork_rng():
             probe_model = init_member(cfg, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
         non_emb, total = count_instantiated(probe_model)
-        groups = [c for c in ["freq_bucket", *cfg.probe.group_columns] if c in facts.columns]
+        groups = probe_groups(cfg, facts)
         self.prober = Prober(probe_sets(cfg, self.dm), cfg.probe.batch_size, tok.pad_token_id, non_emb, groups,
                              train_facts=self.dm.train_facts, total_params=total, donors=self.dm.heldout_facts)
         self.rows: list[dict] = []
