@@ -134,7 +134,8 @@ def forgetting_curves(df: pl.DataFrame) -> pl.DataFrame:
         bad = d.filter(pl.col("t").is_null())["run_id"].unique().to_list()
         raise PlotError(f"forgetting: runs {bad[:3]} have no probe at the injection's last epoch; set "
                         "probe.every_epochs: 1")
-    return d.select("run_id", SIZE, PARAMS, pl.col(SEED).alias("seed"), "epoch", "step", "t", "mr", "gain",
+    return d.select("run_id", SIZE, PARAMS, pl.col(SEED).alias("seed"), pl.col(INJECT).alias("inject_epoch"),
+                    "epoch", "step", "t", "mr", "gain",
                     "control_bits", pl.col("code_bits_mean").alias("injected_bits")).sort("run_id", "step")
 
 
@@ -192,12 +193,12 @@ def forgetting_fits(df: pl.DataFrame) -> pl.DataFrame:
                      "mr_end_injection": post["mr"][0], "mr_end_run": post["mr"][-1],
                      "injected_bits_end_injection": post["injected_bits"][0],
                      "injected_bits_end_run": post["injected_bits"][-1],
-                     "gain_before": _last(g.filter(pl.col("t") < 0)["gain"]), **fit})
+                     "gain_before": _last(g.filter(pl.col("epoch") < pl.col("inject_epoch"))["gain"]), **fit})
     return pl.DataFrame(rows, infer_schema_length=None).sort(PARAMS, "seed")
 
 
 def _last(x: pl.Series) -> float:
-    """The last value, NaN for none (a run injected at epoch 1 has no probe before its injection)."""
+    """The last value (the last probe before the injection began), NaN for none (injected at epoch 1)."""
     return float(x[-1]) if len(x) else math.nan
 
 

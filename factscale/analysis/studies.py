@@ -12,7 +12,7 @@ cannot show; vary the corpus seed to include it.
   phase-1 MR of the control (phase 1 trained throughout) - phase-1 MR under blocked order, at the end;
 - compatibility (variant groups, see ``corpus.variants``): the forward statement's MR in each group and
   the differences that separate cheaper storage from more exposure (paraphrase - twice);
-- preference (``corpus.where`` runs: each group alone, and the groups mixed at equal exposures per fact):
+- preference (``analysis.preference``: each group alone, and the groups mixed at equal exposures per fact):
   a group's loss = MR alone - MR mixed; preference for A over B = loss(B) - loss(A).
 """
 
@@ -24,8 +24,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from factscale.analysis.vocab import PREFERENCE_COLUMNS, final_probes
-from factscale.configio import parse_where
+from factscale.analysis.vocab import final_probes
 from factscale.errors import PlotError
 
 MIN_SEEDS = 3
@@ -88,14 +87,6 @@ def rows_by(df: pl.DataFrame, by: str, split: str = "train") -> pl.DataFrame:
         raise PlotError(f"no {split} probe rows broken down by {by!r}: build the corpus with the study's "
                         f"variant and set probe.group_columns: [{by}]")
     return d
-
-
-def preference_column(df: pl.DataFrame) -> str:
-    """The grouping column of a preference study's results: frequency level, else difficulty bucket."""
-    for c in PREFERENCE_COLUMNS[:2]:
-        if df.filter(pl.col("group_by") == c).height:
-            return c
-    raise PlotError("no frequency/difficulty breakdown: set probe.group_columns: [freq_level] or [rarity_bucket]")
 
 
 def summarise(per_seed: pl.DataFrame, keys: list[str], quantities: list[str]) -> pl.DataFrame:
@@ -233,71 +224,6 @@ def compatibility_summary(df: pl.DataFrame) -> pl.DataFrame:
             out.append({**dict(zip([SIZE, PARAMS, "budget"], key)), "quantity": q, **stat})
     return pl.DataFrame(out, schema_overrides={"lo": pl.Float64, "hi": pl.Float64, "why": pl.String}
                         ).sort(PARAMS, maintain_order=True)
-
-
-def _alone_group(where: str | None, column: str) -> str | None:
-    """The one group a ``corpus.where`` run trained alone, or None for a mixed run."""
-    if where is None:
-        return None
-    col, vals = parse_where(where)
-    return vals[0] if col == column and len(vals) == 1 else None
-
-
-def preference_per_seed(df: pl.DataFrame, column: str) -> pl.DataFrame:
-    """Per (size, seed, group) at the final probe: MR trained alone, MR mixed with the other groups, and
-    the loss from competing (alone - mixed). Groups without both runs are left out."""
-    d = rows_by(df, column)
-    d = d.filter(pl.col("epoch") == pl.col("cfg.train.epochs"))
-    if WHERE not in d.columns:
-        d = d.with_columns(pl.lit(None, dtype=pl.String).alias(WHERE))
-    rows = []
-    for (size, params, seed), g in d.group_by([SIZE, PARAMS, SEED]):
-        alone, mixed = {}, {}
-        for r in g.iter_rows(named=True):
-            a = _alone_group(r[WHERE], column)
-            if r[WHERE] is not None and a is None and parse_where(r[WHERE])[0] != column:
-                raise PlotError(f"preference by {column!r}: run {r.get('run_id')} has corpus.where={r[WHERE]!r}, "
-                                f"on another column; summarise runs grouped by {column!r} only")
-            into = mixed if a is None else alone if r["group"] == a else None
-            if into is not None:
-                if r["group"] in into:
-                    raise PlotError(f"preference: two {'mixed' if a is None else 'alone'} rows for group "
-                                    f"{r['group']} ({size}, seed {seed}); collect one run per design point")
-                # above chance on the same facts: capacity_above_chance / n_facts pairs each fact with its own
-                # key-blind guess (mr_keyblind averages only the facts that have a donor)
-                above = r.get("capacity_above_chance")
-                into[r["group"]] = (r["mr"], None if above is None or not r.get("n_facts") else above / r["n_facts"])
-        for grp in sorted(alone.keys() & mixed.keys()):
-            (a, a_above), (m, m_above) = alone[grp], mixed[grp]
-            rows.append({SIZE: size, PARAMS: params, SEED: seed, "group": grp, "mr_alone": a, "mr_mixed": m,
-                         "loss": a - m, "retention": m / a if a > 0 else None,
-                         "mr_alone_above_chance": a_above, "mr_mixed_above_chance": m_above})
-    if not rows:
-        raise PlotError(f"preference by {column!r} needs, per seed, a run of each group alone (corpus.where: "
-                        f"{column}=G) and a mixed run (no corpus.where, or several groups)")
-    return pl.DataFrame(rows).sort(PARAMS, SEED, "group")
-
-
-def preference_summary(df: pl.DataFrame, column: str) -> pl.DataFrame:
-    """Per size and group: MR alone, mixed, loss and retention (mixed / alone), MR alone and mixed above the
-    key-blind guess rate (a group whose values are common is partly guessed); and for each pair (A, B) of
-    groups, paired within seeds, the preference for A over B in absolute terms, loss(B) - loss(A), and in
-    relative terms, retention(A) - retention(B). Both > 0: A keeps more of what it stores alone. They can
-    disagree: a group that stores more alone has more to lose."""
-    p = preference_per_seed(df, column)
-    out = [summarise(p.rename({"group": "group_"}), [SIZE, PARAMS, "group_"],
-                      ["mr_alone", "mr_mixed", "loss", "retention", "mr_alone_above_chance",
-                       "mr_mixed_above_chance"]).rename({"group_": "group"})]
-    loss = p.pivot(on="group", index=[SIZE, PARAMS, SEED], values="loss")
-    kept = p.pivot(on="group", index=[SIZE, PARAMS, SEED], values="retention")
-    groups = sorted(p["group"].unique().to_list())
-    for i, a in enumerate(groups):
-        for b in groups[i + 1:]:
-            for wide, name, expr in ((loss, f"pref_{a}_over_{b}", pl.col(b) - pl.col(a)),
-                                     (kept, f"pref_{a}_over_{b}_relative", pl.col(a) - pl.col(b))):
-                s = summarise(wide.with_columns(expr.alias(name)), [SIZE, PARAMS], [name])
-                out.append(s.with_columns(group=pl.lit(None, dtype=pl.String)).select(out[0].columns))
-    return pl.concat(out).sort(PARAMS)
 
 
 def print_summary(t: pl.DataFrame, title: str, print=print) -> None:

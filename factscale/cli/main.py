@@ -231,8 +231,10 @@ def cmd_study(a):
 
     df = _read_results(a.results)
     if a.kind == "preference":
-        column = a.column or st.preference_column(df)
-        t, title = st.preference_summary(df, column), f"preference by {column}: MR alone, mixed, loss = alone - mixed"
+        from factscale.analysis import preference as pr
+
+        column = a.column or pr.preference_column(df)
+        t, title = pr.preference_summary(df, column), f"preference by {column}: MR alone, mixed, loss = alone - mixed"
     elif a.kind == "overwriting":
         t, title = st.overwriting_summary(df), "overwriting: phase MRs (annealed end), forgetting = control - blocked"
     elif a.kind == "generalization":
@@ -242,8 +244,8 @@ def cmd_study(a):
         t, title = ax.junk_summary(df), ("junk: keyed bits and facts above chance on the useful facts, retained = "
                                          "keyed bits / the clean run's, critical ratio = retained crosses 1/2")
     elif a.kind == "forgetting":
-        t, title = ax.forgetting_summary(df), ("forgetting: bits gained on injected facts over held-out ones, power "
-                                               "law vs exponential in steps, chosen by held-out RMSE")
+        t, title = ax.forgetting_summary(df), ("forgetting: bits gained on injected facts over the never-trained "
+                                               "control, power law vs exponential in steps, chosen by held-out RMSE")
     else:
         t, title = st.compatibility_summary(df), "compatibility: forward-statement MR per group and differences"
     if a.kind == "junk":

@@ -164,7 +164,7 @@ def frequency(df: pl.DataFrame, mode: str, levels: list[int], seed: int, signal:
         freq_level=pl.format("x{}", pl.col("repeats")))
 
 
-def phases(df: pl.DataFrame, n: int, by: str, seed: int) -> pl.DataFrame:
+def phases(df: pl.DataFrame, n: int, by: str, seed) -> pl.DataFrame:
     """Assign each fact a phase p1..pn: whole relations per phase (``relation``) or at random."""
     if n < 2:
         raise ValueError(f"phases variant needs n >= 2, got {n}")
@@ -246,7 +246,11 @@ def apply_variants(df: pl.DataFrame, variants: dict | None, seed: int, counts: d
                        float(v.get("alpha", 1.0)), v.get("max", 16))
     if "phases" in variants:
         v = variants["phases"]
-        df = phases(df, int(v.get("n", 2)), v.get("by", "relation"), seed)
+        # random phases drawn from the seed alone would repeat an assigned frequency's draws (same generator,
+        # same integers: phase p1 <=> level x1); beside a frequency variant they get their own stream (alone,
+        # the plain seed as before, so corpora built earlier keep their phases)
+        phase_seed = [seed, 3] if "frequency" in variants else seed
+        df = phases(df, int(v.get("n", 2)), v.get("by", "relation"), phase_seed)
     return df
 
 

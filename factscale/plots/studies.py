@@ -18,10 +18,9 @@ from factscale.analysis.studies import (
     compatibility_summary,
     corpus_controls,
     generalization_table,
-    preference_column,
-    preference_per_seed,
     rows_by,
 )
+from factscale.analysis.preference import preference_column, preference_per_seed
 from factscale.analysis.vocab import facts_per_size, final_probes
 from factscale.errors import PlotError
 

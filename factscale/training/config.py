@@ -34,7 +34,8 @@ class CorpusRef:
     where: Optional[str] = None
     """``column=value[,value...]``: train and probe only the facts whose column (read as text) takes one of
     these values, e.g. ``freq_level=x1``: one group trained alone, the preference study's competition
-    design (docs/studies.md). Applied before ``max_facts``. None = every fact."""
+    design (docs/studies.md); ``a*b=x1*p1,x4*p1`` selects combinations of two columns. Applied before
+    ``max_facts``. None = every fact."""
 
     def __post_init__(self):
         self.path = normalize_path(self.path)  # one spelling, one run identity: ./c, c/ and $PWD/c are c
@@ -254,7 +255,8 @@ class ProbeConfig:
     freq_column: Optional[str] = "popularity"
     """Column used for the frequency-bucket breakdown (quantile buckets); None = none."""
     group_columns: list[str] = field(default_factory=list)
-    """Extra facts.parquet columns to break the metrics down by (e.g. variant group, phase)."""
+    """Extra facts.parquet columns to break the metrics down by (e.g. variant group, phase); ``a*b`` breaks
+    them down by the combination of two columns (groups like ``x1*p1``), as ``corpus.where`` may select."""
 
     def __post_init__(self):
         for name in ("every_epochs", "batch_size"):

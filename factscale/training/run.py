@@ -116,7 +116,7 @@ def probe_sets(cfg: RunConfig, dm: FactDataModule) -> dict[str, pl.DataFrame]:
 def probe_groups(cfg: RunConfig, facts: pl.DataFrame) -> list[str]:
     """The columns every probe breaks its rows down by: frequency bucket, ``probe.group_columns``, and
     ``injected`` when facts are injected mid-run."""
-    return [c for c in ["freq_bucket", *cfg.probe.group_columns] if c in facts.columns] + (
+    return [c for c in ["freq_bucket", *cfg.probe.group_columns] if all(p in facts.columns for p in c.split("*"))] + (
         ["injected"] if cfg.train.inject_where is not None else [])
 
 
@@ -126,8 +126,8 @@ def validate(cfg: RunConfig, facts: pl.DataFrame) -> None:
     resolve_device(cfg)
     columns = [("train.repeat_by", cfg.train.repeat_by), ("train.phase_column", cfg.train.phase_column),
                ("probe.freq_column", cfg.probe.freq_column), *(("probe.group_columns", c) for c in cfg.probe.group_columns)]
-    for field, col in columns:
-        if col is not None and col not in facts.columns:
+    for field, col in columns:  # a crossed group column (a*b) needs each of its parts
+        if col is not None and any(p not in facts.columns for p in col.split("*")):
             raise ConfigError(f"{field}: column {col!r} is not in facts.parquet; available: {sorted(facts.columns)}")
     if cfg.train.seq_len > cfg.model.max_position:
         raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds model.max_position={cfg.model.max_position} "

@@ -7,11 +7,11 @@ import math
 import polars as pl
 import pytest
 
+from factscale.analysis.preference import preference_summary
 from factscale.analysis.studies import (
     compatibility_per_seed,
     overwriting_per_seed,
     overwriting_summary,
-    preference_summary,
     seed_interval,
 )
 from factscale.errors import PlotError
@@ -114,6 +114,38 @@ def test_preference_is_the_difference_of_the_groups_losses_paired_by_seed():
     assert rel["mean"] == pytest.approx((0.4 - 8 / 9 + 1 / 3 - 1 + 0.5 - 7 / 8) / 3)
     with pytest.raises(PlotError, match="alone"):
         preference_summary(pl.DataFrame([r for r in rows if r["cfg.corpus.where"] is None]), "freq_level")
+
+
+def test_partnered_preference_reads_the_target_half_of_each_run():
+    """The partnered design (freq_level*phase): alone runs hold a group's two halves, mixed runs the target
+    half p1 of both groups; only the p1 rows count, and the numbers equal the plain design's on them."""
+    rows, plain = [], []
+    for seed, (a1, m1, a4, m4) in enumerate([(0.5, 0.2, 0.9, 0.8), (0.6, 0.2, 0.9, 0.9), (0.4, 0.2, 0.8, 0.7)]):
+        base = {"split": "train", "group_by": "freq_level*phase", "epoch": 100, "cfg.train.epochs": 100,
+                "cfg.seed": seed, "cfg.model.size": "2k", "non_embedding_params": 1656, "n_facts": 100,
+                "capacity_above_chance": 0.0}
+        rows += [{**base, "cfg.corpus.where": "freq_level=x1", "group": "x1*p1", "mr": a1},
+                 {**base, "cfg.corpus.where": "freq_level=x1", "group": "x1*p2", "mr": 0.01},  # the partner half
+                 {**base, "cfg.corpus.where": "freq_level=x4", "group": "x4*p1", "mr": a4},
+                 {**base, "cfg.corpus.where": "freq_level=x4", "group": "x4*p2", "mr": 0.02},
+                 {**base, "cfg.corpus.where": "phase=p1", "group": "x1*p1", "mr": m1},
+                 {**base, "cfg.corpus.where": "phase=p1", "group": "x4*p1", "mr": m4}]
+        plain += [{**r, "group_by": "freq_level", "group": r["group"][:2],
+                   "cfg.corpus.where": None if r["cfg.corpus.where"] == "phase=p1" else r["cfg.corpus.where"]}
+                  for r in rows[-6:] if r["group"].endswith("p1")]
+    from factscale.analysis.preference import preference_column
+
+    assert preference_column(pl.DataFrame(rows)) == "freq_level*phase"
+    got = preference_summary(pl.DataFrame(rows), "freq_level*phase")
+    want = preference_summary(pl.DataFrame(plain), "freq_level")
+    assert got.select("group", "quantity", "mean").equals(want.select("group", "quantity", "mean"))
+    # the crossed-column spelling of the mixed run reads the same
+    crossed = [{**r, "cfg.corpus.where": "freq_level*phase=x1*p1,x4*p1"} if r["cfg.corpus.where"] == "phase=p1" else r
+               for r in rows]
+    assert preference_summary(pl.DataFrame(crossed), "freq_level*phase")["mean"].equals(got["mean"])
+    with pytest.raises(PlotError, match="one target half"):
+        preference_summary(pl.DataFrame([*rows, {**rows[-1], "cfg.corpus.where": "phase=p2", "cfg.seed": 9}]),
+                           "freq_level*phase")
 
 
 def test_compatibility_differences_and_the_plateau_change_between_budgets():
