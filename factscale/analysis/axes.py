@@ -74,8 +74,9 @@ def critical_ratio(ratios, retained, level: float = CRITICAL) -> float | None:
 
 def junk_summary(df: pl.DataFrame) -> pl.DataFrame:
     """Per (size, tag, ratio): the quantities' means over seeds with t intervals, then per (size, tag) the
-    critical ratio of the mean retained fraction (``quantity`` = critical_ratio, in ``mean``; null = not
-    reached within the ratios run)."""
+    critical ratio of the mean retained fraction (``quantity`` = critical_ratio, in ``mean``; NaN = not
+    reached within the ratios run; no interval), and per (size, ratio) the tag's effect on the retained
+    fraction, paired within seeds (``tag_effect``, ``tag`` null)."""
     per_seed = junk_per_seed(df)
     t = summarise(per_seed, [SIZE, PARAMS, "tag", "ratio"], JUNK_QUANTITIES)
     crit = []
@@ -85,6 +86,12 @@ def junk_summary(df: pl.DataFrame) -> pl.DataFrame:
         crit.append({SIZE: size, PARAMS: params, "tag": tag, "ratio": None, "quantity": "critical_ratio",
                      "mean": c if c is not None else math.nan, "lo": None, "hi": None, "n": int(g["n"].min()),
                      "why": None if c is not None else f"retained stays >= {CRITICAL} over the ratios run"})
+    # the domain tag's effect, paired within a seed: retained tagged - retained untagged at each ratio
+    wide = per_seed.pivot(on="tag", index=[SIZE, PARAMS, "ratio", SEED], values="retained")
+    if {"true", "false"} <= set(wide.columns):
+        te = summarise(wide.with_columns((pl.col("true") - pl.col("false")).alias("tag_effect")),
+                       [SIZE, PARAMS, "ratio"], ["tag_effect"]).with_columns(tag=pl.lit(None, dtype=pl.Boolean))
+        crit.extend(te.select(t.columns).to_dicts())
     return pl.concat([t, pl.DataFrame(crit, schema=t.schema)]).sort(PARAMS, "tag", maintain_order=True)
 
 
@@ -92,7 +99,8 @@ def junk_table_print(t: pl.DataFrame, print=print) -> None:
     from factscale.analysis.studies import fmt
 
     for r in t.iter_rows(named=True):
-        where = f"{r[SIZE]:>5} {'tagged' if r['tag'] else 'plain':<7} " + (
+        tag = "tag-plain" if r["tag"] is None else "tagged" if r["tag"] else "plain"
+        where = f"{r[SIZE]:>5} {tag:<9} " + (
             f"junk {r['ratio']:g}:1" if r["ratio"] is not None else "")
         val = (f"{r['mean']:.2f}" if r["quantity"] == "critical_ratio" and not np.isnan(r["mean"])
                else r["why"] if r["quantity"] == "critical_ratio" else fmt(r))
