@@ -19,7 +19,7 @@ from factscale.corpus.spec import CorpusSpec
 from factscale.errors import ConfigError, CorpusError
 from factscale.training.config import RunConfig
 from factscale.training.models import resolve_shape
-from factscale.training.rundir import identity_hash
+from factscale.training.rundir import axes_name, identity_hash
 
 
 @dataclass
@@ -142,6 +142,9 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
             point.update(zip(fields, v if len(fields) > 1 else [v]))
         for k, v in point.items():
             set_dotted(d, k, v)
+        label = axes_name(point)  # the grid axes run_name does not spell, as the run name's prefix
+        if label:
+            d["name"] = "-".join(filter(None, [str(d.get("name") or ""), label]))
         try:
             cfg = from_dict(RunConfig, d)
             resolve_shape(cfg.model)

@@ -58,6 +58,22 @@ def _short(n: int | None) -> str:
     return str(n)
 
 
+# Fields ``run_name`` spells itself; a sweep names its other grid axes in the run's ``name`` prefix (``axes_name``)
+NAMED_FIELDS = {"model.arch", "model.size", "train.epochs", "corpus.max_facts", "corpus.where", "seed",
+                "train.junk_ratio", "train.domain_tag", "train.inject_where", "train.inject_epoch", "runs_dir", "name"}
+
+
+def axes_name(point: dict) -> str:
+    """A grid point's axes that ``run_name`` does not show, e.g. {train.order: blocked, optim.lr: 0.01} ->
+    ``order_blocked-lr_0.01``: so runs of an order, learning-rate or attention sweep differ by name, not only
+    by hash."""
+    parts = []
+    for k, v in point.items():
+        if k not in NAMED_FIELDS:
+            parts.append(re.sub(r"[^A-Za-z0-9.]+", "_", f"{k.rsplit('.', 1)[-1]}_{v}").strip("_"))
+    return "-".join(parts)
+
+
 def run_name(cfg: RunConfig) -> str:
     """Readable part of the id, e.g. ``qwen2-1m-e100-s0`` (plus ``-f20k`` when the corpus is capped)."""
     size = cfg.model.size or f"L{cfg.model.n_layers}h{cfg.model.hidden}"
@@ -133,6 +149,10 @@ class RunLock:
         return True
 
 
+def _canonical(config) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
 def _read_json(p: Path, default):
     try:
         return json.loads(p.read_text())
@@ -148,8 +168,15 @@ class RunDir:
 
         self.cfg = cfg
         self.corpus_hash = corpus_hash or corpus_hash_of(cfg.corpus.path)
-        self.id = f"{run_name(cfg)}-{identity_hash(cfg, self.corpus_hash)}"
+        h = identity_hash(cfg, self.corpus_hash)
+        self.id = f"{run_name(cfg)}-{h}"
         self.path = Path(cfg.runs_dir) / self.id
+        if not self.path.exists():  # the same run under another readable name (an older naming, another prefix)
+            mine = _canonical(identity(cfg, self.corpus_hash)["config"])
+            same = [p for p in Path(cfg.runs_dir).glob(f"*-{h}")
+                    if _canonical(_read_json(p / "identity.json", {}).get("config")) == mine]
+            if len(same) == 1:
+                self.path, self.id = same[0], same[0].name
         self.__init_paths()
 
     def __init_paths(self):
