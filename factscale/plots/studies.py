@@ -84,8 +84,11 @@ def fig_preference(df: pl.DataFrame):
         d = long.filter(pl.col("cfg.model.size") == size).sort("group")
         sns.barplot(d.to_pandas(), x="group", y="mr", hue="trained", ax=ax, errorbar=("pi", 100), capsize=0.1)
         n = p.filter(pl.col("cfg.model.size") == size)["cfg.seed"].n_unique()
-        ax.set(xlabel=column, ylabel="memorization rate (annealed end point)", ylim=(0, 1.02),
-               title=f"{size}: each group alone vs mixed, equal exposures per fact\n(mean of {n} seeds, bars: range)")
+        factor, _, half = column.partition("*")
+        how = (f"MR of each group's target half, alone (beside a {half} half of the same group) vs mixed"
+               if half else "each group alone vs mixed, equal exposures per fact")
+        ax.set(xlabel=factor, ylabel="memorization rate (annealed end point)", ylim=(0, 1.02),
+               title=f"{size}: {how}\n(mean of {n} seeds, bars: range)")
         ax.title.set_fontsize(9)
     fig.tight_layout()
     return fig

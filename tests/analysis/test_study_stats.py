@@ -143,6 +143,10 @@ def test_partnered_preference_reads_the_target_half_of_each_run():
     crossed = [{**r, "cfg.corpus.where": "freq_level*phase=x1*p1,x4*p1"} if r["cfg.corpus.where"] == "phase=p1" else r
                for r in rows]
     assert preference_summary(pl.DataFrame(crossed), "freq_level*phase")["mean"].equals(got["mean"])
+    from factscale.plots.studies import fig_preference
+
+    ax = fig_preference(pl.DataFrame(rows)).axes[0]  # the figure reads the same design and says so
+    assert "target half" in ax.get_title() and ax.get_xlabel() == "freq_level"
     with pytest.raises(PlotError, match="one target half"):
         preference_summary(pl.DataFrame([*rows, {**rows[-1], "cfg.corpus.where": "phase=p2", "cfg.seed": 9}]),
                            "freq_level*phase")
