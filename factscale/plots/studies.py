@@ -85,7 +85,7 @@ def fig_preference(df: pl.DataFrame):
         sns.barplot(d.to_pandas(), x="group", y="mr", hue="trained", ax=ax, errorbar=("pi", 100), capsize=0.1)
         n = p.filter(pl.col("cfg.model.size") == size)["cfg.seed"].n_unique()
         factor, _, half = column.partition("*")
-        how = (f"MR of each group's target half, alone (beside a {half} half of the same group) vs mixed"
+        how = (f"MR of each group's target half,\nalone (beside a {half} half of its own group) vs mixed"
                if half else "each group alone vs mixed, equal exposures per fact")
         ax.set(xlabel=factor, ylabel="memorization rate (annealed end point)", ylim=(0, 1.02),
                title=f"{size}: {how}\n(mean of {n} seeds, bars: range)")
