@@ -85,7 +85,8 @@ def junk_summary(df: pl.DataFrame) -> pl.DataFrame:
         c = critical_ratio(g["ratio"].to_list(), g["mean"].to_list())
         crit.append({SIZE: size, PARAMS: params, "tag": tag, "ratio": None, "quantity": "critical_ratio",
                      "mean": c if c is not None else math.nan, "lo": None, "hi": None, "n": int(g["n"].min()),
-                     "why": None if c is not None else f"retained stays >= {CRITICAL} over the ratios run"})
+                     "why": None if c is not None else f"retained never falls from >= {CRITICAL} to below it over "
+                                                      "the ratios run"})
     # the domain tag's effect, paired within a seed: retained tagged - retained untagged at each ratio
     wide = per_seed.pivot(on="tag", index=[SIZE, PARAMS, "ratio", SEED], values="retained")
     if {"true", "false"} <= set(wide.columns):
@@ -143,7 +144,7 @@ def forgetting_curves(df: pl.DataFrame) -> pl.DataFrame:
         raise PlotError(f"forgetting: runs {bad[:3]} have no probe at the injection's last epoch; set "
                         "probe.every_epochs: 1")
     return d.select("run_id", SIZE, PARAMS, pl.col(SEED).alias("seed"), pl.col(INJECT).alias("inject_epoch"),
-                    "epoch", "step", "t", "mr", "gain",
+                    pl.col(INJECT_EPOCHS).alias("inject_epochs"), "epoch", "step", "t", "mr", "gain",
                     "control_bits", pl.col("code_bits_mean").alias("injected_bits")).sort("run_id", "step")
 
 
@@ -192,11 +193,15 @@ def forgetting_fits(df: pl.DataFrame) -> pl.DataFrame:
     """``fit_forgetting`` on every run's post-injection curve: one row per run, with the gain at the end of
     the injection and at the end of the run, and the injected facts' MR at both."""
     curves = forgetting_curves(df)
+    firsts = curves.group_by("run_id", maintain_order=True).first()
+    unique_rows(firsts.iter_rows(named=True), lambda r: (r[SIZE], r["inject_epoch"], r["inject_epochs"], r["seed"]),
+                "forgetting study")  # two runs of one design point and seed would pose as two seeds
     rows = []
     for (run_id,), g in curves.group_by(["run_id"], maintain_order=True):
         post = g.filter(pl.col("t") >= 0).sort("t")
         fit = fit_forgetting(post["t"].to_list(), post["gain"].to_list())
         rows.append({"run_id": run_id, SIZE: g[SIZE][0], PARAMS: g[PARAMS][0], "seed": g["seed"][0],
+                     "inject_epoch": g["inject_epoch"][0], "inject_epochs": g["inject_epochs"][0],
                      "gain_end_injection": post["gain"][0], "gain_end_run": post["gain"][-1],
                      "mr_end_injection": post["mr"][0], "mr_end_run": post["mr"][-1],
                      "injected_bits_end_injection": post["injected_bits"][0],
@@ -212,18 +217,25 @@ def _last(x: pl.Series) -> float:
 
 FORGETTING_QUANTITIES = ["gain_before", "gain_end_injection", "gain_end_run", "mr_end_injection", "mr_end_run",
                          "injected_bits_end_injection", "injected_bits_end_run",
-                         "exponential_heldout_rmse", "power_heldout_rmse", "power_b", "exponential_tau"]
+                         "exponential_heldout_rmse", "power_heldout_rmse"]
+# the fitted tau and b are per-run shape parameters (b bounded at 20, where the power law bends into an
+# exponential): in ``forgetting_fits``, never averaged into an interval
 
 
 def forgetting_summary(df: pl.DataFrame) -> pl.DataFrame:
-    """Per size: each quantity's mean over seeds (t interval from 3 seeds), and how many seeds' held-out error
-    preferred each form (``preferred_power`` / ``preferred_exponential``, in ``mean``)."""
+    """Per size and injection design (``inject_epoch``, ``inject_epochs``): each quantity's mean over seeds (t
+    interval from 3 seeds), and how many seeds' held-out error preferred each form (``preferred_power`` /
+    ``preferred_exponential``, in ``mean``)."""
     fits = forgetting_fits(df).rename({"seed": SEED})
-    t = summarise(fits, [SIZE, PARAMS], FORGETTING_QUANTITIES)
+    keys = [SIZE, PARAMS, "inject_epoch", "inject_epochs"]
+    t = summarise(fits, keys, FORGETTING_QUANTITIES)
     counts = []
-    for (size, params), g in fits.group_by([SIZE, PARAMS], maintain_order=True):
+    for (size, params, e0, ne), g in fits.group_by(keys, maintain_order=True):
         for form in FORMS:
-            counts.append({SIZE: size, PARAMS: params, "quantity": f"preferred_{form}",
+            counts.append({SIZE: size, PARAMS: params, "inject_epoch": e0, "inject_epochs": ne,
+                           "quantity": f"preferred_{form}",
                            "mean": float((g["preferred"] == form).sum()), "lo": None, "hi": None, "n": g.height,
                            "why": "seeds whose held-out error preferred this form"})
-    return pl.concat([t, pl.DataFrame(counts, schema=t.schema)]).sort(PARAMS, maintain_order=True)
+    out = pl.concat([t, pl.DataFrame(counts, schema=t.schema)]).sort(PARAMS, maintain_order=True)
+    last = pl.col("inject_epoch") + pl.col("inject_epochs") - 1
+    return out.with_columns(group=pl.format("injected in epochs {}-{}", "inject_epoch", last))

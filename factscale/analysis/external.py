@@ -22,6 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
+from factscale.corpus.render import DOMAIN_TAG, DOMAIN_TAG_ID
 from factscale.errors import CollectError
 
 # config fields of transformers models that change the logits after the output head (Gemma-2, Cohere, Granite)
@@ -33,6 +34,11 @@ def encode_for(facts: pl.DataFrame, tokenizer, eos: bool = True) -> tuple[pl.Dat
     texts, prompts = facts["text"].to_list(), facts["prompt"].to_list()
     joint = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    to_id = getattr(tokenizer, "convert_tokens_to_ids", None)
+    if to_id is not None and to_id(DOMAIN_TAG) == DOMAIN_TAG_ID:  # a junk corpus' tokenizer, maybe a tagged run's
+        prefix = tokenizer("", add_special_tokens=True)["input_ids"]
+        if DOMAIN_TAG_ID in prefix:  # it prefixes <bos> <domain>, as the run trained and probed every fact
+            bos = list(prefix)
     end = [tokenizer.eos_token_id] if eos and tokenizer.eos_token_id is not None else []
     if eos and not end:
         raise CollectError("the tokenizer has no eos token: probe with eos=False (--no-eos)")
@@ -86,6 +92,7 @@ def probe_model(model_dir: str | Path, corpus: str | Path, eos: bool = True, max
                            "would not be the model's, so it is refused")
     model.eval()
     non_emb, total = count_instantiated(model)
+    facts = facts.filter(pl.col("split") != "junk")  # a junk pool is training text, never probed
     facts, realigned = encode_for(facts, tokenizer, eos)
     train = facts.filter(pl.col("split") == "train").sort("order")
     heldout = facts.filter(pl.col("split") == "heldout").sort("order")

@@ -62,6 +62,7 @@ def fork_epoch(cfg: RunConfig, where: str = "") -> int:
 def _group_key(cfg: RunConfig) -> str:
     flat = flatten(to_dict(cfg))
     flat.pop("train.epochs")
+    flat.pop("name")  # a sweep's name prefix may spell the epochs axis' neighbours, never what is computed
     return repr(sorted(flat.items()))
 
 
@@ -116,6 +117,11 @@ class BranchGroup:
 
 
 def trunk_config(branches: list[RunConfig], forks: list[int]) -> RunConfig:
+    t = branches[0].train
+    if t.inject_where is not None and t.inject_epoch + t.inject_epochs - 1 > max(forks):
+        raise ConfigError(f"train.inject_epoch={t.inject_epoch} + inject_epochs={t.inject_epochs} - 1 ends after "
+                          f"epoch {max(forks)}, the last fork of the cooldown-branch trunk (its constant-rate part): "
+                          "the injection must end by then; inject earlier or drop cooldown_branches")
     d = to_dict(branches[0])
     d["optim"]["schedule"] = "constant"
     d["train"]["epochs"] = max(forks)

@@ -75,20 +75,23 @@ def sample_estimate(recipe, keys: int = SAMPLE_KEYS) -> CorpusEstimate:
     if n_keys is None:
         raise ConfigError("corpus_build.synthetic: this kind has no n_keys to scale a sample by; give "
                           "--assume-facts and --assume-tokens-per-fact")
-    small = dataclasses.replace(recipe, synthetic={**recipe.synthetic, "n_keys": min(keys, n_keys)})
-    if "junk" in (recipe.variants or {}):  # the junk pool scaled down with the keys (its size leaves no token count)
-        junk = recipe.variants["junk"]
-        small.variants = {"junk": {**junk, "n": max(1, round(junk.get("n", 1) * min(keys, n_keys) / n_keys))}}
+    junk = (recipe.variants or {}).get("junk")
+    pool = junk.get("n", 0) if junk and junk.get("kind", "random") == "facts" else 0
+    useful = max(1, n_keys - pool)  # keys left for useful facts (a facts pool takes one fact per key here)
+    sample = min(keys, useful)
+    small = dataclasses.replace(recipe, synthetic={**recipe.synthetic, "n_keys": sample + round(pool * sample / useful)})
+    if junk:  # the pool scaled with the useful keys: the sample keeps `sample` useful facts to measure tokens on
+        small.variants = {"junk": {**junk, "n": max(1, round(junk.get("n", 1) * sample / (useful if pool else n_keys)))}}
     with tempfile.TemporaryDirectory(prefix="factscale-plan-") as d:
         m = build_from_spec(small, Path(d) / "sample")
     t = m["tokens"]
     kept = m["counts"]["kept_facts"]
-    return CorpusEstimate(facts=kept * n_keys / min(keys, n_keys), tokens_per_fact=t["mean_tokens_per_fact"],
+    return CorpusEstimate(facts=kept * useful / sample, tokens_per_fact=t["mean_tokens_per_fact"],
                           value_tokens_per_fact=t["mean_value_tokens"] + 1, vocab=t["vocab_size"],
                           heldout_frac=0.0 if not m["counts"].get("kept_heldout") else
                           m["counts"]["kept_heldout"] / kept,
-                          source=f"estimated from a sample build of the recipe with {min(keys, n_keys)} of "
-                                 f"{n_keys:,} keys")
+                          source=f"estimated from a sample build of the recipe with {sample} of "
+                                 f"{useful:,} keys of useful facts")
 
 
 def assumed(facts: float, tokens_per_fact: float, vocab: int, heldout_frac: float) -> CorpusEstimate:

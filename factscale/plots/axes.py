@@ -45,18 +45,20 @@ def fig_capacity_vs_junk(df: pl.DataFrame):
 
 
 def fig_forgetting(df: pl.DataFrame):
-    """Bits gained on the injected facts (over their pre-injection code length) against optimizer steps since
-    the injection ended, per seed, with the power-law and exponential fits; one panel per size."""
+    """Bits gained on the injected facts over the never-trained control against optimizer steps since the
+    injection ended, per seed, with the power-law and exponential fits; one panel per size and injection."""
     curves = forgetting_curves(df)
     fits = forgetting_fits(df)
-    sizes = curves.sort(PARAMS)[SIZE].unique(maintain_order=True).to_list()
-    fig = Figure(figsize=(5.2 * len(sizes), 4.2))
-    axes = fig.subplots(1, len(sizes), squeeze=False)[0]
-    for ax, size in zip(axes, sizes):
-        for k, ((seed,), g) in enumerate(curves.filter(pl.col(SIZE) == size).group_by(["seed"], maintain_order=True)):
+    design = [SIZE, "inject_epoch", "inject_epochs"]  # one panel per size and injection
+    panels = curves.sort(PARAMS).select(design).unique(maintain_order=True).rows()
+    fig = Figure(figsize=(5.2 * len(panels), 4.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (size, e0, ne) in zip(axes, panels):
+        mine = pl.all_horizontal(pl.col(c) == v for c, v in zip(design, (size, e0, ne)))
+        for k, ((seed,), g) in enumerate(curves.filter(mine).group_by(["seed"], maintain_order=True)):
             g = g.sort("t")
             ax.scatter(g["t"] + 1, g["gain"], s=10, color=f"C{k}", label=f"seed {seed}")
-            f = fits.filter((pl.col(SIZE) == size) & (pl.col("seed") == seed)).row(0, named=True)
+            f = fits.filter(mine & (pl.col("seed") == seed)).row(0, named=True)
             tt = np.linspace(0, float(g["t"].max()), 200)
             for form, ls in (("power", "-"), ("exponential", "--")):
                 p = [f[f"{form}_{n}"] for n in FORMS[form][1]]
@@ -65,7 +67,8 @@ def fig_forgetting(df: pl.DataFrame):
                             label=f"{form} (held-out RMSE {f[form + '_heldout_rmse']:.3f})")
             ax.axvline(f["split_t"] + 1, color=f"C{k}", lw=0.6, ls=":")
         ax.set(xscale="log", xlabel="optimizer steps since the injection ended (+1)",
-               ylabel="bits gained per injected fact", title=f"{size}: fit on the points left of the dotted line, "
+               ylabel="bits gained per injected fact (over the control)",
+               title=f"{size}, injected in epochs {e0}-{e0 + ne - 1}: fit on the points left of the dotted line,\n"
                "scored on those right of it")
         ax.title.set_fontsize(8)
         ax.legend(fontsize=6)

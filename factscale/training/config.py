@@ -229,6 +229,15 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"train.{name} must be a positive integer, got {v!r}")
+        if self.inject_where is None and (self.inject_epoch, self.inject_epochs) != (1, 1):
+            raise ConfigError("train.inject_epoch / inject_epochs are set but train.inject_where is not: they would "
+                              "do nothing; name the injected facts (e.g. inject_where: phase=p2) or drop them")
+        if self.inject_where is not None and self.phase_column is not None:
+            raise ConfigError("train.inject_where with train.phase_column: the phase order would veto the "
+                              "injection epochs; use one of them")
+        if self.junk_ratio and (self.phase_column is not None or self.inject_where is not None):
+            raise ConfigError("train.junk_ratio with train.phase_column or train.inject_where: the facts trained "
+                              "differ by epoch, so a fixed junk share would not be junk_ratio; use junk alone")
         if self.inject_where is not None:
             col, eq, vals = str(self.inject_where).partition("=")
             if not (eq and col.strip() and vals.strip()):

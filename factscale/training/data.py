@@ -32,8 +32,9 @@ IGNORE = -100
 def select_facts(facts: pl.DataFrame, cfg: RunConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(training facts, held-out facts) as this run sees them: ``corpus.where``, then the corpus-size and
     held-out caps applied."""
-    facts = with_crossed(facts, [c for c in (*cfg.probe.group_columns, (cfg.corpus.where_filter() or ("",))[0])
-                                 if CROSS in c])
+    where_col = (cfg.corpus.where_filter() or ("",))[0]
+    facts = with_crossed(facts, [c for c in cfg.probe.group_columns if CROSS in c], "probe.group_columns")
+    facts = with_crossed(facts, [where_col] if CROSS in where_col else [], "corpus.where")
     if (w := cfg.corpus.where_filter()) is not None:
         col, values = w
         if col not in facts.columns:
@@ -77,13 +78,14 @@ def _mark_injected(train: pl.DataFrame, cfg: RunConfig) -> pl.DataFrame:
 CROSS = "*"  # "freq_level*phase": a crossed column, each fact's values of the parts joined by "*" ("x1*p1")
 
 
-def with_crossed(facts: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+def with_crossed(facts: pl.DataFrame, names: list[str], field: str) -> pl.DataFrame:
     """Add the crossed columns ``names`` (``a*b``) that ``probe.group_columns`` or ``corpus.where`` use."""
     for name in names:
         parts = name.split(CROSS)
         missing = [p for p in parts if p not in facts.columns]
         if missing:
-            raise ConfigError(f"{name!r}: column(s) {missing} not in facts.parquet; available: {sorted(facts.columns)}")
+            raise ConfigError(f"{field}: {name!r}: column(s) {missing} not in facts.parquet; available: "
+                              f"{sorted(facts.columns)}")
         facts = facts.with_columns(pl.concat_str([pl.col(p).cast(pl.String) for p in parts], separator=CROSS).alias(name))
     return facts
 

@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import lightning as L
 import polars as pl
 import torch
@@ -126,8 +127,9 @@ def validate(cfg: RunConfig, facts: pl.DataFrame) -> None:
     resolve_device(cfg)
     columns = [("train.repeat_by", cfg.train.repeat_by), ("train.phase_column", cfg.train.phase_column),
                ("probe.freq_column", cfg.probe.freq_column), *(("probe.group_columns", c) for c in cfg.probe.group_columns)]
-    for field, col in columns:  # a crossed group column (a*b) needs each of its parts
-        if col is not None and any(p not in facts.columns for p in col.split("*")):
+    for field, col in columns:  # a crossed group column (a*b) needs each of its parts; only probe groups cross
+        parts = col.split("*") if col is not None and field == "probe.group_columns" else [col]
+        if col is not None and any(p not in facts.columns for p in parts):
             raise ConfigError(f"{field}: column {col!r} is not in facts.parquet; available: {sorted(facts.columns)}")
     if cfg.train.seq_len > cfg.model.max_position:
         raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds model.max_position={cfg.model.max_position} "
@@ -148,30 +150,38 @@ def validate(cfg: RunConfig, facts: pl.DataFrame) -> None:
     parse_fault(os.environ.get(FAULT_ENV))
 
 
-def with_bos(tok):
-    """The tokenizer as a run saves it: encoding a prompt prepends ``<bos>``, as every fact was trained and
-    probed, so ``AutoTokenizer.from_pretrained(run/model)`` + ``generate`` reproduce the probe. (The corpus
-    tokenizer itself is left as built: its files enter the corpus hash.)"""
+def with_bos(tok, domain_tag: bool = False):
+    """The tokenizer as a run saves it: encoding a prompt prepends ``<bos>`` (and, for a ``train.domain_tag``
+    run, ``<domain>``), as every fact was trained and probed, so ``AutoTokenizer.from_pretrained(run/model)`` +
+    ``generate`` reproduce the probe. (The corpus tokenizer itself is left as built: its files enter the
+    corpus hash.)"""
     from tokenizers.processors import TemplateProcessing
 
+    from factscale.corpus.render import DOMAIN_TAG, DOMAIN_TAG_ID
+
+    head = [(tok.bos_token, tok.bos_token_id)] + ([(DOMAIN_TAG, DOMAIN_TAG_ID)] if domain_tag else [])
+    prefix = " ".join(t for t, _ in head)
     tok.backend_tokenizer.post_processor = TemplateProcessing(
-        single=f"{tok.bos_token} $A", pair=f"{tok.bos_token} $A $B", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+        single=f"{prefix} $A", pair=f"{prefix} $A $B", special_tokens=head)
     return tok
 
 
-def used_token_ids(train: pl.DataFrame) -> int:
-    """Distinct token ids in the run's training text: the embedding rows any training step touches."""
+def used_token_ids(train: pl.DataFrame | np.ndarray) -> int:
+    """Distinct token ids in the run's training text (a facts frame, or the packer's flat ids: useful facts,
+    their tags and any junk pool): the embedding rows any training step touches."""
+    if isinstance(train, np.ndarray):
+        return int(np.unique(train).size)
     return int(train["input_ids"].explode().n_unique())
 
 
-def active_params(cfg: RunConfig, train: pl.DataFrame) -> int:
+def active_params(cfg: RunConfig, train: pl.DataFrame, ids: np.ndarray | None = None) -> int:
     """Parameters that can hold what the run memorized: the non-embedding ones, plus the embedding rows of
     the token ids its training text uses (an untied head's rows for them too, and for GPT-2 the learned
     positions up to the longest fact). At toy scale most of a tokenizer's rows never appear in training, so
     total parameters understate capacity per parameter, while key tokens' rows do store part of the facts,
     so non-embedding parameters overstate it; this count sits between."""
     shape = resolve_shape(cfg.model)
-    rows = used_token_ids(train) * (1 if cfg.model.tie_embeddings else 2)
+    rows = used_token_ids(train if ids is None else ids) * (1 if cfg.model.tie_embeddings else 2)
     if cfg.model.arch == "gpt2":
         rows += int(train["input_ids"].list.len().max())
     return non_embedding_params(cfg.model.arch, shape) + rows * shape.hidden
@@ -291,7 +301,7 @@ def write_run(cfg: RunConfig, rd: RunDir, model, tok, dm: FactDataModule, manife
     then the checkpoints ``train.keep_checkpoints`` does not keep. Shared by a standalone run and a stacked
     member (``training.stack``). Returns the run's summary."""
     model.save_pretrained(str(rd.model))
-    with_bos(tok).save_pretrained(str(rd.model))
+    with_bos(tok, cfg.train.domain_tag).save_pretrained(str(rd.model))
     fix_mode(rd.model)  # safetensors writes 0600 through a temp file
     acc, prec = resolve_device(cfg)
     non_emb, total = count_instantiated(model)
@@ -300,7 +310,7 @@ def write_run(cfg: RunConfig, rd: RunDir, model, tok, dm: FactDataModule, manife
         "run_id": rd.id, "corpus_hash": manifest["corpus_hash"], "corpus_kind": manifest["source"]["kind"],
         "non_embedding_params": non_emb, "total_params": total, "vocab_size": len(tok),
         "params_per_token": per_token, "experts": resolve_shape(cfg.model).experts,
-        "active_params": active_params(cfg, dm.train_facts), "used_token_ids": used_token_ids(dm.train_facts),
+        "active_params": active_params(cfg, dm.train_facts, dm.flat), "used_token_ids": used_token_ids(dm.flat),
         "train_facts": dm.train_facts.height, "heldout_facts": dm.heldout_facts.height,
         "tokens_per_epoch": dm.tokens_per_epoch, "real_token_fraction": dm.real_fraction,
         "junk_pieces_per_epoch": dm.junk_per_epoch, "junk_exposures": dm.junk_exposures(),

@@ -50,8 +50,8 @@ STACKS = "_stacks"
 
 def stack_key(cfg: RunConfig) -> str:
     """Runs with equal keys can be trained as one stack: everything but the seed and the optimizer."""
-    flat = flatten(to_dict(cfg))
-    return repr(sorted((k, v) for k, v in flat.items() if k != "seed" and not k.startswith("optim.")))
+    flat = flatten(to_dict(cfg))  # the readable name (a sweep's axes prefix) is no part of what is computed
+    return repr(sorted((k, v) for k, v in flat.items() if k not in ("seed", "name") and not k.startswith("optim.")))
 
 
 def check_stackable(cfgs: list[RunConfig]) -> None:

@@ -40,3 +40,15 @@ def test_a_foreign_directory_with_the_hash_is_not_adopted(tiny_corpus, tmp_path)
     h = RunDir(cfg).id.rsplit("-", 1)[1]
     (tmp_path / f"x-{h}").mkdir()  # no identity.json: not this run
     assert RunDir(cfg).path.name != f"x-{h}"
+
+
+def test_the_name_prefix_does_not_split_stacks_or_branch_groups(tiny_corpus, tmp_path):
+    from factscale.launch.branches import _group_key
+    from factscale.training.stack import stack_key
+
+    spec = spec_from_dict({"name": "t", "runs_dir": str(tmp_path), "base": {"corpus": {"path": str(tiny_corpus)},
+                           "model": {"size": "30k"}}, "grid": {"optim.lr": [0.01, 0.02], "seed": [0, 1]}}, "t")
+    cfgs = expand(spec)
+    assert {c.name for c in cfgs} == {"lr_0.01", "lr_0.02"}
+    assert len({stack_key(c) for c in cfgs}) == 1  # runs differing in optim.* and seed stack as one
+    assert len({_group_key(c) for c in cfgs}) == 4  # (lr, seed) pairs; the name alone never separates them

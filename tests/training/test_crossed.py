@@ -43,6 +43,16 @@ def test_a_run_breaks_its_probes_down_by_the_crossed_column(corpus, tmp_path):
     assert g["n_facts"].sum() == rows.filter((pl.col("group_by") == "all") & (pl.col("split") == "train"))["n_facts"][0]
 
 
+def test_only_probe_groups_and_where_take_crossed_columns(corpus, tmp_path):
+    from factscale.training.run import validate
+
+    facts = pl.read_parquet(corpus / "facts.parquet")
+    with pytest.raises(ConfigError, match="train.repeat_by"):
+        validate(tiny_run_config(corpus, tmp_path, **{"train.repeat_by": "phase*repeats"}), facts)
+    with pytest.raises(ConfigError, match="probe.group_columns: 'freq_level\\*nope'"):
+        select_facts(facts, tiny_run_config(corpus, tmp_path, **{"probe.group_columns": ["freq_level*nope"]}))
+
+
 def test_random_phases_are_independent_of_an_assigned_frequency(corpus):
     facts = pl.read_parquet(corpus / "facts.parquet")
     t = facts.group_by("freq_level", "phase").len()

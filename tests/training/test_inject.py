@@ -83,3 +83,40 @@ def test_injected_set_knows_nothing_before_and_feeds_the_fits(tmp_path):
     fits = forgetting_fits(rows)
     assert fits.height == 1 and fits["preferred"][0] in ("power", "exponential")
     assert fits["gain_end_injection"][0] == pytest.approx(after["gain"][0])
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"train.inject_where": None, "train.inject_epoch": 5}, "would do nothing"),
+    ({"train.phase_column": "phase"}, "veto the injection"),
+    ({"train.junk_ratio": 1.0}, "differ by epoch"),
+])
+def test_injection_settings_that_would_do_nothing_or_interfere_are_refused(phased, tmp_path, over, match):
+    with pytest.raises(ConfigError, match=match):
+        tiny_run_config(phased, tmp_path, **{**INJ, **over})
+
+
+def test_an_injection_after_the_last_fork_names_the_trunk(phased, tmp_path):
+    from factscale.launch.spec import expand, spec_from_dict
+
+    spec = spec_from_dict({"name": "t", "runs_dir": str(tmp_path), "cooldown_branches": True,
+                           "base": {"corpus": {"path": str(phased)}, "model": {"size": "30k"},
+                                    "optim": {"schedule": "wsd", "decay_frac": 0.5, "warmup_steps": 2},
+                                    "train": {"inject_where": "phase=p4", "inject_epoch": 21, "inject_epochs": 3}},
+                           "grid": {"train.epochs": [24, 40]}}, "t")
+    with pytest.raises(ConfigError, match="last fork of the cooldown-branch trunk"):
+        expand(spec)
+
+
+def test_forgetting_refuses_two_runs_of_one_design_and_seed():
+    from factscale.analysis.axes import forgetting_fits
+    from factscale.errors import PlotError
+
+    rows = []
+    for run, ne in (("a", 2), ("a2", 2)):
+        for e in range(1, 15):
+            base = {"run_id": run, "split": "train", "group_by": "injected", "epoch": e, "step": 10 * e,
+                    "cfg.model.size": "2k", "non_embedding_params": 1656, "cfg.seed": 0, "mr": 0.0,
+                    "cfg.train.inject_epoch": 3, "cfg.train.inject_epochs": ne}
+            rows += [{**base, "group": "yes", "code_bits_mean": 5.0}, {**base, "group": "control", "code_bits_mean": 6.0}]
+    with pytest.raises(PlotError, match="two probe rows"):
+        forgetting_fits(pl.DataFrame(rows))

@@ -155,6 +155,25 @@ def test_run_with_junk_probes_useful_facts_only(corpora, tmp_path):
     assert "-j1-tag-" in summary["run_id"]
     per_fact = pl.read_parquet(f"{summary['run_dir']}/fact_probe.parquet")
     assert set(per_fact["split"].unique()) <= {"train", "heldout"}
+    # the embedding rows trained include the junk pool's tokens and the tag
+    useful_ids = set(_facts(corpora / "facts").filter(pl.col("split") == "train")["input_ids"].explode().to_list())
+    assert train["used_token_ids"][0] > len(useful_ids)
+    # the saved model/ tokenizer prefixes <bos> <domain>, so probing the saved model from outside (as a released
+    # model is probed) reproduces the run's own final probe
+    from transformers import AutoTokenizer
+
+    from factscale.analysis.external import probe_model
+
+    tok = AutoTokenizer.from_pretrained(f"{summary['run_dir']}/model")
+    assert tok("x")["input_ids"][:2] == [tok.bos_token_id, DOMAIN_TAG_ID]
+    ext, _ = probe_model(f"{summary['run_dir']}/model", corpora / "facts")
+    own = train.filter(pl.col("epoch") == 4)
+    got = ext.filter((pl.col("split") == "train") & (pl.col("group_by") == "all"))
+    assert got["mr"][0] == pytest.approx(own["mr"][0]) and got["code_bits_mean"][0] == pytest.approx(
+        own["code_bits_mean"][0], rel=1e-5)
+    # and a corpus with a random pool (null text) probes its facts only, without tripping on the pool
+    ext_random, info = probe_model(f"{summary['run_dir']}/model", corpora / "random")
+    assert info["facts"] == _facts(corpora / "random").filter(pl.col("split") != "junk").height
 
 
 def test_later_fields_at_default_keep_run_ids(tiny_corpus, tmp_path):
