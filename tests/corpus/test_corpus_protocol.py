@@ -59,6 +59,7 @@ def _build(args):
     return build_synthetic(out, SyntheticSpec(**{**SPEC, "n_keys": n_keys}), vocab_size=300)["corpus_hash"]
 
 
+@pytest.mark.slow  # two build processes, ~3 s
 def test_concurrent_builds_of_one_target_serialize(tmp_path):
     out = tmp_path / "c"
     with mp.get_context("spawn").Pool(2) as pool:

@@ -97,6 +97,7 @@ def test_finished_shards_are_never_parsed_again(shared, tmp_path):
     assert sorted(p.name for p in d.iterdir()) == ["shard-00000", "shard-00001", "shard-00002"]
 
 
+@pytest.mark.slow  # shard processes on the local executor, ~4 s
 def test_local_executor_sharded_build_has_the_plain_build_hash(shared, plain, tmp_path):
     files, m, plain_dir = plain
     got = build_sharded(_spec(shared, files), tmp_path / "wd", "local", "4", ONE, log=lambda *_: None)

@@ -198,6 +198,7 @@ def test_plan_shows_the_trunk_the_branches_and_the_epochs_saved(tiny_corpus, tmp
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # a trunk and a branch trained, ~3 s
 def test_an_unreadable_fork_checkpoint_makes_its_branch_run_standalone(tiny_corpus, tmp_path):
     from factscale.launch.branches import BranchGroup, fork_path, groups, run_group
 

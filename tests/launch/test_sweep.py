@@ -160,6 +160,7 @@ def test_two_concurrent_launches_run_each_run_once(tmp_path, tiny_corpus):
     assert not rep["duplicates"] and df["run_id"].n_unique() == 2
 
 
+@pytest.mark.slow  # a local sweep with a failing run, ~2 s
 def test_failed_run_shows_as_failed_and_collect_reports_it(tmp_path, tiny_corpus, monkeypatch):
     spec = spec_from_dict(_spec(tmp_path, tiny_corpus, grid={"train.epochs": [1, 2]}), "x")
     monkeypatch.setenv("FACTSCALE_FAULT", "raise@2")  # only the 2-epoch run reaches epoch 2

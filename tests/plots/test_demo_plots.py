@@ -215,6 +215,7 @@ def test_figures_name_their_measure_and_mark_capped_sizes():
         plots.FIGURES["capacity-vs-size"](_table(seeds=2), fits=Fits(_table(seeds=2), measure="capacity_above_chance"))
 
 
+@pytest.mark.slow  # a fresh interpreter imports every plot module, ~3 s
 def test_importing_the_plot_modules_changes_no_global_state():
     code = ("import matplotlib as m; b = dict(m.rcParams); import factscale.plots.laws, factscale.plots.studies; "
             "print(sorted(k for k in b if b[k] != m.rcParams[k]))")

@@ -140,6 +140,7 @@ def test_domain_tag_prefixes_useful_facts_not_junk(corpora, tmp_path):
     assert (dm1.flat[dm1.offsets[:dm1.n_useful] + 1] == DOMAIN_TAG_ID).all()
 
 
+@pytest.mark.slow  # a run, its external re-probe and a second corpus' probe: ~6 s
 def test_run_with_junk_probes_useful_facts_only(corpora, tmp_path):
     from factscale.training.run import run
 
