@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import bz2
+import dataclasses
 import os
 import re
 import shutil
@@ -22,7 +23,8 @@ import time
 from pathlib import Path
 
 from factscale.corpus import CorpusSpec, build_from_spec
-from factscale.corpus.wikidata.shards import build_sharded, shard_resources
+from factscale.corpus.spec import Sharding
+from factscale.corpus.wikidata.shards import build_sharded
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikidata"
 LABELS = SHARED / "properties" / "wikidata-predicates.json"
@@ -85,8 +87,8 @@ def main():
 
     said = []
     t = time.perf_counter()
-    sharded = build_sharded(spec, out / "sharded", a.cluster, a.shards, shard_resources(cpus=1, mem_gb=2, time_min=30),
-                            log=said.append)
+    as_shards = Sharding(cluster=a.cluster, shards=int(a.shards), cpus=1, mem_gb=2, time_min=30)
+    sharded = build_sharded(dataclasses.replace(spec, sharding=as_shards), out / "sharded", log=said.append)
     t_sharded = time.perf_counter() - t
     shard_s = sum(float(m.group(1)) for line in said if (m := re.search(r", ([\d.]+) s \(", line)))
     print(f"sharded build, --cluster {a.cluster} --shards {a.shards} (1 process each): {t_sharded:.1f} s "

@@ -71,11 +71,24 @@ def _check_type(value, tp, where: str):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _check_type(value, args[0], where)
+        if len(args) == 1:
+            return _check_type(value, args[0], where)
+        # the first alternative whose shape fits (a recipe field given as a string, a list or a mapping)
+        shaped = {list: list, dict: dict}
+        for a in args:
+            want = shaped.get(typing.get_origin(a))
+            if want is not None and isinstance(value, want) or want is None and not isinstance(value, (list, dict)):
+                return _check_type(value, a, where)
+        raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_check_type(v, typing.get_args(tp)[0], f"{where}[]") for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        kt, vt = typing.get_args(tp) or (typing.Any, typing.Any)
+        return {_check_type(k, kt, f"{where} key"): _check_type(v, vt, f"{where}.{k}") for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {value!r}")

@@ -62,19 +62,28 @@ def _recipe(items: list[str]) -> dict:
     return data
 
 
+GENERATED = "recipe:"  # argparse dest prefix of the flags generated from CorpusSpec's fields
+CONVENIENCE = ("synthetic", "n_keys", "value_vocab", "kind", "pools", "seq_len", "symbols", "variant")
+
+
 def cmd_corpus_build(a):
-    """Flags -> one CorpusSpec (the same recipe a sweep's corpus_build gives) -> corpus.build."""
+    """RECIPE.yaml, key=value overrides and flags -> one CorpusSpec (the recipe a sweep's corpus_build gives) ->
+    corpus.build_from_spec (in one process, or parsed as a job array when the recipe has ``sharding``)."""
     from factscale import corpus
+    from factscale.configio import set_dotted
     from factscale.errors import CorpusError
 
     recipe = _recipe(a.recipe)
-    given = {k: v for k, v in vars(a).items()
-             if v is not None and k not in ("fn", "cmd", "corpus_cmd", "out", "recipe")}
+    for dest, v in vars(a).items():  # flags generated from the recipe's fields: dotted keys, flags win
+        if dest.startswith(GENERATED) and v is not None:
+            set_dotted(recipe, dest[len(GENERATED):], v)
+    given = {k: v for k, v in vars(a).items() if k in CONVENIENCE and v is not None and v is not False}
     synthetic = given.pop("synthetic", False) or recipe.get("synthetic") is not None
     n_keys, value_vocab = given.pop("n_keys", None), given.pop("value_vocab", None)
     kind_opts = {k: given.pop(k) for k in ("kind", "pools", "seq_len", "symbols") if k in given}
-    if kind_opts and not synthetic:
-        raise CorpusError(f"--{next(iter(kind_opts)).replace('_', '-')} is an option of --synthetic corpora")
+    if (kind_opts or n_keys is not None or value_vocab is not None) and not synthetic:
+        flag = next(iter(kind_opts), "n_keys" if n_keys is not None else "value_vocab")
+        raise CorpusError(f"--{flag.replace('_', '-')} is an option of --synthetic corpora")
     if synthetic:
         syn = dict(recipe.get("synthetic") or {})  # the recipe's, then the flags'
         syn.update({} if n_keys is None else {"n_keys": n_keys})
@@ -85,20 +94,12 @@ def cmd_corpus_build(a):
             except ValueError:
                 raise CorpusError(f"--value-vocab {value_vocab!r}: expected comma-separated integers, e.g. 16,64,256") \
                     from None
-        given["synthetic"] = syn
-    given["variants"] = _variants(given.pop("variant", None)) or {}
-    sharding = {k: given.pop(k) for k in ("cluster", "shards") if k in given}
-    res = {k[len("shard_"):]: given.pop(k) for k in list(given) if k.startswith("shard_")}
-    if res and not sharding:
-        raise CorpusError(f"--shard-{next(iter(res)).replace('_', '-')} is an option of sharded builds (--cluster, "
-                          "--shards)")
-    spec = from_dict(corpus.CorpusSpec, {**recipe, **{k: v for k, v in given.items() if k != "variants" or v}})
-    if sharding:  # the same corpus, parsed as a job array (factscale/corpus/shards.py)
-        from factscale.corpus.wikidata.shards import build_sharded, shard_resources
-
-        m = build_sharded(spec, a.out, sharding.get("cluster", "local"), sharding.get("shards"), shard_resources(**res))
-    else:
-        m = corpus.build_from_spec(spec, a.out, progress=sys.stderr.isatty())
+        recipe["synthetic"] = syn
+    variants = _variants(given.pop("variant", None))
+    if variants:
+        recipe["variants"] = variants
+    spec = from_dict(corpus.CorpusSpec, recipe)
+    m = corpus.build_from_spec(spec, a.out, progress=sys.stderr.isatty())
     c = m["counts"]
     print(f"corpus {a.out}: {c['kept_facts']} facts ({c.get('kept_train', 0)} train, {c.get('kept_heldout', 0)} "
           f"held-out), {len(m['facts_per_relation'])} relations, {m['entropy_bits']['all']:.0f} bits "
@@ -118,6 +119,51 @@ def cmd_corpus_export(a):
     print(f"exported {a.corpus} -> {out} (datasets.load_from_disk; manifest in info.description and README.md)")
 
 
+def _number(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def add_recipe_flags(parser, cls=None, prefix: str = "") -> None:
+    """One flag per field of the corpus recipe (``CorpusSpec``, nested dataclasses dotted), generated from the
+    field's type, default and docstring, so the flags and the recipe cannot drift apart: ``max_facts`` ->
+    ``--max-facts``; a field's ``metadata["flag"]`` names it otherwise (``sharding.cluster`` -> ``--cluster``).
+    Unset flags stay None: the recipe file's value, else the dataclass default, applies."""
+    import dataclasses
+    import typing
+
+    from factscale.configio import field_docs, yaml_value
+    from factscale.corpus.spec import CorpusSpec
+
+    cls = cls or CorpusSpec
+    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if f.name in ("synthetic", "variants"):  # nested mappings of their own: the shortcut flags
+            continue
+        if dataclasses.is_dataclass(tp):
+            add_recipe_flags(parser, tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        doc = " ".join(docs.get(f.name, "").split()).replace("``", "").replace("%", "%%")
+        kw: dict = {"dest": f"{GENERATED}{prefix}{f.name}", "default": None, "metavar": f.name.upper(),
+                    "help": doc + (f" (default {yaml_value(default)})" if default is not None else "")}
+        args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is typing.Union else [tp]
+        base = args[0]
+        if typing.get_origin(base) is list:  # --dump a b, and --exclude-subjects x --exclude-subjects y
+            kw.update(nargs="+", action="extend")
+        elif typing.get_origin(base) is typing.Literal:
+            kw["choices"] = list(typing.get_args(base))
+            del kw["metavar"]
+        elif base in (int, float):
+            kw["type"] = _number  # a bad value is then one error line from the recipe's check, naming the field
+        parser.add_argument(f.metadata.get("flag", "--" + f.name.replace("_", "-")), **kw)
+
+
 def add_corpus_parser(sub) -> None:
     """The ``corpus`` command group, on the top-level subparsers."""
     c = sub.add_parser("corpus", help="build fact corpora").add_subparsers(dest="corpus_cmd", required=True)
@@ -126,45 +172,11 @@ def add_corpus_parser(sub) -> None:
                      "[key=value ...] -o DIR` (the fields of `factscale config show corpus`), or flags alone.")
     b.add_argument("recipe", nargs="*", metavar="RECIPE.yaml|key=value",
                    help="a corpus recipe (YAML, the fields of a sweep's corpus_build) and dotted overrides")
-    b.add_argument("--dump", nargs="+", help="Wikidata JSON dump(s): .json, .json.gz, .json.bz2")
-    b.add_argument("--triples", nargs="+", help="T-REx/LAMA or BEAR jsonl, or ID-triple TSV (Q1<TAB>P17<TAB>Q2, "
-                   "plain or .gz, labels via --labels), files or directories")
-    b.add_argument("--synthetic", action="store_true", help="generate facts with exactly known entropy")
-    b.add_argument("--hf", nargs="+", metavar="PATH", help="local Hugging Face datasets source: a save_to_disk "
-                   "directory, or parquet/json/jsonl/csv files")
-    b.add_argument("--hf-columns", help="--hf column mapping, e.g. subject=sub_label,relation=predicate_id,"
-                   "value=obj_label[,subject_id=..,value_id=..,relation_label=..]")
-    b.add_argument("--hf-split", help="--hf: the split of a DatasetDict (default: all splits)")
     b.add_argument("-o", "--out", required=True)
-    b.add_argument("--labels", nargs="+", help="label tables (TSV or JSON) for values/properties not in the data")
-    b.add_argument("--templates", help="LAMA relations.jsonl with [X]/[Y] templates")
-    b.add_argument("--properties", help="allow-list, e.g. P36,P569")
-    b.add_argument("--deny-properties", help="deny-list, e.g. P18,P373")
-    b.add_argument("--subject-filter", help="e.g. P31=Q5 (instance of human)")
-    b.add_argument("--exclude-subjects", action="append", metavar="PRESET|P=Q",
-                   help="skip subjects with this claim: scholarly-articles (P31=Q13442814) or e.g. P31=Q4167836")
-    b.add_argument("--datatypes", help="dump: mainsnak datatypes to keep (default: wikibase-item,time,quantity,"
-                   "monolingualtext,string without identifiers); e.g. default,external-id | all | default,-quantity")
-    b.add_argument("--language", help="label language (default en)")
-    b.add_argument("--max-facts", type=int)
-    # no defaults here: unset flags take CorpusSpec's (factscale/corpus/spec.py), shared with sweeps' corpus_build
-    b.add_argument("--multi-value", choices=["drop", "first"], help="default drop")
-    b.add_argument("--ambiguous-keys", choices=["disambiguate", "drop"], help="default disambiguate")
-    b.add_argument("--copyable", choices=["drop", "keep"], help="facts whose value is the key or inside the prompt "
-                   "(a model copies them): drop (default) or keep, marked in a copyable column; real sources only")
-    b.add_argument("--heldout-frac", type=float, help="default 0.1")
-    b.add_argument("--vocab-size", type=int, help="BPE vocabulary (default 2048)")
-    b.add_argument("--workers", type=int, help="dump parser processes (default: all cores)")
-    b.add_argument("--cluster", help="--dump: parse the input in shards as a submitit job array, then merge (the "
-                   "same corpus, same hash): slurm | local (shard processes on this machine) | debug (in-process)")
-    b.add_argument("--shards", help="shard jobs (default: one per file): uncompressed .json files are cut into byte "
-                   "ranges at line boundaries; a compressed .json.bz2/.gz file is one shard")
-    b.add_argument("--shard-time-min", type=int, help="SLURM time limit per shard job, minutes (default 120; "
-                   "on expiry the shard is requeued, up to 3 times)")
-    b.add_argument("--shard-cpus", type=int, help="CPUs per shard job = its parser processes (default 4)")
-    b.add_argument("--shard-mem-gb", type=float, help="memory per shard job, GB (default 8)")
-    b.add_argument("--shard-partition", help="SLURM partition of the shard jobs")
-    b.add_argument("--shard-account", help="SLURM account of the shard jobs")
+    add_recipe_flags(b)
+    # shortcuts for the nested mappings (synthetic kinds, variants), written out by hand
+    b.add_argument("--synthetic", action="store_true", help="generate facts with exactly known entropy (the recipe's "
+                   "synthetic mapping; `factscale config show synthetic-facts|bios|random-sequences`)")
     b.add_argument("--n-keys", type=int, help="synthetic: keys (default 1000)")
     b.add_argument("--value-vocab", help="synthetic: values per attribute (default 16,64,256,1024)")
     b.add_argument("--kind", help="--synthetic: facts (default; --n-keys, --value-vocab), bios (six-attribute biographies; "
@@ -173,7 +185,6 @@ def add_corpus_parser(sub) -> None:
                    "birth_city, university, major, employer, employer_city (default 200,200,300,100,263,200)")
     b.add_argument("--seq-len", type=int, help="random-sequences: symbols per sequence (default 32)")
     b.add_argument("--symbols", type=int, help="random-sequences: alphabet size, at most 2704 (default 256)")
-    b.add_argument("--seed", type=int, help="default 0")
     b.add_argument("--variant", action="append", metavar="NAME:k=v,...",
                    help="compatibility:n=200 | frequency:mode=assigned|signal,levels=1/2/4/8 | "
                    "frequency:mode=zipf,alpha=1,max=16 | phases:n=2,by=relation | junk:kind=random|facts,n=N "

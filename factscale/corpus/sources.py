@@ -112,6 +112,10 @@ def build_from_spec(spec: CorpusSpec, out: str | Path, *, reuse: bool = False, p
     common = dict(multi_value=spec.multi_value, ambiguous_keys=spec.ambiguous_keys, heldout_frac=spec.heldout_frac,
                   vocab_size=spec.vocab_size, variants=spec.variants or None, recipe=spec.recipe(), reuse=reuse)
     src = spec.source
+    if spec.sharding.enabled:  # the same corpus, parsed as a job array (corpus/wikidata/shards.py)
+        from factscale.corpus.wikidata.shards import build_sharded
+
+        return build_sharded(spec, out, reuse=reuse)
     if src == "synthetic":
         from factscale.corpus.synthetic import build_kind
 

@@ -7,12 +7,73 @@ corpus' rebuilds it, and an identical recipe reuses it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Literal, Optional
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal, Optional, Union
 
 from factscale.errors import CorpusError
 
 SOURCES = ("synthetic", "dump", "triples", "hf")
+
+
+@dataclass
+class Sharding:
+    """How a dump is parsed: in this process (no ``cluster``), or as the shards of a submitit job array, merged
+    into the same corpus (same hash). Only changes how fast the corpus is built, so it is not in the recipe."""
+    cluster: Optional[str] = field(default=None, metadata={"flag": "--cluster"})
+    """dump: parse the input in shards as a job array, then merge: ``slurm`` | ``local`` (shard processes on this
+    machine) | ``debug`` (in-process); null = one process (``local`` when only ``shards`` is given)."""
+    shards: Optional[int] = field(default=None, metadata={"flag": "--shards"})
+    """Shard jobs (null: one per file); uncompressed .json files are cut into byte ranges at line boundaries,
+    a .json.bz2 through a block index, a .json.gz file is one shard."""
+    time_min: int = field(default=120, metadata={"flag": "--shard-time-min"})
+    """SLURM time limit per shard job, minutes; on expiry the shard is requeued (up to 3 times)."""
+    cpus: int = field(default=4, metadata={"flag": "--shard-cpus"})
+    """CPUs per shard job = its parser processes."""
+    mem_gb: float = field(default=8.0, metadata={"flag": "--shard-mem-gb"})
+    """Memory per shard job, GB."""
+    partition: Optional[str] = field(default=None, metadata={"flag": "--shard-partition"})
+    """SLURM partition of the shard jobs (null: the cluster's default)."""
+    account: Optional[str] = field(default=None, metadata={"flag": "--shard-account"})
+    """SLURM account of the shard jobs (null: the user's default)."""
+
+    def __post_init__(self):
+        from factscale.cluster import CLUSTERS
+
+        if self.cluster is not None and self.cluster not in CLUSTERS:
+            raise CorpusError(f"--cluster {self.cluster!r}; allowed values: {list(CLUSTERS)} (sharding.cluster)")
+        if self.shards is not None and (not isinstance(self.shards, int) or isinstance(self.shards, bool)
+                                        or self.shards < 1):
+            raise CorpusError(f"--shards {self.shards!r} (sharding.shards): expected a positive integer (the number of "
+                              "shard jobs)")
+        for name in ("time_min", "cpus", "mem_gb"):
+            if not getattr(self, name) > 0:
+                raise CorpusError(f"{_flag(name)} {getattr(self, name)!r}: must be > 0 (sharding.{name})")
+        given = [f.name for f in fields(self) if getattr(self, f.name) != f.default]
+        if not self.enabled and given:
+            given = given[0]
+            raise CorpusError(f"{_flag(given)} is an option of sharded builds (sharding.{given}): give --cluster or "
+                              "--shards too (sharding.cluster, sharding.shards)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.cluster is not None or self.shards is not None
+
+
+def _flag(name: str) -> str:
+    """The ``corpus build`` flag of a ``sharding`` field (its metadata names it)."""
+    return next(f.metadata["flag"] for f in fields(Sharding) if f.name == name)
+
+
+def _joined(value, what: str, sep: str = ",") -> Optional[str]:
+    """A recipe field given as a list (``[P36, P569]``) or a mapping (``{P31: Q5}``) -> its canonical string
+    form (``P36,P569``, ``P31=Q5``): the form stored in manifests, so both spellings are one recipe."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        value = [f"{k}={v}" for k, v in value.items()]
+    if not all(isinstance(v, (str, int)) and str(v) for v in value):
+        raise CorpusError(f"{what}: expected a comma-separated string, a list of strings or a mapping, got {value!r}")
+    return sep.join(map(str, value))
 
 
 @dataclass
@@ -23,31 +84,37 @@ class CorpusSpec:
     dump: list[str] = field(default_factory=list)
     """Wikidata JSON dump(s): .json, .json.gz, .json.bz2 (array or one entity per line)."""
     triples: list[str] = field(default_factory=list)
-    """T-REx/LAMA or BEAR jsonl, or ID-triple TSV, files or directories."""
+    """T-REx/LAMA or BEAR jsonl, or ID-triple TSV (``Q1<TAB>P17<TAB>Q2``, plain or .gz; labels from ``labels``),
+    files or directories."""
     hf: list[str] = field(default_factory=list)
-    """A local Hugging Face ``datasets`` source (save_to_disk directory, parquet/json/csv files)."""
+    """A local Hugging Face ``datasets`` source: a save_to_disk directory, or parquet/json/jsonl/csv files."""
     labels: list[str] = field(default_factory=list)
     """Label tables (TSV or JSON) for values and properties not labelled in the data."""
     templates: Optional[str] = None
     """LAMA relations.jsonl with [X]/[Y] templates."""
-    hf_columns: Optional[str] = None
-    """hf: column mapping, e.g. ``subject=sub_label,relation=predicate_id,value=obj_label``."""
+    hf_columns: Optional[Union[str, dict[str, str]]] = None
+    """hf: column mapping, ``subject=sub_label,relation=predicate_id,value=obj_label[,subject_id=..,value_id=..,
+    relation_label=..]``, or the same as a mapping."""
     hf_split: Optional[str] = None
     """hf: the split of a DatasetDict to read; null = the only one."""
     language: str = "en"
     """dump: the language of labels and monolingual text."""
-    properties: Optional[str] = None
-    """dump: allow-list, e.g. ``P36,P569``."""
-    deny_properties: Optional[str] = None
-    """dump: properties to drop, e.g. ``P31,P279``."""
-    subject_filter: Optional[str] = None
-    """dump: keep subjects with these claims, e.g. ``P31=Q5`` (humans)."""
+    properties: Optional[Union[str, list[str]]] = None
+    """dump: allow-list, e.g. ``P36,P569`` or ``[P36, P569]``."""
+    deny_properties: Optional[Union[str, list[str]]] = None
+    """dump: properties to drop, e.g. ``P18,P373`` or a list."""
+    subject_filter: Optional[Union[str, list[str], dict[str, str]]] = None
+    """dump: keep subjects with these claims, e.g. ``P31=Q5`` (instance of human), a list of them or ``{P31: Q5}``."""
     exclude_subjects: list[str] = field(default_factory=list)
-    """dump: skip subjects with any of these claims: ``scholarly-articles`` or ``P31=Q...``."""
-    datatypes: Optional[str] = None
-    """dump: mainsnak datatypes to keep (None = the knowledge preset; see ``corpus.datatypes``)."""
+    """dump: skip subjects with any of these claims: the preset ``scholarly-articles`` (P31=Q13442814) or
+    ``P=Q`` items, e.g. ``P31=Q4167836``."""
+    datatypes: Optional[Union[str, list[str]]] = None
+    """dump: mainsnak datatypes to keep (null: wikibase-item, time, quantity, monolingualtext, string without
+    identifiers), e.g. ``default,external-id`` | ``all`` | ``default,-quantity`` or a list of them."""
     workers: Optional[int] = None
     """dump: parser processes (None = all cores)."""
+    sharding: Sharding = field(default_factory=Sharding)
+    """dump: how the input is parsed (one process, or a job array); not part of the recipe."""
     max_facts: Optional[int] = None
     """Keep at most N facts (after the key rules); null = all."""
     multi_value: Literal["drop", "first"] = "drop"
@@ -67,6 +134,10 @@ class CorpusSpec:
     """Study variants: compatibility / frequency / phases / junk (``corpus.variants``)."""
 
     def __post_init__(self):
+        for name in ("properties", "deny_properties", "subject_filter", "datatypes", "hf_columns"):
+            setattr(self, name, _joined(getattr(self, name), f"{name} (--{name.replace('_', '-')})"))
+        if isinstance(self.sharding, dict):  # CorpusSpec(sharding={...}) from Python
+            self.sharding = Sharding(**self.sharding)
         given = [s for s in SOURCES if self._given(s)]
         if len(given) != 1:
             raise CorpusError("give exactly one source: synthetic, dump, triples or hf (CLI: --synthetic, --dump "
@@ -91,6 +162,9 @@ class CorpusSpec:
             if self.synthetic.get("kind") == "facts":  # the default kind: the same recipe as leaving it out
                 self.synthetic = {k: v for k, v in self.synthetic.items() if k != "kind"}
             self.synthetic_spec()  # validates now, naming the field
+        if self.sharding.enabled and self.source != "dump":
+            raise CorpusError(f"sharding (--cluster/--shards) splits a dump build into jobs; a {self.source} source is "
+                              "read in one process (leave sharding out)")
 
     def _given(self, source: str) -> bool:
         # synthetic: {} (all defaults, e.g. a bare --synthetic) is a source too; an empty path list is not
@@ -110,9 +184,9 @@ class CorpusSpec:
         return [*self.dump, *self.triples, *self.hf, *self.labels, *([self.templates] if self.templates else [])]
 
     def recipe(self) -> dict:
-        """What the corpus depends on (``workers`` only changes how fast it is built; ``copyable`` does not apply
-        to synthetic facts)."""
-        skip = {"workers", *(("copyable",) if self.synthetic is not None else ())}
+        """What the corpus depends on (``workers`` and ``sharding`` only change how fast it is built; ``copyable``
+        does not apply to synthetic facts)."""
+        skip = {"workers", "sharding", *(("copyable",) if self.synthetic is not None else ())}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,13 +18,19 @@ import pytest
 
 from factscale.cli.main import main
 from factscale.corpus import CorpusSpec, build_from_spec
-from factscale.corpus.spec import dump_options
+from factscale.corpus.spec import Sharding, dump_options
 from factscale.corpus.wikidata.dump import dump_to_raw
 from factscale.corpus.wikidata.dumpio import range_lines
 from factscale.corpus.wikidata.shards import build_sharded, merge, parse_shard, plan_shards, run_shards, shard_resources
 from factscale.errors import CorpusError
 
 ONE = shard_resources(cpus=1, mem_gb=1, time_min=10)
+
+
+def sharded(spec, cluster, shards):
+    """``spec`` parsed as ``shards`` jobs on ``cluster``, each job asking for one CPU."""
+    return dataclasses.replace(spec, sharding=Sharding(cluster=cluster, shards=int(shards), cpus=1, mem_gb=1,
+                                                       time_min=10))
 
 
 def _spec(shared, files, **kw):
@@ -100,7 +108,7 @@ def test_finished_shards_are_never_parsed_again(shared, tmp_path):
 @pytest.mark.slow  # shard processes on the local executor, ~4 s
 def test_local_executor_sharded_build_has_the_plain_build_hash(shared, plain, tmp_path):
     files, m, plain_dir = plain
-    got = build_sharded(_spec(shared, files), tmp_path / "wd", "local", "4", ONE, log=lambda *_: None)
+    got = build_sharded(sharded(_spec(shared, files), "local", "4"), tmp_path / "wd", log=lambda *_: None)
     assert got["corpus_hash"] == m["corpus_hash"]
     assert got["counts"] == m["counts"] and got["source"]["parse_errors"] == m["source"]["parse_errors"]
     assert got["recipe"] == m["recipe"]  # --cluster/--shards are not part of the recipe
@@ -116,8 +124,8 @@ def _cli(*args):
 
 @pytest.mark.parametrize("flags, says", [
     (["--cluster", "kubernetes"], "--cluster 'kubernetes'; allowed values: ['slurm', 'local', 'debug']"),
-    (["--cluster", "local", "--shards", "0"], "--shards '0': expected a positive integer"),
-    (["--cluster", "local", "--shards", "two"], "--shards 'two': expected a positive integer"),
+    (["--cluster", "local", "--shards", "0"], "--shards 0 (sharding.shards): expected a positive integer"),
+    (["--cluster", "local", "--shards", "two"], "sharding.shards: expected an integer, got 'two'"),
     (["--cluster", "local", "--shards", "3", "--only-gz"], "head50.json.gz is gzip-compressed and a .gz file is one "
                                                            "shard"),
     (["--cluster", "local", "--shard-cpus", "0"], "--shard-cpus 0: must be > 0"),
@@ -144,8 +152,8 @@ def test_a_failed_shard_fails_the_build_naming_the_shard_and_its_log(shared, tmp
     fake.write_bytes(b"not bzip2 at all\n")  # the shard job finds out, not the planner
     out = tmp_path / "out" / "wd"
     with pytest.raises(CorpusError) as e:
-        build_sharded(_spec(shared, [shared / "dump-sample" / "latest-all.head50.json", fake]), out, "local", 3, ONE,
-                      log=lambda *_: None)
+        build_sharded(sharded(_spec(shared, [shared / "dump-sample" / "latest-all.head50.json", fake]), "local", 3),
+                      out, log=lambda *_: None)
     msg = str(e.value)
     assert msg.startswith("shard 3/3 (broken.json.bz2, whole file) failed: CorpusError: ") and "not bz2 data" in msg
     assert "\n" not in msg
@@ -210,7 +218,7 @@ def test_one_bz2_file_split_at_its_blocks_builds_the_local_corpus(shared, tmp_pa
     assert [(s["start"] > 0, s.get("bz2")) for s in plan] == [(False, True), (True, True), (True, True)]
     assert plan[-1]["end"] == len(bz2.decompress(src.read_bytes())) and len(plan[0]["offsets"]) > 3
     said = []
-    got = build_sharded(spec, tmp_path / "sharded", "debug", 3, ONE, log=said.append)
+    got = build_sharded(sharded(spec, "debug", 3), tmp_path / "sharded", log=said.append)
     want = build_from_spec(spec, tmp_path / "local")
     assert got["corpus_hash"] == want["corpus_hash"] and got["counts"] == want["counts"]
     assert got["source"]["parse_errors"] == want["source"]["parse_errors"]
@@ -237,3 +245,43 @@ def test_a_bz2_file_that_cannot_be_indexed_is_one_shard_said_in_one_line(shared,
     assert [s["end"] is None for s in plan] == [True, False, False, False]
     assert said == ["items100.json.bz2 is one shard, not split at its bz2 blocks: indexed_bzip2 is not installed "
                     "(pip install indexed_bzip2, or the 'fast' extra)"]
+
+
+def test_a_sweeps_corpus_build_can_shard_and_reuses_the_corpus(shared, plain, tmp_path):
+    """``sharding`` is an option of the dump source in a recipe, so a sweep's ``corpus_build`` parses as a job
+    array too: the same corpus hash as the one-process build; not part of the recipe, so a second launch (or a
+    recipe without sharding) reuses the corpus instead of rebuilding it."""
+    from factscale.launch.spec import spec_from_dict
+    from factscale.launch.sweep import ensure_corpus
+
+    files, m, _ = plain
+    out = tmp_path / "corpora" / "wd"
+    recipe = {"dump": [str(f) for f in files], "labels": [str(shared / "properties" / "wikidata-predicates.json")],
+              "workers": 1, "sharding": {"cluster": "debug", "shards": 3, "cpus": 1}}
+    sweep = spec_from_dict({"name": "s", "runs_dir": str(tmp_path / "runs"), "corpus_build": recipe,
+                            "base": {"corpus": {"path": str(out)}}, "grid": {"seed": [0]}}, "sweep")
+    said = []
+    ensure_corpus(sweep, log=said.append)
+    built = json.loads((out / "manifest.json").read_text())
+    assert built["corpus_hash"] == m["corpus_hash"] and built["recipe"] == m["recipe"] and "sharding" not in m["recipe"]
+    assert said == [f"building corpus {out} from the sweep's corpus_build"]
+    stamp = (out / "facts.parquet").stat().st_mtime_ns
+    ensure_corpus(sweep, log=said.append)  # the same recipe: kept
+    plain_sweep = spec_from_dict({"name": "s", "runs_dir": str(tmp_path / "runs"), "base": {"corpus": {"path": str(out)}},
+                                  "corpus_build": {k: v for k, v in recipe.items() if k != "sharding"},
+                                  "grid": {"seed": [0]}}, "sweep")
+    ensure_corpus(plain_sweep, log=said.append)  # without sharding: the same recipe, kept
+    assert len(said) == 1 and (out / "facts.parquet").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ({"sharding": {"cluster": "kubernetes"}}, "--cluster 'kubernetes'; allowed values"),
+    ({"sharding": {"cpus": 2}}, "--shard-cpus is an option of sharded builds (sharding.cpus)"),
+    ({"sharding": {"shards": 2}, "triples": ["x.jsonl"], "dump": []}, "a triples source is read in one process"),
+])
+def test_bad_sharding_in_a_recipe_names_the_field(shared, recipe, message):
+    from factscale.configio import from_dict
+
+    base = {"dump": [str(shared / "dump-sample" / "latest-all.head50.json")]}
+    with pytest.raises(CorpusError, match=re.escape(message)):
+        from_dict(CorpusSpec, {**base, **recipe})

@@ -185,3 +185,47 @@ def test_a_recipe_file_with_overrides_builds_the_corpus_its_flags_build(tmp_path
         main(["corpus", "build", "recipe.yaml", "synthetic.n_kees=5", "-o", "d"])
     assert e.value.code == 2 and "unknown config key 'synthetic.n_kees'" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.unit
+def test_every_recipe_field_has_a_flag_generated_from_the_dataclass():
+    """`corpus build`'s flags come from CorpusSpec: each field (nested sharding fields by their metadata name)
+    has one, its help is the field's docstring, and a flag sets exactly its field."""
+    import dataclasses
+
+    from factscale.cli.corpus import GENERATED
+    from factscale.cli.main import build_parser
+    from factscale.configio import describe
+    from factscale.corpus.spec import CorpusSpec
+
+    build = next(a for a in build_parser()._subparsers._group_actions[0].choices["corpus"]._subparsers
+                 ._group_actions[0].choices.values() if a.prog.endswith("build"))
+    flags = {a.dest[len(GENERATED):]: a for a in build._actions if a.dest.startswith(GENERATED)}
+    fields = {d["key"] for d in describe(CorpusSpec)} - {"synthetic", "variants"}
+    assert set(flags) == fields
+    assert flags["max_facts"].option_strings == ["--max-facts"] and flags["sharding.cpus"].option_strings == ["--shard-cpus"]
+    assert flags["multi_value"].choices == ["drop", "first"] and "several values" in flags["multi_value"].help
+    a = build_parser().parse_args(["corpus", "build", "--dump", "a.json", "b.json", "--exclude-subjects", "x",
+                                   "--exclude-subjects", "P31=Q5", "--max-facts", "7", "--shards", "2", "-o", "o"])
+    got = {k[len(GENERATED):]: v for k, v in vars(a).items() if k.startswith(GENERATED) and v is not None}
+    assert got == {"dump": ["a.json", "b.json"], "exclude_subjects": ["x", "P31=Q5"], "max_facts": 7,
+                   "sharding.shards": 2}
+    assert not dataclasses.asdict(CorpusSpec(synthetic={}))["sharding"]["cluster"]
+
+
+@pytest.mark.unit
+def test_recipe_lists_and_mappings_are_the_same_recipe_as_their_strings():
+    """Typed recipe fields (a list of properties, a mapping of subject filters or hf columns) are stored in the
+    manifest in their string form, so both spellings are one recipe (a sweep reuses the corpus)."""
+    from factscale.configio import from_dict
+    from factscale.corpus.spec import CorpusSpec
+
+    typed = from_dict(CorpusSpec, {"dump": ["d.json"], "properties": ["P36", "P569"], "deny_properties": ["P18"],
+                                   "subject_filter": {"P31": "Q5"}, "datatypes": ["default", "-quantity"]})
+    text = from_dict(CorpusSpec, {"dump": ["d.json"], "properties": "P36,P569", "deny_properties": "P18",
+                                  "subject_filter": "P31=Q5", "datatypes": "default,-quantity"})
+    assert typed.recipe() == text.recipe() and typed.properties == "P36,P569"
+    hf = from_dict(CorpusSpec, {"hf": ["x.parquet"], "hf_columns": {"subject": "sub_label", "value": "obj_label"}})
+    assert hf.hf_columns == "subject=sub_label,value=obj_label"
+    with pytest.raises(Exception, match=r"properties: expected str or list of str, got \{'P31': 'Q5'\}"):
+        from_dict(CorpusSpec, {"dump": ["d.json"], "properties": {"P31": "Q5"}})

@@ -38,8 +38,8 @@ from pathlib import Path
 import polars as pl
 import submitit
 
-from factscale.cluster import CLUSTERS, SlurmResources, executor
-from factscale.corpus.build import build_into, building, check_target
+from factscale.cluster import SlurmResources, executor
+from factscale.corpus.build import build_into, building, check_target, read_manifest
 from factscale.corpus.wikidata.dump import MAX_ERRORS_KEPT, DumpOptions, Pass1, parse_chunks, raw_from_passes
 from factscale.corpus.wikidata.dumpio import bz2_block_index, bz2_range_lines, open_dump, range_lines
 from factscale.corpus.wikidata.labels import BATCH_ROWS, BUCKET_ROWS, Spill
@@ -58,16 +58,6 @@ def shard_resources(time_min: int = 120, cpus: int = 4, mem_gb: float = 8.0, par
             raise CorpusError(f"--shard-{name} {v!r}: must be > 0")
     return SlurmResources(time_min=time_min, cpus_per_task=cpus, mem_gb=mem_gb, partition=partition, account=account,
                           max_requeues=max_requeues)
-
-
-def parse_count(text, what: str = "--shards") -> int:
-    try:
-        n = int(text)
-    except (TypeError, ValueError):
-        n = 0
-    if n < 1:
-        raise CorpusError(f"{what} {text!r}: expected a positive integer (the number of shard jobs)")
-    return n
 
 
 def plan_shards(paths, shards: int | None = None, log=print, threads: int | None = None) -> list[dict]:
@@ -315,33 +305,32 @@ def run_shards(plan: list[dict], opts: DumpOptions, shard_dir, cluster: str, res
                 j.cancel(check=False)
 
 
-def build_sharded(spec, out, cluster: str = "local", shards=None, res: SlurmResources | None = None,
-                  log=print) -> dict:
-    """``factscale corpus build --dump ... --cluster C --shards N``: the local build's corpus, parsed as shards.
-
-    Every option is checked before anything is created; the corpus appears atomically (``building``)."""
+def build_sharded(spec, out, *, reuse: bool = False, log=print) -> dict:
+    """A dump recipe with ``sharding`` (``--cluster C --shards N``, or a sweep's ``corpus_build``): the local
+    build's corpus, parsed as shards. Every option is checked before anything is created; the corpus appears
+    atomically (``building``); with ``reuse``, a corpus there built from the same recipe is kept."""
     from factscale.corpus.sources import dump_source, rules
     from factscale.corpus.spec import dump_options
     from factscale.corpus.tables.triples import templates_for
 
-    if cluster not in CLUSTERS:
-        raise CorpusError(f"--cluster {cluster!r}; allowed values: {list(CLUSTERS)}")
-    if spec.source != "dump":
-        raise CorpusError(f"--cluster/--shards split a --dump build into jobs; a --{spec.source} source is read "
-                          "in one process (leave out --cluster and --shards)")
+    sh = spec.sharding
+    cluster, shards = sh.cluster or "local", sh.shards
     if cluster == "slurm" and not shutil.which("sbatch"):
         raise CorpusError("--cluster slurm: sbatch not found on this machine; run on a SLURM login node, or use "
                           "--cluster local")
-    res = res or shard_resources()
+    res = shard_resources(time_min=sh.time_min, cpus=sh.cpus, mem_gb=sh.mem_gb, partition=sh.partition,
+                          account=sh.account)
     if cluster == "slurm":
         check_fits(res)
     check_target(out, spec.inputs())  # before indexing or submitting anything
-    plan = plan_shards(spec.dump, None if shards is None else parse_count(shards), log, spec.workers)
+    plan = plan_shards(spec.dump, shards, log, spec.workers)
     opts = dump_options(spec)
     templates = templates_for([], spec.templates)[0] if spec.templates else {}
     outp = Path(out).resolve()
     folder = outp.parent / f".{outp.name}.submitit" / time.strftime("%Y%m%d-%H%M%S")
-    with building(out, sources=spec.inputs()) as tmp:
+    with building(out, reuse_recipe=spec.recipe() if reuse else None, sources=spec.inputs()) as tmp:
+        if tmp is None:
+            return read_manifest(out)
         shard_dir = tmp / "_shards"
         shard_dir.mkdir()
         save_indexes(plan, shard_dir)
