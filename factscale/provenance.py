@@ -3,6 +3,7 @@ every result row."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -25,7 +26,23 @@ def versions() -> dict:
         # hence a few memorized facts per run between machines with the same packages
         out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
         out["torch_threads"] = torch.get_num_threads()
+        out["cpu"] = _cpu_model()
+        # variables that change which kernels run (docs/development.md: they move results, measured)
+        out.update({f"env_{k}": v for k in DISPATCH_ENV if (v := os.environ.get(k)) is not None})
     return out
+
+
+DISPATCH_ENV = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "MKL_DEBUG_CPU_TYPE")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def git_sha() -> str:

@@ -33,3 +33,18 @@ def test_write_atomic_fsyncs_the_data_then_the_directory_after_the_rename(tmp_pa
     fsio.write_atomic(target, "{}")
     # first the temporary file's data (target not there yet), then the directory, after the rename
     assert synced == [(False, False), (True, "{}")]
+
+
+@pytest.mark.unit
+def test_provenance_records_what_decides_the_cpu_kernels(monkeypatch):
+    """Every result row carries the CPU model, torch's kernel level and any variable that overrides the kernel
+    dispatch (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, ...): they move results between machines."""
+    import torch  # noqa: F401  (versions() reports torch's dispatch only where torch is loaded)
+
+    from factscale.provenance import versions
+
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    v = versions()
+    assert v["torch_cpu_capability"] and v["cpu"] and v["env_ATEN_CPU_CAPABILITY"] == "default"
+    assert "env_MKL_CBWR" not in v
