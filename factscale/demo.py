@@ -1,4 +1,4 @@
-"""``factscale demo``: both of Lu et al.'s laws, measured honestly, in about twelve minutes on a 2-core CPU.
+"""``factscale demo``: both of Lu et al.'s laws, measured honestly, in about eight minutes on a 2-core CPU.
 
 synthetic corpus -> 4 widths of one depth x 3 seeds, each size on its own nested slice of the corpus (data
 proportional to size), each (size, seed) a warmup-stable-decay trunk with cooldown branches at 4 epoch

@@ -153,8 +153,13 @@ def fig_capacity_vs_size(df: pl.DataFrame, fits: Fits | None = None):
         k = r["params"]["k"]["value"]
         draw_fit(ax, r, "non_embedding_params", xs, pal[e],
                  f"{e} epochs: C = {k:.3g}·N + c, R²={r['r2']:.3f}{_ci_note(r)}")
-    if y != "keyed_bits":  # a line in facts, not in bits
-        ax.axhline(d["n_facts"].max(), color="grey", ls=":", lw=1, label="training facts")
+    if y != "keyed_bits":  # a ceiling in facts, not in bits
+        per_size = d.group_by("non_embedding_params").agg(pl.col("n_facts").max()).sort("non_embedding_params")
+        if per_size["n_facts"].n_unique() == 1:
+            ax.axhline(per_size["n_facts"][0], color="grey", ls=":", lw=1, label="training facts")
+        else:  # each size trained on its own slice (data proportional to size): its own ceiling
+            ax.plot(per_size["non_embedding_params"].to_numpy(), per_size["n_facts"].to_numpy(), ls="none",
+                    marker="_", ms=14, mew=1.5, color="grey", label="training facts of each size")
     ax.set(xlabel=f"{NON_EMB} N", ylabel=MEASURE_LABELS.get(y, y))
     ax.set_title(f"{MEASURE_LABELS.get(y, y).capitalize()} vs non-embedding parameters\n(final probe of each run)"
                  f"{capped_note}", fontsize=9)
