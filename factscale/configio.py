@@ -131,6 +131,9 @@ def from_dict(cls, data: dict | None, prefix: str = ""):
         tp = hints[f.name]
         where = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(tp):
+            if data[f.name] is None:  # `sharding: null`: the nested section's defaults
+                kwargs[f.name] = tp()
+                continue
             if not isinstance(data[f.name], dict):
                 raise ConfigError(f"{where}: expected a mapping, got {data[f.name]!r}")
             kwargs[f.name] = from_dict(tp, data[f.name], prefix=f"{where}.")
@@ -225,7 +228,8 @@ def _type_name(tp) -> str:
         return " | ".join(map(str, typing.get_args(tp)))
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _type_name(args[0]) + " or null"
+        names = " | ".join(_type_name(a) for a in args)
+        return names + " or null" if type(None) in typing.get_args(tp) else names
     if origin in (list, dict):
         return f"{origin.__name__} of {', '.join(_type_name(a) for a in typing.get_args(tp))}"
     return getattr(tp, "__name__", str(tp))

@@ -154,8 +154,10 @@ def add_recipe_flags(parser, cls=None, prefix: str = "") -> None:
                     "help": doc + (f" (default {yaml_value(default)})" if default is not None else "")}
         args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is typing.Union else [tp]
         base = args[0]
-        if typing.get_origin(base) is list:  # --dump a b, and --exclude-subjects x --exclude-subjects y
-            kw.update(nargs="+", action="extend")
+        if typing.get_origin(base) is list and f.metadata.get("repeat"):
+            kw["action"] = "append"  # --exclude-subjects x --exclude-subjects y: one value each, so a recipe file
+        elif typing.get_origin(base) is list:  # after it stays a positional
+            kw.update(nargs="+", action="extend")  # --dump a b
         elif typing.get_origin(base) is typing.Literal:
             kw["choices"] = list(typing.get_args(base))
             del kw["metavar"]

@@ -7,7 +7,8 @@ corpus' rebuilds it, and an identical recipe reuses it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import re
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Literal, Optional, Union
 
 from factscale.errors import CorpusError
@@ -64,10 +65,25 @@ def _flag(name: str) -> str:
     return next(f.metadata["flag"] for f in fields(Sharding) if f.name == name)
 
 
+# fields that only one kind of source reads: given with another source they would be stored in the recipe and
+# silently do nothing
+ONLY_FOR = {"properties": ("dump",), "deny_properties": ("dump",), "subject_filter": ("dump",),
+            "exclude_subjects": ("dump",), "datatypes": ("dump",), "language": ("dump",), "workers": ("dump",),
+            "hf_columns": ("hf",), "hf_split": ("hf",), "labels": ("dump", "triples", "hf"),
+            "templates": ("dump", "triples", "hf")}
+_PROPERTY = re.compile(r"P[1-9][0-9]*")
+
+
 def _joined(value, what: str, sep: str = ",") -> Optional[str]:
     """A recipe field given as a list (``[P36, P569]``) or a mapping (``{P31: Q5}``) -> its canonical string
-    form (``P36,P569``, ``P31=Q5``): the form stored in manifests, so both spellings are one recipe."""
-    if value is None or isinstance(value, str):
+    form (``P36,P569``, ``P31=Q5``): the form stored in manifests, so both spellings are one recipe. A string
+    spelled like YAML (a flag's ``"[P31, P17]"``) is refused: it would be read as one odd item."""
+    if value is None:
+        return value
+    if isinstance(value, str):
+        if value.strip()[:1] in ("[", "{"):
+            raise CorpusError(f"{what} {value!r}: on the command line give a comma-separated list without spaces "
+                              "(e.g. P31,P17 or P31=Q5); YAML lists and mappings belong in a recipe file")
         return value
     if isinstance(value, dict):
         value = [f"{k}={v}" for k, v in value.items()]
@@ -94,23 +110,24 @@ class CorpusSpec:
     """LAMA relations.jsonl with [X]/[Y] templates."""
     hf_columns: Optional[Union[str, dict[str, str]]] = None
     """hf: column mapping, ``subject=sub_label,relation=predicate_id,value=obj_label[,subject_id=..,value_id=..,
-    relation_label=..]``, or the same as a mapping."""
+    relation_label=..]`` (a recipe file may give a YAML mapping)."""
     hf_split: Optional[str] = None
     """hf: the split of a DatasetDict to read; null = the only one."""
     language: str = "en"
     """dump: the language of labels and monolingual text."""
     properties: Optional[Union[str, list[str]]] = None
-    """dump: allow-list, e.g. ``P36,P569`` or ``[P36, P569]``."""
+    """dump: allow-list, e.g. ``P36,P569`` (a recipe file may give a YAML list)."""
     deny_properties: Optional[Union[str, list[str]]] = None
-    """dump: properties to drop, e.g. ``P18,P373`` or a list."""
+    """dump: properties to drop, e.g. ``P18,P373`` (a recipe file may give a YAML list)."""
     subject_filter: Optional[Union[str, list[str], dict[str, str]]] = None
-    """dump: keep subjects with these claims, e.g. ``P31=Q5`` (instance of human), a list of them or ``{P31: Q5}``."""
-    exclude_subjects: list[str] = field(default_factory=list)
+    """dump: keep subjects with these claims, e.g. ``P31=Q5`` (instance of human); a recipe file may give a YAML
+    list of them or a mapping ``{P31: Q5}``."""
+    exclude_subjects: list[str] = field(default_factory=list, metadata={"repeat": True})
     """dump: skip subjects with any of these claims: the preset ``scholarly-articles`` (P31=Q13442814) or
     ``P=Q`` items, e.g. ``P31=Q4167836``."""
     datatypes: Optional[Union[str, list[str]]] = None
     """dump: mainsnak datatypes to keep (null: wikibase-item, time, quantity, monolingualtext, string without
-    identifiers), e.g. ``default,external-id`` | ``all`` | ``default,-quantity`` or a list of them."""
+    identifiers), e.g. ``default,external-id`` | ``all`` | ``default,-quantity`` (a recipe file may give a list)."""
     workers: Optional[int] = None
     """dump: parser processes (None = all cores)."""
     sharding: Sharding = field(default_factory=Sharding)
@@ -162,6 +179,17 @@ class CorpusSpec:
             if self.synthetic.get("kind") == "facts":  # the default kind: the same recipe as leaving it out
                 self.synthetic = {k: v for k, v in self.synthetic.items() if k != "kind"}
             self.synthetic_spec()  # validates now, naming the field
+        for name in ("properties", "deny_properties"):
+            bad = [p for p in (getattr(self, name) or "").split(",") if p and not _PROPERTY.fullmatch(p)]
+            if bad:
+                raise CorpusError(f"{name} (--{name.replace('_', '-')}) {bad[0]!r} is not a property id; expected "
+                                  "e.g. P31,P17 (no spaces)")
+        defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(self)
+                    if f.name in ONLY_FOR}
+        for name, sources in ONLY_FOR.items():
+            if getattr(self, name) != defaults[name] and self.source not in sources:
+                raise CorpusError(f"{name} (--{name.replace('_', '-')}) applies to a {' / '.join(sources)} source; "
+                                  f"this recipe's source is {self.source}: leave it out")
         if self.sharding.enabled and self.source != "dump":
             raise CorpusError(f"sharding (--cluster/--shards) splits a dump build into jobs; a {self.source} source is "
                               "read in one process (leave sharding out)")

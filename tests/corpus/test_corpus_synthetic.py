@@ -229,3 +229,40 @@ def test_recipe_lists_and_mappings_are_the_same_recipe_as_their_strings():
     assert hf.hf_columns == "subject=sub_label,value=obj_label"
     with pytest.raises(Exception, match=r"properties: expected str or list of str, got \{'P31': 'Q5'\}"):
         from_dict(CorpusSpec, {"dump": ["d.json"], "properties": {"P31": "Q5"}})
+
+
+@pytest.mark.unit
+def test_a_recipe_file_after_a_repeatable_flag_stays_a_recipe():
+    from factscale.cli.corpus import GENERATED
+    from factscale.cli.main import build_parser
+
+    a = build_parser().parse_args(["corpus", "build", "--exclude-subjects", "scholarly-articles", "wd.yaml", "-o", "o"])
+    assert a.recipe == ["wd.yaml"] and getattr(a, GENERATED + "exclude_subjects") == ["scholarly-articles"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dump", "d.json", "--deny-properties", "[P31, P17]"], "YAML lists and mappings belong in a recipe file"),
+    (["--dump", "d.json", "--deny-properties", "P31, P17"], "' P17' is not a property id"),
+    (["--dump", "d.json", "--properties", "31"], "'31' is not a property id"),
+    (["--synthetic", "--deny-properties", "P31"], "deny_properties (--deny-properties) applies to a dump source; "
+                                                  "this recipe's source is synthetic"),
+    (["--synthetic", "--language", "de"], "language (--language) applies to a dump source"),
+    (["--dump", "d.json", "--hf-split", "train"], "hf_split (--hf-split) applies to a hf source"),
+])
+def test_recipe_values_that_would_do_nothing_are_one_error_line(args, message, tmp_path, capsys):
+    from factscale.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["corpus", "build", *args, "-o", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.unit
+def test_sharding_null_is_no_sharding():
+    from factscale.configio import from_dict
+    from factscale.corpus.spec import CorpusSpec
+
+    spec = from_dict(CorpusSpec, {"dump": ["d.json"], "sharding": None})
+    assert not spec.sharding.enabled and spec.recipe() == CorpusSpec(dump=["d.json"]).recipe()
