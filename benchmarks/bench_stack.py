@@ -2,7 +2,7 @@
 a sweep with ``stack: seeds`` runs) beside the same K runs one after another (``training.run.run``), in one
 process, on one synthetic corpus, 1 thread.
 
-    python benchmarks/bench_stack.py [--size 5k] [--seeds 4] [--epochs 20] [--keys 600] [--rounds 2]
+    python benchmarks/bench_stack.py [--size 5k] [--seeds 4] [--epochs 20] [--keys 600] [--rounds 2] [--compile]
 
 Each round trains both ways into fresh run directories (the order alternating), timing everything a run
 does: setup, training, probes every ``--probe-every`` epochs and writing results. Prints the wall time of
@@ -40,12 +40,14 @@ def main() -> None:
     ap.add_argument("--probe-every", type=int, default=10)
     ap.add_argument("--keys", type=int, default=600)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="train.compile: true both ways (a standalone run compiles "
+                    "its decoder, the stack its stacked step); the compile time is part of each way's time")
     a = ap.parse_args()
     torch.set_num_threads(1)
     quiet_lightning()
     over = {"model.size": a.size, "train.epochs": a.epochs, "probe.every_epochs": a.probe_every,
             "train.batch_size": 32, "train.seq_len": 64, "optim.lr": 3e-3, "optim.schedule": "wsd",
-            "optim.warmup_steps": 20, "optim.decay_frac": 0.2}
+            "optim.warmup_steps": 20, "optim.decay_frac": 0.2, "train.compile": a.compile}
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         corpus = root / "corpus"
@@ -75,7 +77,8 @@ def main() -> None:
             print(f"round {r}: stacked {took['stacked']:.1f} s, separate {took['separate']:.1f} s, "
                   f"ratio {ratios[-1]:.2f}x; largest |difference| of final train MR {diff['mr']:.2e}, "
                   f"value loss {diff['value_loss']:.2e}", flush=True)
-        print(f"{a.seeds} seeds of {a.size}, {a.epochs} epochs, {a.keys} keys x 2 attributes, 1 thread, torch "
+        print(f"{a.seeds} seeds of {a.size}, {a.epochs} epochs, {a.keys} keys x 2 attributes, 1 thread, "
+              f"{'compiled' if a.compile else 'eager'}, torch "
               f"{torch.__version__}: stacked best {min(times['stacked']):.1f} s, separate best "
               f"{min(times['separate']):.1f} s, median ratio {statistics.median(ratios):.2f}x (> 1: stacking is faster)")
 

@@ -12,7 +12,9 @@ run, member by member:
 - its learning rate: ``lr_lambda`` with training progress counted as Lightning counts it (epoch + batches
   done / batches in the epoch), its own warmup, schedule and step count;
 - its probes (``Prober`` on the member unstacked as an ordinary model) at its probe epochs, the per-fact
-  history, ``progress.json`` for ``sweep status``, the mean training loss per epoch with its NaN guard.
+  history, ``progress.json`` for ``sweep status``, the mean training loss per epoch with its NaN guard;
+- ``train.compile``: a standalone run compiles its decoder body, a stack its stacked step (one compile per
+  stack; probes run eager on the unstacked member), so the two agree to float noise, not bit for bit.
 
 Protocol: a stack checkpoint after every epoch (``<runs_dir>/_stacks/<id>/last.pt``, atomic, the previous
 kept), so a killed stack resumes where it was, never restarts. A member that fails (non-finite loss, a
@@ -61,9 +63,9 @@ def check_stackable(cfgs: list[RunConfig]) -> None:
     if resolve_shape(cfgs[0].model).experts:
         raise ConfigError("a mixture-of-experts model cannot be stacked yet (its routing does not vmap): stack: off")
     c = cfgs[0].train
-    if c.devices * c.num_nodes > 1 or c.precision not in ("auto", "32-true") or c.compile:
-        raise ConfigError("stacked training runs one process, fp32, uncompiled: train.devices, num_nodes, "
-                          "precision and compile keep their defaults in a stack")
+    if c.devices * c.num_nodes > 1 or c.precision not in ("auto", "32-true"):
+        raise ConfigError("stacked training runs one process in fp32: train.devices, num_nodes and precision keep "
+                          "their defaults in a stack")
     if c.accelerator != "cpu" and torch.cuda.is_available():
         # a standalone run of the same config would train on the GPU in bf16: not the same experiment
         raise ConfigError("stacks train on the CPU in fp32 for now; on a GPU machine set train.accelerator: cpu "
@@ -221,6 +223,8 @@ def _train_stack(todo, path: Path, facts, manifest: dict) -> list[dict]:
     members = [_Member(c, rd, facts, tok, manifest) for c, rd in todo]
     total = [m.batches_per_epoch * m.cfg.train.epochs for m in members]  # Lightning's estimated_stepping_batches
     ens = Ensemble.from_configs(cfgs, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, total)
+    if cfg0.train.compile:  # the stacked forward + loss (and its backward) under torch.compile, static shapes:
+        ens.compile()       # every step is [K, batch, seq_len] (a short last batch is padded)
     where = {"epoch": 0, "i": np.zeros(len(members)), "n": np.ones(len(members))}
 
     # training progress as Lightning's scheduler sees it before a member's next step: epoch + batches done / batches

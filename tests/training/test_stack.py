@@ -129,3 +129,19 @@ def test_a_killed_stack_resumes_to_the_same_results(tiny_corpus, tmp_path):
         assert a["resumed_from_epoch"][0] == 2 and a["attempts"][0] == 2
         assert_same_results(a, b)
     assert not list((tmp_path / "killed" / "_stacks").glob("*/last.pt"))  # removed once every member is done
+
+
+@pytest.mark.slow  # compiles a stacked step and two standalone decoders (~1-2 minutes on 2 cores)
+def test_compiled_stack_members_equal_their_compiled_standalone_runs(tiny_corpus, tmp_path):
+    """``train.compile`` in a stack compiles the stacked step; its members end as the compiled standalone runs
+    would (same identity; results equal to float noise, as for eager stacks)."""
+    from factscale.training.run import run
+
+    stacked = members(tiny_corpus, tmp_path / "stack", **{"train.compile": True})
+    assert run_stack(stacked)["state"] == "done"
+    for c in stacked:
+        alone = tiny_run_config(tiny_corpus, tmp_path / "alone", seed=c.seed, **{**OVER, "train.compile": True})
+        run(alone)
+        rs, ra = RunDir(c), RunDir(alone)
+        assert rs.id == ra.id and c.train.compile
+        assert_same_results(pl.read_parquet(ra.results), pl.read_parquet(rs.results))
