@@ -26,7 +26,6 @@ from factscale.fsio import write_atomic, write_parquet_atomic
 NEEDED = ["run_id", "epoch", "split", "group_by", "mr", "capacity", "capacity_bits", "capacity_bits_se",
           "non_embedding_params", "total_params", "corpus_kind", "cfg.model.size", "cfg.model.arch",
           "cfg.train.epochs"]
-CORPUS_NAMES = {"synthetic": "facts", "synthetic-bios": "bios", "synthetic-random-sequences": "random-sequences"}
 
 AZL = "Allen-Zhu & Li 2024, Physics of LMs 3.3 (arXiv 2404.05405)"
 MORRIS = "Morris et al. 2025, How much do language models memorize? (arXiv 2505.24832)"
@@ -58,6 +57,13 @@ COLUMNS = ["measured", "source", "corpus", "weights", "arch", "size", "experts",
            "run_id", "note"]
 
 
+def corpus_name(corpus_kind: str) -> str:
+    """``synthetic-bios`` -> ``bios`` (the synthetic registry's kind), ``dump`` -> ``facts (dump)``."""
+    from factscale.corpus.synthetic import kind_of
+
+    return kind_of(corpus_kind) or f"facts ({corpus_kind})"
+
+
 def _measured(df: pl.DataFrame, where: str) -> pl.DataFrame:
     missing = [c for c in NEEDED if c not in df.columns]
     if missing:
@@ -70,11 +76,12 @@ def _measured(df: pl.DataFrame, where: str) -> pl.DataFrame:
                            "overall train row at epoch == cfg.train.epochs")
     opt = lambda c, dt=pl.Float64: pl.col(c) if c in rows.columns else pl.lit(None, dtype=dt)  # noqa: E731
     repeat = opt("cfg.train.repeat_by", pl.String)
+    names = {k: corpus_name(k) for k in rows["corpus_kind"].unique().to_list()}
     return rows.select(
         measured=pl.lit(True),
         source=pl.lit("measured here"),
-        corpus=pl.col("corpus_kind").replace_strict(CORPUS_NAMES, default=pl.lit("facts (") + pl.col("corpus_kind")
-                                                    + pl.lit(")"), return_dtype=pl.String),
+        # the published rows' corpus names: a synthetic kind by its registry name, real facts by their source
+        corpus=pl.col("corpus_kind").replace_strict(names, return_dtype=pl.String),
         # a quantize-probe's weights, else the training precision (the published rows' vocabulary)
         weights=opt("weights", pl.String).fill_null(
             opt("precision", pl.String).replace_strict(PRECISION_WEIGHTS, default="fp32", return_dtype=pl.String)),
@@ -104,7 +111,8 @@ def _measured(df: pl.DataFrame, where: str) -> pl.DataFrame:
         run_id=pl.col("run_id").cast(pl.String),
         note=pl.concat_str([
             pl.when(repeat.is_null()).then(pl.lit("")).otherwise(pl.lit("repeats vary by fact; ")),
-            pl.when(pl.col("corpus_kind") == "synthetic-bios").then(pl.lit(BIOS_NOT_COMPARABLE)).otherwise(pl.lit(""))
+            pl.when(pl.col("corpus_kind").replace_strict(names) == "bios").then(pl.lit(BIOS_NOT_COMPARABLE))
+            .otherwise(pl.lit(""))
         ]).str.strip_chars_end("; "),
     )
 

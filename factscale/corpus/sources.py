@@ -37,7 +37,9 @@ def rules(kw: dict, real: bool = False) -> dict:
 
 def build_synthetic(out_dir, spec: SyntheticSpec, **kw) -> dict:
     raw, bits = generate(spec)
-    return build_corpus(raw, out_dir, source_info={"kind": "synthetic", "spec": spec.__dict__},
+    from factscale.corpus.synthetic import source_kind
+
+    return build_corpus(raw, out_dir, source_info={"kind": source_kind("facts"), "spec": spec.__dict__},
                         options={"synthetic": spec.__dict__}, entropy_bits=bits, **rules({**kw, "seed": spec.seed}))
 
 

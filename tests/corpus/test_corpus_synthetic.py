@@ -266,3 +266,15 @@ def test_sharding_null_is_no_sharding():
 
     spec = from_dict(CorpusSpec, {"dump": ["d.json"], "sharding": None})
     assert not spec.sharding.enabled and spec.recipe() == CorpusSpec(dump=["d.json"]).recipe()
+
+
+@pytest.mark.unit
+def test_one_naming_of_synthetic_kinds_with_its_inverse():
+    """A manifest's ``source.kind`` names a synthetic kind in one place (``source_kind``); the capacity
+    table reads it back through the inverse, not a hand-kept mapping."""
+    from factscale.analysis.capacity import corpus_name
+    from factscale.corpus.synthetic import KINDS, kind_of, source_kind
+
+    assert all(kind_of(source_kind(k)) == k for k in KINDS)
+    assert source_kind("facts") == "synthetic" and source_kind("bios") == "synthetic-bios"
+    assert kind_of("dump") is None and corpus_name("dump") == "facts (dump)" and corpus_name("synthetic") == "facts"

@@ -20,7 +20,7 @@ from factscale.corpus.synthetic.sequences import SequenceSpec, check_tokens, gen
 from factscale.errors import CorpusError
 
 __all__ = ["KINDS", "SyntheticSpec", "BiosSpec", "SequenceSpec", "generate", "spec_class", "spec_from",
-           "generate_kind", "build_kind"]
+           "generate_kind", "build_kind", "source_kind", "kind_of"]
 
 
 KINDS = {  # kind -> (spec class, generator returning (raw facts, exact entropy in bits))
@@ -28,6 +28,19 @@ KINDS = {  # kind -> (spec class, generator returning (raw facts, exact entropy 
     "bios": (BiosSpec, generate_bios),
     "random-sequences": (SequenceSpec, generate_sequences),
 }
+
+
+def source_kind(kind: str) -> str:
+    """The ``source.kind`` a corpus manifest (and every result row's ``corpus_kind``) records for a synthetic
+    kind: ``synthetic`` for ``facts`` (the first kind, named before the others existed; results carry it),
+    ``synthetic-<kind>`` for the rest. ``kind_of`` is its inverse: one naming scheme, in one place."""
+    return "synthetic" if kind == "facts" else f"synthetic-{kind}"
+
+
+def kind_of(corpus_kind: str) -> str | None:
+    """The synthetic kind of a manifest's ``source.kind`` (``facts``, ``bios``, ...), None for a real source
+    (dump, triples, hf)."""
+    return next((k for k in KINDS if source_kind(k) == corpus_kind), None)
 
 
 def spec_class(kind: str):
@@ -71,7 +84,7 @@ def build_kind(out_dir, spec, **kw) -> dict:
             raise CorpusError(f"random-sequences with {spec.symbols} symbols needs vocab_size (--vocab-size / "
                               f"corpus_build.vocab_size) >= {spec.min_vocab_size()}, got {rules['vocab_size']}")
     raw, bits = generate_kind(spec)
-    info = {"kind": f"synthetic-{kind}", "spec": dict(spec.__dict__)}
+    info = {"kind": source_kind(kind), "spec": dict(spec.__dict__)}
     with building(out_dir, reuse_recipe=recipe if reuse else None) as tmp:
         if tmp is None:
             return read_manifest(out_dir)
