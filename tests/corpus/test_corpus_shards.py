@@ -285,3 +285,17 @@ def test_bad_sharding_in_a_recipe_names_the_field(shared, recipe, message):
     base = {"dump": [str(shared / "dump-sample" / "latest-all.head50.json")]}
     with pytest.raises(CorpusError, match=re.escape(message)):
         from_dict(CorpusSpec, {**base, **recipe})
+
+
+def test_local_shards_with_several_parser_processes_finish(shared, tmp_path):
+    """Regression: a shard job's parser pool forked from submitit's job process inherited its SIGTERM handler
+    (it only logs), so ``Pool.terminate()`` left a worker alive and the build hung forever (default --shard-cpus
+    4, more processes than chunks). The pool now closes when its work is done and its workers take SIGTERM."""
+    head = shared / "dump-sample" / "latest-all.head50.json"
+    labels = shared / "properties" / "wikidata-predicates.json"
+    r = subprocess.run([sys.executable, "-m", "factscale.cli", "corpus", "build", "--dump", str(head), "--labels",
+                        str(labels), "--cluster", "local", "--shards", "2", "-o", str(tmp_path / "sh")],
+                       capture_output=True, text=True, timeout=300)  # a hang fails here instead of hanging CI
+    assert r.returncode == 0, r.stderr[-1500:]
+    want = build_from_spec(CorpusSpec(dump=[str(head)], labels=[str(labels)], workers=1), tmp_path / "one")
+    assert json.loads((tmp_path / "sh" / "manifest.json").read_text())["corpus_hash"] == want["corpus_hash"]

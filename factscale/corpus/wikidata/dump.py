@@ -258,6 +258,7 @@ def parse_chunks(lines, opts: DumpOptions, workers: int = 1, chunk_lines: int = 
         yield from map(_process_chunk, chunks)
         return
     pool = _quiet_pool(workers)
+    finished = False
     try:
         # tasks are submitted from this thread, at most 2 per worker ahead of the one awaited: no pool
         # thread iterates the file, and a Ctrl-C (raised here, while waiting) reaches ``finally`` at once
@@ -268,8 +269,12 @@ def parse_chunks(lines, opts: DumpOptions, workers: int = 1, chunk_lines: int = 
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+        finished = True
     finally:
-        pool.terminate()  # workers ignore SIGINT, so they are alive and stop on SIGTERM: no hang
+        if finished:
+            pool.close()  # every task is done: the workers exit on their own
+        else:
+            pool.terminate()  # workers ignore SIGINT and take SIGTERM's default action: no hang
         pool.join()
 
 
@@ -289,6 +294,10 @@ def _quiet_pool(workers: int) -> Pool:
 
 def _ignore_sigint():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a worker forked from a submitit job inherits its SIGTERM handler, which only logs ("Bypassing signal
+    # SIGTERM"): Pool.terminate() would then leave the worker alive and join() wait forever (a sharded build
+    # hung so); the default action lets terminate() end it
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class Pass1:
