@@ -42,8 +42,14 @@ def select(run: str, which: str, split: str = "train", compare: str | None = Non
                 .with_columns(memorized_by=pl.when(pl.col("correct")).then(pl.lit(Path(run).name))
                               .otherwise(pl.lit(Path(compare).name)))
                 .select(*SHOW, "memorized_by").sort("memorized_by", "fact_id"))
-    if which == "memorized":
-        return final.filter(pl.col("correct")).select(*SHOW, "code_bits").sort("fact_id")
+    if which in ("memorized", "above-chance"):
+        kb = [c for c in ("correct_keyblind",) if c in final.columns]  # runs before 2026-12-07 lack it
+        if which == "above-chance":
+            if not kb:
+                raise CollectError(f"{run}: its fact_probe.parquet has no key-blind outcome (made by an older "
+                                   "factscale); --memorized lists every exact match")
+            final = final.filter(~pl.col("correct_keyblind").fill_null(False))
+        return final.filter(pl.col("correct")).select(*SHOW, "code_bits", *kb).sort("fact_id")
     if which == "not-memorized":
         return final.filter(~pl.col("correct")).select(*SHOW, "code_bits").sort("fact_id")
     if history is None:
@@ -61,6 +67,9 @@ def add_parser(sub) -> None:
     g = f.add_mutually_exclusive_group()
     g.add_argument("--memorized", dest="which", action="store_const", const="memorized",
                    help="facts memorized (exact match) at the final probe (the default)")
+    g.add_argument("--above-chance", dest="which", action="store_const", const="above-chance",
+                   help="memorized facts whose value is not also produced after another key's prompt (the "
+                   "key-blind guess, e.g. a relation's commonest value): what the key itself is worth")
     g.add_argument("--not-memorized", dest="which", action="store_const", const="not-memorized")
     g.add_argument("--forgotten", dest="which", action="store_const", const="forgotten",
                    help="memorized at some probe, not at the final one")
@@ -77,8 +86,12 @@ def cmd_facts(a) -> None:
     from factscale.fsio import write_atomic, write_parquet_atomic
 
     t = select(a.run, a.which, a.split, a.compare)
-    what = f"differ from {a.compare}" if a.compare else a.which
+    what = f"differ from {a.compare}" if a.compare else a.which.replace("above-chance", "memorized above chance")
     print(f"{t.height} {a.split} facts {what} ({a.run})")
+    if a.which == "memorized" and not a.compare and "correct_keyblind" in t.columns:
+        n = int(t["correct_keyblind"].fill_null(False).sum())
+        print(f"  of which {n} are also right after another key's prompt (correct_keyblind: the key-blind guess, "
+              "chance rather than memory; --above-chance lists the others)")
     with pl.Config(tbl_rows=max(1, a.n), fmt_str_lengths=60, tbl_width_chars=160):
         print(t.head(a.n))
     if a.output:

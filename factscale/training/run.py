@@ -325,12 +325,17 @@ def write_run(cfg: RunConfig, rd: RunDir, model, tok, dm: FactDataModule, manife
                          bits_per_param_per_token=pl.col("capacity_bits") / pl.col("params_per_token"))
     per_fact = None
     if last_tables:
-        per_fact = pl.concat([t.select("fact_id", "split", "relation", "prompt", "value", "correct", "code_bits",
-                                       "memorized_bits") for t in last_tables.values()])
+        # correct_keyblind: also right after another key's prompt (the key-blind guess: chance, not memory)
+        cols = ["fact_id", "split", "relation", "prompt", "value", "correct", "code_bits", "memorized_bits",
+                "correct_keyblind"]
+        per_fact = pl.concat([t.select([c for c in cols if c in t.columns]) for t in last_tables.values()],
+                             how="diagonal_relaxed")
     rd.write_results(df, per_fact, history_epochs={r["epoch"] for r in df.select("epoch").unique().to_dicts()})
     rd.drop_checkpoints(cfg.train.keep_checkpoints)  # after the results: a crash here leaves a done run
     final = df.filter((pl.col("epoch") == df["epoch"].max()) & (pl.col("group_by") == "all"))
     return {"run_id": rd.id, "state": "done", "run_dir": str(rd.path),
             **{f"{r['split']}_mr": r["mr"] for r in final.iter_rows(named=True)},
             "capacity": final.filter(pl.col("split") == "train")["capacity"].sum(),
+            **({"capacity_above_chance": final.filter(pl.col("split") == "train")["capacity_above_chance"].sum()}
+               if "capacity_above_chance" in final.columns else {}),
             "non_embedding_params": non_emb, **summary_fields(df)}

@@ -74,6 +74,19 @@ def test_fact_history_holds_every_probe_and_facts_lists_what_the_tables_say(trai
     assert diff["fact_id"].to_list() == [flip] and diff["memorized_by"].to_list() == [d.name]
     assert select(str(d), "compare", compare=str(d)).height == 0
 
+    # above chance, the slow obvious way: memorized and not also right after another key's prompt
+    assert "correct_keyblind" in final.columns
+    kb = train_final.filter(pl.col("correct") & ~pl.col("correct_keyblind").fill_null(False))["fact_id"].to_list()
+    assert sorted(select(str(d), "above-chance")["fact_id"].to_list()) == sorted(kb)
+    # the per-fact outcomes give the results' capacity_above_chance: n_facts x mean(correct - correct_keyblind)
+    res = pl.read_parquet(d / "results.parquet").filter((pl.col("split") == "train") & (pl.col("group_by") == "all")
+                                                         & (pl.col("epoch") == cfg.train.epochs))
+    paired = train_final.filter(pl.col("correct_keyblind").is_not_null())
+    diff = (paired["correct"].cast(pl.Float64) - paired["correct_keyblind"].cast(pl.Float64)).mean()
+    assert paired.height > 0 and res["capacity_above_chance"][0] == pytest.approx(res["n_facts"][0] * diff)
+    main(["facts", str(d), "--memorized"])
+    assert f"{mem.height} train facts memorized" in capsys.readouterr().out
+
     main(["facts", str(d), "--forgotten", "-o", str(tmp_path / "lost.csv")])
     assert f"{len(lost)} train facts forgotten" in capsys.readouterr().out
     assert pl.read_csv(tmp_path / "lost.csv").height == len(lost)
