@@ -102,10 +102,14 @@ def cmd_corpus_build(a):
     m = corpus.build_from_spec(spec, a.out, progress=sys.stderr.isatty())
     c = m["counts"]
     print(f"corpus {a.out}: {c['kept_facts']} facts ({c.get('kept_train', 0)} train, {c.get('kept_heldout', 0)} "
-          f"held-out), {len(m['facts_per_relation'])} relations, {m['entropy_bits']['all']:.0f} bits "
+          f"held-out), {len(m['facts_per_relation'])} relation{'s' * (len(m['facts_per_relation']) != 1)}, {m['entropy_bits']['all']:.0f} bits "
           f"({m['entropy_bits']['kind']}), vocab {m['tokens']['vocab_size']}"
           + (f", + a junk pool of {c['kept_junk']} pieces ({m['tokens']['junk_tokens']:,} tokens; <domain> token "
              f"id {m['tokens']['domain_tag_id']})" if c.get("kept_junk") else ""))
+    if spec.heldout_frac > 0 and not c.get("kept_heldout"):
+        print(f"  warning: no held-out facts (heldout_frac {spec.heldout_frac} of {c['kept_facts']} facts' subjects "
+              "drew none): nothing can be probed on unseen keys, and the key-blind baseline's donors are other "
+              "training facts")
     dropped = {k: v for k, v in c.items() if (k.startswith("dropped") or "malformed" in k) and v}
     if dropped:
         print("  dropped/skipped: " + ", ".join(f"{k}={v}" for k, v in dropped.items()))

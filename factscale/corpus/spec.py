@@ -122,7 +122,7 @@ class CorpusSpec:
     subject_filter: Optional[Union[str, list[str], dict[str, str]]] = None
     """dump: keep subjects with these claims, e.g. ``P31=Q5`` (instance of human); a recipe file may give a YAML
     list of them or a mapping ``{P31: Q5}``."""
-    exclude_subjects: list[str] = field(default_factory=list, metadata={"repeat": True})
+    exclude_subjects: Union[list[str], str] = field(default_factory=list, metadata={"repeat": True})
     """dump: skip subjects with any of these claims: the preset ``scholarly-articles`` (P31=Q13442814) or
     ``P=Q`` items, e.g. ``P31=Q4167836``."""
     datatypes: Optional[Union[str, list[str]]] = None
@@ -151,6 +151,8 @@ class CorpusSpec:
     """Study variants: compatibility / frequency / phases / junk (``corpus.variants``)."""
 
     def __post_init__(self):
+        if isinstance(self.exclude_subjects, str):  # `exclude_subjects: scholarly-articles` in a recipe file
+            self.exclude_subjects = [self.exclude_subjects]
         for name in ("properties", "deny_properties", "subject_filter", "datatypes", "hf_columns"):
             setattr(self, name, _joined(getattr(self, name), f"{name} (--{name.replace('_', '-')})"))
         if isinstance(self.sharding, dict):  # CorpusSpec(sharding={...}) from Python
@@ -168,9 +170,9 @@ class CorpusSpec:
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise CorpusError(f"workers (--workers) must be a positive integer (parser processes), got {self.workers!r}")
         for item in filter(None, (self.subject_filter or "").split(",")):
-            if not item.partition("=")[2].strip():
+            if not re.fullmatch(r"P[1-9][0-9]*=Q[1-9][0-9]*", item):  # claims are matched on item values
                 raise CorpusError(f"subject_filter (--subject-filter) {self.subject_filter!r}: each item reads "
-                                  "PROPERTY=VALUE, e.g. P31=Q5 (humans)")
+                                  f"PROPERTY=ITEM, e.g. P31=Q5 (humans); {item!r} does not")
         if self.copyable not in ("drop", "keep"):
             raise CorpusError(f"copyable (--copyable) {self.copyable!r}; allowed values: ['drop', 'keep']")
         if self.max_facts is not None and self.max_facts < 1:

@@ -248,6 +248,8 @@ def test_a_recipe_file_after_a_repeatable_flag_stays_a_recipe():
                                                   "this recipe's source is synthetic"),
     (["--synthetic", "--language", "de"], "language (--language) applies to a dump source"),
     (["--dump", "d.json", "--hf-split", "train"], "hf_split (--hf-split) applies to a hf source"),
+    (["--dump", "d.json", "--subject-filter", "P31=Q5=Q6"], "each item reads PROPERTY=ITEM"),
+    (["--dump", "d.json", "--subject-filter", "p31=q5"], "'p31=q5' does not"),
 ])
 def test_recipe_values_that_would_do_nothing_are_one_error_line(args, message, tmp_path, capsys):
     from factscale.cli.main import main
@@ -278,3 +280,21 @@ def test_one_naming_of_synthetic_kinds_with_its_inverse():
     assert all(kind_of(source_kind(k)) == k for k in KINDS)
     assert source_kind("facts") == "synthetic" and source_kind("bios") == "synthetic-bios"
     assert kind_of("dump") is None and corpus_name("dump") == "facts (dump)" and corpus_name("synthetic") == "facts"
+
+
+@pytest.mark.unit
+def test_exclude_subjects_may_be_one_string_in_a_recipe():
+    from factscale.configio import from_dict
+    from factscale.corpus.spec import CorpusSpec
+
+    one = from_dict(CorpusSpec, {"dump": ["d.json"], "exclude_subjects": "scholarly-articles"})
+    assert one.recipe() == CorpusSpec(dump=["d.json"], exclude_subjects=["scholarly-articles"]).recipe()
+
+
+def test_a_build_without_held_out_facts_says_so(tmp_path, capsys):
+    from factscale.cli.main import main
+
+    main(["corpus", "build", "--synthetic", "--n-keys", "3", "--value-vocab", "4", "--heldout-frac", "0.01",
+          "--vocab-size", "128", "-o", str(tmp_path / "c")])
+    out = capsys.readouterr().out
+    assert "(3 train, 0 held-out)" in out and "warning: no held-out facts" in out
