@@ -102,12 +102,14 @@ def fig_mr_curves(df: pl.DataFrame):
         raise PlotError("MR curves need probes at >= 2 epochs (probe.every_epochs)")
     sizes = sizes_sorted(d)
     fig, ax = new_figure()
+    # markers: a run probed once (a short budget) is a single point, invisible as a line alone
     sns.lineplot(d.to_pandas(), x="epoch", y="mr", hue=SIZE, hue_order=sizes, units="run_id",
-                 estimator=None, palette=_size_palette(sizes), ax=ax)
+                 estimator=None, palette=_size_palette(sizes), ax=ax, marker="o", markersize=3)
     h = overall(df, "heldout")
     if h.height:
         sns.lineplot(h.to_pandas(), x="epoch", y="mr", hue=SIZE, hue_order=sizes, units="run_id",
-                     estimator=None, palette=_size_palette(sizes), ax=ax, linestyle="--", legend=False)
+                     estimator=None, palette=_size_palette(sizes), ax=ax, linestyle="--", legend=False,
+                     marker="o", markersize=2)
     ax.set(xlabel="epochs (passes over the training facts)", ylabel="memorization rate (exact match)",
            title="MR vs epochs, every probe of each run\n(solid: training facts, dashed: held-out; "
                  "a run's last probe is its end of schedule)", ylim=(-0.02, 1.02))
@@ -161,8 +163,8 @@ def fig_capacity_vs_size(df: pl.DataFrame, fits: Fits | None = None):
             ax.plot(per_size["non_embedding_params"].to_numpy(), per_size["n_facts"].to_numpy(), ls="none",
                     marker="_", ms=14, mew=1.5, color="grey", label="training facts of each size")
     ax.set(xlabel=f"{NON_EMB} N", ylabel=MEASURE_LABELS.get(y, y))
-    ax.set_title(f"{MEASURE_LABELS.get(y, y).capitalize()} vs non-embedding parameters\n(final probe of each run)"
-                 f"{capped_note}", fontsize=9)
+    ax.set_title(f"{MEASURE_LABELS.get(y, y).capitalize()} vs non-embedding parameters\n(final probe of each run;"
+                 f" laws solid over the fitted sizes, dashed beyond){capped_note}", fontsize=9)
     ax.legend(fontsize=7)
     return fig
 
@@ -196,7 +198,7 @@ def fig_capacity_vs_epochs(df: pl.DataFrame, fits: Fits | None = None):
         draw_fit(ax, r, "epoch", es, pal[s], f"{s}: C* = {c:.0f}, R²={r['r2']:.3f}{_ci_note(r)}")
     ax.set(xlabel="epochs", ylabel=MEASURE_LABELS.get(y, y),
            title=f"{MEASURE_LABELS.get(y, y).capitalize()} vs epochs\n(markers: end-of-schedule probes; faint: "
-                 "unannealed intermediate probes)")
+                 "unannealed intermediate probes;\nlaws solid over the fitted budgets, dashed beyond)")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7, title="model size")
     return fig
