@@ -100,9 +100,9 @@ def cmd_corpus_build(a):
         recipe["variants"] = variants
     spec = from_dict(corpus.CorpusSpec, recipe)
     m = corpus.build_from_spec(spec, a.out, progress=sys.stderr.isatty())
-    c = m["counts"]
+    c, n_rel = m["counts"], len(m["facts_per_relation"])
     print(f"corpus {a.out}: {c['kept_facts']} facts ({c.get('kept_train', 0)} train, {c.get('kept_heldout', 0)} "
-          f"held-out), {len(m['facts_per_relation'])} relation{'s' * (len(m['facts_per_relation']) != 1)}, {m['entropy_bits']['all']:.0f} bits "
+          f"held-out), {n_rel} relation{'s' * (n_rel != 1)}, {m['entropy_bits']['all']:.0f} bits "
           f"({m['entropy_bits']['kind']}), vocab {m['tokens']['vocab_size']}"
           + (f", + a junk pool of {c['kept_junk']} pieces ({m['tokens']['junk_tokens']:,} tokens; <domain> token "
              f"id {m['tokens']['domain_tag_id']})" if c.get("kept_junk") else ""))
