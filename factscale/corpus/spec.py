@@ -59,6 +59,15 @@ class Sharding:
     def enabled(self) -> bool:
         return self.cluster is not None or self.shards is not None
 
+    def resources(self, max_requeues: int = 3):
+        """What each shard job asks the cluster for (the cluster layer's ``SlurmResources``); ``cpus`` are also
+        the job's parser processes; ``max_requeues``: resubmissions after a time limit or preemption (the shard
+        then parses again from its start)."""
+        from factscale.cluster import SlurmResources
+
+        return SlurmResources(time_min=self.time_min, cpus_per_task=self.cpus, mem_gb=self.mem_gb,
+                              partition=self.partition, account=self.account, max_requeues=max_requeues)
+
 
 def _flag(name: str) -> str:
     """The ``corpus build`` flag of a ``sharding`` field (its metadata names it)."""

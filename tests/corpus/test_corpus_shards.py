@@ -21,10 +21,10 @@ from factscale.corpus import CorpusSpec, build_from_spec
 from factscale.corpus.spec import Sharding, dump_options
 from factscale.corpus.wikidata.dump import dump_to_raw
 from factscale.corpus.wikidata.dumpio import range_lines
-from factscale.corpus.wikidata.shards import build_sharded, merge, parse_shard, plan_shards, run_shards, shard_resources
+from factscale.corpus.wikidata.shards import build_sharded, merge, parse_shard, plan_shards, run_shards
 from factscale.errors import CorpusError
 
-ONE = shard_resources(cpus=1, mem_gb=1, time_min=10)
+ONE = Sharding(cluster="debug", cpus=1, mem_gb=1, time_min=10).resources()
 
 
 def sharded(spec, cluster, shards):

@@ -48,18 +48,6 @@ from factscale.errors import CorpusError
 COMPRESSED = (".bz2", ".gz")
 
 
-def shard_resources(time_min: int = 120, cpus: int = 4, mem_gb: float = 8.0, partition: str | None = None,
-                    account: str | None = None, max_requeues: int = 3) -> SlurmResources:
-    """What each shard job asks the cluster for, from the ``--shard-*`` flags (their names in the errors): the
-    cluster layer's ``SlurmResources``. ``cpus`` are also the job's parser processes; ``max_requeues``:
-    resubmissions after a time limit or preemption (the shard then parses again from its start)."""
-    for name, v in (("time-min", time_min), ("cpus", cpus), ("mem-gb", mem_gb)):
-        if not v > 0:
-            raise CorpusError(f"--shard-{name} {v!r}: must be > 0")
-    return SlurmResources(time_min=time_min, cpus_per_task=cpus, mem_gb=mem_gb, partition=partition, account=account,
-                          max_requeues=max_requeues)
-
-
 def plan_shards(paths, shards: int | None = None, log=print, threads: int | None = None) -> list[dict]:
     """The shards of ``paths``: one per file, and the rest of ``shards`` (default: one per file) shared by the
     files that can be split - uncompressed ones, and .bz2 ones through a block index (``dumpio.bz2_block_index``,
@@ -318,8 +306,7 @@ def build_sharded(spec, out, *, reuse: bool = False, log=print) -> dict:
     if cluster == "slurm" and not shutil.which("sbatch"):
         raise CorpusError("--cluster slurm: sbatch not found on this machine; run on a SLURM login node, or use "
                           "--cluster local")
-    res = shard_resources(time_min=sh.time_min, cpus=sh.cpus, mem_gb=sh.mem_gb, partition=sh.partition,
-                          account=sh.account)
+    res = sh.resources()
     if cluster == "slurm":
         check_fits(res)
     check_target(out, spec.inputs())  # before indexing or submitting anything
