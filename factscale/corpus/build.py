@@ -39,14 +39,14 @@ from pathlib import Path
 import polars as pl
 
 from factscale.corpus.render import DOMAIN_TAG_ID, render, tokenize, train_tokenizer
-from factscale.corpus.rules import add_statistics, assign_split, copyable_facts, resolve
+from factscale.corpus.output import CORPUS_FORMAT, FactsWriter, Stats
+from factscale.corpus.rules import add_statistics, assign_split, copyable_facts, resolve, tokenizer_texts
 from factscale.corpus.variants import apply_variants, difficulty_columns, junk_facts, junk_options, random_junk
 from factscale.errors import CorpusError
 from factscale.fsio import file_sha256, fix_mode, write_json_atomic
-from factscale.provenance import versions
 
 LOG = logging.getLogger("factscale.corpus")  # stage lines; the CLI shows them on stderr
-CORPUS_FORMAT = "factscale-corpus/2"  # /2: corpus_hash covers the content (facts + tokenizer)
+TOKENIZER_SAMPLE = 2_000_000  # training texts the BPE sees at most (CorpusSpec.tokenizer_sample)
 
 
 def corpus_hash_of(path: str | Path) -> str:
@@ -199,16 +199,31 @@ def building(out_dir: str | Path, reuse_recipe: dict | None = None, sources=(), 
 
 
 def build_corpus(raw: pl.DataFrame, out_dir: str | Path, *, recipe: dict | None = None, reuse: bool = False,
-                 sources=(), **kw) -> dict:
+                 sources=(), bucket_facts: int | None = None, **kw) -> dict:
     """Run the rules into a private directory, rename it into place (see ``building``), return the manifest.
 
     ``recipe`` (what was asked for, e.g. a sweep's corpus_build) is stored in the manifest; with ``reuse``
-    an existing corpus built from the same recipe is returned as it is.
+    an existing corpus built from the same recipe is returned as it is. With ``bucket_facts`` the rules run
+    bucket by bucket (``corpus.bounded``): the same corpus.
     """
     with building(out_dir, reuse_recipe=recipe if reuse else None, sources=sources) as tmp:
         if tmp is None:
             return read_manifest(out_dir)
-        return build_into(raw, tmp, recipe=recipe, **kw)
+        if bucket_facts is None:
+            return build_into(raw, tmp, recipe=recipe, **kw)
+        from factscale.corpus.bounded import build_bounded
+
+        parts = tmp / "_raw"
+        parts.mkdir()
+        files = []
+        for i, part in enumerate(raw.iter_slices(bucket_facts)):
+            files.append(parts / f"part-{i:07d}.parquet")
+            part.write_parquet(files[-1])
+        del raw
+        try:
+            return build_bounded(files, tmp, bucket_facts=bucket_facts, recipe=recipe, **kw)
+        finally:
+            shutil.rmtree(parts, ignore_errors=True)
 
 
 def build_into(
@@ -226,6 +241,7 @@ def build_into(
     max_facts: int | None = None,
     copyable: str | None = None,
     entropy_bits: float | None = None,
+    tokenizer_sample: int = TOKENIZER_SAMPLE,
     variants: dict | None = None,
     recipe: dict | None = None,
 ) -> dict:
@@ -260,8 +276,8 @@ def build_into(
     # never with tokens whose embeddings no training step touched (and no held-out text shapes the vocab)
     LOG.info(f"corpus: {df.height:,} facts rendered: training the BPE tokenizer ({vocab_size:,} tokens), tokenizing "
              f"({time.time() - t0:.1f} s so far)")
-    tokenizer = train_tokenizer(df.filter(pl.col("split") == "train")["text"], vocab_size, out / "tokenizer",
-                                domain_tag=junk is not None)
+    texts = tokenizer_texts(df, int((df["split"] == "train").sum()), tokenizer_sample)
+    tokenizer = train_tokenizer(texts, vocab_size, out / "tokenizer", domain_tag=junk is not None)
     df, n_bad = tokenize(df, tokenizer)
     counts["dropped_value_not_token_aligned"] = n_bad
     if df.height == 0:
@@ -274,51 +290,25 @@ def build_into(
         counts["junk_pieces"] = junk[1]
     df = df.with_row_index("fact_id").with_columns(pl.col("fact_id").cast(pl.Int64))
     df = df.drop("template")
-    df.write_parquet(out / "facts.parquet")  # out is this build's private directory
+    writer, stats = FactsWriter(out / "facts.parquet"), Stats()  # out is this build's private directory
+    writer.add(df)
+    writer.close()
+    stats.add(df)
+    options = rule_options(options, multi_value=multi_value, ambiguous_keys=ambiguous_keys, heldout_frac=heldout_frac,
+                           vocab_size=vocab_size, seed=seed, max_facts=max_facts, copyable=copyable,
+                           tokenizer_sample=tokenizer_sample, variants=variants)
+    return finish(out, stats.manifest(counts=counts, entropy_bits=entropy_bits, junk=junk is not None,
+                                      vocab=len(tokenizer), recipe=recipe, source_info=source_info, options=options,
+                                      tokenizer_texts=len(texts), t0=t0))
 
-    useful = df.filter(pl.col("split") != "junk")  # a junk pool is training text, not facts: no fact statistics
-    per_rel = useful.group_by("relation", "relation_label").agg(pl.len().alias("facts")).sort("facts", descending=True)
-    split_counts = dict(df.group_by("split").len().iter_rows())
-    train = df.filter(pl.col("split") == "train")
-    manifest = {
-        "format": CORPUS_FORMAT,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source": source_info,
-        "options": {
-            **(options or {}),
-            "multi_value": multi_value,
-            "ambiguous_keys": ambiguous_keys,
-            "heldout_frac": heldout_frac,
-            "vocab_size": vocab_size,
-            "seed": seed,
-            "max_facts": max_facts,
-            "copyable": copyable,
-            "variants": variants or {},
-        },
-        "counts": {**counts, "kept_facts": useful.height, **{f"kept_{k}": v for k, v in split_counts.items()}},
-        "facts_per_relation": {r: n for r, _, n in per_rel.iter_rows()},
-        "facts_per_group": {c: dict(useful.group_by(c).len().sort(c).iter_rows())
-                            for c in ("variant", "freq_level", "phase", "rarity_bucket", "value_len") if c in df.columns},
-        "relation_labels": {r: lab for r, lab, _ in per_rel.iter_rows()},
-        "entropy_bits": {
-            # exact for synthetic corpora; for real ones the sum of empirical value surprisals
-            "kind": "exact" if entropy_bits is not None else "empirical_prior",
-            "train": float(train["prior_bits"].sum()),
-            # a junk pool's facts are not the corpus' information
-            "all": float(useful["prior_bits"].sum()) if entropy_bits is None or junk else float(entropy_bits),
-        },
-        "tokens": {
-            "vocab_size": len(tokenizer),
-            "mean_tokens_per_fact": float(useful["input_ids"].list.len().mean()),
-            "mean_value_tokens": float(useful["n_value_tokens"].mean()),
-            "train_tokens_per_epoch": int(train["input_ids"].list.len().sum()),
-            **({"junk_tokens": int(df.filter(pl.col("split") == "junk")["input_ids"].list.len().sum()),
-                "domain_tag_id": DOMAIN_TAG_ID} if junk else {}),
-        },
-        "recipe": recipe,
-        "versions": versions(),
-        "build_seconds": round(time.time() - t0, 3),
-    }
+
+def rule_options(options: dict | None, *, variants: dict | None, **rules) -> dict:
+    """The manifest's ``options``: the source's own, then the build rules (one layout for every build)."""
+    return {**(options or {}), **rules, "variants": variants or {}}
+
+
+def finish(out: Path, manifest: dict) -> dict:
+    """Seal a built directory: the content hash goes into its manifest, written last (atomically)."""
     manifest["corpus_hash"] = content_hash(out)
     write_json_atomic(out / "manifest.json", manifest, indent=2)
     return manifest

@@ -79,10 +79,11 @@ def render(facts: pl.DataFrame) -> pl.DataFrame:
     ).with_columns(value_char_end=pl.col("text").str.len_chars())
 
 
-def train_tokenizer(texts: list[str] | pl.Series, vocab_size: int, out_dir: str | Path, domain_tag: bool = False):
+def train_tokenizer(texts, vocab_size: int, out_dir: str | Path, domain_tag: bool = False):
     """Train a byte-level BPE on the rendered facts; save it in Hugging Face format.
 
-    ``texts`` may be a polars Series: it is fed in chunks, never all as Python strings at once. With
+    ``texts``: a list or polars Series of texts (fed in chunks, never all as Python strings at once), or an
+    iterator of lists of texts (a bucketed build reads them part by part). With
     ``domain_tag`` the tokenizer also holds ``DOMAIN_TAG`` (id ``DOMAIN_TAG_ID``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -96,9 +97,10 @@ def train_tokenizer(texts: list[str] | pl.Series, vocab_size: int, out_dir: str 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    chunks = (texts[i:i + 65_536] for i in range(0, len(texts), 65_536))
-    tok.train_from_iterator((c.to_list() if isinstance(c, pl.Series) else c for c in chunks), trainer=trainer,
-                            length=len(texts))
+    chunks = texts
+    if isinstance(texts, (list, pl.Series)):
+        chunks = (texts[i:i + 65_536] for i in range(0, len(texts), 65_536))
+    tok.train_from_iterator((c.to_list() if isinstance(c, pl.Series) else c for c in chunks), trainer=trainer)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=SPECIALS["bos"],

@@ -68,15 +68,26 @@ def raw_frame(rows: list[dict] | dict[str, list]) -> pl.DataFrame:
     return df.select([pl.col(c).cast(dt) for c, dt in RAW_SCHEMA.items()])
 
 
-def stable_unit(values: pl.Series, seed: int) -> pl.Series:
-    """A pseudo-random number in [0, 1) per string from blake2b(seed, string): independent of row order,
-    of the polars version and of the machine (polars' own ``hash`` is not stable across versions)."""
-    uniq = values.unique()
+def _blake(values: pl.Series, seed: int) -> pl.Series:
+    """blake2b(seed, string) as a UInt64 per string (nulls hash as ""), computed once per distinct string."""
+    uniq = values.fill_null("").unique()
     salt = f"{seed}|".encode()
     u = np.fromiter((int.from_bytes(hashlib.blake2b(salt + v.encode(), digest_size=8).digest(), "little")
                      for v in uniq.to_list()), dtype=np.uint64, count=len(uniq))
-    table = pl.DataFrame({"v": uniq, "u": (u >> np.uint64(11)).astype(np.float64) / float(1 << 53)})
-    return pl.DataFrame({"v": values}).join(table, on="v", how="left", maintain_order="left")["u"]
+    table = pl.DataFrame({"v": uniq, "u": pl.Series(u, dtype=pl.UInt64)})
+    return pl.DataFrame({"v": values.fill_null("")}).join(table, on="v", how="left", maintain_order="left")["u"]
+
+
+def stable_unit(values: pl.Series, seed: int) -> pl.Series:
+    """A pseudo-random number in [0, 1) per string from blake2b(seed, string): independent of row order,
+    of the polars version and of the machine (polars' own ``hash`` is not stable across versions)."""
+    return (_blake(values, seed) // (1 << 11)).cast(pl.Float64) / float(1 << 53)
+
+
+def stable_key(values: pl.Series, seed: int) -> pl.Series:
+    """A pseudo-random 63-bit integer (Int64 >= 0) per string from blake2b(seed, string): a sort key that every
+    row computes alone (no rank over the corpus), so a bucketed build gives the same column."""
+    return (_blake(values, seed) // 2).cast(pl.Int64)
 
 
 def resolve(raw: pl.DataFrame, multi_value: str, ambiguous_keys: str, counts: dict) -> pl.DataFrame:
@@ -136,13 +147,24 @@ def add_statistics(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def assign_split(df: pl.DataFrame, heldout_frac: float, seed: int) -> pl.DataFrame:
-    """Held-out facts have unseen keys: the split is drawn per subject, not per fact."""
+    """Held-out facts have unseen keys: the split is drawn per subject, not per fact. ``order`` is a seeded
+    pseudo-random key per (subject, relation): "the first N training facts" (corpus-size sweeps) are the N
+    smallest; the key is computed fact by fact (format /3; /2 stored its rank over the corpus)."""
     if not 0 <= heldout_frac < 1:
         raise CorpusError(f"heldout_frac must be in [0, 1), got {heldout_frac}")
     u = stable_unit(df["subject_id"], seed)
-    o = stable_unit(df["subject_id"] + "|" + df["relation"], seed + 1)
+    o = stable_key(df["subject_id"] + "|" + df["relation"], seed + 1)
     return df.with_columns(
         split=pl.when(pl.lit(u) < heldout_frac).then(pl.lit("heldout")).otherwise(pl.lit("train")),
-        # seeded order used to take "the first N training facts" for corpus-size sweeps
-        order=pl.lit(o).rank("ordinal").cast(pl.Int64),
+        order=pl.lit(o),
     )
+
+
+def tokenizer_texts(df: pl.DataFrame, n_train: int, sample: int) -> pl.Series:
+    """The rendered texts the BPE is trained on: every training fact's, or, past ``sample`` training facts, those
+    whose ``order`` key falls in the lowest ``sample / n_train`` of its range (about ``sample`` texts, chosen
+    fact by fact: a bucketed build picks the same ones)."""
+    train = pl.col("split") == "train"
+    if n_train > sample:
+        train = train & (pl.col("order") < int(sample / n_train * float(1 << 63)))
+    return df.filter(train)["text"]

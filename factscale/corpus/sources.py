@@ -28,9 +28,10 @@ SOURCES = {
 
 
 def rules(kw: dict, real: bool = False) -> dict:
-    """The build rules (multi_value, ambiguous_keys, heldout_frac, vocab_size, seed; for ``real`` sources also
-    copyable) with CorpusSpec's defaults: the one place they are declared."""
-    names = ("multi_value", "ambiguous_keys", "heldout_frac", "vocab_size", "seed", *(("copyable",) if real else ()))
+    """The build rules (multi_value, ambiguous_keys, heldout_frac, vocab_size, seed, tokenizer_sample; for ``real``
+    sources also copyable) with CorpusSpec's defaults: the one place they are declared."""
+    names = ("multi_value", "ambiguous_keys", "heldout_frac", "vocab_size", "seed", "tokenizer_sample",
+             *(("copyable",) if real else ()))
     defaults = {f.name: f.default for f in dataclasses.fields(CorpusSpec) if f.name in names}
     return {**defaults, **kw}
 
@@ -60,11 +61,30 @@ def build_from_dump(out_dir, dumps, opts: DumpOptions, label_files=(), templates
         if tmp is None:  # reused: the dump is not read at all
             return read_manifest(out_dir)
         # pass 1 spills facts and labels into the build's private directory (``wikidata.dump_to_raw``)
-        raw, counts, errors = dump_to_raw(dumps, opts, label_files=label_files, workers=workers,
-                                          progress=progress, templates=templates, work_dir=tmp)
+        kw = rules(kw, real=True)
+        bucket_facts = kw.pop("bucket_facts", None)
+        consume = None
+        if bucket_facts is not None:
+            def consume(kept, counts, errors, tallies):
+                return bounded_dump(kept, counts, errors, tallies, out=tmp, bucket_facts=bucket_facts,
+                                    source=(dumps, opts, label_files, templates_path), recipe=recipe, **kw)
+        got = dump_to_raw(dumps, opts, label_files=label_files, workers=workers, progress=progress,
+                          templates=templates, work_dir=tmp, consume=consume)
+        if consume is not None:
+            return got
+        raw, counts, errors = got
         info, options = dump_source(dumps, opts, label_files, templates_path, errors)
-        return build_into(raw, tmp, source_info=info, counts=counts, options=options, recipe=recipe,
-                          **rules(kw, real=True))
+        return build_into(raw, tmp, source_info=info, counts=counts, options=options, recipe=recipe, **kw)
+
+
+def bounded_dump(kept, counts, errors, tallies, *, out, bucket_facts, source, **kw) -> dict:
+    """A dump's kept facts (``dump.resolved_parts``) -> the corpus, bucket by bucket (``corpus.bounded``)."""
+    from factscale.corpus.bounded import build_bounded
+    from factscale.corpus.wikidata.raw import as_raw, to_many_relations
+
+    info, options = dump_source(*source, errors)
+    return build_bounded(kept, out, bucket_facts=bucket_facts, source_info=info, counts=counts, options=options,
+                         prepare=as_raw, to_many=to_many_relations(tallies), **kw)
 
 
 def dump_source(dumps, opts: DumpOptions, label_files, templates_path, errors) -> tuple[dict, dict]:
@@ -112,7 +132,8 @@ def build_from_spec(spec: CorpusSpec, out: str | Path, *, reuse: bool = False, p
     the same recipe is kept as it is. Returns the manifest."""
     check_target(out, spec.inputs())  # before reading anything: a refused target costs nothing
     common = dict(multi_value=spec.multi_value, ambiguous_keys=spec.ambiguous_keys, heldout_frac=spec.heldout_frac,
-                  vocab_size=spec.vocab_size, variants=spec.variants or None, recipe=spec.recipe(), reuse=reuse)
+                  vocab_size=spec.vocab_size, tokenizer_sample=spec.tokenizer_sample, variants=spec.variants or None,
+                  recipe=spec.recipe(), reuse=reuse)
     src = spec.source
     if spec.sharding.enabled:  # the same corpus, parsed as a job array (corpus/wikidata/shards.py)
         from factscale.corpus.wikidata.shards import build_sharded
@@ -125,12 +146,15 @@ def build_from_spec(spec: CorpusSpec, out: str | Path, *, reuse: bool = False, p
     if src == "dump":
         return build_from_dump(out, spec.dump, dump_options(spec), label_files=spec.labels,
                                templates_path=spec.templates, workers=spec.workers or os.cpu_count() or 1,
-                               progress=progress, seed=spec.seed, copyable=spec.copyable, **common)
+                               progress=progress, seed=spec.seed, copyable=spec.copyable,
+                               bucket_facts=spec.bucket_facts, **common)
     if src == "hf":
         from factscale.corpus.tables.hf import parse_columns
 
         return build_from_datasets(out, spec.hf, parse_columns(spec.hf_columns), split=spec.hf_split,
                                    label_files=spec.labels, templates_path=spec.templates, seed=spec.seed,
-                                   max_facts=spec.max_facts, copyable=spec.copyable, **common)
+                                   max_facts=spec.max_facts, copyable=spec.copyable, bucket_facts=spec.bucket_facts,
+                                   **common)
     return build_from_triples(out, spec.triples, label_files=spec.labels, templates_path=spec.templates,
-                              seed=spec.seed, max_facts=spec.max_facts, copyable=spec.copyable, **common)
+                              seed=spec.seed, max_facts=spec.max_facts, copyable=spec.copyable,
+                              bucket_facts=spec.bucket_facts, **common)

@@ -154,6 +154,12 @@ class CorpusSpec:
     """Fraction of subjects held out (unseen keys, same relations), in [0, 1)."""
     vocab_size: int = 2048
     """Byte-level BPE vocabulary trained on the training split (>= 64)."""
+    tokenizer_sample: int = 2_000_000
+    """The BPE is trained on at most about this many training facts' texts (a seeded sample past it)."""
+    bucket_facts: Optional[int] = None
+    """Real sources: run the rules after parsing in hash buckets of about this many raw facts, so that memory
+    follows the bucket, not the corpus (``corpus.bounded``; the same corpus, not part of the recipe); null:
+    in one piece in memory. Not with variants."""
     seed: int = 0
     """Seeds the held-out split, variants and synthetic draws."""
     variants: dict = field(default_factory=dict)
@@ -184,6 +190,15 @@ class CorpusSpec:
                                   f"PROPERTY=ITEM, e.g. P31=Q5 (humans); {item!r} does not")
         if self.copyable not in ("drop", "keep"):
             raise CorpusError(f"copyable (--copyable) {self.copyable!r}; allowed values: ['drop', 'keep']")
+        for name in ("tokenizer_sample", "bucket_facts"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise CorpusError(f"{name} (--{name.replace('_', '-')}) must be a positive integer, got {v!r}")
+        if self.bucket_facts is not None and (self.synthetic is not None or self.variants):
+            why = "synthetic facts are generated in memory" if self.synthetic is not None else \
+                "study variants need the whole corpus in memory"
+            raise CorpusError(f"bucket_facts (--bucket-facts) builds a real source's facts bucket by bucket; {why}: "
+                              "leave it out")
         if self.max_facts is not None and self.max_facts < 1:
             raise CorpusError(f"max_facts must be >= 1, got {self.max_facts}")
         if self.synthetic is not None:
@@ -223,9 +238,9 @@ class CorpusSpec:
         return [*self.dump, *self.triples, *self.hf, *self.labels, *([self.templates] if self.templates else [])]
 
     def recipe(self) -> dict:
-        """What the corpus depends on (``workers`` and ``sharding`` only change how fast it is built; ``copyable``
-        does not apply to synthetic facts)."""
-        skip = {"workers", "sharding", *(("copyable",) if self.synthetic is not None else ())}
+        """What the corpus depends on (``workers``, ``sharding`` and ``bucket_facts`` only change how it is built;
+        ``copyable`` does not apply to synthetic facts)."""
+        skip = {"workers", "sharding", "bucket_facts", *(("copyable",) if self.synthetic is not None else ())}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 

@@ -46,6 +46,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from factscale.corpus.rules import stable_unit
+
 G = 6  # compatibility groups drawn from the base facts (module docstring)
 
 # Wikidata inverse property pairs present in T-REx/BEAR (symmetric ones map to themselves)
@@ -254,14 +256,37 @@ def apply_variants(df: pl.DataFrame, variants: dict | None, seed: int, counts: d
     return df
 
 
-def difficulty_columns(df: pl.DataFrame) -> pl.DataFrame:
-    """rarity_bucket: quartile of the value's surprisal, ranked within its relation (q1 common .. q4 rare;
-    ties broken at random with a fixed seed);
+RARITY_SEED = 104_729  # salts the per-fact tie-break of rarity_bucket (independent of the split's and order's)
+
+
+def rarity_table(df: pl.DataFrame) -> pl.DataFrame:
+    """Facts per (relation, prior_bits): what ``difficulty_columns`` ranks against. A bucketed build sums the
+    tables of its parts (``merge_rarity``)."""
+    return df.filter(pl.col("prior_bits").is_not_null()).group_by("relation", "prior_bits").agg(n=pl.len())
+
+
+def merge_rarity(tables: list[pl.DataFrame]) -> pl.DataFrame:
+    """Facts below and at each prior within its relation, and the relation's total."""
+    t = pl.concat(tables).group_by("relation", "prior_bits").agg(pl.col("n").sum()).sort("relation", "prior_bits")
+    return t.with_columns(below=(pl.col("n").cum_sum() - pl.col("n")).over("relation"),
+                          total=pl.col("n").sum().over("relation"))
+
+
+def difficulty_columns(df: pl.DataFrame, ranks: pl.DataFrame | None = None) -> pl.DataFrame:
+    """rarity_bucket: quartile of the value's surprisal within its relation (q1 common .. q4 rare), ties broken
+    at random per fact: the fact's rank fraction is (facts of its relation with a lower prior + u x facts with
+    the same prior) / the relation's facts, u a seeded uniform of the fact (format /3; /2 ranked ties by row
+    position). ``ranks``: ``merge_rarity`` of the whole corpus (a bucketed build passes it; default: ``df``'s).
     value_len: value length in tokens (1, 2, 3, 4+), the end-of-fact token not counted."""
-    # ranked within each relation, ties broken at random (seeded), so every bucket holds a quarter of every
-    # relation: "difficulty" is then not a proxy for which relation a fact belongs to (a corpus-wide rank was
-    # mostly that), and a relation whose values are all equally rare (every capital unique) is split evenly
-    r = df.select(pl.col("prior_bits").rank("random", seed=0).over("relation") / pl.len().over("relation")).to_series()
+    # ranked within each relation, so every bucket holds about a quarter of every relation: "difficulty" is then
+    # not a proxy for which relation a fact belongs to (a corpus-wide rank was mostly that), and a relation whose
+    # values are all equally rare (every capital unique) is split at random
+    ranks = merge_rarity([rarity_table(df)]) if ranks is None else ranks
+    u = stable_unit(df.select(pl.concat_str("subject_id", "relation", "text", separator="|", ignore_nulls=True))
+                    .to_series(), RARITY_SEED)
+    r = df.select("relation", "prior_bits").with_columns(u=u).join(
+        ranks, on=["relation", "prior_bits"], how="left", maintain_order="left").select(
+        (pl.col("below") + pl.col("u") * pl.col("n")) / pl.col("total")).to_series()
     q = np.clip(np.ceil(r.fill_null(0.5).to_numpy() * 4).astype(int), 1, 4)
     vlen = (df["n_value_tokens"] - 1).clip(upper_bound=4).cast(pl.String).replace({"4": "4+"})
     return df.with_columns(rarity_bucket=pl.Series([f"q{x}" for x in q]), value_len=vlen)

@@ -419,7 +419,7 @@ def test_value_labels_come_from_the_referring_file_then_the_tables_then_anywhere
 def test_bucket_runs_merge_back_in_fact_order(tmp_path):
     """The grace join's plumbing: rows partitioned by id hash keep their order within each bucket, and reading
     the buckets as runs chunk by chunk (ranges that cut stored batches anywhere) gives every row once, in order."""
-    from factscale.corpus.wikidata.spillio import _SEED, Buckets, Run, merged
+    from factscale.corpus.spillio import _SEED, Buckets, Run, merged
 
     n = 5_000
     rows = pl.DataFrame({"pos": pl.Series(range(n), dtype=pl.UInt64),

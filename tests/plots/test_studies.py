@@ -200,7 +200,8 @@ def test_rarity_buckets_are_quartiles_within_each_relation(shared, tmp_path):
         b = b.sort("rarity_bucket")
         assert (b["lo"].to_numpy()[1:] >= b["hi"].to_numpy()[:-1]).all(), rel  # ranked within the relation
         share = g["rarity_bucket"].value_counts(normalize=True)["proportion"]
-        assert b.height == 4 and (abs(share - 0.25) <= 1 / g.height + 1e-9).all(), rel  # a quarter each (ties at random)
+        # about a quarter each: ties are broken per fact at random (format /3), so a share is off by binomial noise
+        assert b.height == 4 and (abs(share - 0.25) <= 4 * (0.25 * 0.75 / g.height) ** 0.5).all(), rel
     assert df.filter(pl.col("relation") == "P36")["prior_bits"].n_unique() < 10  # P36 has ties, so this tested them
 
 

@@ -29,9 +29,6 @@ from dataclasses import dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
 
-import polars as pl
-
-from factscale.corpus.tables.tsv import load_label_table
 from factscale.corpus.wikidata.datatypes import (
     DEFAULT_DATATYPES,
     STRING_ID,
@@ -43,7 +40,8 @@ from factscale.corpus.wikidata.datatypes import (
 )
 from factscale.corpus.wikidata.decode import default_backend, make_loads
 from factscale.corpus.wikidata.dumpio import file_size, open_dump
-from factscale.corpus.wikidata.labels import BATCH_ROWS, BUCKET_ROWS, Spill, resolve
+from factscale.corpus.wikidata.labels import BATCH_ROWS, BUCKET_ROWS, Spill
+from factscale.corpus.wikidata.raw import raw_from_passes, resolved_parts
 from factscale.errors import CorpusError
 
 try:  # orjson parses dump lines ~2x faster; the json module is the fallback
@@ -362,73 +360,16 @@ def pass1(path, opts: DumpOptions, spill: Spill, file_index: int = 0, workers: i
     return acc.finish(reader.broken)
 
 
-def _missing_labels_error(kind: str, ids, lang: str, flag_hint: str, total: int | None = None) -> CorpusError:
-    some = ", ".join(sorted(ids, key=lambda x: (len(x), x))[:5])
-    total = len(ids) if total is None else total
-    return CorpusError(f"no '{lang}' labels for {total} {kind} ({some}{', ...' if total > 5 else ''}), "
-                       f"so no fact can be written: {flag_hint}")
-
-
 def dump_to_raw(paths, opts: DumpOptions, label_files=(), workers: int = 1, progress: bool = False,
                 templates: dict | None = None, work_dir=None, batch_rows: int = BATCH_ROWS,
-                bucket_rows: int = BUCKET_ROWS):
+                bucket_rows: int = BUCKET_ROWS, consume=None):
     """All dump files -> (raw facts frame, counts, errors). ``work_dir``: where pass 1 spills (the build's private
-    directory; default a temporary one), in parts of ``batch_rows`` rows, resolved in buckets of ``bucket_rows``."""
+    directory; default a temporary one), in parts of ``batch_rows`` rows, resolved in buckets of ``bucket_rows``.
+    ``consume``: called with ``resolved_parts``' result while the spill exists (a bucketed build reads the
+    parts from disk); its result is returned instead."""
     with tempfile.TemporaryDirectory(prefix="factscale-spill-", dir=work_dir) as d:
         spill = Spill(d, batch_rows, bucket_rows)
         passes = [pass1(path, opts, spill, f, workers=workers, progress=progress) for f, path in enumerate(paths)]
+        if consume is not None:
+            return consume(*resolved_parts(passes, opts, spill, label_files, templates))
         return raw_from_passes(passes, opts, spill, label_files, templates)
-
-
-def raw_from_passes(passes, opts: DumpOptions, spill: Spill, label_files=(), templates: dict | None = None):
-    """Each file's pass 1 (``Pass1.finish``: counts, errors), in file order, and their ``spill`` -> (raw facts
-    frame, counts, errors). Labels and drop rules are resolved on disk (``labels.resolve``)."""
-    from factscale.corpus.rules import RAW_SCHEMA, raw_frame
-
-    counts: Counter = Counter()
-    errors = []
-    for c, e in passes:
-        counts.update(c)
-        errors += e
-    tables = [load_label_table(lf) for lf in label_files]
-    kept, dropped, info, tallies = resolve(spill, tables, STRING_ID in opts.datatypes, templates or {})
-    counts["value_labels_unresolved"] = info["needed_unresolved"]
-    counts["property_labels_unresolved"] = len(info["pids_unresolved"])
-    counts.update(dropped)
-    raw = pl.read_parquet(kept) if kept else pl.DataFrame()
-    n_facts = spill.rows["facts"]
-    if n_facts and not raw.height:
-        hint = ("the dump has no property entities with labels in this language; pass --labels FILE with "
-                "property labels (TSV 'P17<TAB>country' or JSON like properties/pid2name.json)")
-        if counts["dropped_property_no_label"] == n_facts:
-            raise _missing_labels_error("properties", info["pids_unresolved"], opts.language, hint)
-        if (counts["dropped_value_label_unresolved"] + counts["dropped_unit_label_unresolved"]
-                + counts["dropped_multi_valued_with_unnamed_value"]):
-            raise _missing_labels_error("value entities", info["needed_first"], opts.language,
-                                        "the dump does not contain those entities; pass --labels FILE "
-                                        "(TSV 'Q142<TAB>France') or build from a dump that includes them",
-                                        total=info["needed_unresolved"])
-    if raw.height:
-        raw = raw.with_columns(source=pl.lit("wikidata-dump"))
-        raw = raw.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in RAW_SCHEMA.items() if c not in raw.columns])
-        raw = raw.select([pl.col(c).cast(t) for c, t in RAW_SCHEMA.items()])
-    else:
-        raw = raw_frame([])
-    return _mark_to_many(raw, tallies), dict(counts), errors
-
-
-def _mark_to_many(df, tallies):
-    """Relations giving at least half their subjects several statements are to-many: cardinality N-M (values
-    shared by subjects) or 1-M. Counted before the multi-value rule drops such pairs, so the sentences of
-    the facts that stay say "a twinned administrative body of", not "the" (``verbalize``). ``tallies``:
-    per relation, subjects and subjects with several statements (``labels.resolve``)."""
-    to_many = tallies.filter((pl.col("multi") > 0) & (2 * pl.col("multi") >= pl.col("subjects")))["relation"].to_list()
-    if not to_many or df.height == 0:
-        return df
-    rel = pl.col("relation")
-    shared = (df.filter(rel.is_in(to_many))
-              .group_by("relation", pl.coalesce("value_id", "value").alias("v"))
-              .agg(pl.col("subject_id").n_unique().alias("n"))
-              .filter(pl.col("n") > 1)["relation"].unique().to_list())
-    card = pl.when(rel.is_in(shared)).then(pl.lit("N-M")).otherwise(pl.lit("1-M"))
-    return df.with_columns(cardinality=pl.when(rel.is_in(to_many)).then(card).otherwise(pl.col("cardinality")))

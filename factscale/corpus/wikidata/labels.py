@@ -37,7 +37,7 @@ from pathlib import Path
 import polars as pl
 
 from factscale.corpus.wikidata.datatypes import PLAIN_STRING_TYPES, STRING_ID, string_label_is_identifier
-from factscale.corpus.wikidata.spillio import OPEN, Buckets, Run, bucket_of, merged, n_buckets
+from factscale.corpus.spillio import OPEN, Buckets, Run, bucket_of, merged, n_buckets
 
 FACT_SCHEMA = {"subject_id": pl.String, "subject_label": pl.String, "relation": pl.String, "value": pl.String,
                "value_id": pl.String, "unit_id": pl.String, "datatype": pl.String, "sitelinks": pl.Int64}

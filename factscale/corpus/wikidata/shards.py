@@ -40,9 +40,10 @@ import submitit
 
 from factscale.cluster import SlurmResources, executor
 from factscale.corpus.build import build_into, building, check_target, read_manifest
-from factscale.corpus.wikidata.dump import MAX_ERRORS_KEPT, DumpOptions, Pass1, parse_chunks, raw_from_passes
+from factscale.corpus.wikidata.dump import MAX_ERRORS_KEPT, DumpOptions, Pass1, parse_chunks
 from factscale.corpus.wikidata.dumpio import bz2_block_index, bz2_range_lines, open_dump, range_lines
 from factscale.corpus.wikidata.labels import BATCH_ROWS, BUCKET_ROWS, Spill
+from factscale.corpus.wikidata.raw import raw_from_passes, resolved_parts
 from factscale.errors import CorpusError
 
 COMPRESSED = (".bz2", ".gz")
@@ -190,7 +191,7 @@ class ShardJob(submitit.helpers.Checkpointable):
 
 
 def merge(plan: list[dict], opts: DumpOptions, shard_dir, label_files=(), templates: dict | None = None,
-          bucket_rows: int = BUCKET_ROWS):
+          bucket_rows: int = BUCKET_ROWS, consume=None):
     """Finished shards -> (raw facts frame, counts, errors), exactly as ``wikidata.dump_to_raw`` makes them.
 
     Shards are read in plan order (the order of the input), never in the order they finished, part by part
@@ -215,6 +216,8 @@ def merge(plan: list[dict], opts: DumpOptions, shard_dir, label_files=(), templa
                 broken += [(offset + b[0], b[1]) for b in meta["broken"]]  # a shard counts lines from its start
                 offset += meta["n_lines"]
             passes.append(acc.finish(broken))
+        if consume is not None:  # a bucketed build reads the kept parts while they exist (``dump_to_raw``)
+            return consume(*resolved_parts(passes, opts, spill, label_files, templates))
         return raw_from_passes(passes, opts, spill, label_files, templates)
 
 
@@ -297,7 +300,7 @@ def build_sharded(spec, out, *, reuse: bool = False, log=print) -> dict:
     """A dump recipe with ``sharding`` (``--cluster C --shards N``, or a sweep's ``corpus_build``): the local
     build's corpus, parsed as shards. Every option is checked before anything is created; the corpus appears
     atomically (``building``); with ``reuse``, a corpus there built from the same recipe is kept."""
-    from factscale.corpus.sources import dump_source, rules
+    from factscale.corpus.sources import bounded_dump, dump_source, rules
     from factscale.corpus.spec import dump_options
     from factscale.corpus.tables.triples import templates_for
 
@@ -323,15 +326,22 @@ def build_sharded(spec, out, *, reuse: bool = False, log=print) -> dict:
         save_indexes(plan, shard_dir)
         run_shards(plan, opts, shard_dir, cluster, res, folder, log)
         t = time.time()
-        raw, counts, errors = merge(plan, opts, shard_dir, spec.labels, templates)
-        log(f"merged {len(plan)} shards in {time.time() - t:.1f} s: {raw.height:,} raw facts")
-        shutil.rmtree(shard_dir)  # the corpus directory holds only the corpus
-        info, options = dump_source(spec.dump, opts, spec.labels, spec.templates, errors)
-        rules = rules(dict(multi_value=spec.multi_value, ambiguous_keys=spec.ambiguous_keys, seed=spec.seed,
-                            heldout_frac=spec.heldout_frac, vocab_size=spec.vocab_size, copyable=spec.copyable),
-                      real=True)
-        m = build_into(raw, tmp, source_info=info, counts=counts, options=options, recipe=spec.recipe(),
-                        variants=spec.variants or None, **rules)
+        kw = rules(dict(multi_value=spec.multi_value, ambiguous_keys=spec.ambiguous_keys, seed=spec.seed,
+                        heldout_frac=spec.heldout_frac, vocab_size=spec.vocab_size, copyable=spec.copyable,
+                        tokenizer_sample=spec.tokenizer_sample), real=True)
+        if spec.bucket_facts is not None:
+            source = (spec.dump, opts, spec.labels, spec.templates)
+            m = merge(plan, opts, shard_dir, spec.labels, templates, consume=lambda *a: bounded_dump(
+                *a, bucket_facts=spec.bucket_facts, out=tmp, source=source, recipe=spec.recipe(), **kw))
+            log(f"merged {len(plan)} shards and built bucket by bucket in {time.time() - t:.1f} s")
+        else:
+            raw, counts, errors = merge(plan, opts, shard_dir, spec.labels, templates)
+            log(f"merged {len(plan)} shards in {time.time() - t:.1f} s: {raw.height:,} raw facts")
+            shutil.rmtree(shard_dir)  # before the build: the shards' disk is free for it
+            info, options = dump_source(spec.dump, opts, spec.labels, spec.templates, errors)
+            m = build_into(raw, tmp, source_info=info, counts=counts, options=options, recipe=spec.recipe(),
+                           variants=spec.variants or None, **kw)
+        shutil.rmtree(shard_dir, ignore_errors=True)  # the corpus directory holds only the corpus
     shutil.rmtree(folder, ignore_errors=True)  # a failed build keeps its logs (the error names them)
     if folder.parent.is_dir() and not any(folder.parent.iterdir()):
         folder.parent.rmdir()

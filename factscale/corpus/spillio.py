@@ -1,4 +1,5 @@
-"""Spill-file plumbing for label resolution (``labels``): K hash buckets of append-only Arrow IPC streams,
+"""Spill-file plumbing for builds that do not hold their data in memory (label resolution, ``wikidata.labels``;
+the bucketed build, ``corpus.bounded``): K hash buckets of append-only Arrow IPC streams,
 sequential readers of per-bucket runs, their K-way merge, and the choice of K under the open-file limit.
 Every file opened here is registered in ``OPEN`` so that a failed resolve can close them all."""
 
