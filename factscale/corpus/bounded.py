@@ -60,6 +60,11 @@ class _Parts:
             yield pl.read_parquet(p), hi
 
 
+def _chunk(batch: int, k_n: int) -> int:
+    """Rows per stored batch of a run: the K runs read as one merge hold one batch each, ~``batch`` rows in all."""
+    return max(1024, batch // k_n)
+
+
 def _runs(b: Buckets) -> list[Run]:
     return [Run(b.path(k)) for k in range(b.k_n)]
 
@@ -161,7 +166,7 @@ def _keys(subj: Buckets, work, k_n, batch, multi_value, c: Counter):
         c["dropped_multi_valued"] += before - d.height
         gone = rows.join(d.select("pos"), on="pos", how="anti", maintain_order="left").select("pos")
         if gone.height:
-            drops.write(k, gone)
+            drops.write(k, gone, max_chunk=_chunk(batch, k_n))
         labels.add(d.select(*_LABEL))
     drops.close()
     labels.close()
@@ -172,7 +177,7 @@ def _keys(subj: Buckets, work, k_n, batch, multi_value, c: Counter):
         rows = labels.read(k)
         hit = rows.filter(pl.col("subject_id").n_unique().over("subject_label") > 1)
         if hit.height:
-            shared.write(k, hit.select("pos").sort("pos"))
+            shared.write(k, hit.select("pos").sort("pos"), max_chunk=_chunk(batch, k_n))
             amb.add(hit.select("subject_id").unique())
     shared.close()
     amb.close()
@@ -241,7 +246,7 @@ def _build(raw_files, out: Path, work: Path, bucket_facts: int, counts: dict, pr
             continue
         g = rows.with_columns(per_val=pl.len().over("relation", "value"),
                               shared=pl.col("subject_id").n_unique().over("relation", "value") > 1)
-        per_val.write(k, g.select("pos", "per_val").sort("pos"))
+        per_val.write(k, g.select("pos", "per_val").sort("pos"), max_chunk=_chunk(batch, k_n))
         rel_tables.append(g.group_by("relation").agg(per_rel=pl.len(), shared=pl.col("shared").any()))
     per_val.close()
     shutil.rmtree(stats_rv.root)

@@ -87,6 +87,7 @@ def _dump_copies(shared, path, copies: int) -> None:
     path.write_text("[\n" + ",\n".join(out) + "\n]\n")
 
 
+@pytest.mark.slow  # three dump builds, ~5 s (the fast tier stays under 2 minutes)
 def test_a_dump_built_in_buckets_is_the_local_build_also_sharded(shared, tmp_path):
     dump = tmp_path / "copies.json"
     _dump_copies(shared, dump, 3)
@@ -131,3 +132,18 @@ def test_order_and_rarity_are_computed_fact_by_fact(shared, tmp_path):
     assert big["relation"].n_unique() >= 10 and big.height == 4 * big["relation"].n_unique()
     # binomial noise at n >= 800 is <= 1.5 percentage points (sd); 6 sd of room
     assert np.all(np.abs(big["f"].to_numpy() - 0.25) < 0.09)
+
+
+@pytest.mark.slow  # four builds in fresh processes, ~30 s
+def test_the_benchmark_script_builds_the_same_corpus_both_ways(shared, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_build.py"
+    r = subprocess.run([sys.executable, str(script), "--scales", "1,3", "--base", "2000", "--bucket-facts", "1500",
+                        "--tokenizer-sample", "1000", "--dir", str(tmp_path)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("same corpus hash in every way: True") == 2, r.stdout
+    assert "buckets peak RSS above start, 3x / 1x" in r.stdout
