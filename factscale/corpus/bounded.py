@@ -114,7 +114,8 @@ def build_bounded(raw_files, out_dir, *, bucket_facts: int, source_info: dict, c
 def _ingest(raw_files, work, bucket_facts, prepare, to_many):
     """Pass 0: number the raw facts (``pos``), cut them into parts, and deal thin rows into subject buckets."""
     total = sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in raw_files)
-    k_n = n_buckets(total, bucket_facts)
+    # pass 1 holds three files per bucket open at once: the drop and shared runs it reads, the value buckets
+    k_n = n_buckets(total, bucket_facts, sets=3, what="bucketed build")
     batch = min(bucket_facts, PART_ROWS)
     raw = _Parts(work / "raw")
     subj = _buckets(work, "subjects", k_n, "subject_id", _SUBJ, batch)

@@ -19,19 +19,20 @@ log = logging.getLogger(__name__)
 _SEED = 0x5EED
 
 
-def n_buckets(rows: int, bucket_rows: int) -> int:
-    """K for ``rows`` rows in buckets of ``bucket_rows``: while partitioning and merging one file per bucket is
-    open (two sets at once), so the process's soft limit on open files is raised if it must be (and left
-    raised), or K lowered to fit under the hard limit - then buckets outgrow ``bucket_rows``, and a line says so."""
+def n_buckets(rows: int, bucket_rows: int, sets: int = 2, what: str = "label resolution") -> int:
+    """K for ``rows`` rows in buckets of ``bucket_rows``, for a caller that holds ``sets`` files per bucket open at
+    once (label resolution: the buckets it writes and the runs it merges; the bucketed build: three). The
+    process's soft limit on open files is raised if it must be (and left raised), or K lowered to fit under
+    the hard limit - then buckets outgrow ``bucket_rows``, and a line says so."""
     want = k_n = max(1, -(-rows // bucket_rows))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < 2 * k_n + 256:
-        soft = 2 * k_n + 256 if hard == resource.RLIM_INFINITY else min(hard, 2 * k_n + 256)
+    if soft != resource.RLIM_INFINITY and soft < sets * k_n + 256:
+        soft = sets * k_n + 256 if hard == resource.RLIM_INFINITY else min(hard, sets * k_n + 256)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        k_n = min(k_n, max(1, (soft - 256) // 2))
+        k_n = min(k_n, max(1, (soft - 256) // sets))
     if k_n < want:
-        log.warning("label resolution: %d buckets instead of %d (open-file limit %d): each bucket holds ~%d rows, "
-                    "(more memory than buckets of %d rows)", k_n, want, hard, -(-rows // k_n), bucket_rows)
+        log.warning("%s: %d buckets instead of %d (open-file limit %d): each bucket holds ~%d rows, "
+                    "(more memory than buckets of %d rows)", what, k_n, want, hard, -(-rows // k_n), bucket_rows)
     return k_n
 
 
