@@ -11,8 +11,10 @@ Each rule that looks across facts is computed where all the facts it compares me
 - the rarity quartiles from a table per (relation, prior), as small as the number of distinct priors.
 
 A bucket's verdicts go back to the facts as runs sorted by source position (``spillio.Run``), read in step with
-the parts (a K-way merge). Memory is one part and one bucket at a time, plus tables per relation and the BPE
-trainer's word counts (the tokenizer sees a sample past ``tokenizer_sample`` training facts).
+the parts (a K-way merge). Label and (relation, value) buckets are aggregated batch by batch (``_groups``), so a
+value shared by millions of facts is one row there. Memory is one part, one subject bucket and one bucket's
+groups at a time, plus tables per relation and the BPE trainer's word counts (the tokenizer sees a sample past
+``tokenizer_sample`` training facts).
 """
 
 from __future__ import annotations
@@ -56,13 +58,38 @@ class _Parts:
         self.items.append((p, hi))
 
     def __iter__(self):
+        return self.read()
+
+    def read(self, columns=None):
         for p, hi in self.items:
-            yield pl.read_parquet(p), hi
+            yield pl.read_parquet(p, columns=columns), hi
 
 
 def _chunk(batch: int, k_n: int) -> int:
     """Rows per stored batch of a run: the K runs read as one merge hold one batch each, ~``batch`` rows in all."""
     return max(1024, batch // k_n)
+
+
+def _groups(b: Buckets, k: int, keys: list[str], budget: int) -> pl.DataFrame | None:
+    """Per group of ``keys`` in bucket ``k``: its facts (``n``) and whether several subjects share it (``shared``,
+    as ``n_unique() > 1`` counts them: a null subject is one more), aggregated batch by batch, so memory is the
+    bucket's groups, not its rows (one value of millions of facts is one row here). None for an empty bucket."""
+    def reduce(tables):
+        return pl.concat(tables).group_by(keys).agg(pl.col("n").sum(), pl.col("lo").min(), pl.col("hi").max(),
+                                                    pl.col("null").any())
+
+    tables, size = [], 0
+    for rows in b.batches(k):
+        tables.append(rows.group_by(keys).agg(n=pl.len(), lo=pl.col("subject_id").min(),
+                                              hi=pl.col("subject_id").max(), null=pl.col("subject_id").is_null().any()))
+        size += tables[-1].height
+        if size > budget:
+            tables = [reduce(tables)]
+            size = tables[0].height
+    if not tables:
+        return None
+    shared = (pl.col("lo") != pl.col("hi")).fill_null(False) | (pl.col("null") & pl.col("lo").is_not_null())
+    return reduce(tables).with_columns(shared=shared).drop("lo", "hi", "null")
 
 
 def _runs(b: Buckets) -> list[Run]:
@@ -139,21 +166,20 @@ def _ingest(raw_files, work, bucket_facts, prepare, to_many):
     return raw, subj, rv, total, k_n, batch
 
 
-def _to_many_marks(rv: Buckets, to_many) -> dict:
+def _to_many_marks(rv: Buckets, to_many, batch: int) -> dict:
     """Cardinality of each to-many relation: N-M where some value is shared by subjects, else 1-M."""
     shared = set()
     for k in range(rv.k_n):
-        rows = rv.read(k)
-        shared |= set(rows.group_by("relation", "value").agg(n=pl.col("subject_id").n_unique())
-                      .filter(pl.col("n") > 1)["relation"].to_list())
+        t = _groups(rv, k, ["relation", "value"], batch)
+        if t is not None:
+            shared |= set(t.filter(pl.col("shared"))["relation"].to_list())
     return {r: "N-M" if r in shared else "1-M" for r in to_many}
 
 
-def _keys(subj: Buckets, work, k_n, batch, multi_value, c: Counter):
+def _keys(raw: _Parts, subj: Buckets, work, k_n, batch, multi_value, c: Counter):
     """Rules 1-2 per subject bucket (dedupe, multi-value), then the ambiguous labels per label bucket. Returns
     the runs of dropped positions and of positions whose label is shared."""
     drops = _buckets(work, "drops", k_n, "pos", _POS, batch)
-    labels = _buckets(work, "labels", k_n, "subject_label", _LABEL, batch)
     sr, srv = ["subject_id", "relation"], ["subject_id", "relation", "value"]
     for k in range(k_n):
         rows = subj.read(k)  # one bucket's subjects whole, in source order
@@ -168,18 +194,28 @@ def _keys(subj: Buckets, work, k_n, batch, multi_value, c: Counter):
         gone = rows.join(d.select("pos"), on="pos", how="anti", maintain_order="left").select("pos")
         if gone.height:
             drops.write(k, gone, max_chunk=_chunk(batch, k_n))
-        labels.add(d.select(*_LABEL))
     drops.close()
-    labels.close()
     shutil.rmtree(subj.root)
+    # the kept facts' labels, dealt in source order: each label bucket is then in position order, and its
+    # shared positions are written as they stream past (no bucket is sorted or held whole)
+    labels, drop_runs = _buckets(work, "labels", k_n, "subject_label", _LABEL, batch), _runs(drops)
+    for part, hi in raw.read(list(_LABEL)):
+        labels.add(part.filter(~pl.col("pos").is_in(merged(drop_runs, hi, _POS)["pos"].implode())))
+    labels.close()
+    for r in drop_runs:
+        r.close()
     shared = _buckets(work, "shared", k_n, "pos", _POS, batch)
     amb = _buckets(work, "ambiguous", k_n, "subject_id", {"subject_id": pl.String}, batch)
     for k in range(k_n):
-        rows = labels.read(k)
-        hit = rows.filter(pl.col("subject_id").n_unique().over("subject_label") > 1)
-        if hit.height:
-            shared.write(k, hit.select("pos").sort("pos"), max_chunk=_chunk(batch, k_n))
-            amb.add(hit.select("subject_id").unique())
+        t = _groups(labels, k, ["subject_label"], batch)
+        if t is None or not t["shared"].any():
+            continue
+        hot = t.filter(pl.col("shared")).select("subject_label")
+        for rows in labels.batches(k):
+            hit = rows.join(hot, on="subject_label", how="semi", nulls_equal=True, maintain_order="left")
+            if hit.height:
+                shared.write(k, hit.select("pos"), max_chunk=_chunk(batch, k_n))
+                amb.add(hit.select("subject_id").unique())
     shared.close()
     amb.close()
     c["ambiguous_key_subjects"] += sum(amb.read(k)["subject_id"].n_unique() for k in range(k_n))
@@ -193,9 +229,9 @@ def _build(raw_files, out: Path, work: Path, bucket_facts: int, counts: dict, pr
     raw, subj, rv, total, k_n, batch = _ingest(raw_files, work, bucket_facts, prepare, to_many)
     counts["raw_facts"] = total
     LOG.info(f"corpus: {total:,} raw facts in {len(raw.items)} parts, {k_n} buckets: applying the rules")
-    marks = _to_many_marks(rv, to_many) if rv is not None else {}
+    marks = _to_many_marks(rv, to_many, batch) if rv is not None else {}
     c = Counter()
-    drops, shared = _keys(subj, work, k_n, batch, multi_value, c)
+    drops, shared = _keys(raw, subj, work, k_n, batch, multi_value, c)
 
     # pass 1, part by part: drops, keys, copyable facts, max_facts; deal (relation, value) rows into buckets
     stage1, stats_rv = _Parts(work / "stage1"), _buckets(work, "values", k_n, "rv", _RV, batch)
@@ -242,16 +278,18 @@ def _build(raw_files, out: Path, work: Path, bucket_facts: int, counts: dict, pr
     per_val = _buckets(work, "per-value", k_n, "pos", {"pos": pl.UInt64, "per_val": pl.UInt32}, batch)
     rel_tables = []
     for k in range(k_n):
-        rows = stats_rv.read(k)
-        if not rows.height:
+        t = _groups(stats_rv, k, ["relation", "value"], batch)
+        if t is None:
             continue
-        g = rows.with_columns(per_val=pl.len().over("relation", "value"),
-                              shared=pl.col("subject_id").n_unique().over("relation", "value") > 1)
-        per_val.write(k, g.select("pos", "per_val").sort("pos"), max_chunk=_chunk(batch, k_n))
-        rel_tables.append(g.group_by("relation").agg(per_rel=pl.len(), shared=pl.col("shared").any()))
+        rel_tables.append(t.group_by("relation").agg(per_rel=pl.col("n").cast(pl.Int64).sum(),
+                                                     shared=pl.col("shared").any()))
+        t = t.select("relation", "value", per_val=pl.col("n").cast(pl.UInt32))
+        for rows in stats_rv.batches(k):  # in position order: each fact's run row is written as it streams past
+            got = rows.join(t, on=["relation", "value"], how="left", nulls_equal=True, maintain_order="left")
+            per_val.write(k, got.select("pos", "per_val"), max_chunk=_chunk(batch, k_n))
     per_val.close()
     shutil.rmtree(stats_rv.root)
-    rel = pl.concat(rel_tables).group_by("relation").agg(pl.col("per_rel").cast(pl.Int64).sum(), pl.col("shared").any())
+    rel = pl.concat(rel_tables).group_by("relation").agg(pl.col("per_rel").sum(), pl.col("shared").any())
 
     # pass 2: statistics, split, render
     stage2, val_runs, n_train = _Parts(work / "stage2"), _runs(per_val), 0

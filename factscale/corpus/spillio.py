@@ -104,6 +104,15 @@ class Buckets:
                     pass
         self._out.clear()
 
+    def batches(self, k: int):
+        """Bucket ``k``'s rows in the order added, one stored batch at a time (memory: one batch)."""
+        p = self.path(k)
+        if not p.exists():
+            return
+        with pa.OSFile(str(p)) as src:
+            for batch in pa.ipc.open_stream(src):
+                yield pl.from_arrow(pa.Table.from_batches([batch]))
+
     def read(self, k: int) -> pl.DataFrame:
         p = self.path(k)
         if not p.exists():

@@ -168,3 +168,38 @@ def test_hundreds_of_buckets_fit_the_open_file_limit(tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert m["counts"]["dropped_exact_duplicate"] == 3000 and m["counts"]["ambiguous_key_subjects"] == 3000
+
+
+@pytest.mark.slow  # 24 small builds, ~15 s
+@pytest.mark.parametrize("case", range(12))
+def test_random_small_corpora_with_heavy_collisions_build_alike(tmp_path, case):
+    """Few subjects, shared labels, repeated and multi-valued statements, source cardinalities and priors, every
+    rule setting, max_facts anywhere, tiny buckets (a bucket of one fact included): the same corpus either way."""
+    import random
+
+    from factscale.corpus.rules import raw_frame
+
+    rng = random.Random(case)
+    rows = []
+    for _ in range(rng.randint(10, 120)):
+        s = f"Q{rng.randint(1, 12)}"
+        rows.append({"subject_id": s, "subject_label": rng.choice([f"name {s}", "Shared", f"name {s}"]),
+                     "relation": rng.choice(["P1", "P2", "P3"]), "relation_label": None, "source": "t",
+                     "value": rng.choice(["red", "blue", "Paris", "name Q1", "two three", "x"]),
+                     "cardinality": "N-M" if rng.random() < 0.2 else None,
+                     "prior_bits": 1.5 if rng.random() < 0.2 else None})
+    kw = dict(multi_value=rng.choice(["drop", "first"]), ambiguous_keys=rng.choice(["drop", "disambiguate"]),
+              copyable=rng.choice([None, "drop", "keep"]), heldout_frac=rng.choice([0.0, 0.3]), seed=rng.randint(0, 5),
+              vocab_size=300, source_info={"kind": "t"})
+    if rng.random() < 0.5:
+        kw["max_facts"] = rng.randint(1, 15)
+    if rng.random() < 0.5:
+        kw["tokenizer_sample"] = rng.randint(1, 8)
+    raw = raw_frame(rows)
+    try:
+        want = build_corpus(raw, tmp_path / "memory", **kw)
+    except CorpusError as e:  # nothing left after the rules: the bucketed build says the same
+        with pytest.raises(CorpusError, match=re.escape(str(e).split(";")[0][:40])):
+            build_corpus(raw, tmp_path / "buckets", bucket_facts=rng.randint(1, 6), **kw)
+        return
+    _same(build_corpus(raw, tmp_path / "buckets", bucket_facts=rng.randint(1, 6), **kw), want)
