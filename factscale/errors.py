@@ -31,3 +31,8 @@ class PlotError(FactscaleError, ValueError):
 
 class RunBusy(FactscaleError, RuntimeError):
     """Another process holds this run's lock (a concurrent launch); this one does nothing."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a corpus build, raised as an interrupt so that it unwinds like Ctrl-C: shard jobs are
+    cancelled and no corpus is left half-written (the CLI exits 143)."""

@@ -5,10 +5,14 @@ Split from ``factscale.cli.main`` (which owns the entry point and the error poli
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from factscale.configio import from_dict, key_values
+from factscale.errors import Terminated
 
 
 def _variants(items: list[str] | None) -> dict | None:
@@ -66,6 +70,23 @@ GENERATED = "recipe:"  # argparse dest prefix of the flags generated from Corpus
 CONVENIENCE = ("synthetic", "n_keys", "value_vocab", "kind", "pools", "seq_len", "symbols", "variant")
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While a build runs, SIGTERM (``kill``, a job scheduler) unwinds it like Ctrl-C: a ``--cluster local`` or
+    ``slurm`` build cancels its shard jobs instead of leaving them running, and the private directory goes."""
+    def terminated(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def cmd_corpus_build(a):
     """RECIPE.yaml, key=value overrides and flags -> one CorpusSpec (the recipe a sweep's corpus_build gives) ->
     corpus.build_from_spec (in one process, or parsed as a job array when the recipe has ``sharding``)."""
@@ -99,7 +120,8 @@ def cmd_corpus_build(a):
     if variants:
         recipe["variants"] = variants
     spec = from_dict(corpus.CorpusSpec, recipe)
-    m = corpus.build_from_spec(spec, a.out, progress=sys.stderr.isatty())
+    with _sigterm_as_interrupt():
+        m = corpus.build_from_spec(spec, a.out, progress=sys.stderr.isatty())
     c, n_rel = m["counts"], len(m["facts_per_relation"])
     print(f"corpus {a.out}: {c['kept_facts']} facts ({c.get('kept_train', 0)} train, {c.get('kept_heldout', 0)} "
           f"held-out), {n_rel} relation{'s' * (n_rel != 1)}, {m['entropy_bits']['all']:.0f} bits "

@@ -16,7 +16,7 @@ from factscale.analysis.laws import LAWS, MAX_FILL, MEASURES
 from factscale.analysis.vocab import PREFERENCE_COLUMNS, STUDIES
 from factscale.cluster import CLUSTERS
 from factscale.configio import key_values
-from factscale.errors import FactscaleError
+from factscale.errors import FactscaleError, Terminated
 from factscale.training.models import ARCHS
 
 
@@ -395,10 +395,11 @@ def main(argv=None):
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted (Ctrl-C): training runs resume from their last checkpoint when launched again; "
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
+        print(f"{what}: training runs resume from their last checkpoint when launched again; "
               "an interrupted corpus build leaves no corpus and starts over", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
 
 
 if __name__ == "__main__":

@@ -299,3 +299,51 @@ def test_local_shards_with_several_parser_processes_finish(shared, tmp_path):
     assert r.returncode == 0, r.stderr[-1500:]
     want = build_from_spec(CorpusSpec(dump=[str(head)], labels=[str(labels)], workers=1), tmp_path / "one")
     assert json.loads((tmp_path / "sh" / "manifest.json").read_text())["corpus_hash"] == want["corpus_hash"]
+
+
+@pytest.mark.slow  # a CLI build with two local shard processes, ~10 s
+def test_sigterm_cancels_local_shard_jobs_and_leaves_no_corpus(shared, tmp_path):
+    """``kill`` of a ``--cluster local`` build used to leave its shard processes running (only Ctrl-C cancelled
+    them). Now SIGTERM unwinds like Ctrl-C: the shard jobs are cancelled, no corpus or temporary directory is
+    left, exit 143. The shard jobs hold (an event: a file the test never creates) until the build is killed."""
+    import signal
+    import time
+
+    from factscale.corpus.wikidata.shards import HOLD_ENV
+
+    hold = tmp_path / "hold"
+    env = {**os.environ, HOLD_ENV: str(hold)}
+    p = subprocess.Popen([sys.executable, "-m", "factscale.cli", "corpus", "build", "--dump",
+                          str(shared / "dump-sample" / "latest-all.head50.json"), "--labels",
+                          str(shared / "properties" / "wikidata-predicates.json"), "--cluster", "local", "--shards", "2",
+                          "--shard-cpus", "1", "-o", str(tmp_path / "wd")], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while len(list(tmp_path.glob("hold.pid-*"))) < 2:  # both shard jobs started and are holding
+            assert p.poll() is None and time.time() < deadline, "the shard jobs never started"
+            time.sleep(0.1)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=240)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, err[-1500:]
+    assert "terminated (SIGTERM)" in err
+    pids = [int(f.name.rsplit("-", 1)[1]) for f in tmp_path.glob("hold.pid-*")]
+    deadline = time.time() + 120
+    while any(_alive(pid) for pid in pids):
+        assert time.time() < deadline, f"shard processes {pids} still running after the build was terminated"
+        time.sleep(0.1)
+    assert not (tmp_path / "wd").exists() and not list(tmp_path.glob(".wd.tmp-*"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

@@ -136,6 +136,17 @@ def _shard_path(shard_dir, s: dict) -> Path:
     return Path(shard_dir) / f"shard-{s['index']:05d}"
 
 
+HOLD_ENV = "FACTSCALE_SHARD_HOLD"  # tests: a shard job says it started, then waits for this file (an event)
+
+
+def _hold() -> None:
+    hold = os.environ.get(HOLD_ENV)
+    if hold:
+        Path(f"{hold}.pid-{os.getpid()}").write_text("")
+        while not Path(hold).exists():
+            time.sleep(0.05)
+
+
 def parse_shard(s: dict, opts: DumpOptions, shard_dir, processes: int = 1, batch_rows: int = BATCH_ROWS) -> dict:
     """Parse one shard with ``processes`` workers into ``shard-NNNNN/`` (skipped if it is already there): its
     facts and labels as parquet parts of at most ``batch_rows`` rows (``labels.Spill``), so a shard's memory
@@ -143,6 +154,7 @@ def parse_shard(s: dict, opts: DumpOptions, shard_dir, processes: int = 1, batch
     done = _shard_path(shard_dir, s)
     if done.is_dir():
         return {"index": s["index"], "reused": True}
+    _hold()
     t0 = time.time()
     part = Path(shard_dir) / f".{done.name}.part-{uuid.uuid4().hex[:8]}"
     spill, counts, errors, n = Spill(part, batch_rows), Counter(), [], 0
