@@ -132,7 +132,7 @@ def cmd_corpus_build(a):
         print(f"  warning: no held-out facts (heldout_frac {spec.heldout_frac} of {c['kept_facts']} facts' subjects "
               "drew none): nothing can be probed on unseen keys, and the key-blind baseline's donors are other "
               "training facts")
-    dropped = {k: v for k, v in c.items() if (k.startswith("dropped") or "malformed" in k) and v}
+    dropped = {k: v for k, v in c.items() if (k.startswith("dropped") or "malformed" in k or "max_facts" in k) and v}
     if dropped:
         print("  dropped/skipped: " + ", ".join(f"{k}={v}" for k, v in dropped.items()))
     print(f"  manifest: {Path(a.out) / 'manifest.json'}")

@@ -38,6 +38,7 @@ from factscale.errors import CorpusError
 
 LOG = logging.getLogger("factscale.corpus")
 PART_ROWS = 250_000  # raw facts per part at most (a part is rendered and tokenized whole)
+MIN_PART_ROWS = 50_000  # and at least, whatever the buckets' size
 _POS = {"pos": pl.UInt64}
 _SUBJ = {"pos": pl.UInt64, "subject_id": pl.String, "subject_label": pl.String, "relation": pl.String,
          "value": pl.String}
@@ -63,6 +64,10 @@ class _Parts:
     def read(self, columns=None):
         for p, hi in self.items:
             yield pl.read_parquet(p, columns=columns), hi
+
+
+def _n(n: int, what: str) -> str:
+    return f"{n:,} {what}{'s' * (n != 1)}"
 
 
 def _chunk(batch: int, k_n: int) -> int:
@@ -143,7 +148,8 @@ def _ingest(raw_files, work, bucket_facts, prepare, to_many):
     total = sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in raw_files)
     # pass 1 holds three files per bucket open at once: the drop and shared runs it reads, the value buckets
     k_n = n_buckets(total, bucket_facts, sets=3, what="bucketed build")
-    batch = min(bucket_facts, PART_ROWS)
+    # parts are cut independently of the buckets: each part reads every bucket's run once (parts x K reads)
+    batch = min(max(bucket_facts, MIN_PART_ROWS), PART_ROWS)
     raw = _Parts(work / "raw")
     subj = _buckets(work, "subjects", k_n, "subject_id", _SUBJ, batch)
     rv = _buckets(work, "to-many", k_n, "rv", _RV, batch) if to_many else None
@@ -228,7 +234,8 @@ def _build(raw_files, out: Path, work: Path, bucket_facts: int, counts: dict, pr
            ambiguous_keys, heldout_frac, vocab_size, seed, tokenizer_sample, max_facts, copyable):
     raw, subj, rv, total, k_n, batch = _ingest(raw_files, work, bucket_facts, prepare, to_many)
     counts["raw_facts"] = total
-    LOG.info(f"corpus: {total:,} raw facts in {len(raw.items)} parts, {k_n} buckets: applying the rules")
+    LOG.info(f"corpus: {total:,} raw facts in {_n(len(raw.items), 'part')}, {_n(k_n, 'bucket')}: applying the rules "
+             "(dedupe, multi-value, ambiguous keys, copyable facts, split)")
     marks = _to_many_marks(rv, to_many, batch) if rv is not None else {}
     c = Counter()
     drops, shared = _keys(raw, subj, work, k_n, batch, multi_value, c)

@@ -248,7 +248,8 @@ def build_into(
     t0 = time.time()
     counts = dict(counts or {})
     counts["raw_facts"] = raw.height
-    LOG.info(f"corpus: {raw.height:,} raw facts: applying the rules (dedupe, multi-value, ambiguous keys, split)")
+    LOG.info(f"corpus: {raw.height:,} raw facts: applying the rules (dedupe, multi-value, ambiguous keys, "
+             "copyable facts, split)")
     df = resolve(raw, multi_value, ambiguous_keys, counts)
     if copyable is not None:  # real sources (synthetic values are independent of their keys); before the cap
         df = copyable_facts(df, copyable, counts)

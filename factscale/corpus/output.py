@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -64,6 +65,22 @@ class Stats:
         self.groups: dict[str, Counter] = {}
         self.bits = {"train": 0.0, "all": 0.0}
         self.tok = Counter()
+        self._pending: list[pl.DataFrame] = []
+
+    def _sum_blocks(self, final: bool) -> None:
+        """Entropy sums over blocks of ``ROW_GROUP`` rows counted from the corpus' first row: the same float
+        additions in the same order however the rows arrive, so every build's manifest has the same sums."""
+        rows = pl.concat(self._pending) if self._pending else None
+        if rows is None:
+            return
+        n = rows.height if final else rows.height - rows.height % ROW_GROUP
+        for lo in range(0, n, ROW_GROUP):
+            b = rows.slice(lo, min(ROW_GROUP, n - lo))
+            x, useful = b["prior_bits"].to_numpy(), b["useful"].to_numpy()
+            # numpy over one contiguous array: polars' sum would follow the frame's chunks, which differ by build
+            self.bits["train"] += float(np.sum(x[useful & b["train"].to_numpy()]))
+            self.bits["all"] += float(np.sum(x[useful]))
+        self._pending = [rows.slice(n)] if n < rows.height else []
 
     def add(self, df: pl.DataFrame) -> None:
         self.splits.update(dict(df.group_by("split").len().iter_rows()))
@@ -77,14 +94,16 @@ class Stats:
         for c in GROUP_COLUMNS:
             if c in df.columns:
                 self.groups.setdefault(c, Counter()).update(dict(useful.group_by(c).len().iter_rows()))
-        self.bits["train"] += float(useful.filter(pl.col("split") == "train")["prior_bits"].sum())
-        self.bits["all"] += float(useful["prior_bits"].sum())
+        self._pending.append(df.select(pl.col("prior_bits").fill_null(0.0), train=pl.col("split") == "train",
+                                       useful=pl.col("split") != "junk"))
+        self._sum_blocks(final=False)
         self.tok["facts"] += useful.height
         self.tok["tokens"] += int(useful["input_ids"].list.len().sum())
         self.tok["value_tokens"] += int(useful["n_value_tokens"].sum())
 
     def manifest(self, *, counts: dict, entropy_bits: float | None, junk: bool, vocab: int, recipe: dict | None,
                  source_info: dict, options: dict, tokenizer_texts: int, t0: float) -> dict:
+        self._sum_blocks(final=True)
         rels = sorted(self.per_rel.items(), key=lambda kv: (-kv[1], kv[0]))
         n = max(self.tok["facts"], 1)
         return {
@@ -92,7 +111,8 @@ class Stats:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source": source_info,
             "options": options,
-            "counts": {**counts, "kept_facts": self.tok["facts"], **{f"kept_{k}": v for k, v in self.splits.items()}},
+            "counts": {**counts, "kept_facts": self.tok["facts"],
+                       **{f"kept_{k}": v for k, v in sorted(self.splits.items())}},
             "facts_per_relation": dict(rels),
             "facts_per_group": {c: dict(sorted(v.items(), key=lambda kv: (kv[0] is not None, kv[0])))
                                 for c, v in self.groups.items()},

@@ -142,7 +142,8 @@ class CorpusSpec:
     sharding: Sharding = field(default_factory=Sharding)
     """dump: how the input is parsed (one process, or a job array); not part of the recipe."""
     max_facts: Optional[int] = None
-    """Keep at most N facts (after the key rules); null = all."""
+    """Keep at most N facts (after the key rules); null = all. For a dump it also caps the statements parsed
+    (``facts_over_max_facts``), so the rules may leave fewer than N."""
     multi_value: Literal["drop", "first"] = "drop"
     """A (subject, relation) with several values: drop them all (it cannot be one fact) or keep the first."""
     ambiguous_keys: Literal["disambiguate", "drop"] = "disambiguate"
@@ -157,9 +158,9 @@ class CorpusSpec:
     tokenizer_sample: int = 2_000_000
     """The BPE is trained on at most about this many training facts' texts (a seeded sample past it)."""
     bucket_facts: Optional[int] = None
-    """Real sources: run the rules after parsing in hash buckets of about this many raw facts, so that memory
-    follows the bucket, not the corpus (``corpus.bounded``; the same corpus, not part of the recipe); null:
-    in one piece in memory. Not with variants."""
+    """Real sources (dump, triples, hf): run the rules after parsing in hash buckets of about this many raw facts
+    (>= 1000), so that memory follows the bucket, not the corpus (``corpus.bounded``; the same corpus, not part of
+    the recipe); left out (null): in one piece in memory. Not with synthetic sources or study variants."""
     seed: int = 0
     """Seeds the held-out split, variants and synthetic draws."""
     variants: dict = field(default_factory=dict)
@@ -190,10 +191,10 @@ class CorpusSpec:
                                   f"PROPERTY=ITEM, e.g. P31=Q5 (humans); {item!r} does not")
         if self.copyable not in ("drop", "keep"):
             raise CorpusError(f"copyable (--copyable) {self.copyable!r}; allowed values: ['drop', 'keep']")
-        for name in ("tokenizer_sample", "bucket_facts"):
+        for name, least in (("tokenizer_sample", 1), ("bucket_facts", 1000)):  # smaller buckets only add overhead
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise CorpusError(f"{name} (--{name.replace('_', '-')}) must be a positive integer, got {v!r}")
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < least):
+                raise CorpusError(f"{name} (--{name.replace('_', '-')}) must be an integer >= {least}, got {v!r}")
         if self.bucket_facts is not None and (self.synthetic is not None or self.variants):
             why = "synthetic facts are generated in memory" if self.synthetic is not None else \
                 "study variants need the whole corpus in memory"
