@@ -114,7 +114,7 @@ def build_bounded(raw_files, out_dir, *, bucket_facts: int, source_info: dict, c
                   variants: dict | None = None) -> dict:
     """Raw facts in parquet files, in source order -> the corpus ``build_into`` makes of their concatenation.
     ``prepare``: applied to each file's frame as it is read (e.g. a dump's columns to ``RAW_SCHEMA``);
-    ``to_many``: the dump's to-many relations (``dump.to_many_relations``), marked as ``_mark_to_many`` does."""
+    ``to_many``: the dump's to-many relations (``wikidata.raw.to_many_relations``), marked as ``_mark_to_many`` does."""
     if variants:
         raise CorpusError("study variants need the whole corpus in memory: build them without bucket_facts")
     if multi_value not in MULTI_VALUE_RULES:
