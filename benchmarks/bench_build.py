@@ -25,20 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_labels import _reset_peak, _rss_mb  # this directory is on sys.path when run as a script
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikidata"
 PART = 50_000
-
-
-def _rss_mb(field: str = "VmHWM") -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak():
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
 
 
 def generate(scale: int, base: int, d: Path) -> list[Path]:

@@ -32,7 +32,7 @@ from factscale.corpus.output import FactsWriter, Stats
 from factscale.corpus.render import render, tokenize, train_tokenizer
 from factscale.corpus.rules import AMBIGUOUS_KEY_RULES, MULTI_VALUE_RULES, assign_split, copyable_facts, \
     tokenizer_texts
-from factscale.corpus.spillio import OPEN, Buckets, Run, merged, n_buckets
+from factscale.corpus.spillio import OPEN, Buckets, Run, closing_on_failure, merged, n_buckets
 from factscale.corpus.variants import difficulty_columns, merge_rarity, rarity_table
 from factscale.errors import CorpusError
 
@@ -107,13 +107,14 @@ def _buckets(work: Path, name: str, k_n: int, col: str, schema: dict, batch_rows
     return b
 
 
-def build_bounded(raw_files, out_dir, *, bucket_facts: int, source_info: dict, counts: dict | None = None,
+def build_bounded(raw_parts, out_dir, *, bucket_facts: int, source_info: dict, counts: dict | None = None,
                   options: dict | None = None, multi_value: str, ambiguous_keys: str, heldout_frac: float,
                   vocab_size: int, seed: int, tokenizer_sample: int = TOKENIZER_SAMPLE, max_facts: int | None = None,
                   copyable: str | None = None, recipe: dict | None = None, prepare=None, to_many=None,
                   variants: dict | None = None) -> dict:
-    """Raw facts in parquet files, in source order -> the corpus ``build_into`` makes of their concatenation.
-    ``prepare``: applied to each file's frame as it is read (e.g. a dump's columns to ``RAW_SCHEMA``);
+    """Raw facts in parts (parquet files, or frames already in memory), in source order -> the corpus
+    ``build_into`` makes of their concatenation. ``prepare``: applied to each part's frame as it is read (e.g. a
+    dump's columns to ``RAW_SCHEMA``);
     ``to_many``: the dump's to-many relations (``wikidata.raw.to_many_relations``), marked as ``_mark_to_many`` does."""
     if variants:
         raise CorpusError("study variants need the whole corpus in memory: build them without bucket_facts")
@@ -124,16 +125,12 @@ def build_bounded(raw_files, out_dir, *, bucket_facts: int, source_info: dict, c
     t0, out = time.time(), Path(out_dir)
     work = out / "_bounded"
     try:
-        m = _build(raw_files, out, work, bucket_facts, dict(counts or {}), prepare, to_many, t0=t0,
-                   multi_value=multi_value, ambiguous_keys=ambiguous_keys, heldout_frac=heldout_frac,
-                   vocab_size=vocab_size, seed=seed, tokenizer_sample=tokenizer_sample, max_facts=max_facts,
-                   copyable=copyable)
-    except BaseException:
-        for h in OPEN:
-            h.abort()
-        raise
+        with closing_on_failure():
+            m = _build(raw_parts, out, work, bucket_facts, dict(counts or {}), prepare, to_many, t0=t0,
+                       multi_value=multi_value, ambiguous_keys=ambiguous_keys, heldout_frac=heldout_frac,
+                       vocab_size=vocab_size, seed=seed, tokenizer_sample=tokenizer_sample, max_facts=max_facts,
+                       copyable=copyable)
     finally:
-        OPEN.clear()
         shutil.rmtree(work, ignore_errors=True)
     stats, counts, n_texts, vocab = m
     opts = rule_options(options, multi_value=multi_value, ambiguous_keys=ambiguous_keys, heldout_frac=heldout_frac,
@@ -143,9 +140,10 @@ def build_bounded(raw_files, out_dir, *, bucket_facts: int, source_info: dict, c
                                       source_info=source_info, options=opts, tokenizer_texts=n_texts, t0=t0))
 
 
-def _ingest(raw_files, work, bucket_facts, prepare, to_many):
+def _ingest(raw_parts, work, bucket_facts, prepare, to_many):
     """Pass 0: number the raw facts (``pos``), cut them into parts, and deal thin rows into subject buckets."""
-    total = sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in raw_files)
+    total = sum(f.height if isinstance(f, pl.DataFrame) else pl.scan_parquet(f).select(pl.len()).collect().item()
+                for f in raw_parts)
     # pass 1 holds three files per bucket open at once: the drop and shared runs it reads, the value buckets
     k_n = n_buckets(total, bucket_facts, sets=3, what="bucketed build")
     # parts are cut independently of the buckets: each part reads every bucket's run once (parts x K reads)
@@ -154,8 +152,8 @@ def _ingest(raw_files, work, bucket_facts, prepare, to_many):
     subj = _buckets(work, "subjects", k_n, "subject_id", _SUBJ, batch)
     rv = _buckets(work, "to-many", k_n, "rv", _RV, batch) if to_many else None
     pos = 0
-    for f in raw_files:
-        df = pl.read_parquet(f)
+    for f in raw_parts:
+        df = f if isinstance(f, pl.DataFrame) else pl.read_parquet(f)
         df = prepare(df) if prepare else df
         for part in df.iter_slices(batch):
             part = part.with_columns(pos=pl.int_range(pos, pos + part.height, dtype=pl.UInt64))
@@ -230,9 +228,9 @@ def _keys(raw: _Parts, subj: Buckets, work, k_n, batch, multi_value, c: Counter)
     return drops, shared
 
 
-def _build(raw_files, out: Path, work: Path, bucket_facts: int, counts: dict, prepare, to_many, *, t0, multi_value,
+def _build(raw_parts, out: Path, work: Path, bucket_facts: int, counts: dict, prepare, to_many, *, t0, multi_value,
            ambiguous_keys, heldout_frac, vocab_size, seed, tokenizer_sample, max_facts, copyable):
-    raw, subj, rv, total, k_n, batch = _ingest(raw_files, work, bucket_facts, prepare, to_many)
+    raw, subj, rv, total, k_n, batch = _ingest(raw_parts, work, bucket_facts, prepare, to_many)
     counts["raw_facts"] = total
     LOG.info(f"corpus: {total:,} raw facts in {_n(len(raw.items), 'part')}, {_n(k_n, 'bucket')}: applying the rules "
              "(dedupe, multi-value, ambiguous keys, copyable facts, split)")

@@ -213,17 +213,7 @@ def build_corpus(raw: pl.DataFrame, out_dir: str | Path, *, recipe: dict | None 
             return build_into(raw, tmp, recipe=recipe, **kw)
         from factscale.corpus.bounded import build_bounded
 
-        parts = tmp / "_raw"
-        parts.mkdir()
-        files = []
-        for i, part in enumerate(raw.iter_slices(bucket_facts)):
-            files.append(parts / f"part-{i:07d}.parquet")
-            part.write_parquet(files[-1])
-        del raw
-        try:
-            return build_bounded(files, tmp, bucket_facts=bucket_facts, recipe=recipe, **kw)
-        finally:
-            shutil.rmtree(parts, ignore_errors=True)
+        return build_bounded([raw], tmp, bucket_facts=bucket_facts, recipe=recipe, **kw)
 
 
 def build_into(

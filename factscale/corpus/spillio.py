@@ -5,6 +5,7 @@ Every file opened here is registered in ``OPEN`` so that a failed resolve can cl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import shutil
@@ -41,6 +42,20 @@ def bucket_of(col: str, k_n: int) -> pl.Expr:
 
 
 OPEN: list = []  # the spill files the resolve in progress holds open: closed if it fails (no leaked handles)
+
+
+@contextlib.contextmanager
+def closing_on_failure():
+    """Around a pass that opens spill files (registered in ``OPEN``): if it fails, every one is closed before the
+    error propagates (its directory can then be removed); ``OPEN`` is emptied either way."""
+    try:
+        yield
+    except BaseException:
+        for h in OPEN:
+            h.abort()
+        raise
+    finally:
+        OPEN.clear()
 
 
 class Buckets:

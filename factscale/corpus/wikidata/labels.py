@@ -37,7 +37,7 @@ from pathlib import Path
 import polars as pl
 
 from factscale.corpus.wikidata.datatypes import PLAIN_STRING_TYPES, STRING_ID, string_label_is_identifier
-from factscale.corpus.spillio import OPEN, Buckets, Run, bucket_of, merged, n_buckets
+from factscale.corpus.spillio import Buckets, Run, bucket_of, closing_on_failure, merged, n_buckets
 
 FACT_SCHEMA = {"subject_id": pl.String, "subject_label": pl.String, "relation": pl.String, "value": pl.String,
                "value_id": pl.String, "unit_id": pl.String, "datatype": pl.String, "sitelinks": pl.Int64}
@@ -225,14 +225,8 @@ def resolve(spill: Spill, tables: list[dict], keep_string_ids: bool, templates: 
 
     Kept rows are those of ``wikidata.raw_from_passes``, in fact order, with its columns. On failure every
     spill file it opened is closed before the error propagates (the spill directory can then be removed)."""
-    try:
+    with closing_on_failure():
         return _resolve(spill, tables, keep_string_ids, templates)
-    except BaseException:
-        for h in OPEN:
-            h.abort()
-        raise
-    finally:
-        OPEN.clear()
 
 
 def _resolve(spill: Spill, tables: list[dict], keep_string_ids: bool, templates: dict):
