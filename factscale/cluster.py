@@ -69,7 +69,8 @@ class SlurmResources:
     qos: Optional[str] = None
     """SLURM quality of service; null = the default."""
     signal_delay_s: int = 60
-    """Seconds before the limit that SLURM sends USR2 (must leave time to requeue)."""
+    """Seconds before the limit that SLURM sends USR2 (must leave time to requeue). SLURM may send it up to
+    60 s earlier than asked, so ``time_min * 60 - signal_delay_s`` must exceed 60."""
     max_requeues: int = 5
     """Requeues after a time limit or preemption before a run counts as failed."""
 
@@ -78,6 +79,18 @@ class SlurmResources:
         at_least(self, "resources.slurm", 0, "gpus_per_node", "signal_delay_s", "max_requeues")
         if not self.mem_gb > 0:
             raise ConfigError(f"resources.slurm.mem_gb must be > 0, got {self.mem_gb!r}")
+        # SLURM checks signal times at a 60 s resolution, so USR2 can come that much early: at a job's
+        # start, before submitit has installed its handler (it does so after unpickling the job), USR2
+        # kills the job outright instead of requeuing it.
+        if self.time_min * 60 - self.signal_delay_s <= SIGNAL_RESOLUTION_S:
+            raise ConfigError(
+                f"resources.slurm.signal_delay_s={self.signal_delay_s} with time_min={self.time_min}: SLURM may "
+                f"send USR2 up to {SIGNAL_RESOLUTION_S} s early, so time_min * 60 - signal_delay_s must be > "
+                f"{SIGNAL_RESOLUTION_S} (raise time_min or lower signal_delay_s)")
+
+
+SIGNAL_RESOLUTION_S = 60
+"""``sbatch --signal``: "the signal may be sent up to 60 seconds earlier than specified"."""
 
 
 def slurm_parameters(r: SlurmResources, job_name: str, num_nodes: int = 1, devices: int = 1) -> dict:

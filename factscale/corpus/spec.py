@@ -49,6 +49,9 @@ class Sharding:
         for name in ("time_min", "cpus", "mem_gb"):
             if not getattr(self, name) > 0:
                 raise CorpusError(f"{_flag(name)} {getattr(self, name)!r}: must be > 0 (sharding.{name})")
+        if self.time_min < 2:  # SLURM may send the requeue signal 60 s early: at the start of a 1-minute job
+            raise CorpusError(f"--shard-time-min {self.time_min!r}: must be >= 2 (sharding.time_min; SLURM may send "
+                              "its requeue signal up to 60 s before it is due)")
         given = [f.name for f in fields(self) if getattr(self, f.name) != f.default]
         if not self.enabled and given:
             given = given[0]
@@ -66,7 +69,8 @@ class Sharding:
         from factscale.cluster import SlurmResources
 
         return SlurmResources(time_min=self.time_min, cpus_per_task=self.cpus, mem_gb=self.mem_gb,
-                              partition=self.partition, account=self.account, max_requeues=max_requeues)
+                              partition=self.partition, account=self.account, max_requeues=max_requeues,
+                              signal_delay_s=60 if self.time_min >= 3 else 30)
 
 
 def _flag(name: str) -> str:

@@ -130,6 +130,8 @@ def _cli(*args):
                                                            "shard"),
     (["--cluster", "local", "--shard-cpus", "0"], "--shard-cpus 0: must be > 0"),
     (["--shard-cpus", "2"], "--shard-cpus is an option of sharded builds"),
+    (["--cluster", "slurm", "--shard-time-min", "1"], "--shard-time-min 1: must be >= 2 (sharding.time_min; SLURM "
+                                                      "may send its requeue signal up to 60 s before it is due)"),
 ])
 def test_bad_sharding_options_are_one_error_line_before_anything_is_made(shared, tmp_path, capsys, flags, says):
     dumps = [shared / "dump-sample" / "items100.json.bz2"]
@@ -272,6 +274,13 @@ def test_a_sweeps_corpus_build_can_shard_and_reuses_the_corpus(shared, plain, tm
                                   "grid": {"seed": [0]}}, "sweep")
     ensure_corpus(plain_sweep, log=said.append)  # without sharding: the same recipe, kept
     assert len(said) == 1 and (out / "facts.parquet").stat().st_mtime_ns == stamp
+
+
+def test_a_short_shard_limit_asks_for_the_signal_early_enough():
+    """SLURM sends USR2 up to 60 s early: a 2-minute shard asks for it 30 s before its limit, not 60 s (at the
+    job's start, before submitit can catch it)."""
+    assert Sharding(cluster="slurm", time_min=2).resources().signal_delay_s == 30
+    assert Sharding(cluster="slurm", time_min=3).resources().signal_delay_s == 60
 
 
 @pytest.mark.parametrize("recipe, message", [

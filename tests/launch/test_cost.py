@@ -22,7 +22,7 @@ def spec_dict(tmp_path, **over):
                   "train": {"batch_size": 8, "seq_len": 64, "loss_on": "value", "epochs": 10},
                   "optim": {"lr": 0.01, "schedule": "constant"}},
          "grid": {"model.size": ["2k", "5k"]},
-         "resources": {"slurm": {"time_min": 1, "gpus_per_node": 1}}}
+         "resources": {"slurm": {"time_min": 2, "gpus_per_node": 1, "signal_delay_s": 30}}}
     d.update(over)
     return d
 
@@ -71,7 +71,7 @@ def test_a_plan_before_the_corpus_exists_is_costed_and_warns(tmp_path, capsys):
     out = capsys.readouterr().out
     assert " ?  " not in out and "tokens from estimated from a sample build" in out
     assert "GPU-hours at MFU 1e-06" in out and "MFU assumed" not in out
-    assert "warning: run qwen2-2k-e100000-s0" in out and "exceeds time_min 1 min" in out and "raise time_min" in out
+    assert "warning: run qwen2-2k-e100000-s0" in out and "exceeds time_min 2 min" in out and "raise time_min" in out
     # a recipe that cannot be sampled (no corpus_build): ? until --assume-facts and --assume-tokens-per-fact
     d = spec_dict(tmp_path)
     del d["corpus_build"]

@@ -137,11 +137,13 @@ def test_preempted_job_requeues_and_resumes_to_the_same_result(tmp_path, tiny_co
 
 @pytest.mark.slow
 def test_real_time_limit_requeues_and_resumes(tmp_path, tiny_corpus, monkeypatch):
-    """A real 1-minute SLURM limit. The first attempt stalls after epoch 3 (an injected fault), so it cannot
+    """A real 2-minute SLURM limit. The first attempt stalls after epoch 3 (an injected fault), so it cannot
     finish inside the limit on any machine: SLURM sends USR2 before the limit, submitit requeues, the next
-    attempt resumes and finishes with the metrics of an uninterrupted run."""
+    attempt resumes and finishes with the metrics of an uninterrupted run. SLURM may send USR2 up to 60 s
+    early, so the signal comes 30-90 s into an attempt: after the job has installed its handler (a 1-minute
+    limit let it come at the start, which killed the job in one CI run)."""
     spec = spec_from_dict(_spec(tmp_path, tiny_corpus, {"model.size": ["5k"], "train.epochs": [8]},
-                                 time_min=1, signal_delay_s=30, max_requeues=6), "x")
+                                 time_min=2, signal_delay_s=30, max_requeues=6), "x")
     cfg = expand(spec)[0]
     [rec] = _submit(spec, monkeypatch, fault="stall@3")
     ref = _reference(cfg, tmp_path)

@@ -203,6 +203,7 @@ def test_edited_corpus_recipe_rebuilds_and_never_reuses_stale_results(tmp_path):
 @pytest.mark.parametrize("edit, match", [
     ({"resources": {"local": {"max_parallel": 0}}}, "resources.local.max_parallel must be >= 1"),
     ({"resources": {"slurm": {"time_min": -5}}}, "resources.slurm.time_min must be >= 1"),
+    ({"resources": {"slurm": {"time_min": 1}}}, r"signal_delay_s=60 with time_min=1: SLURM may send USR2 up to 60 s"),
     ({"resources": {"slurm_by_size": {"9k": {"time_min": 5}}}}, r"slurm_by_size has sizes \['9k'\] that no run uses"),
     ({"grid": ["model.size"]}, "grid must be a mapping"),
     ({"corpus_build": {"synthetic": {"n_keys": 10}, "vocab": 5}}, "unknown config key 'corpus_build.vocab'"),
