@@ -82,3 +82,20 @@ def token_facts(n: int, seed: int = 0, vocab: int = 64, bos: int = 1, eos: int =
         "split": ["train"] * n,
         "order": np.arange(n),
     })
+
+
+STACK_COLUMNS = ("mr", "capacity", "capacity_bits", "net_bits", "value_loss", "mr_keyblind", "capacity_above_chance",
+                 "non_embedding_params", "total_params", "active_params", "tokens_seen")
+
+
+def assert_same_results(a, b) -> None:
+    """Two runs' result rows agree: the same probes, and every measure to float noise (a stacked member
+    against its standalone run: eager attention beside SDPA, ~1e-7 per step)."""
+    import numpy as np
+    import polars as pl
+
+    assert a.height == b.height and a["epoch"].to_list() == b["epoch"].to_list()
+    for col in STACK_COLUMNS:
+        if col in a.columns:
+            x, y = a[col].cast(pl.Float64).to_numpy(), b[col].cast(pl.Float64).to_numpy()
+            assert np.allclose(x, y, rtol=1e-4, atol=1e-6, equal_nan=True), (col, x, y)

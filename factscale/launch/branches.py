@@ -154,7 +154,7 @@ def launch_units(cfgs: list[RunConfig], rds: list[RunDir]) -> list[tuple[RunConf
     for g in groups(cfgs):
         if isinstance(g, BranchGroup):
             g.rds = [rd_of[id(b)] for b in g.branches]
-            g.corpus_hash = g.rds[0].corpus_hash
+            g.corpus_hash = g.rds[0].corpus_hash if g.rds[0] is not None else None
             units.append((g.trunk, g))
         else:
             units.append((g, rd_of[id(g)]))

@@ -144,14 +144,17 @@ def job_costs(spec, rows: list[dict], mfu: float, peak_tflops: float) -> list[di
     from factscale.cluster import SlurmResources
     from factscale.launch.branches import BranchGroup, groups
     from factscale.launch.spec import expand
-    from factscale.launch.stacks import StackGroup, stack_units
+    from factscale.launch.stacks import BranchStack, StackGroup, branch_stack_units, stack_units
     from factscale.training.rundir import run_name
 
     if not 0 < mfu <= 1 or not peak_tflops > 0:
         raise ConfigError(f"--mfu must be in (0, 1] and --peak-tflops > 0, got {mfu} and {peak_tflops}")
     cfgs = expand(spec)
     per_epoch = {id(c): r["flops"] / r["epochs"] if r["flops"] else None for c, r in zip(cfgs, rows)}
-    if spec.cooldown_branches:
+    if spec.cooldown_branches and spec.stack == "seeds":  # a stack of branch groups: one job
+        units = [u if isinstance(u, (BranchStack, StackGroup)) else c
+                 for c, u in branch_stack_units(cfgs, [None] * len(cfgs))]
+    elif spec.cooldown_branches:
         units = groups(cfgs)
     elif spec.stack == "seeds":  # a stack trains all its members in one job: their FLOPs add up
         units = [u if isinstance(u, StackGroup) else c for c, u in stack_units(cfgs, [None] * len(cfgs))]
@@ -159,17 +162,27 @@ def job_costs(spec, rows: list[dict], mfu: float, peak_tflops: float) -> list[di
         units = cfgs
     base = to_dict(spec.resources.slurm)
     jobs = []
+    def group_cost(g):  # a trunk to its last fork, then each branch's decay
+        f = [per_epoch[id(b)] for b in g.branches]
+        epochs = max(g.forks) + sum(b.train.epochs - k for b, k in zip(g.branches, g.forks))
+        flops = None if None in f else f[0] * max(g.forks) + sum(
+            x * (b.train.epochs - k) for x, b, k in zip(f, g.branches, g.forks))
+        return epochs, flops
+
     for u in units:
-        if isinstance(u, StackGroup):
+        if isinstance(u, BranchStack):
+            costs = [group_cost(g) for g in u.groups]
+            epochs = sum(e for e, _ in costs)
+            flops = None if any(f is None for _, f in costs) else sum(f for _, f in costs)
+            name = f"stack of {len(u.groups)} trunks ({run_name(u.groups[0].trunk)} ...) and their branches"
+            size = u.groups[0].trunk.model.size
+        elif isinstance(u, StackGroup):
             f = [per_epoch[id(c)] for c in u.members]
             epochs = sum(c.train.epochs for c in u.members)
             flops = None if None in f else sum(x * c.train.epochs for x, c in zip(f, u.members))
             name, size = f"stack of {len(u.members)} ({run_name(u.members[0])} ...)", u.members[0].model.size
         elif isinstance(u, BranchGroup):
-            f = [per_epoch[id(b)] for b in u.branches]
-            epochs = max(u.forks) + sum(b.train.epochs - k for b, k in zip(u.branches, u.forks))
-            flops = None if None in f else f[0] * max(u.forks) + sum(
-                x * (b.train.epochs - k) for x, b, k in zip(f, u.branches, u.forks))
+            epochs, flops = group_cost(u)
             name, size = f"trunk {run_name(u.trunk)} and its {len(u.branches)} branches", u.trunk.model.size
         else:
             flops, epochs = per_epoch[id(u)] and per_epoch[id(u)] * u.train.epochs, u.train.epochs

@@ -66,7 +66,8 @@ class SweepSpec:
     trains only its decay from the trunk's checkpoint at its fork epoch (factscale.launch.branches)."""
     stack: str = "off"
     """``seeds``: runs differing only in seed and optim.* train as one stacked model in one job, each still
-    its own run directory (factscale.training.stack); ``off``: one job per run."""
+    its own run directory (factscale.training.stack); with cooldown_branches, the trunks of all seeds train as
+    one stack and each branch length as another; ``off``: one job per run."""
 
 
 def spec_from_dict(data: dict, where: str) -> SweepSpec:
@@ -103,9 +104,6 @@ def spec_from_dict(data: dict, where: str) -> SweepSpec:
         raise ConfigError(f"{where}: grid names a field twice: {sorted({f for f in named if named.count(f) > 1})}")
     if spec.stack not in ("off", "seeds"):
         raise ConfigError(f"{where}: stack {spec.stack!r}; allowed values: ['off', 'seeds']")
-    if spec.stack != "off" and spec.cooldown_branches:
-        raise ConfigError(f"{where}: stack: seeds with cooldown_branches is not built yet (branches fork "
-                          "in a stack in a later step); choose one")
     return spec
 
 

@@ -3,6 +3,11 @@ trains them as one stacked model (``training.stack``); each still ends as its ow
 
 ``StackGroup`` is the launcher's unit for such a job, with the run-directory surface the launcher uses
 (``id``, ``status``, ``progress``, ``record_job``, ``payload``), like ``branches.BranchGroup``.
+
+With ``cooldown_branches`` too, the unit is a ``BranchStack``: the cooldown-branch groups (``branches.groups``)
+that differ only in seed. Its job trains their trunks as one stack, keeping each trunk's state at every fork
+epoch, then each branch length as one stack whose members start from their own trunk's state: the trunk
+and branch runs end as the non-stacked branched sweep leaves them.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from dataclasses import dataclass, field
 from factscale.configio import from_dict, to_dict
 from factscale.training.config import RunConfig
 from factscale.training.rundir import RunDir
-from factscale.training.stack import stack_key
+from factscale.training.stack import fork_state, stack_key
 
 STACK_MODES = ("off", "seeds")
 
@@ -69,6 +74,96 @@ def stack_units(cfgs: list[RunConfig], rds: list[RunDir]) -> list[tuple[RunConfi
         else:
             units.append((cfgs[idx[0]], StackGroup([cfgs[i] for i in idx], [rds[i] for i in idx])))
     return units
+
+
+@dataclass
+class BranchStack:
+    """Cooldown-branch groups (one per seed) with the same trunk but for the seed: one job."""
+
+    groups: list  # branches.BranchGroup, their run dirs and corpus hash set
+
+    @property
+    def members(self) -> list[RunConfig]:  # the stack's width, for ordering local jobs
+        return [g.trunk for g in self.groups]
+
+    @property
+    def rds(self) -> list[RunDir]:
+        return [rd for g in self.groups for rd in g.rds]
+
+    @property
+    def id(self) -> str:
+        return f"{self.groups[0].id} x{len(self.groups)} stacked"
+
+    def payload(self, **train_over) -> dict:
+        return {"branch_stack": [g.payload(**train_over) for g in self.groups]}
+
+    def record_job(self, job_id, cluster, folder) -> None:
+        for g in self.groups:
+            g.record_job(job_id, cluster, folder)
+
+    def progress(self) -> dict | None:
+        return next((p for g in self.groups if (p := g.progress()) is not None), None)
+
+    def status(self) -> dict:
+        states = [g.status() for g in self.groups]
+        if all(s["state"] == "done" for s in states):
+            return {"run_id": self.id, "requeues": 0, "state": "done"}
+        for want in ("running", "queued", "failed"):
+            hit = next((s for s in states if s["state"] == want), None)
+            if hit:
+                return {**hit, "run_id": self.id}
+        return {"run_id": self.id, "requeues": 0, "state": "pending"}
+
+
+def branch_stack_units(cfgs: list[RunConfig], rds: list[RunDir]) -> list[tuple[RunConfig, object]]:
+    """The launcher's jobs under ``stack: seeds`` with ``cooldown_branches``: the branch groups (and lone runs)
+    of ``branches.launch_units``, with groups that differ only in seed and fork at the same epochs made one
+    ``BranchStack`` (lone runs are stacked as ``stack_units`` stacks them)."""
+    from factscale.launch.branches import BranchGroup, launch_units
+
+    units = launch_units(cfgs, rds)
+    by_key: dict[tuple, list] = {}
+    lone = []
+    for cfg, u in units:
+        if isinstance(u, BranchGroup):
+            by_key.setdefault((stack_key(u.trunk), tuple(u.forks)), []).append(u)
+        else:
+            lone.append((cfg, u))
+    out = [(gs[0].trunk, BranchStack(gs)) if len(gs) > 1 else (gs[0].trunk, gs[0]) for gs in by_key.values()]
+    return out + stack_units([c for c, _ in lone], [rd for _, rd in lone])
+
+
+def run_branch_stack(payload: dict) -> dict:
+    """A ``BranchStack``'s job: the trunks as one stack (keeping their fork states) while a branch still needs
+    one, then each branch length as one stack from those states. A branch whose trunk state is missing (its
+    trunk failed, or the sweep gained an epoch count after the trunk passed it) trains from the start, stacked
+    with the others like it: the same result, as for non-stacked branches. Every piece resumes from its own
+    checkpoint; finished runs are skipped."""
+    from factscale.training.stack import run_stack
+
+    parts = payload["branch_stack"]
+    trunks = [from_dict(RunConfig, p["trunk"]) for p in parts]
+    branches = [[from_dict(RunConfig, d) for d in p["branches"]] for p in parts]  # [seed][length]
+    forks = list(parts[0]["forks"])
+    trunk_rds = [RunDir(t) for t in trunks]
+    out = {"trunks": [rd.id for rd in trunk_rds], "runs": []}
+
+    need = [not RunDir(b, trd.corpus_hash).results.exists() and not fork_state(trd, f).exists()
+            for seed, trd in zip(branches, trunk_rds) for b, f in zip(seed, forks)]
+    if any(need):
+        out["trunk_result"] = run_stack(trunks, forks=tuple(forks))
+    for j, f in enumerate(forks):
+        length = [seed[j] for seed in branches]
+        states = [fork_state(trd, f) for trd in trunk_rds]
+        with_fork = [k for k, p in enumerate(states) if p.exists()]
+        without = [k for k, p in enumerate(states) if not p.exists()]
+        if with_fork:
+            res = run_stack([length[k] for k in with_fork], init=[(states[k], trunk_rds[k].id) for k in with_fork])
+            out["runs"] += res["runs"]
+        if without:
+            out["runs"] += run_stack([length[k] for k in without])["runs"]
+    out["state"] = "done" if all(r["state"] == "done" for r in out["runs"]) else "failed"
+    return out
 
 
 def run_stack_payload(payload: dict) -> dict:

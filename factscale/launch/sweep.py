@@ -126,11 +126,11 @@ class RunJob(submitit.helpers.Checkpointable):
             from factscale.launch.branches import run_group
 
             return run_group(cfg_dict)
-        if "stack" in cfg_dict:  # runs trained as one stacked model (stack: seeds)
-            from factscale.launch.stacks import run_stack_payload
+        if "stack" in cfg_dict or "branch_stack" in cfg_dict:  # runs trained as one stacked model (stack: seeds)
+            from factscale.launch.stacks import run_branch_stack, run_stack_payload
 
             try:
-                return run_stack_payload(cfg_dict)
+                return run_stack_payload(cfg_dict) if "stack" in cfg_dict else run_branch_stack(cfg_dict)
             except RunBusy as e:
                 return {"state": "busy", "message": str(e)}
         cfg = from_dict(RunConfig, cfg_dict)
@@ -162,7 +162,11 @@ def launch(spec: SweepSpec, cluster: Literal["local", "slurm", "debug"] = "local
     cfgs = expand(spec)
     todo, out = [], []
     units = list(zip(cfgs, _run_dirs(spec, cfgs, validate_runs=True)))
-    if spec.cooldown_branches:  # one job per group: (its trunk config for resources, the group)
+    if spec.cooldown_branches and spec.stack == "seeds":  # one job per stack of branch groups
+        from factscale.launch.stacks import branch_stack_units
+
+        units = branch_stack_units(cfgs, [rd for _, rd in units])
+    elif spec.cooldown_branches:  # one job per group: (its trunk config for resources, the group)
         from factscale.launch.branches import launch_units
 
         units = launch_units(cfgs, [rd for _, rd in units])

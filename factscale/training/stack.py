@@ -16,6 +16,12 @@ run, member by member:
 - ``train.compile``: a standalone run compiles its decoder body, a stack its stacked step (one compile per
   stack; probes run eager on the unstacked member), so the two agree to float noise, not bit for bit.
 
+Cooldown branches (``stack: seeds`` with ``cooldown_branches``; ``launch.stacks.run_branch_stack``): a stack of
+trunks keeps each member's state at every fork epoch (``fork_state``: weights, Adam moments and step count,
+tokens seen, probe rows and losses so far), and a stack of branches of one length starts each member from its
+trunk's state at the fork epoch (``init``): its own schedule then decays from there, exactly as its branch run
+would from the trunk's Lightning fork checkpoint.
+
 Protocol: a stack checkpoint after every epoch (``<runs_dir>/_stacks/<id>/last.pt``, atomic, the previous
 kept), so a killed stack resumes where it was, never restarts. A member that fails (non-finite loss, a
 probe that raises) gets its ``error.json`` and sits out the rest; the others go on. Every member's lock is
@@ -89,6 +95,40 @@ class _Member:
         self.failed: str | None = None
         # Lightning's estimated_stepping_batches counts epoch 0's batches (its first dataloader) x epochs
         self.batches_per_epoch = math.ceil(self.dm.epoch_tensors(0)[0].shape[0] / cfg.train.batch_size)
+
+
+def fork_state(rd: RunDir, epoch: int) -> Path:
+    """A stacked trunk member's state at fork epoch ``epoch`` (``fork-e<F>.stack.pt``, beside a standalone trunk's
+    ``fork-e<F>.ckpt``; ``drop_checkpoints`` keeps both)."""
+    return rd.last_ckpt.with_name(f"fork-e{epoch}.stack.pt")
+
+
+def _save_fork(ens: Ensemble, k: int, m: _Member, epoch: int) -> None:
+    dest = fork_state(m.rd, epoch)
+    state = {"epoch": epoch, "trunk": m.rd.id, "flat": ens.flat.detach()[k].clone(),
+             "exp_avg": ens.opt.exp_avg[k].clone(), "exp_avg_sq": ens.opt.exp_avg_sq[k].clone(),
+             "steps": int(ens.opt.steps[k]), "tokens_seen": int(ens.tokens_seen[k]), "rows": m.rows,
+             "losses": m.losses}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")  # drop_checkpoints removes a torn one
+    torch.save(state, tmp)
+    os.replace(tmp, dest)
+
+
+def _start_from_forks(ens: Ensemble, members: list[_Member], init: list[Path]) -> int:
+    """Each member := its trunk's state at the fork epoch (all members fork at the same epoch); returns it."""
+    states = [torch.load(p, map_location="cpu", weights_only=False) for p in init]
+    epochs = {s["epoch"] for s in states}
+    if len(epochs) != 1:
+        raise ConfigError(f"a stack of branches forks at one epoch; its members' trunk states are at {sorted(epochs)}")
+    with torch.no_grad():
+        for k, (m, s) in enumerate(zip(members, states)):
+            ens.flat[k] = s["flat"]
+            ens.opt.exp_avg[k], ens.opt.exp_avg_sq[k] = s["exp_avg"], s["exp_avg_sq"]
+            ens.opt.steps[k], ens.tokens_seen[k] = s["steps"], s["tokens_seen"]
+            m.rows, m.losses = list(s["rows"]), list(s["losses"])
+            m.rd.note(f"started from {init[k]} (epoch {s['epoch']}) of trunk {s['trunk']}")
+    return epochs.pop()
 
 
 def _stack_dir(rds: list[RunDir]) -> Path:
@@ -176,29 +216,35 @@ def _epoch_batches(members: list[_Member], epoch: int):
         yield ids, labels, active, i, counts
 
 
-def run_stack(cfgs: list[RunConfig]) -> dict:
+def run_stack(cfgs: list[RunConfig], forks: tuple[int, ...] = (), init: list[tuple[Path, str]] | None = None) -> dict:
     """Train ``cfgs`` (runs that differ only in seed and optimizer settings) as one stacked model, resuming
-    from the stack's checkpoint; members already done are skipped. Returns a summary per member."""
+    from the stack's checkpoint; members already done are skipped. Returns a summary per member.
+
+    ``forks``: epochs at which each member's ``fork_state`` is kept (a stack of cooldown-branch trunks).
+    ``init``: per member, (its trunk's fork state, the trunk's id): the members are branches that start there
+    while the stack has no checkpoint of its own."""
     check_stackable(cfgs)
+    if init is not None and len(init) != len(cfgs):
+        raise ValueError(f"{len(init)} fork states for {len(cfgs)} stack members")
     quiet_lightning()
     facts, manifest = load_corpus(cfgs[0].corpus.path)
     for c in cfgs:
         validate(c, facts)
     rds = [RunDir(c, manifest["corpus_hash"]) for c in cfgs]
     out = {"runs": [{"run_id": rd.id, "state": "done", "skipped": True} for rd in rds if rd.results.exists()]}
-    todo = [(c, rd) for c, rd in zip(cfgs, rds) if not rd.results.exists()]
+    todo = [(c, rd, init[i] if init else None) for i, (c, rd) in enumerate(zip(cfgs, rds)) if not rd.results.exists()]
     if not todo:
         return {**out, "state": "done"}
     held = []
     try:
-        for c, rd in todo:
+        for c, rd, _ in todo:
             rd.create(min_free_mb=disk_needed_mb(c, manifest["tokens"]["vocab_size"]))
             rd.hold_lock()
             held.append(rd)
         try:
-            out["runs"] += _train_stack(todo, _stack_dir(rds), facts, manifest)
+            out["runs"] += _train_stack(todo, _stack_dir(rds), facts, manifest, tuple(forks))
         except Exception as e:  # the stack itself failed: every member still to do is failed, never "interrupted"
-            for _, rd in todo:
+            for _, rd, _ in todo:
                 if not rd.results.exists():
                     rd.write_error(e)
             raise
@@ -209,18 +255,19 @@ def run_stack(cfgs: list[RunConfig]) -> dict:
     return out
 
 
-def _train_stack(todo, path: Path, facts, manifest: dict) -> list[dict]:
+def _train_stack(todo, path: Path, facts, manifest: dict, forks: tuple[int, ...] = ()) -> list[dict]:
     from transformers import AutoTokenizer
 
     fault = parse_fault(os.environ.get(FAULT_ENV))
-    cfgs = [c for c, _ in todo]
+    cfgs = [c for c, _, _ in todo]
+    init = [i for _, _, i in todo]
     cfg0 = cfgs[0]
     if cfg0.train.num_threads:
         torch.set_num_threads(cfg0.train.num_threads)
     tok = AutoTokenizer.from_pretrained(str(Path(cfg0.corpus.path) / "tokenizer"))
     if cfg0.probe.freq_column and cfg0.probe.freq_column in facts.columns:
         facts = facts.with_columns(frequency_buckets(facts[cfg0.probe.freq_column]))
-    members = [_Member(c, rd, facts, tok, manifest) for c, rd in todo]
+    members = [_Member(c, rd, facts, tok, manifest) for c, rd, _ in todo]
     total = [m.batches_per_epoch * m.cfg.train.epochs for m in members]  # Lightning's estimated_stepping_batches
     ens = Ensemble.from_configs(cfgs, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, total)
     if cfg0.train.compile:  # the stacked forward + loss (and its backward) under torch.compile, static shapes:
@@ -232,7 +279,9 @@ def _train_stack(todo, path: Path, facts, manifest: dict) -> list[dict]:
                      for k, (c, n) in enumerate(zip(cfgs, total))]
     attempts = [m.rd.start_attempt()["attempts"] for m in members]
     t0 = time.time()
-    start = _resume(path, ens, members)
+    start = resumed = _resume(path, ens, members)
+    if not start and all(init):  # branches with no stack checkpoint of their own: from their trunks' forks
+        start = _start_from_forks(ens, members, [p for p, _ in init])
     E = cfg0.train.epochs
     try:
         for epoch in range(start, E):
@@ -263,6 +312,10 @@ def _train_stack(todo, path: Path, facts, manifest: dict) -> list[dict]:
                         m.rd.write_progress(done, E, mr, resumed_from=start)
                 except Exception as e:
                     _fail(m, e)
+            if done in forks:  # before the epoch's stack checkpoint: a kill in between redoes the epoch
+                for k, m in enumerate(members):
+                    if m.failed is None:
+                        _save_fork(ens, k, m, done)
             _save(path, ens, members, done)
             if fault and fault[1] == done and fault[2] == attempts[0]:
                 inject_fault(fault[0], done)
@@ -276,8 +329,10 @@ def _train_stack(todo, path: Path, facts, manifest: dict) -> list[dict]:
             continue
         m.dm.epoch_tensors(E - 1)  # real_fraction of the last epoch, as a standalone run reports it
         # train_wall_s: the whole stack's (its members train at once); device and precision: what it ran on
-        meta = {"resumed_from_epoch": start or None, "attempts": attempts[k], "train_wall_s": time.time() - t0,
+        meta = {"resumed_from_epoch": resumed or None, "attempts": attempts[k], "train_wall_s": time.time() - t0,
                 "stack_members": len(members), "device": "cpu", "precision": "32-true"}
+        if init[k]:
+            meta.update(branch_of=init[k][1], fork_epoch=round(E * (1 - m.cfg.optim.decay_frac)))
         try:
             _write_losses(m)
             results.append(write_run(m.cfg, m.rd, ens.member(k), tok, m.dm, manifest, m.rows,
@@ -288,8 +343,9 @@ def _train_stack(todo, path: Path, facts, manifest: dict) -> list[dict]:
     if all(r["state"] == "done" for r in results):
         for name in ("last.pt", "prev.pt"):
             (path / name).unlink(missing_ok=True)
-        try:
-            path.rmdir()
-        except OSError:
-            pass
+        for d in (path, path.parent):  # the stack's directory, then _stacks if it was the last
+            try:
+                d.rmdir()
+            except OSError:
+                break
     return results

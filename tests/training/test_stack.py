@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
-from conftest import tiny_run_config
+from conftest import assert_same_results, tiny_run_config
 
 from factscale.errors import ConfigError
 from factscale.launch.spec import expand, spec_from_dict
@@ -24,20 +24,10 @@ from factscale.training.stack import run_stack
 # (eager attention in the stack, SDPA standalone: ~1e-7 per step) from being amplified into flipped facts
 OVER = {"model.size": "2k", "train.epochs": 4, "probe.every_epochs": 2, "optim.schedule": "wsd",
         "optim.warmup_steps": 5, "optim.decay_frac": 0.5, "optim.lr": 3e-3}
-COLUMNS = ("mr", "capacity", "capacity_bits", "net_bits", "value_loss", "mr_keyblind", "capacity_above_chance",
-           "non_embedding_params", "total_params", "active_params", "tokens_seen")
 
 
 def members(corpus, runs, seeds=(0, 1), **over):
     return [tiny_run_config(corpus, runs, seed=s, **{**OVER, **over}) for s in seeds]
-
-
-def assert_same_results(a: pl.DataFrame, b: pl.DataFrame) -> None:
-    assert a.height == b.height and a["epoch"].to_list() == b["epoch"].to_list()
-    for col in COLUMNS:
-        if col in a.columns:
-            x, y = a[col].cast(pl.Float64).to_numpy(), b[col].cast(pl.Float64).to_numpy()
-            assert np.allclose(x, y, rtol=1e-4, atol=1e-6, equal_nan=True), (col, x, y)
 
 
 @pytest.mark.slow  # trains 2 stacked and 2 standalone runs
@@ -87,8 +77,6 @@ def test_a_stack_is_one_job_of_runs_that_differ_only_in_seed_and_optimizer(tiny_
     assert len(units) == 2 and all(isinstance(u, StackGroup) and len(u.members) == 6 for _, u in units)
     with pytest.raises(ConfigError, match="stack 'all'; allowed values"):
         spec_from_dict({**d, "stack": "all"}, "s")
-    with pytest.raises(ConfigError, match="not built yet"):
-        spec_from_dict({**d, "cooldown_branches": True}, "s")
     with pytest.raises(ConfigError, match="differ only in seed and optim"):
         run_stack([cfgs[0], cfgs[-1]])
 
