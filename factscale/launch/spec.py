@@ -67,7 +67,7 @@ class SweepSpec:
     stack: str = "off"
     """``seeds``: runs differing only in seed and optim.* train as one stacked model in one job, each still
     its own run directory (factscale.training.stack); with cooldown_branches, the trunks of all seeds train as
-    one stack and each branch length as another; ``off``: one job per run."""
+    one stack, then all their branches as another; ``off``: one job per run."""
 
 
 def spec_from_dict(data: dict, where: str) -> SweepSpec:

@@ -6,8 +6,9 @@ trains them as one stacked model (``training.stack``); each still ends as its ow
 
 With ``cooldown_branches`` too, the unit is a ``BranchStack``: the cooldown-branch groups (``branches.groups``)
 that differ only in seed. Its job trains their trunks as one stack, keeping each trunk's state at every fork
-epoch, then each branch length as one stack whose members start from their own trunk's state: the trunk
-and branch runs end as the non-stacked branched sweep leaves them.
+epoch, then all their branches as one stack, each member starting from its own trunk's state at its own fork
+epoch and leaving when its decay ends: the trunk and branch runs end as the non-stacked branched sweep leaves
+them.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def branch_stack_units(cfgs: list[RunConfig], rds: list[RunDir]) -> list[tuple[R
 
 def run_branch_stack(payload: dict) -> dict:
     """A ``BranchStack``'s job: the trunks as one stack (keeping their fork states) while a branch still needs
-    one, then each branch length as one stack from those states. A branch whose trunk state is missing (its
+    one, then every branch as one stack from those states. A branch whose trunk state is missing (its
     trunk failed, or the sweep gained an epoch count after the trunk passed it) trains from the start, stacked
     with the others like it: the same result, as for non-stacked branches. Every piece resumes from its own
     checkpoint; finished runs are skipped."""
@@ -152,16 +153,14 @@ def run_branch_stack(payload: dict) -> dict:
             for seed, trd in zip(branches, trunk_rds) for b, f in zip(seed, forks)]
     if any(need):
         out["trunk_result"] = run_stack(trunks, forks=tuple(forks))
-    for j, f in enumerate(forks):
-        length = [seed[j] for seed in branches]
-        states = [fork_state(trd, f) for trd in trunk_rds]
-        with_fork = [k for k, p in enumerate(states) if p.exists()]
-        without = [k for k, p in enumerate(states) if not p.exists()]
-        if with_fork:
-            res = run_stack([length[k] for k in with_fork], init=[(states[k], trunk_rds[k].id) for k in with_fork])
-            out["runs"] += res["runs"]
-        if without:
-            out["runs"] += run_stack([length[k] for k in without])["runs"]
+    # every branch of every seed side by side, each from its own trunk's state at its fork epoch
+    pieces = [(b, fork_state(trd, f), trd.id) for seed, trd in zip(branches, trunk_rds) for b, f in zip(seed, forks)]
+    forked = [p for p in pieces if p[1].exists()]
+    alone = [b for b, state, _ in pieces if not state.exists()]
+    if forked:
+        out["runs"] += run_stack([b for b, _, _ in forked], init=[(state, tid) for _, state, tid in forked])["runs"]
+    if alone:
+        out["runs"] += run_stack(alone)["runs"]
     out["state"] = "done" if all(r["state"] == "done" for r in out["runs"]) else "failed"
     return out
 

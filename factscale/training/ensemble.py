@@ -151,6 +151,12 @@ class StackedAdamW:
                   self.weight_decay, self.grad_clip):
             t[dst] = t[src]
 
+    def keep(self, flat: torch.Tensor, idx: torch.Tensor) -> None:
+        """Only the members ``idx`` stay (in that order), on the ensemble's new ``flat``."""
+        self.flat = flat
+        for name in ("exp_avg", "exp_avg_sq", "steps", "beta1", "beta2", "eps", "weight_decay", "grad_clip"):
+            setattr(self, name, getattr(self, name)[idx].clone())
+
     def set_hyper(self, k: int, cfg: RunConfig) -> None:
         o = cfg.optim
         self.beta1[k], self.beta2[k], self.eps[k] = o.beta1, o.beta2, o.eps
@@ -345,6 +351,19 @@ class Ensemble:
         for n, b in self.buffers.items():
             own_buffers[n].copy_(b[k])
         return model
+
+    @torch.no_grad()
+    def keep(self, idx: Sequence[int]) -> None:
+        """Members leave: only those at ``idx`` stay, in that order (every per-member tensor and list is
+        re-indexed; a compiled step recompiles for the new width)."""
+        i = torch.as_tensor(list(idx), dtype=torch.long)
+        self.flat = self.flat.detach()[i].clone().requires_grad_()
+        self.opt.keep(self.flat, i)
+        self.buffers = {n: b[i].clone() for n, b in self.buffers.items()}
+        self.tokens_seen = self.tokens_seen[i].clone()
+        self.base_lr = [self.base_lr[k] for k in idx]
+        self.schedules = [self.schedules[k] for k in idx]
+        self.K = len(idx)
 
     @torch.no_grad()
     def fork(self, src: int, dst: int, cfg: RunConfig | None = None, total_steps: int | None = None) -> None:

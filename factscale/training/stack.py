@@ -20,7 +20,9 @@ Cooldown branches (``stack: seeds`` with ``cooldown_branches``; ``launch.stacks.
 trunks keeps each member's state at every fork epoch (``fork_state``: weights, Adam moments and step count,
 tokens seen, probe rows and losses so far), and a stack of branches of one length starts each member from its
 trunk's state at the fork epoch (``init``): its own schedule then decays from there, exactly as its branch run
-would from the trunk's Lightning fork checkpoint.
+would from the trunk's Lightning fork checkpoint. Members need not share a length or a first epoch: the stack's
+epoch e is member k's epoch ``first_k + e``, and a member leaves the stack (its run written, its slot dropped
+from the ensemble) after its last epoch, so branches of every length train side by side.
 
 Protocol: a stack checkpoint after every epoch (``<runs_dir>/_stacks/<id>/last.pt``, atomic, the previous
 kept), so a killed stack resumes where it was, never restarts. A member that fails (non-finite loss, a
@@ -36,7 +38,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from factscale.configio import flatten, to_dict
@@ -56,16 +57,18 @@ from factscale.training.rundir import RunDir
 STACKS = "_stacks"
 
 
-def stack_key(cfg: RunConfig) -> str:
-    """Runs with equal keys can be trained as one stack: everything but the seed and the optimizer."""
+def stack_key(cfg: RunConfig, any_epochs: bool = False) -> str:
+    """Runs with equal keys can be trained as one stack: everything but the seed and the optimizer (and with
+    ``any_epochs`` the epoch count: members of different lengths train side by side, the shorter leave)."""
     flat = flatten(to_dict(cfg))  # the readable name (a sweep's axes prefix) is no part of what is computed
-    return repr(sorted((k, v) for k, v in flat.items() if k not in ("seed", "name") and not k.startswith("optim.")))
+    skip = ("seed", "name", "train.epochs") if any_epochs else ("seed", "name")
+    return repr(sorted((k, v) for k, v in flat.items() if k not in skip and not k.startswith("optim.")))
 
 
 def check_stackable(cfgs: list[RunConfig]) -> None:
-    keys = {stack_key(c) for c in cfgs}
+    keys = {stack_key(c, any_epochs=True) for c in cfgs}
     if len(keys) > 1:
-        raise ConfigError("a stack's members must differ only in seed and optim.*")
+        raise ConfigError("a stack's members must differ only in seed, train.epochs and optim.*")
     if resolve_shape(cfgs[0].model).experts:
         raise ConfigError("a mixture-of-experts model cannot be stacked yet (its routing does not vmap): stack: off")
     c = cfgs[0].train
@@ -93,6 +96,9 @@ class _Member:
         self.rows: list[dict] = []
         self.losses: list[float] = []  # mean training loss per epoch
         self.failed: str | None = None
+        self.first = 0  # the member's epoch at the stack's epoch 0 (a branch: its fork epoch)
+        # where its schedule is: epoch, batches done and batches in the epoch (Lightning's progress)
+        self.epoch, self.i, self.n = 0, 0, 1
         # Lightning's estimated_stepping_batches counts epoch 0's batches (its first dataloader) x epochs
         self.batches_per_epoch = math.ceil(self.dm.epoch_tensors(0)[0].shape[0] / cfg.train.batch_size)
 
@@ -115,20 +121,18 @@ def _save_fork(ens: Ensemble, k: int, m: _Member, epoch: int) -> None:
     os.replace(tmp, dest)
 
 
-def _start_from_forks(ens: Ensemble, members: list[_Member], init: list[Path]) -> int:
-    """Each member := its trunk's state at the fork epoch (all members fork at the same epoch); returns it."""
-    states = [torch.load(p, map_location="cpu", weights_only=False) for p in init]
-    epochs = {s["epoch"] for s in states}
-    if len(epochs) != 1:
-        raise ConfigError(f"a stack of branches forks at one epoch; its members' trunk states are at {sorted(epochs)}")
+def _start_from_forks(ens: Ensemble, members: list[_Member], init: list[Path]) -> None:
+    """Each member := its trunk's state at its fork epoch, where its own epochs start."""
     with torch.no_grad():
-        for k, (m, s) in enumerate(zip(members, states)):
+        for k, (m, p) in enumerate(zip(members, init)):
+            s = torch.load(p, map_location="cpu", weights_only=False)
+            if s["epoch"] != m.first:
+                raise ValueError(f"{p} holds epoch {s['epoch']}; run {m.rd.id} forks at epoch {m.first}")
             ens.flat[k] = s["flat"]
             ens.opt.exp_avg[k], ens.opt.exp_avg_sq[k] = s["exp_avg"], s["exp_avg_sq"]
             ens.opt.steps[k], ens.tokens_seen[k] = s["steps"], s["tokens_seen"]
             m.rows, m.losses = list(s["rows"]), list(s["losses"])
-            m.rd.note(f"started from {init[k]} (epoch {s['epoch']}) of trunk {s['trunk']}")
-    return epochs.pop()
+            m.rd.note(f"started from {p} (epoch {s['epoch']}) of trunk {s['trunk']}")
 
 
 def _stack_dir(rds: list[RunDir]) -> Path:
@@ -199,8 +203,9 @@ def _fail(m: _Member, exc: BaseException) -> None:
 
 
 def _epoch_batches(members: list[_Member], epoch: int):
-    """The stack's steps of one epoch: (ids [K, B, T], labels, active [K], batch index per member)."""
-    packed = [m.dm.epoch_tensors(epoch) for m in members]
+    """The stack's steps of its epoch ``epoch`` (member k's epoch ``first + epoch``): (ids [K, B, T], labels,
+    active [K], batch index, batches per member)."""
+    packed = [m.dm.epoch_tensors(m.first + epoch) for m in members]
     bs, T = members[0].cfg.train.batch_size, members[0].cfg.train.seq_len
     pad = members[0].dm.pad_id
     counts = [math.ceil(ids.shape[0] / bs) for ids, _ in packed]
@@ -217,12 +222,14 @@ def _epoch_batches(members: list[_Member], epoch: int):
 
 
 def run_stack(cfgs: list[RunConfig], forks: tuple[int, ...] = (), init: list[tuple[Path, str]] | None = None) -> dict:
-    """Train ``cfgs`` (runs that differ only in seed and optimizer settings) as one stacked model, resuming
-    from the stack's checkpoint; members already done are skipped. Returns a summary per member.
+    """Train ``cfgs`` (runs that differ only in seed, epochs and optimizer settings) as one stacked model,
+    resuming from the stack's checkpoint; members already done are skipped, and a member leaves the stack
+    (written as its run) after its last epoch. Returns a summary per member.
 
     ``forks``: epochs at which each member's ``fork_state`` is kept (a stack of cooldown-branch trunks).
-    ``init``: per member, (its trunk's fork state, the trunk's id): the members are branches that start there
-    while the stack has no checkpoint of its own."""
+    ``init``: per member, (its trunk's fork state, the trunk's id): the members are cooldown branches, each
+    starting at its own fork epoch from its trunk's state while the stack has no checkpoint of its own (so
+    branches of different lengths train side by side)."""
     check_stackable(cfgs)
     if init is not None and len(init) != len(cfgs):
         raise ValueError(f"{len(init)} fork states for {len(cfgs)} stack members")
@@ -260,7 +267,6 @@ def _train_stack(todo, path: Path, facts, manifest: dict, forks: tuple[int, ...]
 
     fault = parse_fault(os.environ.get(FAULT_ENV))
     cfgs = [c for c, _, _ in todo]
-    init = [i for _, _, i in todo]
     cfg0 = cfgs[0]
     if cfg0.train.num_threads:
         torch.set_num_threads(cfg0.train.num_threads)
@@ -268,79 +274,55 @@ def _train_stack(todo, path: Path, facts, manifest: dict, forks: tuple[int, ...]
     if cfg0.probe.freq_column and cfg0.probe.freq_column in facts.columns:
         facts = facts.with_columns(frequency_buckets(facts[cfg0.probe.freq_column]))
     members = [_Member(c, rd, facts, tok, manifest) for c, rd, _ in todo]
+    for m, (_, _, init) in zip(members, todo):
+        m.init = init  # (its trunk's fork state, the trunk's id) for a branch, else None
+        m.first = round(m.cfg.train.epochs * (1 - m.cfg.optim.decay_frac)) if init else 0
     total = [m.batches_per_epoch * m.cfg.train.epochs for m in members]  # Lightning's estimated_stepping_batches
     ens = Ensemble.from_configs(cfgs, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, total)
     if cfg0.train.compile:  # the stacked forward + loss (and its backward) under torch.compile, static shapes:
         ens.compile()       # every step is [K, batch, seq_len] (a short last batch is padded)
-    where = {"epoch": 0, "i": np.zeros(len(members)), "n": np.ones(len(members))}
-
     # training progress as Lightning's scheduler sees it before a member's next step: epoch + batches done / batches
-    ens.schedules = [lr_lambda(c, n, progress=lambda step, k=k: where["epoch"] + where["i"][k] / where["n"][k])
-                     for k, (c, n) in enumerate(zip(cfgs, total))]
-    attempts = [m.rd.start_attempt()["attempts"] for m in members]
+    ens.schedules = [lr_lambda(c, n, progress=lambda step, m=m: m.epoch + m.i / m.n)
+                     for c, n, m in zip(cfgs, total, members)]
+    attempts = {m.rd.id: m.rd.start_attempt()["attempts"] for m in members}
     t0 = time.time()
-    start = resumed = _resume(path, ens, members)
-    if not start and all(init):  # branches with no stack checkpoint of their own: from their trunks' forks
-        start = _start_from_forks(ens, members, [p for p, _ in init])
-    E = cfg0.train.epochs
+    start = resumed = _resume(path, ens, members)  # the stack's epochs done (member k's: first + start)
+    if not start and any(m.init for m in members):  # branches with no stack checkpoint: from their trunks' forks
+        if not all(m.init for m in members):
+            raise ValueError("a stack's members all start from fork states, or none does")
+        _start_from_forks(ens, members, [m.init[0] for m in members])
+    results: list[dict] = []
     try:
-        for epoch in range(start, E):
+        results += _leave(ens, members, [m for m in members if m.first + start >= m.cfg.train.epochs], tok,
+                          manifest, {"resumed": resumed, "attempts": attempts, "t0": t0, "width": len(members)})
+        epoch = start
+        while members:
             sums, counts = torch.zeros(len(members)), torch.zeros(len(members))
-            where["epoch"] = epoch
+            for m in members:
+                m.epoch = m.first + epoch
             for ids, labels, active, i, per_member in _epoch_batches(members, epoch):
-                where["i"][:], where["n"][:] = i, per_member
+                for m, n in zip(members, per_member):
+                    m.i, m.n = i, n
                 losses = ens.train_step(ids, labels, active)
                 sums += torch.where(active, losses, 0.0)
                 counts += active
-            done = epoch + 1
+            epoch += 1
             for k, m in enumerate(members):
-                if m.failed is not None:
-                    continue
-                mean = float(sums[k] / counts[k].clamp(min=1))
-                try:
-                    if not math.isfinite(mean):
-                        raise FloatingPointError(f"training loss is {mean} in epoch {done}: the run diverged; lower "
-                                                 "optim.lr or set optim.grad_clip")
-                    m.losses.append(mean)
-                    if done % m.cfg.probe.every_epochs == 0 or done == E:
-                        rows = probe_and_record(m.prober, ens.member(k), done, int(ens.opt.steps[k]),
-                                                int(ens.tokens_seen[k]), m.rd.history)
-                        m.rows.extend(rows)
-                        mr = {r["split"]: r["mr"] for r in rows if r["group_by"] == "all"}
-                        print(f"[{m.rd.id}] epoch {done}/{E}: " + ", ".join(f"{s} MR {v:.3f}" for s, v in mr.items()),
-                              flush=True)
-                        m.rd.write_progress(done, E, mr, resumed_from=start)
-                except Exception as e:
-                    _fail(m, e)
-            if done in forks:  # before the epoch's stack checkpoint: a kill in between redoes the epoch
-                for k, m in enumerate(members):
-                    if m.failed is None:
-                        _save_fork(ens, k, m, done)
-            _save(path, ens, members, done)
-            if fault and fault[1] == done and fault[2] == attempts[0]:
-                inject_fault(fault[0], done)
+                if m.failed is None:
+                    _after_epoch(m, ens, k, float(sums[k] / counts[k].clamp(min=1)), m.first + epoch, start)
+                    if m.first + epoch in forks and m.failed is None:  # before the stack's checkpoint: a kill in
+                        _save_fork(ens, k, m, m.first + epoch)         # between redoes the epoch
+            hit = fault and any(m.first + epoch == fault[1] and fault[2] == attempts[m.rd.id] for m in members)
+            results += _leave(ens, members, [m for m in members if m.first + epoch >= m.cfg.train.epochs], tok,
+                              manifest, {"resumed": resumed, "attempts": attempts, "t0": t0, "width": len(cfgs)})
+            if members:
+                _save(path, ens, members, epoch)
+            if hit:  # after the epoch's checkpoint (and the writes of members that ended with it)
+                inject_fault(fault[0], fault[1])
     finally:
         for m in members:
             m.rd.end_attempt(time.time() - t0)
-    results = []
-    for k, m in enumerate(members):
-        if m.failed is not None:
-            results.append({"run_id": m.rd.id, "state": "failed", "error": m.failed})
-            continue
-        m.dm.epoch_tensors(E - 1)  # real_fraction of the last epoch, as a standalone run reports it
-        # train_wall_s: the whole stack's (its members train at once); device and precision: what it ran on
-        meta = {"resumed_from_epoch": resumed or None, "attempts": attempts[k], "train_wall_s": time.time() - t0,
-                "stack_members": len(members), "device": "cpu", "precision": "32-true"}
-        if init[k]:
-            meta.update(branch_of=init[k][1], fork_epoch=round(E * (1 - m.cfg.optim.decay_frac)))
-        try:
-            _write_losses(m)
-            results.append(write_run(m.cfg, m.rd, ens.member(k), tok, m.dm, manifest, m.rows,
-                                     m.prober.last_tables, meta))
-        except Exception as e:  # this member's outputs failed: the others are still written
-            _fail(m, e)
-            results.append({"run_id": m.rd.id, "state": "failed", "error": m.failed})
-    if all(r["state"] == "done" for r in results):
+    if all(r["state"] == "done" for r in results):  # else a relaunch finds the failed members where they failed
         for name in ("last.pt", "prev.pt"):
             (path / name).unlink(missing_ok=True)
         for d in (path, path.parent):  # the stack's directory, then _stacks if it was the last
@@ -349,3 +331,53 @@ def _train_stack(todo, path: Path, facts, manifest: dict, forks: tuple[int, ...]
             except OSError:
                 break
     return results
+
+
+def _after_epoch(m: _Member, ens: Ensemble, k: int, mean: float, done: int, start: int) -> None:
+    """A member's epoch ``done`` is over: its loss (NaN guard), its probe at its probe epochs, its progress."""
+    E = m.cfg.train.epochs
+    try:
+        if not math.isfinite(mean):
+            raise FloatingPointError(f"training loss is {mean} in epoch {done}: the run diverged; lower optim.lr "
+                                     "or set optim.grad_clip")
+        m.losses.append(mean)
+        if done % m.cfg.probe.every_epochs == 0 or done == E:
+            rows = probe_and_record(m.prober, ens.member(k), done, int(ens.opt.steps[k]), int(ens.tokens_seen[k]),
+                                    m.rd.history)
+            m.rows.extend(rows)
+            mr = {r["split"]: r["mr"] for r in rows if r["group_by"] == "all"}
+            print(f"[{m.rd.id}] epoch {done}/{E}: " + ", ".join(f"{s} MR {v:.3f}" for s, v in mr.items()), flush=True)
+            m.rd.write_progress(done, E, mr, resumed_from=m.first + start)
+    except Exception as e:
+        _fail(m, e)
+
+
+def _leave(ens: Ensemble, members: list[_Member], leaving: list[_Member], tok, manifest: dict, info: dict) -> list:
+    """Members at their last epoch leave the stack: each is written as its run (or stays failed), its attempt
+    ends, and the ensemble keeps only the others (so no step computes a finished member)."""
+    out = []
+    for m in leaving:
+        k = members.index(m)
+        if m.failed is None:
+            m.dm.epoch_tensors(m.cfg.train.epochs - 1)  # real_fraction of the last epoch, as a standalone run has
+            # train_wall_s: the stack's so far (its members train at once); device and precision: what it ran on
+            meta = {"resumed_from_epoch": (m.first + info["resumed"]) if info["resumed"] else None,
+                    "attempts": info["attempts"][m.rd.id], "train_wall_s": time.time() - info["t0"],
+                    "stack_members": info["width"], "device": "cpu", "precision": "32-true"}
+            if m.init:
+                meta.update(branch_of=m.init[1], fork_epoch=m.first)
+            try:
+                _write_losses(m)
+                out.append(write_run(m.cfg, m.rd, ens.member(k), tok, m.dm, manifest, m.rows, m.prober.last_tables,
+                                     meta))
+            except Exception as e:  # this member's outputs failed: the others are still written
+                _fail(m, e)
+        if m.failed is not None:
+            out.append({"run_id": m.rd.id, "state": "failed", "error": m.failed})
+        m.rd.end_attempt(time.time() - info["t0"])
+    if leaving:
+        keep = [k for k, m in enumerate(members) if m not in leaving]
+        if keep:
+            ens.keep(keep)
+        members[:] = [members[k] for k in keep]
+    return out

@@ -241,6 +241,29 @@ def test_fork_copies_member_state_exactly():
         ens.fork(0, 1, config("llama", **{"model.hidden": 32}), total_steps=8)
 
 
+def test_members_that_leave_do_not_change_the_others():
+    """``keep``: after member 1 leaves (and the others swap slots), members 0 and 2 take the very steps they
+    take in the full ensemble: weights, moments, step counts, learning rates and tokens bit for bit."""
+    cfgs = member_configs("qwen2")
+    data = [batches(c, 5) for c in cfgs]
+    step = [(torch.stack([d[s][0] for d in data]), torch.stack([d[s][1] for d in data])) for s in range(5)]
+    full = Ensemble.from_configs(cfgs, VOCAB, BOS, EOS, PAD, [10] * 3)
+    left = Ensemble.from_configs(cfgs, VOCAB, BOS, EOS, PAD, [10] * 3)
+    for s in range(2):
+        full.train_step(*step[s])
+        left.train_step(*step[s])
+    left.keep([2, 0])
+    assert left.K == 2 and left.flat.shape[0] == 2 and left.flat.requires_grad
+    for s in range(2, 5):
+        full.train_step(*step[s])
+        left.train_step(step[s][0][[2, 0]], step[s][1][[2, 0]])
+    for a, b in ((left.flat.detach(), full.flat.detach()), (left.opt.exp_avg, full.opt.exp_avg),
+                 (left.opt.exp_avg_sq, full.opt.exp_avg_sq), (left.opt.steps, full.opt.steps),
+                 (left.tokens_seen, full.tokens_seen)):
+        assert torch.equal(a, b[[2, 0]])
+    assert torch.equal(left.lrs(), full.lrs()[[2, 0]])
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_unstacked_member_is_an_ordinary_model_with_the_stacked_logits(arch, tmp_path):
     from transformers import AutoModelForCausalLM
