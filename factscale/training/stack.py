@@ -292,11 +292,15 @@ def _train_stack(todo, path: Path, facts, manifest: dict, forks: tuple[int, ...]
             raise ValueError("a stack's members all start from fork states, or none does")
         _start_from_forks(ens, members, [m.init[0] for m in members])
     results: list[dict] = []
+    info = {"resumed": resumed, "attempts": attempts, "t0": t0, "width": len(members)}
+
+    def ended(epoch):  # members past their last epoch; a failed member keeps its (inactive) slot, so the
+        return [m for m in members if m.failed is None and m.first + epoch >= m.cfg.train.epochs]  # checkpoint has it
+
     try:
-        results += _leave(ens, members, [m for m in members if m.first + start >= m.cfg.train.epochs], tok,
-                          manifest, {"resumed": resumed, "attempts": attempts, "t0": t0, "width": len(members)})
+        results += _leave(ens, members, ended(start), tok, manifest, info)
         epoch = start
-        while members:
+        while any(m.failed is None for m in members):
             sums, counts = torch.zeros(len(members)), torch.zeros(len(members))
             for m in members:
                 m.epoch = m.first + epoch
@@ -313,12 +317,12 @@ def _train_stack(todo, path: Path, facts, manifest: dict, forks: tuple[int, ...]
                     if m.first + epoch in forks and m.failed is None:  # before the stack's checkpoint: a kill in
                         _save_fork(ens, k, m, m.first + epoch)         # between redoes the epoch
             hit = fault and any(m.first + epoch == fault[1] and fault[2] == attempts[m.rd.id] for m in members)
-            results += _leave(ens, members, [m for m in members if m.first + epoch >= m.cfg.train.epochs], tok,
-                              manifest, {"resumed": resumed, "attempts": attempts, "t0": t0, "width": len(cfgs)})
+            results += _leave(ens, members, ended(epoch), tok, manifest, info)
             if members:
                 _save(path, ens, members, epoch)
             if hit:  # after the epoch's checkpoint (and the writes of members that ended with it)
                 inject_fault(fault[0], fault[1])
+        results += [{"run_id": m.rd.id, "state": "failed", "error": m.failed} for m in members]
     finally:
         for m in members:
             m.rd.end_attempt(time.time() - t0)
@@ -353,30 +357,29 @@ def _after_epoch(m: _Member, ens: Ensemble, k: int, mean: float, done: int, star
 
 
 def _leave(ens: Ensemble, members: list[_Member], leaving: list[_Member], tok, manifest: dict, info: dict) -> list:
-    """Members at their last epoch leave the stack: each is written as its run (or stays failed), its attempt
-    ends, and the ensemble keeps only the others (so no step computes a finished member)."""
-    out = []
+    """Members past their last epoch leave the stack: each is written as its run, its attempt ends, and the
+    ensemble keeps only the others (no step computes a finished member). A member whose outputs fail to
+    write is failed and keeps its slot, like any failed member."""
+    out, gone = [], []
     for m in leaving:
         k = members.index(m)
-        if m.failed is None:
-            m.dm.epoch_tensors(m.cfg.train.epochs - 1)  # real_fraction of the last epoch, as a standalone run has
-            # train_wall_s: the stack's so far (its members train at once); device and precision: what it ran on
-            meta = {"resumed_from_epoch": (m.first + info["resumed"]) if info["resumed"] else None,
-                    "attempts": info["attempts"][m.rd.id], "train_wall_s": time.time() - info["t0"],
-                    "stack_members": info["width"], "device": "cpu", "precision": "32-true"}
-            if m.init:
-                meta.update(branch_of=m.init[1], fork_epoch=m.first)
-            try:
-                _write_losses(m)
-                out.append(write_run(m.cfg, m.rd, ens.member(k), tok, m.dm, manifest, m.rows, m.prober.last_tables,
-                                     meta))
-            except Exception as e:  # this member's outputs failed: the others are still written
-                _fail(m, e)
-        if m.failed is not None:
-            out.append({"run_id": m.rd.id, "state": "failed", "error": m.failed})
+        m.dm.epoch_tensors(m.cfg.train.epochs - 1)  # real_fraction of the last epoch, as a standalone run has it
+        # train_wall_s: the stack's so far (its members train at once); device and precision: what it ran on
+        meta = {"resumed_from_epoch": (m.first + info["resumed"]) if info["resumed"] else None,
+                "attempts": info["attempts"][m.rd.id], "train_wall_s": time.time() - info["t0"],
+                "stack_members": info["width"], "device": "cpu", "precision": "32-true"}
+        if m.init:
+            meta.update(branch_of=m.init[1], fork_epoch=m.first)
+        try:
+            _write_losses(m)
+            out.append(write_run(m.cfg, m.rd, ens.member(k), tok, m.dm, manifest, m.rows, m.prober.last_tables, meta))
+        except Exception as e:  # this member's outputs failed: the others are still written
+            _fail(m, e)
+            continue
         m.rd.end_attempt(time.time() - info["t0"])
-    if leaving:
-        keep = [k for k, m in enumerate(members) if m not in leaving]
+        gone.append(m)
+    if gone:
+        keep = [k for k, m in enumerate(members) if m not in gone]
         if keep:
             ens.keep(keep)
         members[:] = [members[k] for k in keep]
