@@ -51,3 +51,24 @@ def test_bench_stack_runs_and_both_ways_agree():
     assert out.returncode == 0, out.stderr[-2000:]
     line = next(x for x in out.stdout.splitlines() if x.startswith("round 0"))
     assert float(line.rsplit("value loss ", 1)[1]) < 1e-4 and "median ratio" in out.stdout
+
+
+@pytest.mark.slow  # a 2-seed branch sweep both ways in a subprocess
+def test_bench_branch_stack_runs_and_both_ways_agree():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_branch_stack.py"), "--budgets", "5,10",
+                          "--seeds", "2", "--facts", "300"], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("round 0"))
+    assert "4 runs" in line and float(line.rsplit("relative value loss ", 1)[1]) < 1e-5  # short: float noise only
+    assert "median ratio" in out.stdout
+
+
+@pytest.mark.slow  # two short standalone runs in a subprocess
+def test_bench_noise_runs_and_its_first_epochs_agree():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_noise.py"), "--epochs", "2", "--facts",
+                          "300"], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [x.split() for x in out.stdout.splitlines() if x.split()[:1] in (["1"], ["2"])]
+    assert len(rows) == 2 and all(float(r[3]) < 1e-6 for r in rows)  # the same function, summed in another order

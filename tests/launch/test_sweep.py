@@ -99,14 +99,19 @@ def test_local_jobs_start_longest_first(monkeypatch, tmp_path):
     from factscale.demo import demo_spec
     from factscale.launch import sweep
     from factscale.launch.branches import launch_units
+    from factscale.launch.stacks import branch_stack_units
 
     spec = spec_from_dict(demo_spec(tmp_path), "demo")
     cfgs = expand(spec)
-    units = launch_units(cfgs, [SimpleNamespace(corpus_hash="c")] * len(cfgs))
+    rds = [SimpleNamespace(corpus_hash="c")] * len(cfgs)
     seen = []
     monkeypatch.setattr(sweep, "_poll_local", lambda ex, r, pending, *a: seen.extend(c.model.size for c, _ in pending))
-    sweep._launch_local(spec, units, tmp_path / "f", print)
+    sweep._launch_local(spec, launch_units(cfgs, rds), tmp_path / "f", print)  # stack: off
     assert len(seen) == 12 and seen[:3] == ["5k"] * 3 and seen[-3:] == ["500"] * 3
+    seen.clear()
+    assert spec.stack == "seeds"  # the demo's own: one job per size (its 3 seeds' trunks and 12 branches)
+    sweep._launch_local(spec, branch_stack_units(cfgs, rds), tmp_path / "f", print)
+    assert seen == ["5k", "2k", "900", "500"]
 
 
 @pytest.mark.parametrize("grid, match", [
