@@ -70,7 +70,8 @@ class SlurmResources:
     """SLURM quality of service; null = the default."""
     signal_delay_s: int = 60
     """Seconds before the limit that SLURM sends USR2 (must leave time to requeue). SLURM may send it up to
-    60 s earlier than asked, so ``time_min * 60 - signal_delay_s`` must exceed 60."""
+    60 s earlier than asked, and a job needs ~30 s to catch it, so ``time_min * 60 - signal_delay_s`` must be
+    at least 90."""
     max_requeues: int = 5
     """Requeues after a time limit or preemption before a run counts as failed."""
 
@@ -82,15 +83,19 @@ class SlurmResources:
         # SLURM checks signal times at a 60 s resolution, so USR2 can come that much early: at a job's
         # start, before submitit has installed its handler (it does so after unpickling the job), USR2
         # kills the job outright instead of requeuing it.
-        if self.time_min * 60 - self.signal_delay_s <= SIGNAL_RESOLUTION_S:
+        if self.time_min * 60 - self.signal_delay_s < SIGNAL_RESOLUTION_S + HANDLER_START_S:
             raise ConfigError(
                 f"resources.slurm.signal_delay_s={self.signal_delay_s} with time_min={self.time_min}: SLURM may "
-                f"send USR2 up to {SIGNAL_RESOLUTION_S} s early, so time_min * 60 - signal_delay_s must be > "
-                f"{SIGNAL_RESOLUTION_S} (raise time_min or lower signal_delay_s)")
+                f"send USR2 up to {SIGNAL_RESOLUTION_S} s early and a job needs ~{HANDLER_START_S} s to catch it, so "
+                f"time_min * 60 - signal_delay_s must be >= {SIGNAL_RESOLUTION_S + HANDLER_START_S} (raise time_min "
+                "or lower signal_delay_s)")
 
 
 SIGNAL_RESOLUTION_S = 60
 """``sbatch --signal``: "the signal may be sent up to 60 seconds earlier than specified"."""
+HANDLER_START_S = 30
+"""Time a job's Python needs before submitit's USR2 handler is installed (it is, after unpickling the job:
+torch, Lightning and transformers imported); a USR2 before that kills the job instead of requeuing it."""
 
 
 def slurm_parameters(r: SlurmResources, job_name: str, num_nodes: int = 1, devices: int = 1) -> dict:

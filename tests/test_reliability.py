@@ -329,6 +329,19 @@ def test_a_killed_attempt_counts_its_wall_time_up_to_its_last_checkpoint(tiny_co
     assert st["attempts"] == 2 and st["wall_s"] == 30.0
 
 
+def test_an_attempt_killed_before_its_first_checkpoint_does_not_block_the_next(tiny_corpus, tmp_path):
+    """A SIGKILL in the first epoch leaves ``progress: null``; the next attempt starts (it used to raise
+    TypeError comparing None with the start time, so the run could never be launched again)."""
+    from factscale.training.rundir import RunDir
+    from tests.conftest import tiny_run_config
+
+    rd = RunDir(tiny_run_config(tiny_corpus, tmp_path))
+    rd.create()
+    rd.start_attempt()
+    st = rd.start_attempt()  # no checkpoint, no end_attempt: killed in its first epoch
+    assert st["attempts"] == 2 and st["wall_s"] == 0.0
+
+
 def test_corpus_directories_follow_the_umask_not_0700(tmp_path):
     import os
     import stat

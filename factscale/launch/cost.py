@@ -152,7 +152,7 @@ def job_costs(spec, rows: list[dict], mfu: float, peak_tflops: float) -> list[di
     cfgs = expand(spec)
     per_epoch = {id(c): r["flops"] / r["epochs"] if r["flops"] else None for c, r in zip(cfgs, rows)}
     if spec.cooldown_branches and spec.stack == "seeds":  # a stack of branch groups: one job
-        units = [u if isinstance(u, (BranchStack, StackGroup)) else c
+        units = [u if isinstance(u, (BranchStack, BranchGroup, StackGroup)) else c
                  for c, u in branch_stack_units(cfgs, [None] * len(cfgs))]
     elif spec.cooldown_branches:
         units = groups(cfgs)

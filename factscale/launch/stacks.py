@@ -13,6 +13,7 @@ them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from factscale.configio import from_dict, to_dict
@@ -134,12 +135,26 @@ def branch_stack_units(cfgs: list[RunConfig], rds: list[RunDir]) -> list[tuple[R
     return out + stack_units([c for c, _ in lone], [rd for _, rd in lone])
 
 
+def check_units(units: list[tuple[RunConfig, object]]) -> None:
+    """Before anything is submitted: every stack the launcher would run can be stacked (``check_stackable``:
+    one shape, no experts, one CPU process in fp32), so a refusal is one error line, not a failed job."""
+    from factscale.training.stack import check_stackable
+
+    for _, u in units:
+        if isinstance(u, StackGroup):
+            check_stackable(u.members)
+        elif isinstance(u, BranchStack):
+            check_stackable([g.trunk for g in u.groups])
+            check_stackable([b for g in u.groups for b in g.branches])
+
+
 def run_branch_stack(payload: dict) -> dict:
     """A ``BranchStack``'s job: the trunks as one stack (keeping their fork states) while a branch still needs
     one, then every branch as one stack from those states. A branch whose trunk state is missing (its
     trunk failed, or the sweep gained an epoch count after the trunk passed it) trains from the start, stacked
     with the others like it: the same result, as for non-stacked branches. Every piece resumes from its own
     checkpoint; finished runs are skipped."""
+    from factscale.launch.branches import _readable
     from factscale.training.stack import run_stack
 
     parts = payload["branch_stack"]
@@ -151,8 +166,14 @@ def run_branch_stack(payload: dict) -> dict:
 
     need = [not RunDir(b, trd.corpus_hash).results.exists() and not fork_state(trd, f).exists()
             for seed, trd in zip(branches, trunk_rds) for b, f in zip(seed, forks)]
-    if any(need):
-        out["trunk_result"] = run_stack(trunks, forks=tuple(forks))
+    if any(need) or not all(trd.results.exists() for trd in trunk_rds):  # a trunk killed after its last fork
+        out["trunk_result"] = run_stack(trunks, forks=tuple(forks))      # still ends as a run
+    for trd in trunk_rds:
+        for f in forks:
+            state = fork_state(trd, f)
+            if state.exists() and not _readable(state):  # a torn write or a bad disk: its branch trains from the start
+                os.replace(state, state.with_name(state.name + ".corrupt"))
+                trd.note(f"fork state {state} is unreadable; moved to {state.name}.corrupt")
     # every branch of every seed side by side, each from its own trunk's state at its fork epoch
     pieces = [(b, fork_state(trd, f), trd.id) for seed, trd in zip(branches, trunk_rds) for b, f in zip(seed, forks)]
     forked = [p for p in pieces if p[1].exists()]

@@ -174,6 +174,10 @@ def launch(spec: SweepSpec, cluster: Literal["local", "slurm", "debug"] = "local
         from factscale.launch.stacks import stack_units
 
         units = stack_units(cfgs, [rd for _, rd in units])
+    if spec.stack == "seeds":
+        from factscale.launch.stacks import check_units
+
+        check_units(units)
     for cfg, rd in units:
         st = rd.status()
         if st["state"] in _SKIP:
@@ -221,7 +225,11 @@ def _job_arg(cfg: RunConfig, rd, **train_over) -> dict:
 def _wait(job, rd: RunDir) -> dict:
     try:
         res = job.result()
-        return {"state": res.get("state", "done"), "result": res}
+        out = {"state": res.get("state", "done"), "result": res}
+        bad = [r for r in res.get("runs", []) if r.get("state") == "failed"]
+        if out["state"] == "failed" and bad:  # a stack: its failed members, each with its own error
+            out["error"] = "; ".join(f"{r['run_id']}: {r.get('error')}" for r in bad)[:600]
+        return out
     except Exception as e:  # submitit.core.utils.FailedJobError and friends: a failure, never a success
         st = rd.status()
         err = st.get("error") or (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]

@@ -240,7 +240,8 @@ class RunDir:
 
     def start_attempt(self) -> dict:
         st = self.attempts()
-        if st.get("started") and not st.get("ended") and st.get("progress", 0) > st["started"]:
+        # progress is None when the previous attempt was killed before its first checkpoint: nothing to count
+        if st.get("started") and not st.get("ended") and (st.get("progress") or 0) > st["started"]:
             # the previous attempt was killed (SIGKILL, OOM, node loss): count it up to its last checkpoint
             st["wall_s"] = st.get("wall_s", 0.0) + st["progress"] - st["started"]
         st["attempts"] += 1

@@ -42,6 +42,7 @@ import torch
 
 from factscale.configio import flatten, to_dict
 from factscale.errors import ConfigError
+from factscale.fsio import write_atomic
 from factscale.training.config import RunConfig
 from factscale.corpus.build import load_corpus
 from factscale.probing.engine import Prober
@@ -96,6 +97,7 @@ class _Member:
         self.rows: list[dict] = []
         self.losses: list[float] = []  # mean training loss per epoch
         self.failed: str | None = None
+        self.write_failed = False  # failed only in writing its run: a relaunch writes it again
         self.first = 0  # the member's epoch at the stack's epoch 0 (a branch: its fork epoch)
         # where its schedule is: epoch, batches done and batches in the epoch (Lightning's progress)
         self.epoch, self.i, self.n = 0, 0, 1
@@ -146,7 +148,7 @@ def _save(path: Path, ens: Ensemble, members: list[_Member], epoch: int) -> None
     state = {"epoch": epoch, "flat": ens.flat.detach(), "exp_avg": ens.opt.exp_avg, "exp_avg_sq": ens.opt.exp_avg_sq,
              "steps": ens.opt.steps, "tokens_seen": ens.tokens_seen, "ids": [m.rd.id for m in members],
              "rows": [m.rows for m in members], "losses": [m.losses for m in members],
-             "failed": [m.failed for m in members]}
+             "failed": [m.failed for m in members], "write_failed": [m.write_failed for m in members]}
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / ".last.pt.tmp"
     torch.save(state, tmp)
@@ -181,18 +183,18 @@ def _resume(path: Path, ens: Ensemble, members: list[_Member]) -> int:
         ens.tokens_seen.copy_(s["tokens_seen"][idx])
         for m, i in zip(members, idx):
             m.rows, m.losses, m.failed = s["rows"][i], s["losses"][i], s["failed"][i]
+            if s.get("write_failed", [False] * len(s["ids"]))[i]:  # its outputs failed to write (a full disk, say):
+                m.failed = None                                     # trained to its end, it leaves again now
         return int(s["epoch"])
     return 0
 
 
 def _write_losses(m: _Member) -> None:
     """``logs/version_0/metrics.csv``: the mean training loss per epoch (0-based epochs), where and as a
-    standalone run's CSV log has it."""
-    from factscale.fsio import write_atomic
-
+    standalone run's CSV log has it (a branch's from its fork epoch on, as a non-stacked branch logs)."""
     d = m.rd.logs / "version_0"
     d.mkdir(parents=True, exist_ok=True)
-    lines = ["epoch,train/epoch_loss", *(f"{e},{v!r}" for e, v in enumerate(m.losses))]
+    lines = ["epoch,train/epoch_loss", *(f"{e},{v!r}" for e, v in enumerate(m.losses) if e >= m.first)]
     write_atomic(d / "metrics.csv", "\n".join(lines) + "\n")
 
 
@@ -284,20 +286,25 @@ def _train_stack(todo, path: Path, facts, manifest: dict, forks: tuple[int, ...]
     # training progress as Lightning's scheduler sees it before a member's next step: epoch + batches done / batches
     ens.schedules = [lr_lambda(c, n, progress=lambda step, m=m: m.epoch + m.i / m.n)
                      for c, n, m in zip(cfgs, total, members)]
-    attempts = {m.rd.id: m.rd.start_attempt()["attempts"] for m in members}
-    t0 = time.time()
-    start = resumed = _resume(path, ens, members)  # the stack's epochs done (member k's: first + start)
-    if not start and any(m.init for m in members):  # branches with no stack checkpoint: from their trunks' forks
-        if not all(m.init for m in members):
-            raise ValueError("a stack's members all start from fork states, or none does")
-        _start_from_forks(ens, members, [m.init[0] for m in members])
-    results: list[dict] = []
-    info = {"resumed": resumed, "attempts": attempts, "t0": t0, "width": len(members)}
+    errors = {m.rd.id: m.rd.error.read_text() for m in members if m.rd.error.exists()}  # a new attempt clears them
+    attempts, t0 = {}, time.time()
 
     def ended(epoch):  # members past their last epoch; a failed member keeps its (inactive) slot, so the
         return [m for m in members if m.failed is None and m.first + epoch >= m.cfg.train.epochs]  # checkpoint has it
 
     try:
+        for m in members:
+            attempts[m.rd.id] = m.rd.start_attempt()["attempts"]
+        start = resumed = _resume(path, ens, members)  # the stack's epochs done (member k's: first + start)
+        for m in members:
+            if m.failed is not None and m.rd.id in errors:  # failed in an earlier attempt: still failed, same error
+                write_atomic(m.rd.error, errors[m.rd.id])
+        if not start and any(m.init for m in members):  # branches with no stack checkpoint: from their trunks' forks
+            if not all(m.init for m in members):
+                raise ValueError("a stack's members all start from fork states, or none does")
+            _start_from_forks(ens, members, [m.init[0] for m in members])
+        results: list[dict] = []
+        info = {"resumed": resumed, "attempts": attempts, "t0": t0, "width": len(members)}
         results += _leave(ens, members, ended(start), tok, manifest, info)
         epoch = start
         while any(m.failed is None for m in members):
@@ -375,6 +382,7 @@ def _leave(ens: Ensemble, members: list[_Member], leaving: list[_Member], tok, m
             out.append(write_run(m.cfg, m.rd, ens.member(k), tok, m.dm, manifest, m.rows, m.prober.last_tables, meta))
         except Exception as e:  # this member's outputs failed: the others are still written
             _fail(m, e)
+            m.write_failed = True
             continue
         m.rd.end_attempt(time.time() - info["t0"])
         gone.append(m)

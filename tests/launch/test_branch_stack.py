@@ -54,6 +54,8 @@ def test_the_seeds_branch_groups_are_one_job_and_costed_as_one(tiny_corpus, tmp_
     one = spec_from_dict({**_spec(tmp_path / "runs", tiny_corpus, seeds=(0,))}, "s")
     [(_, u)] = branch_stack_units(expand(one), [RunDir(c) for c in expand(one)])
     assert isinstance(u, BranchGroup)
+    [job] = job_costs(one, plan(one), 0.2, 100.0)  # a lone group is costed as one (it raised KeyError)
+    assert job["job"].startswith("trunk ") and job["epochs"] == 4 + 2 + 4
 
 
 @pytest.mark.slow  # a stacked and a non-stacked branched sweep of 2 seeds
@@ -136,3 +138,34 @@ def test_a_diverging_trunk_fails_its_own_branches_only(tiny_corpus, tmp_path):
     assert all("diverged" in s["error"] for s in by_lr[1e30])
     trunks = {r["run_id"]: r["state"] for r in sweep_status(spec) if r["run_id"].startswith(TRUNKS)}
     assert sorted(trunks.values()) == ["done", "failed"]
+    [again] = launch(spec, cluster="debug", log=lambda *_: None)  # a relaunch: still failed, with the same errors
+    assert again["state"] == "failed" and "diverged" in again["error"]
+    for c in expand(spec):
+        st = RunDir(c).status()
+        assert st["state"] == ("done" if c.optim.lr == 1e-2 else "failed"), st
+        assert c.optim.lr == 1e-2 or "diverged" in st["error"]
+
+
+@pytest.mark.slow  # a stacked branch sweep, then its branches again from a torn fork state
+def test_an_unreadable_fork_state_makes_its_branch_train_from_the_start(tiny_corpus, tmp_path):
+    from factscale.launch.stacks import run_branch_stack
+    from factscale.training.stack import fork_state
+
+    spec = spec_from_dict(_spec(tmp_path / "runs", tiny_corpus), "s")
+    cfgs = expand(spec)
+    [(_, unit)] = branch_stack_units(cfgs, [RunDir(c) for c in cfgs])
+    payload = unit.payload()
+    trunks = [g.trunk_dir() for g in unit.groups]
+    from factscale.training.stack import run_stack
+
+    assert run_stack([g.trunk for g in unit.groups], forks=(2, 4))["state"] == "done"
+    torn = fork_state(trunks[1], 4)
+    torn.write_bytes(torn.read_bytes()[:100])
+    out = run_branch_stack(payload)
+    assert out["state"] == "done" and torn.with_name(torn.name + ".corrupt").exists()
+    by_id = {RunDir(c).id: pl.read_parquet(RunDir(c).results) for c in cfgs}
+    alone = RunDir(next(c for c in cfgs if c.seed == 1 and c.train.epochs == 8)).id
+    assert "branch_of" not in by_id[alone].columns and by_id[alone]["stack_members"][0] == 1  # a standalone run
+    for c in cfgs:
+        if RunDir(c).id != alone:
+            assert by_id[RunDir(c).id]["branch_of"][0] == trunks[c.seed].id

@@ -67,6 +67,30 @@ def test_a_diverging_member_fails_alone(tiny_corpus, tmp_path):
     assert bad.status()["state"] == "failed" and not bad.results.exists()
 
 
+@pytest.mark.slow  # two short stacks
+def test_a_member_whose_outputs_fail_to_write_is_written_on_relaunch(tiny_corpus, tmp_path, monkeypatch):
+    """A write that fails (a full disk, say) fails that member alone; the relaunch resumes the stack at its end
+    and writes it, without training again (the same attempt count of epochs, results equal)."""
+    import factscale.training.stack as stack
+
+    cfgs = members(tiny_corpus, tmp_path, seeds=(0, 1), **{"train.epochs": 2, "probe.every_epochs": 1})
+    real, bad = stack.write_run, RunDir(cfgs[1]).id
+
+    def flaky(cfg, rd, *a, **k):
+        if rd.id == bad:
+            raise OSError(28, "No space left on device")
+        return real(cfg, rd, *a, **k)
+
+    monkeypatch.setattr(stack, "write_run", flaky)
+    out = run_stack(cfgs)
+    assert out["state"] == "failed" and RunDir(cfgs[1]).status()["state"] == "failed"
+    monkeypatch.setattr(stack, "write_run", real)
+    again = run_stack(cfgs)
+    assert again["state"] == "done" and RunDir(cfgs[1]).results.exists()
+    df = pl.read_parquet(RunDir(cfgs[1]).results)
+    assert df["resumed_from_epoch"][0] == 2 and df["attempts"][0] == 2  # resumed at its end, not retrained
+
+
 def test_a_stack_is_one_job_of_runs_that_differ_only_in_seed_and_optimizer(tiny_corpus, tmp_path):
     d = {"name": "s", "runs_dir": str(tmp_path / "runs"), "stack": "seeds",
          "base": {"corpus": {"path": str(tiny_corpus)}, "train": {"batch_size": 4, "seq_len": 64, "epochs": 2}},
