@@ -230,7 +230,7 @@ class KeepForks(L.Callback):
             os.replace(tmp, dest)
 
 
-def _readable(path: Path) -> bool:
+def readable_checkpoint(path: Path) -> bool:
     import torch
 
     try:
@@ -264,7 +264,7 @@ def run_group(payload: dict) -> dict:
             return {**out, "state": "busy", "message": str(e)}
     for b, f in zip(branches, forks):
         fork = fork_path(trunk_rd, f)
-        if fork.exists() and not _readable(fork):  # a torn write or a bad disk: the branch runs standalone
+        if fork.exists() and not readable_checkpoint(fork):  # a torn write or a bad disk: the branch runs standalone
             os.replace(fork, fork.with_name(fork.name + ".corrupt"))
             trunk_rd.note(f"fork checkpoint {fork} is unreadable; moved to {fork.name}.corrupt")
         try:

@@ -154,7 +154,7 @@ def run_branch_stack(payload: dict) -> dict:
     trunk failed, or the sweep gained an epoch count after the trunk passed it) trains from the start, stacked
     with the others like it: the same result, as for non-stacked branches. Every piece resumes from its own
     checkpoint; finished runs are skipped."""
-    from factscale.launch.branches import _readable
+    from factscale.launch.branches import readable_checkpoint
     from factscale.training.stack import run_stack
 
     parts = payload["branch_stack"]
@@ -171,7 +171,7 @@ def run_branch_stack(payload: dict) -> dict:
     for trd in trunk_rds:
         for f in forks:
             state = fork_state(trd, f)
-            if state.exists() and not _readable(state):  # a torn write or a bad disk: its branch trains from the start
+            if state.exists() and not readable_checkpoint(state):  # torn or on a bad disk: its branch trains alone
                 os.replace(state, state.with_name(state.name + ".corrupt"))
                 trd.note(f"fork state {state} is unreadable; moved to {state.name}.corrupt")
     # every branch of every seed side by side, each from its own trunk's state at its fork epoch

@@ -240,9 +240,8 @@ class RunDir:
 
     def start_attempt(self) -> dict:
         st = self.attempts()
-        # progress is None when the previous attempt was killed before its first checkpoint: nothing to count
         if st.get("started") and not st.get("ended") and (st.get("progress") or 0) > st["started"]:
-            # the previous attempt was killed (SIGKILL, OOM, node loss): count it up to its last checkpoint
+            # the previous attempt was killed (SIGKILL, OOM): count it up to its last checkpoint (None: no checkpoint)
             st["wall_s"] = st.get("wall_s", 0.0) + st["progress"] - st["started"]
         st["attempts"] += 1
         st["started"], st["ended"], st["progress"] = time.time(), None, None
