@@ -99,3 +99,16 @@ def assert_same_results(a, b) -> None:
         if col in a.columns:
             x, y = a[col].cast(pl.Float64).to_numpy(), b[col].cast(pl.Float64).to_numpy()
             assert np.allclose(x, y, rtol=1e-4, atol=1e-6, equal_nan=True), (col, x, y)
+
+
+def cli_with_fault(*args, fault=None, cwd=None):
+    """``factscale ARGS`` in a subprocess with ``FACTSCALE_FAULT`` set to ``fault`` there only (never inherited)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("FACTSCALE_FAULT", None)
+    if fault:
+        env["FACTSCALE_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "factscale.cli", *map(str, args)], env=env, capture_output=True,
+                          text=True, cwd=cwd)

@@ -4,16 +4,13 @@ and a stack killed in its trunk or in a branch resumes, never restarts."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import polars as pl
 import pytest
 import yaml
-from conftest import assert_same_results
+from conftest import cli_with_fault, assert_same_results
 
 from factscale.launch.branches import TRUNKS, BranchGroup
 from factscale.launch.cost import job_costs
@@ -85,14 +82,6 @@ def test_stacked_branches_equal_the_branched_sweep(tiny_corpus, tmp_path):
     assert launch(stacked, cluster="debug", log=lambda *_: None)[0]["skipped"]
 
 
-def _cli(*args, fault=None):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    env.pop("FACTSCALE_FAULT", None)
-    if fault:
-        env["FACTSCALE_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "factscale.cli", *map(str, args)], env=env, capture_output=True,
-                          text=True)
-
 
 @pytest.mark.slow  # four launches in subprocesses
 def test_a_stack_killed_in_its_trunk_and_in_a_branch_resumes_to_the_same_results(tiny_corpus, tmp_path):
@@ -105,13 +94,13 @@ def test_a_stack_killed_in_its_trunk_and_in_a_branch_resumes_to_the_same_results
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(_spec(tmp_path / name, tiny_corpus)))
     killed = spec_from_dict(_spec(tmp_path / "killed", tiny_corpus), "s")
     for _ in range(2):
-        r = _cli("sweep", "launch", tmp_path / "killed.yaml", "--cluster", "debug", fault="kill@3")
+        r = cli_with_fault("sweep", "launch", tmp_path / "killed.yaml", "--cluster", "debug", fault="kill@3")
         assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     trunk = next((tmp_path / "killed" / TRUNKS).iterdir())
     assert (trunk / "results.parquet").exists() and pl.read_parquet(trunk / "results.parquet")["attempts"][0] == 2
-    r = _cli("sweep", "launch", tmp_path / "killed.yaml", "--cluster", "debug", fault="kill@3")
+    r = cli_with_fault("sweep", "launch", tmp_path / "killed.yaml", "--cluster", "debug", fault="kill@3")
     assert r.returncode == 0, r.stderr[-2000:]
-    r = _cli("sweep", "launch", tmp_path / "clean.yaml", "--cluster", "debug")
+    r = cli_with_fault("sweep", "launch", tmp_path / "clean.yaml", "--cluster", "debug")
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = _results(killed), _results(spec_from_dict(_spec(tmp_path / "clean", tiny_corpus), "s"))
     for rid in a:

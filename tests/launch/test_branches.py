@@ -4,16 +4,13 @@ like any run when killed, and bad branch configs fail before anything is created
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import polars as pl
 import pytest
 import yaml
-from conftest import tiny_run_config
+from conftest import cli_with_fault, tiny_run_config
 
 from factscale.analysis.collect import collect
 from factscale.analysis.laws import LAWS
@@ -122,14 +119,6 @@ def test_wsd_decay_starts_exactly_at_the_fork_epoch(tiny_corpus, tmp_path):
     assert decay[-1] >= cfg.optim.min_lr_ratio * lr
 
 
-def _cli(*args, fault=None, cwd=None):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    env.pop("FACTSCALE_FAULT", None)
-    if fault:
-        env["FACTSCALE_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "factscale.cli", *map(str, args)], env=env, capture_output=True,
-                          text=True, cwd=cwd)
-
 
 @pytest.mark.slow  # > 20 s on the shared 2-core CPU
 def test_a_killed_trunk_and_a_branch_killed_mid_decay_resume_never_restart(tiny_corpus, tmp_path):
@@ -143,18 +132,18 @@ def test_a_killed_trunk_and_a_branch_killed_mid_decay_resume_never_restart(tiny_
     (g,) = groups(expand(spec))
     trunk, b5, b10 = RunDir(g.trunk), *(RunDir(c) for c in g.branches)
 
-    first = _cli("sweep", "launch", path, "--cluster", "debug", fault="kill@4")
+    first = cli_with_fault("sweep", "launch", path, "--cluster", "debug", fault="kill@4")
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     assert trunk.status()["state"] == "interrupted" and fork_path(trunk, 3).exists()
     assert [b5.status()["state"], b10.status()["state"]] == ["pending", "pending"]
 
-    second = _cli("sweep", "launch", path, "--cluster", "debug", fault="kill@4")  # trunk attempt 2: not armed
+    second = cli_with_fault("sweep", "launch", path, "--cluster", "debug", fault="kill@4")  # trunk attempt 2: not armed
     assert second.returncode == -signal.SIGKILL, second.stderr[-2000:]
     t = pl.read_parquet(trunk.results)
     assert t["resumed_from_epoch"][0] == 4 and t["attempts"][0] == 2 and fork_path(trunk, 6).exists()
     assert b5.status()["state"] == "interrupted"
 
-    third = _cli("sweep", "launch", path, "--cluster", "debug", fault="kill@4")
+    third = cli_with_fault("sweep", "launch", path, "--cluster", "debug", fault="kill@4")
     assert third.returncode == 0, third.stderr[-2000:]
     r5, r10 = pl.read_parquet(b5.results), pl.read_parquet(b10.results)
     assert r5["resumed_from_epoch"][0] == 4 and r5["attempts"][0] == 2  # from its own epoch-4 checkpoint

@@ -3,16 +3,13 @@ same results; a killed stack resumes; a failing member fails alone."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import polars as pl
 import pytest
 import yaml
-from conftest import assert_same_results, tiny_run_config
+from conftest import cli_with_fault, assert_same_results, tiny_run_config
 
 from factscale.errors import ConfigError
 from factscale.launch.spec import expand, spec_from_dict
@@ -105,14 +102,6 @@ def test_a_stack_is_one_job_of_runs_that_differ_only_in_seed_and_optimizer(tiny_
         run_stack([cfgs[0], cfgs[-1]])
 
 
-def _cli(*args, fault=None):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    env.pop("FACTSCALE_FAULT", None)
-    if fault:
-        env["FACTSCALE_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "factscale.cli", *map(str, args)], env=env, capture_output=True,
-                          text=True)
-
 
 @pytest.mark.slow  # three launches of a 2-member stack in subprocesses
 def test_a_killed_stack_resumes_to_the_same_results(tiny_corpus, tmp_path):
@@ -128,13 +117,13 @@ def test_a_killed_stack_resumes_to_the_same_results(tiny_corpus, tmp_path):
                 "grid": {"seed": [0, 1]}}
     for name in ("killed", "clean"):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(spec(tmp_path / name)))
-    first = _cli("sweep", "launch", tmp_path / "killed.yaml", "--cluster", "debug", fault="kill@2")
+    first = cli_with_fault("sweep", "launch", tmp_path / "killed.yaml", "--cluster", "debug", fault="kill@2")
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     cfgs = expand(spec_from_dict(spec(tmp_path / "killed"), "s"))
     assert [RunDir(c).status()["state"] for c in cfgs] == ["interrupted", "interrupted"]
-    second = _cli("sweep", "launch", tmp_path / "killed.yaml", "--cluster", "debug", fault="kill@2")
+    second = cli_with_fault("sweep", "launch", tmp_path / "killed.yaml", "--cluster", "debug", fault="kill@2")
     assert second.returncode == 0, second.stderr[-2000:]
-    clean = _cli("sweep", "launch", tmp_path / "clean.yaml", "--cluster", "debug")
+    clean = cli_with_fault("sweep", "launch", tmp_path / "clean.yaml", "--cluster", "debug")
     assert clean.returncode == 0, clean.stderr[-2000:]
     for c, c2 in zip(cfgs, expand(spec_from_dict(spec(tmp_path / "clean"), "s"))):
         a, b = pl.read_parquet(RunDir(c).results), pl.read_parquet(RunDir(c2).results)
