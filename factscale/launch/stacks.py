@@ -89,10 +89,6 @@ class BranchStack:
         return [g.trunk for g in self.groups]
 
     @property
-    def rds(self) -> list[RunDir]:
-        return [rd for g in self.groups for rd in g.rds]
-
-    @property
     def id(self) -> str:
         return f"{self.groups[0].id} x{len(self.groups)} stacked"
 
@@ -149,8 +145,8 @@ def check_units(units: list[tuple[RunConfig, object]]) -> None:
 
 
 def run_branch_stack(payload: dict) -> dict:
-    """A ``BranchStack``'s job: the trunks as one stack (keeping their fork states) while a branch still needs
-    one, then every branch as one stack from those states. A branch whose trunk state is missing (its
+    """A ``BranchStack``'s job: the trunks as one stack (keeping their fork states) until every trunk is done,
+    then every branch as one stack from those states. A branch whose trunk state is missing (its
     trunk failed, or the sweep gained an epoch count after the trunk passed it) trains from the start, stacked
     with the others like it: the same result, as for non-stacked branches. Every piece resumes from its own
     checkpoint; finished runs are skipped."""
@@ -164,10 +160,8 @@ def run_branch_stack(payload: dict) -> dict:
     trunk_rds = [RunDir(t) for t in trunks]
     out = {"trunks": [rd.id for rd in trunk_rds], "runs": []}
 
-    need = [not RunDir(b, trd.corpus_hash).results.exists() and not fork_state(trd, f).exists()
-            for seed, trd in zip(branches, trunk_rds) for b, f in zip(seed, forks)]
-    if any(need) or not all(trd.results.exists() for trd in trunk_rds):  # a trunk killed after its last fork
-        out["trunk_result"] = run_stack(trunks, forks=tuple(forks))      # still ends as a run
+    if not all(trd.results.exists() for trd in trunk_rds):  # (a done trunk's fork states are all it will ever write)
+        out["trunk_result"] = run_stack(trunks, forks=tuple(forks))
     for trd in trunk_rds:
         for f in forks:
             state = fork_state(trd, f)
