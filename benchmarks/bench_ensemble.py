@@ -3,7 +3,8 @@
     python benchmarks/bench_ensemble.py [--sizes 1k,5k,10k] [--ks 1,2,4,8,16] [--arch qwen2] [--batch 32]
                                         [--seq 32] [--vocab 1024] [--loss-on value] [--attention isolated]
                                         [--steps 5] [--rounds 3] [--threads 1] [--no-compile]
-                                        [--compile-ks 16|all|4,16]
+                                        [--compile-ks 16|all|4,16] [--device auto|cpu|cuda]
+                                        [--precision auto|fp32|bf16]
 
 One "step" is one optimizer step of all K members, each on its own packed batch (each member packs the
 same synthetic facts in its own seed's order, as a sweep's seeds do). The baseline is what K runs do today,
@@ -20,6 +21,13 @@ stacked / separate, and the largest loss difference between the paths on the fir
 step is compiled, so is a baseline (sep-comp): K steps of one standalone member under ``train.compile``
 (FactLM compiles its decoder body in place), the existing path's own compiled speed; cmp/sep-comp is the
 gain of stacking itself, with compilation on both sides.
+
+``--device cuda`` (``auto``: the first GPU when one is visible) runs every path there, by default in bf16
+autocast as a run's ``precision: auto`` would (``--precision``), with a device sync closing each timed round,
+and the last two columns say what the hardware does: tokens/s of the fastest stacked path (all K members) and
+its MFU against this device's measured dense matmul peak in the step's precision (bench_gpu.py's
+``matmul_peak``; model FLOPs per token as bench_gpu.py counts them, with the batches' real scored fraction).
+On a CPU the same columns are CPU numbers.
 """
 
 from __future__ import annotations
@@ -40,7 +48,13 @@ from factscale.training.ensemble import Ensemble
 from factscale.training.models import non_embedding_params, resolve_shape
 from factscale.training.module import FactLM, lr_lambda
 
+try:  # run as a script (python benchmarks/bench_ensemble.py) or imported by the tests
+    from bench_gpu import matmul_peak, spec_peak, sync
+except ImportError:
+    from benchmarks.bench_gpu import matmul_peak, spec_peak, sync
+
 BOS, EOS, PAD = 1, 2, 0
+CPU = torch.device("cpu")
 
 
 def synthetic_facts(n: int, vocab: int, seed: int = 0) -> pl.DataFrame:
@@ -69,18 +83,20 @@ def configs(a, size: str, k: int) -> list:
 class Separate:
     """K standalone FactLM steps, one member after another (the baseline)."""
 
-    def __init__(self, cfgs, vocab: int, total: int):
-        self.members = []
+    def __init__(self, cfgs, vocab: int, total: int, device: str | torch.device = "cpu", bf16: bool = False):
+        self.members, self.device, self.bf16 = [], torch.device(device), bf16
         for c in cfgs:
             L.seed_everything(c.seed, workers=True, verbose=False)
-            module = FactLM(c, vocab, BOS, EOS, PAD)
+            module = FactLM(c, vocab, BOS, EOS, PAD).to(device)
             opt = module.optimizer()
             self.members.append((module, opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(c, total))))
 
     def step(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         losses = []
+        ids, labels = ids.to(self.device), labels.to(self.device)
         for k, (module, opt, sched) in enumerate(self.members):
-            loss = module.batch_loss(ids[k], labels[k])
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):  # as bf16-mixed
+                loss = module.batch_loss(ids[k], labels[k])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             module.configure_gradient_clipping(opt, module.cfg.optim.grad_clip, "norm")
@@ -90,11 +106,13 @@ class Separate:
         return torch.stack(losses)
 
 
-def timed(step, batches, first: int, steps: int) -> float:
-    """Seconds per step over ``steps`` batches from index ``first``."""
+def timed(step, batches, first: int, steps: int, device: torch.device = CPU) -> float:
+    """Seconds per step over ``steps`` batches from index ``first`` (the device's queue drained at both ends)."""
+    sync(device)
     t = time.perf_counter()
     for i in range(first, first + steps):
         step(*batches[i])
+    sync(device)
     return (time.perf_counter() - t) / steps
 
 
@@ -115,7 +133,13 @@ def main():
     ap.add_argument("--compile-ks", default="16",
                     help="the K values also timed compiled ('all' = every K); each K compiles on its own, "
                          "~20-50 s here, so the default compiles only the largest")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="auto: bf16 autocast on a GPU, fp32 on a CPU (a run's precision: auto)")
     a = ap.parse_args()
+    device = torch.device("cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    bf16 = a.precision == "bf16" or (a.precision == "auto" and device.type == "cuda")
     torch.set_num_threads(a.threads)
     # every (size, K) compiles the same Python function anew (StackedProgram.losses); dynamo's default limit
     # of 8 recompiles per function would silently run the rest eager
@@ -131,12 +155,16 @@ def main():
             raise SystemExit(f"only {len(ids) // a.batch} batches packed; need {n_batches}")
         packed.append((ids[: n_batches * a.batch].view(n_batches, a.batch, a.seq),
                        labels[: n_batches * a.batch].view(n_batches, a.batch, a.seq)))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
+    peak = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32)
+    spec = spec_peak(name) if device.type == "cuda" and bf16 else None
     print(f"arch {a.arch}; batch {a.batch} x {a.seq} per member; vocab {a.vocab}; loss_on={a.loss_on}; "
-          f"attention={a.attention}; {a.rounds} rounds x {a.steps} steps; {torch.get_num_threads()} thread(s); "
-          f"torch {torch.__version__}")
+          f"attention={a.attention}; {a.rounds} rounds x {a.steps} steps; {name}; "
+          f"{'bf16 autocast' if bf16 else 'fp32'}; torch {torch.__version__}")
+    print(f"measured dense matmul peak: {peak / 1e12:.3f} TFLOP/s" + (f" (spec sheet: {spec / 1e12:.0f})" if spec else ""))
     print(f"{'size':>5} {'non-emb':>7} {'K':>3} {'separate':>9} {'sep-comp':>9} {'stacked':>9} {'compiled':>9} "
-          f"{'stk/sep':>8} {'cmp/sep':>8} {'cmp/sep-comp':>12} {'loss diff':>9}   "
-          "(steps/s of all K members; ratios: medians of rounds)")
+          f"{'stk/sep':>8} {'cmp/sep':>8} {'cmp/sep-comp':>12} {'loss diff':>9} {'tokens/s':>10} {'MFU':>6}   "
+          "(steps/s of all K members; ratios: medians of rounds; tokens/s and MFU: the fastest stacked path)")
     compile_ks = set(ks) if a.compile_ks == "all" else {int(x) for x in a.compile_ks.split(",")}
     for size in sizes:
         n = non_embedding_params(a.arch, resolve_shape(configs(a, size, 1)[0].model))
@@ -147,7 +175,7 @@ def main():
             # compile; K models in one process would compile K times)
             c = configs(a, size, 1)[0]
             c.train.compile = True
-            one = Separate([c], a.vocab, 10**6)
+            one = Separate([c], a.vocab, 10**6, device, bf16)
             one.members[0][0].configure_model()
             t = time.perf_counter()
             one.step(packed[0][0][:1], packed[0][1][:1])
@@ -157,10 +185,10 @@ def main():
             total = n_batches + 1
             batches = [(torch.stack([packed[m][0][i] for m in range(k)]), torch.stack([packed[m][1][i] for m in range(k)]))
                        for i in range(n_batches)]
-            sep = Separate(cfgs, a.vocab, total)
+            sep = Separate(cfgs, a.vocab, total, device, bf16)
             # every path from the same initial weights (copied before any step)
-            ens = Ensemble([copy.deepcopy(m.model) for m, _, _ in sep.members], cfgs, [total] * k)
-            comp = Ensemble([copy.deepcopy(m.model) for m, _, _ in sep.members], cfgs, [total] * k)
+            ens, comp = (Ensemble([copy.deepcopy(m.model).cpu() for m, _, _ in sep.members], cfgs, [total] * k,
+                                  device, bf16) for _ in range(2))
             paths = {"separate": sep.step, "stacked": ens.train_step}
             first = {"separate": sep.step(*batches[0]), "stacked": ens.train_step(*batches[0])}
             warm = None
@@ -181,15 +209,22 @@ def main():
             names = list(paths)
             for r in range(a.rounds):
                 for p in names[r % len(names):] + names[: r % len(names)]:
-                    times[p].append(timed(paths[p], batches, 1 + r * a.steps, a.steps))
+                    times[p].append(timed(paths[p], batches, 1 + r * a.steps, a.steps, device))
             sps = {p: 1 / min(t) for p, t in times.items()}
             ratio = {p: statistics.median(s / t for s, t in zip(times["separate"], times[p])) for p in paths}
             vs_comp = (statistics.median(s / t for s, t in zip(times["sep-comp"], times["compiled"]))
                        if "compiled" in times else float("nan"))
             nan = float("nan")
+            # model FLOPs per token as bench_gpu counts them (PaLM's convention), the scored fraction the batches'
+            shape = resolve_shape(cfgs[0].model)
+            scored = float(torch.stack([b[1] for b in batches])[..., 1:].ne(-100).float().mean())
+            per_token = (6 * n + 12 * shape.n_layers * shape.hidden * a.seq
+                         + 6 * shape.hidden * a.vocab * scored)
+            tps = max(sps.get("compiled", 0.0), sps["stacked"]) * k * a.batch * a.seq
             print(f"{size:>5} {n:>7,} {k:>3} {sps['separate']:>9.1f} {sps.get('sep-comp', nan):>9.1f} "
                   f"{sps['stacked']:>9.1f} {sps.get('compiled', nan):>9.1f} {ratio['stacked']:>7.2f}x "
-                  f"{ratio.get('compiled', nan):>7.2f}x {vs_comp:>11.2f}x {diff:>9.1e}"
+                  f"{ratio.get('compiled', nan):>7.2f}x {vs_comp:>11.2f}x {diff:>9.1e} {tps:>10,.0f} "
+                  f"{tps * per_token / peak:>6.1%}"
                   + (f"   (compile warm-up: stacked {warm:.0f} s, one member {one_warm:.0f} s)" if warm else ""),
                   flush=True)
 

@@ -27,6 +27,21 @@ def test_bench_gpu_runs_on_cpu_and_says_so():
     assert float(ms) > 0 and float(tps.replace(",", "")) > 0 and mfu.endswith("%")
 
 
+@pytest.mark.slow  # ~10-20 s: a subprocess importing torch + transformers, a few steps of 1k models
+def test_bench_ensemble_runs_and_prints_throughput():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_ensemble.py"), "--sizes", "1k", "--ks",
+                          "1,2", "--rounds", "1", "--steps", "1", "--no-compile", "--device", "auto"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "CPU, 1 thread(s); fp32" in out.stdout  # auto: no GPU visible, so the CPU in a run's auto precision
+    rows = [line.split() for line in out.stdout.splitlines() if line.split()[:1] == ["1k"]]
+    assert [r[2] for r in rows] == ["1", "2"], out.stdout
+    for r in rows:  # ... loss diff, tokens/s, MFU
+        assert float(r[-3]) < 1e-5  # every path starts from the same weights on the same batches
+        assert float(r[-2].replace(",", "")) > 0 and r[-1].endswith("%")
+
+
 @pytest.mark.slow  # ~20-30 s: two training loops and a Lightning Trainer in a subprocess
 def test_bench_train_runs_and_both_loops_agree_on_the_loss():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

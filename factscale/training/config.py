@@ -195,7 +195,8 @@ class TrainConfig:
     precision: Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed"] = "auto"
     """auto = fp32 on CPU, bf16-mixed on GPU. ``bf16-mixed``: fp32 weights and optimizer, bf16 autocast;
     ``bf16-true``: the weights themselves in bf16 (and so the optimizer's state). Probes apply the output
-    head in fp32 to the final hidden states."""
+    head in fp32 to the final hidden states. A stack (a sweep's ``stack: seeds``) trains auto, 32-true or
+    bf16-mixed."""
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     """auto = a GPU if one is visible, else the CPU."""
     devices: int = 1
@@ -205,8 +206,10 @@ class TrainConfig:
     num_threads: Optional[int] = None
     """torch intra-op threads on CPU; None = torch's default."""
     compile: bool = False
-    """``torch.compile`` the decoder body (in place; checkpoints unchanged). Off by default: on this
-    project's 2-core CPU it did not pay for small models (docs/results/throughput.md); try it on a GPU."""
+    """``torch.compile`` the decoder body (in place; checkpoints unchanged; a stack compiles its stacked step).
+    Compiled graphs are cached in ``<runs_dir>/_compile_cache`` (unless ``TORCHINDUCTOR_CACHE_DIR`` is set), so
+    a sweep's jobs on any node reuse them. Off by default: on this project's 2-core CPU it did not pay for
+    small models (docs/results/throughput.md); try it on a GPU."""
     keep_checkpoints: Literal["none", "last", "all"] = "none"
     """What stays in ``checkpoints/`` once a run is done: ``none`` (the weights are in ``model/``; the
     checkpoints carry optimizer state, GBs per run at 100m-300m), ``last`` (``last.ckpt`` and ``prev.ckpt``:

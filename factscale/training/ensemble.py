@@ -12,6 +12,9 @@ computation (the tests prove K stacked members equal K standalone runs for every
 - ``StackedAdamW``: AdamW over that flat tensor with per-member learning rate, step count, betas, eps,
   weight decay and gradient-norm clipping, and an ``active`` mask (a member without a batch on a step
   does not move at all). Vectorized: a handful of ``[K, N]`` tensor ops per step, no loop over members;
+- one code path on any device: the weights, moments and steps live on ``device`` (the batches are made on
+  the host and copied), and ``bf16`` runs the forward and loss under bf16 autocast with fp32 weights and
+  optimizer, as Lightning's bf16-mixed does (the step counts stay on the host: no device sync per step);
 - ``Ensemble.member``: a member back as an ordinary ``build_model`` model (``save_pretrained`` works);
   ``Ensemble.fork``: copy a member (weights and optimizer state) into another slot for cooldown branches.
 
@@ -117,15 +120,17 @@ class StackedAdamW:
         self.grad_clip = torch.tensor(list(grad_clip), **col)  # 0 = no clipping for that member
         self.exp_avg = torch.zeros_like(flat, memory_format=torch.contiguous_format).detach()
         self.exp_avg_sq = torch.zeros_like(self.exp_avg)
-        self.steps = torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device)  # optimizer steps taken
+        # optimizer steps taken, on the host: the schedules read them every step (no device sync)
+        self.steps = torch.zeros(flat.shape[0], dtype=torch.long)
 
     @torch.no_grad()
     def step(self, lr: torch.Tensor, active: torch.Tensor | None = None) -> None:
-        """One step of every active member at its learning rate ``lr[k]``, from ``flat.grad``."""
+        """One step of every active member at its learning rate ``lr[k]``, from ``flat.grad``; ``active``: a
+        host tensor (None: all)."""
         g = self.flat.grad
-        if active is None:
-            active = torch.ones_like(self.steps, dtype=torch.bool)
-        elif not bool(active.all()):
+        host = torch.ones_like(self.steps, dtype=torch.bool) if active is None else active.to(torch.bool)
+        active = host.to(g.device, non_blocking=True)
+        if not bool(host.all()):
             g.masked_fill_(~active[:, None], 0.0)  # an inactive member's gradient never reaches its moments
         a = active.to(g.dtype)
         # clip_grad_norm_ per member: the norm over that member's slice of every parameter (one row), the
@@ -133,8 +138,8 @@ class StackedAdamW:
         norm = torch.linalg.vector_norm(g, dim=1)
         coef = torch.where(self.grad_clip > 0, (self.grad_clip / (norm + 1e-6)).clamp(max=1.0), 1.0)
         g.mul_(coef[:, None])
-        self.steps += active.long()
-        t = self.steps.clamp(min=1).to(g.dtype)  # a member not yet stepped: any finite correction (step 0)
+        self.steps += host.long()
+        t = self.steps.clamp(min=1).to(g.device, g.dtype)  # a member not yet stepped: any finite correction
         bc1, bc2_sqrt = 1 - self.beta1**t, (1 - self.beta2**t).sqrt()
         lr = lr.to(g.dtype) * a
         p = self.flat.detach()
@@ -155,7 +160,8 @@ class StackedAdamW:
         """Only the members ``idx`` stay (in that order), on the ensemble's new ``flat``."""
         self.flat = flat
         for name in ("exp_avg", "exp_avg_sq", "steps", "beta1", "beta2", "eps", "weight_decay", "grad_clip"):
-            setattr(self, name, getattr(self, name)[idx].clone())
+            t = getattr(self, name)
+            setattr(self, name, t[idx.to(t.device)].clone())
 
     def set_hyper(self, k: int, cfg: RunConfig) -> None:
         o = cfg.optim
@@ -251,7 +257,8 @@ class Ensemble:
     the optimizer is a few whole-tensor ops. Buffers (RoPE frequencies) stay stacked per member.
     """
 
-    def __init__(self, models: Sequence[torch.nn.Module], cfgs: Sequence[RunConfig], total_steps: Sequence[int]):
+    def __init__(self, models: Sequence[torch.nn.Module], cfgs: Sequence[RunConfig], total_steps: Sequence[int],
+                 device: torch.device | str = "cpu", bf16: bool = False):
         if not (len(models) == len(cfgs) == len(total_steps) >= 1):
             raise ValueError(f"{len(models)} models, {len(cfgs)} configs, {len(total_steps)} step counts: "
                              "one of each per member")
@@ -267,15 +274,18 @@ class Ensemble:
         self.model_cfg, self.isolated = ref.model, ref.train.attention == "isolated"
         self.token_ids = (hf.vocab_size, hf.bos_token_id, hf.eos_token_id, hf.pad_token_id)
         self.K = len(models)
+        # bf16: Lightning's bf16-mixed (fp32 weights and optimizer; the forward and loss under bf16 autocast)
+        self.device, self.bf16 = torch.device(device), bf16
         params, self.buffers = stack_module_state(list(models))  # tied weights appear once, as in .parameters()
-        self.buffers = {n: b.detach() for n, b in self.buffers.items()}
+        self.buffers = {n: b.detach().to(self.device) for n, b in self.buffers.items()}
         # matrices first: FactLM.optimizer decays every parameter with ndim >= 2 (embeddings included)
         names = sorted(params, key=lambda n: params[n].ndim - 1 < 2)
         self.names = names
         self.shapes = [params[n].shape[1:] for n in names]
         self.sizes = [params[n][0].numel() for n in names]
         self.n_decay = sum(s for n, s in zip(names, self.sizes) if params[n].ndim - 1 >= 2)
-        self.flat = torch.cat([params[n].detach().reshape(self.K, -1) for n in names], dim=1).requires_grad_()
+        self.flat = torch.cat([params[n].detach().reshape(self.K, -1) for n in names], dim=1).to(self.device)
+        self.flat.requires_grad_()
         self.program = program_for(self.model_cfg, self.token_ids)
         self._losses = self.program.losses
         self.opt = StackedAdamW(self.flat, self.n_decay, [(c.optim.beta1, c.optim.beta2) for c in cfgs],
@@ -287,9 +297,11 @@ class Ensemble:
 
     @classmethod
     def from_configs(cls, cfgs: Sequence[RunConfig], vocab_size: int, bos_id: int, eos_id: int, pad_id: int,
-                     total_steps: Sequence[int]) -> Ensemble:
-        """Members initialized exactly as their standalone runs (``init_member``, each under its own seed)."""
-        return cls([init_member(c, vocab_size, bos_id, eos_id, pad_id) for c in cfgs], cfgs, total_steps)
+                     total_steps: Sequence[int], device: torch.device | str = "cpu", bf16: bool = False) -> Ensemble:
+        """Members initialized exactly as their standalone runs (``init_member``, each under its own seed, on
+        the CPU: a standalone run builds its model there before Lightning moves it to its device)."""
+        return cls([init_member(c, vocab_size, bos_id, eos_id, pad_id) for c in cfgs], cfgs, total_steps,
+                   device, bf16)
 
     # ----- forward
     def stacked_params(self) -> dict[str, torch.Tensor]:
@@ -305,7 +317,9 @@ class Ensemble:
     def losses(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``[K]`` training losses (with gradient), member k's equal to ``FactLM.batch_loss`` on its batch."""
         pos, mask = additive_attention(ids, self.token_ids[1], self.isolated, self.flat.dtype)
-        return self._losses(self.stacked_params(), self.buffers, ids, pos, mask, *scored_targets(labels))
+        # bf16-mixed as Lightning runs it: the forward and loss under autocast, the backward outside it
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self._losses(self.stacked_params(), self.buffers, ids, pos, mask, *scored_targets(labels))
 
     # ----- training
     def lrs(self) -> torch.Tensor:
@@ -313,7 +327,7 @@ class Ensemble:
         The K schedules are scalar Python functions (cheap); everything per parameter is vectorized."""
         steps = self.opt.steps.tolist()
         return torch.tensor([lr * f(s) for lr, f, s in zip(self.base_lr, self.schedules, steps)],
-                            dtype=self.flat.dtype)
+                            dtype=self.flat.dtype, device=self.device)
 
     def train_step(self, ids: torch.Tensor, labels: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         """One optimizer step of every active member on its batch ``ids[k], labels[k]``; returns the ``[K]``
@@ -321,17 +335,19 @@ class Ensemble:
         its labels are masked out (loss 0, no gradient) and the optimizer leaves it untouched."""
         if ids.shape[0] != self.K or labels.shape != ids.shape:
             raise ValueError(f"ids {tuple(ids.shape)} / labels {tuple(labels.shape)}: expected [K={self.K}, B, T]")
-        if active is not None:
-            active = active.to(torch.bool)
+        host = None if active is None else active.cpu().to(torch.bool)
+        real = (ids.cpu() != self.token_ids[3]).sum((1, 2))
+        self.tokens_seen += real if host is None else real * host
+        ids, labels = ids.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        if host is not None:
+            active = host.to(self.device, non_blocking=True)
             labels = labels.masked_fill(~active[:, None, None], IGNORE)
         self.flat.grad = None
         losses = self.losses(ids, labels)
         losses.sum().backward()  # members are independent: d(sum)/d(member k) = d(loss k)/d(member k)
-        self.opt.step(self.lrs(), active)
-        real = (ids != self.token_ids[3]).sum((1, 2))
-        self.tokens_seen += real if active is None else real * active
-        losses = losses.detach()
-        return losses if active is None else losses.masked_fill(~active, float("nan"))
+        self.opt.step(self.lrs(), host)
+        losses = losses.detach().float()
+        return losses if host is None else losses.masked_fill(~active, float("nan"))
 
     def compile(self, **kwargs) -> None:
         """``torch.compile`` the stacked forward + loss (its backward comes with it), shared by every ensemble
@@ -341,9 +357,10 @@ class Ensemble:
     # ----- members in and out
     @torch.no_grad()
     def member(self, k: int):
-        """Member k as an ordinary ``build_model`` model (SDPA attention; ``save_pretrained`` works)."""
+        """Member k as an ordinary ``build_model`` model on the ensemble's device (SDPA attention, fp32 weights;
+        ``save_pretrained`` works)."""
         with torch.random.fork_rng():  # its random init is overwritten: leave the caller's RNG alone
-            model = build_model(self.model_cfg, *self.token_ids)
+            model = build_model(self.model_cfg, *self.token_ids).to(self.device)
         own = dict(model.named_parameters())
         for n, p in self.stacked_params().items():
             own[n].copy_(p[k])
@@ -356,11 +373,11 @@ class Ensemble:
     def keep(self, idx: Sequence[int]) -> None:
         """Members leave: only those at ``idx`` stay, in that order (every per-member tensor and list is
         re-indexed; a compiled step recompiles for the new width)."""
-        i = torch.as_tensor(list(idx), dtype=torch.long)
+        i = torch.as_tensor(list(idx), dtype=torch.long, device=self.device)
         self.flat = self.flat.detach()[i].clone().requires_grad_()
         self.opt.keep(self.flat, i)
         self.buffers = {n: b[i].clone() for n, b in self.buffers.items()}
-        self.tokens_seen = self.tokens_seen[i].clone()
+        self.tokens_seen = self.tokens_seen[i.cpu()].clone()
         self.base_lr = [self.base_lr[k] for k in idx]
         self.schedules = [self.schedules[k] for k in idx]
         self.K = len(idx)

@@ -187,6 +187,17 @@ def active_params(cfg: RunConfig, train: pl.DataFrame, ids: np.ndarray | None = 
     return non_embedding_params(cfg.model.arch, shape) + rows * shape.hidden
 
 
+COMPILE_CACHE = "_compile_cache"
+
+
+def use_compile_cache(cfg: RunConfig) -> None:
+    """``train.compile``'s on-disk cache (inductor's) at ``<runs_dir>/_compile_cache`` unless the user set
+    ``TORCHINDUCTOR_CACHE_DIR``: a sweep's jobs of one shape, on any node of a cluster (the runs directory is
+    shared), reuse each other's compiled graphs and a relaunch finds them, where inductor's default is a
+    per-machine temporary directory. Inductor reads the variable at each cache access."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cfg.runs_dir).resolve() / COMPILE_CACHE))
+
+
 def disk_needed_mb(cfg: RunConfig, vocab_size: int) -> int:
     """Disk a run needs, from its size: two full checkpoints (fp32 weights + AdamW's two moments = 12 bytes
     per parameter each: ``last`` and ``prev``), ``model/`` (4 bytes per parameter), a checkpoint being written
@@ -258,6 +269,8 @@ def _train(cfg: RunConfig, rd: RunDir, facts: pl.DataFrame, manifest: dict, atte
         facts = facts.with_columns(frequency_buckets(facts[cfg.probe.freq_column]))
     dm = FactDataModule(cfg, facts, tok.pad_token_id)
     module = FactLM(cfg, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    if cfg.train.compile:
+        use_compile_cache(cfg)
     non_emb, total = count_instantiated(module.model)
     if non_emb != non_embedding_params(cfg.model.arch, resolve_shape(cfg.model)):  # the registry's count is reported
         raise RuntimeError(f"non-embedding parameters: the model has {non_emb}, the size registry counts "

@@ -14,7 +14,9 @@ run, member by member:
 - its probes (``Prober`` on the member unstacked as an ordinary model) at its probe epochs, the per-fact
   history, ``progress.json`` for ``sweep status``, the mean training loss per epoch with its NaN guard;
 - ``train.compile``: a standalone run compiles its decoder body, a stack its stacked step (one compile per
-  stack; probes run eager on the unstacked member), so the two agree to float noise, not bit for bit.
+  stack; probes run eager on the unstacked member), so the two agree to float noise, not bit for bit;
+- its device and precision (``stack_device``): a GPU where its standalone run would use one, bf16-mixed or
+  fp32 as it would (probes outside autocast, as Lightning runs them after an epoch).
 
 Cooldown branches (``stack: seeds`` with ``cooldown_branches``; ``launch.stacks.run_branch_stack``): a stack of
 trunks keeps each member's state at every fork epoch (``fork_state``: weights, Adam moments and step count,
@@ -52,7 +54,8 @@ from factscale.training.data import FactDataModule
 from factscale.training.ensemble import IGNORE, Ensemble, init_member
 from factscale.training.models import count_instantiated, resolve_shape
 from factscale.training.module import lr_lambda
-from factscale.training.run import disk_needed_mb, probe_groups, probe_sets, quiet_lightning, validate, write_run
+from factscale.training.run import (disk_needed_mb, probe_groups, probe_sets, quiet_lightning, resolve_device,
+                                   use_compile_cache, validate, write_run)
 from factscale.training.rundir import RunDir
 
 STACKS = "_stacks"
@@ -73,13 +76,20 @@ def check_stackable(cfgs: list[RunConfig]) -> None:
     if resolve_shape(cfgs[0].model).experts:
         raise ConfigError("a mixture-of-experts model cannot be stacked yet (its routing does not vmap): stack: off")
     c = cfgs[0].train
-    if c.devices * c.num_nodes > 1 or c.precision not in ("auto", "32-true"):
-        raise ConfigError("stacked training runs one process in fp32: train.devices, num_nodes and precision keep "
-                          "their defaults in a stack")
-    if c.accelerator != "cpu" and torch.cuda.is_available():
-        # a standalone run of the same config would train on the GPU in bf16: not the same experiment
-        raise ConfigError("stacks train on the CPU in fp32 for now; on a GPU machine set train.accelerator: cpu "
-                          "to stack, or stack: off")
+    if c.devices * c.num_nodes > 1:
+        raise ConfigError("a stack trains in one process on one device: train.devices and train.num_nodes stay 1")
+    if c.precision not in ("auto", "32-true", "bf16-mixed"):
+        # fp32 weights and optimizer state: the stacked AdamW is the fp32 one (no bf16 weights, no loss scaling)
+        raise ConfigError(f"train.precision={c.precision} cannot be stacked; allowed in a stack: auto, 32-true, "
+                          "bf16-mixed (or stack: off)")
+
+
+def stack_device(cfg: RunConfig) -> tuple[torch.device, str]:
+    """(device, precision) a stack trains on: its standalone runs' (``run.resolve_device``: on a GPU when one is
+    visible, unless ``train.accelerator: cpu``; auto precision is bf16-mixed there, fp32 on a CPU). Resolved
+    where the stack runs, not where it is launched (a login node sees no GPU)."""
+    acc, prec = resolve_device(cfg)
+    return torch.device("cuda" if acc == "gpu" else "cpu"), prec
 
 
 class _Member:
@@ -113,8 +123,9 @@ def fork_state(rd: RunDir, epoch: int) -> Path:
 
 def _save_fork(ens: Ensemble, k: int, m: _Member, epoch: int) -> None:
     dest = fork_state(m.rd, epoch)
-    state = {"epoch": epoch, "trunk": m.rd.id, "flat": ens.flat.detach()[k].clone(),
-             "exp_avg": ens.opt.exp_avg[k].clone(), "exp_avg_sq": ens.opt.exp_avg_sq[k].clone(),
+    host = dict(device="cpu", copy=True)  # its own storage (not the whole stack's), readable on any machine
+    state = {"epoch": epoch, "trunk": m.rd.id, "flat": ens.flat.detach()[k].to(**host),
+             "exp_avg": ens.opt.exp_avg[k].to(**host), "exp_avg_sq": ens.opt.exp_avg_sq[k].to(**host),
              "steps": int(ens.opt.steps[k]), "tokens_seen": int(ens.tokens_seen[k]), "rows": m.rows,
              "losses": m.losses}
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -280,9 +291,12 @@ def _train_stack(todo, path: Path, facts, manifest: dict, forks: tuple[int, ...]
         m.init = init  # (its trunk's fork state, the trunk's id) for a branch, else None
         m.first = round(m.cfg.train.epochs * (1 - m.cfg.optim.decay_frac)) if init else 0
     total = [m.batches_per_epoch * m.cfg.train.epochs for m in members]  # Lightning's estimated_stepping_batches
-    ens = Ensemble.from_configs(cfgs, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, total)
+    device, precision = stack_device(cfg0)
+    ens = Ensemble.from_configs(cfgs, len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, total,
+                                device, bf16=precision == "bf16-mixed")
     if cfg0.train.compile:  # the stacked forward + loss (and its backward) under torch.compile, static shapes:
-        ens.compile()       # every step is [K, batch, seq_len] (a short last batch is padded)
+        use_compile_cache(cfg0)  # every step is [K, batch, seq_len] (a short last batch is padded)
+        ens.compile()
     # training progress as Lightning's scheduler sees it before a member's next step: epoch + batches done / batches
     ens.schedules = [lr_lambda(c, n, progress=lambda step, m=m: m.epoch + m.i / m.n)
                      for c, n, m in zip(cfgs, total, members)]
@@ -304,23 +318,24 @@ def _train_stack(todo, path: Path, facts, manifest: dict, forks: tuple[int, ...]
                 raise ValueError("a stack's members all start from fork states, or none does")
             _start_from_forks(ens, members, [m.init[0] for m in members])
         results: list[dict] = []
-        info = {"resumed": resumed, "attempts": attempts, "t0": t0, "width": len(members)}
+        info = {"resumed": resumed, "attempts": attempts, "t0": t0, "width": len(members), "precision": precision,
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
         results += _leave(ens, members, ended(start), tok, manifest, info)
         epoch = start
         while any(m.failed is None for m in members):
-            sums, counts = torch.zeros(len(members)), torch.zeros(len(members))
+            sums, counts = torch.zeros(len(members), device=device), torch.zeros(len(members))  # one sync an epoch
             for m in members:
                 m.epoch = m.first + epoch
             for ids, labels, active, i, per_member in _epoch_batches(members, epoch):
                 for m, n in zip(members, per_member):
                     m.i, m.n = i, n
                 losses = ens.train_step(ids, labels, active)
-                sums += torch.where(active, losses, 0.0)
+                sums += torch.where(active.to(device), losses, 0.0)
                 counts += active
             epoch += 1
             for k, m in enumerate(members):
                 if m.failed is None:
-                    _after_epoch(m, ens, k, float(sums[k] / counts[k].clamp(min=1)), m.first + epoch, start)
+                    _after_epoch(m, ens, k, float(sums[k].cpu() / counts[k].clamp(min=1)), m.first + epoch, start)
                     if m.first + epoch in forks and m.failed is None:  # before the stack's checkpoint: a kill in
                         _save_fork(ens, k, m, m.first + epoch)         # between redoes the epoch
             hit = fault and any(m.first + epoch == fault[1] and fault[2] == attempts[m.rd.id] for m in members)
@@ -374,7 +389,7 @@ def _leave(ens: Ensemble, members: list[_Member], leaving: list[_Member], tok, m
         # train_wall_s: the stack's so far (its members train at once); device and precision: what it ran on
         meta = {"resumed_from_epoch": (m.first + info["resumed"]) if info["resumed"] else None,
                 "attempts": info["attempts"][m.rd.id], "train_wall_s": time.time() - info["t0"],
-                "stack_members": info["width"], "device": "cpu", "precision": "32-true"}
+                "stack_members": info["width"], "device": info["device"], "precision": info["precision"]}
         if m.init:
             meta.update(branch_of=m.init[1], fork_epoch=m.first)
         try:

@@ -16,6 +16,7 @@ from factscale.training.models import ARCHS
 from factscale.training.module import FactLM, lr_lambda
 
 BOS, EOS, PAD, VOCAB = 1, 2, 0, 64
+TOL_BF16 = 1.0
 B, T = 4, 32
 
 
@@ -43,16 +44,20 @@ def batches(cfg, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(ids[s * B:(s + 1) * B], labels[s * B:(s + 1) * B]) for s in range(steps)]
 
 
-def standalone(cfg, data, total: int):
-    """The existing path, step by step as Lightning runs it: FactLM.batch_loss, backward, FactLM's clipping
-    (clip_grad_norm_), FactLM.optimizer (fused AdamW), LambdaLR over lr_lambda."""
+def standalone(cfg, data, total: int, device: str = "cpu", bf16: bool = False, attention: str = "sdpa"):
+    """The existing path, step by step as Lightning runs it: FactLM.batch_loss (under bf16 autocast with
+    ``bf16``, as Lightning's bf16-mixed runs the training step), backward, FactLM's clipping (clip_grad_norm_),
+    FactLM.optimizer (fused AdamW), LambdaLR over lr_lambda. ``attention``: transformers' implementation (eager:
+    the stacked path's kernel; FactLM then builds its mask from the positions)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # as run._train starts a run
-    module = FactLM(cfg, VOCAB, BOS, EOS, PAD)
+    module = FactLM(cfg, VOCAB, BOS, EOS, PAD).to(device)
+    module.model.config._attn_implementation = attention
     opt = module.optimizer()
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total))
     losses = []
     for ids, labels in data:
-        loss = module.batch_loss(ids, labels)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = module.batch_loss(ids.to(device), labels.to(device))
         losses.append(loss.item())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -127,6 +132,64 @@ def test_stacked_members_train_exactly_as_standalone_runs(arch, attention, loss_
         for name, p in keys.items():  # the noise floor, absolute: GPT-2's start at 0 (observed: <= 7e-5)
             assert (my_keys[name] - p).abs().max() < 2e-4, (k, name, (my_keys[name] - p).abs().max())
     assert (ens.opt.steps == steps).all()
+
+
+GPU = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                       reason="needs a CUDA device")])
+
+
+def flat_grads(model, names) -> torch.Tensor:
+    named = dict(model.named_parameters())
+    return torch.cat([named[n].grad.reshape(-1) for n in names])
+
+
+def test_a_bf16_mixed_step_is_the_standalone_bf16_mixed_step():
+    """bf16-mixed as Lightning runs it (fp32 weights, the forward and loss under bf16 autocast): the stacked
+    gradients equal a standalone step's with the same attention kernel to bf16 rounding of summation order
+    (observed 1.8e-4 - 4.1e-4), an order below what bf16 itself changes (fp32 against bf16: 3e-3; SDPA against
+    eager attention, both bf16: 1.9e-3), so a stack that ignored bf16 would fail here."""
+    cfgs = member_configs("qwen2")
+    data = [batches(c, 1)[0] for c in cfgs]
+    ids, labels = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
+    grads = {}
+    for bf16 in (True, False):
+        ens = Ensemble.from_configs(cfgs, VOCAB, BOS, EOS, PAD, [1] * 3, bf16=bf16)
+        ens.losses(ids, labels).sum().backward()
+        grads[bf16] = ens.flat.grad
+    for k, c in enumerate(cfgs):
+        L.seed_everything(c.seed, workers=True, verbose=False)
+        module = FactLM(c, VOCAB, BOS, EOS, PAD)
+        module.model.config._attn_implementation = "eager"
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = module.batch_loss(ids[k], labels[k])
+        loss.backward()
+        want = flat_grads(module.model, ens.names)
+        assert rel_l2(grads[True][k], want) < 1e-3, rel_l2(grads[True][k], want)
+        assert rel_l2(grads[False][k], want) > 2e-3  # fp32 is told apart
+
+
+@pytest.mark.parametrize("device", ["cpu", GPU])
+def test_bf16_mixed_members_train_as_standalone_bf16_mixed_runs(device):
+    """24 bf16-mixed steps on the device a standalone run uses, the ensemble's weights and optimizer in fp32
+    there: each member's losses follow its standalone run's (SDPA, as a run trains) to bf16 noise. Training
+    amplifies that noise as it amplifies any kernel change (observed here: losses 1e-4 - 2e-4 relative, as
+    the same standalone run with eager instead of SDPA attention; weights 0.7-1% relative L2, from Adam's
+    normalized steps on near-zero gradients)."""
+    steps = 24
+    cfgs = member_configs("qwen2")
+    data = [batches(c, steps) for c in cfgs]
+    ens = Ensemble.from_configs(cfgs, VOCAB, BOS, EOS, PAD, [steps] * 3, device=device, bf16=True)
+    got = torch.stack([ens.train_step(torch.stack([d[s][0] for d in data]), torch.stack([d[s][1] for d in data]))
+                       for s in range(steps)], 1).cpu()
+    assert ens.flat.device.type == device and ens.flat.dtype == ens.opt.exp_avg.dtype == torch.float32
+    for k, c in enumerate(cfgs):
+        want, model = standalone(c, data[k], steps, device, bf16=True)
+        assert want[-1] < want[0] - 0.2  # it trained
+        assert rel(got[k], want) < 2e-3, (k, got[k], want)
+        member = ens.member(k)
+        assert member.lm_head.weight.device.type == device
+        mine, theirs = (torch.cat([p.detach().flatten() for p in m.parameters()]).cpu() for m in (member, model))
+        assert rel_l2(mine, theirs) < 5e-2
 
 
 @pytest.mark.parametrize("arch", ARCHS)

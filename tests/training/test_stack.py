@@ -133,13 +133,17 @@ def test_a_killed_stack_resumes_to_the_same_results(tiny_corpus, tmp_path):
 
 
 @pytest.mark.slow  # compiles a stacked step and two standalone decoders (~1-2 minutes on 2 cores)
-def test_compiled_stack_members_equal_their_compiled_standalone_runs(tiny_corpus, tmp_path):
+def test_compiled_stack_members_equal_their_compiled_standalone_runs(tiny_corpus, tmp_path, monkeypatch):
     """``train.compile`` in a stack compiles the stacked step; its members end as the compiled standalone runs
-    would (same identity; results equal to float noise, as for eager stacks)."""
-    from factscale.training.run import run
+    would (same identity; results equal to float noise, as for eager stacks). The compiled graphs are cached
+    under the runs directory."""
+    from factscale.training.run import COMPILE_CACHE, run
 
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # restored after the test
     stacked = members(tiny_corpus, tmp_path / "stack", **{"train.compile": True})
     assert run_stack(stacked)["state"] == "done"
+    cache = tmp_path / "stack" / COMPILE_CACHE
+    assert any(p.is_file() for p in cache.rglob("*")), "no compiled graph cached under the runs directory"
     for c in stacked:
         alone = tiny_run_config(tiny_corpus, tmp_path / "alone", seed=c.seed, **{**OVER, "train.compile": True})
         run(alone)
