@@ -309,17 +309,28 @@ class Ensemble:
         chunks = self.flat.split(self.sizes, dim=1)
         return {n: c.view(self.K, *s) for n, c, s in zip(self.names, chunks, self.shapes)}
 
+    def _inputs(self, ids: torch.Tensor, labels: torch.Tensor | None = None) -> list:
+        """(ids, position ids, additive mask[, sel, targets, counts]) on the device, made on the host: their
+        data-dependent parts (the largest scored count, whether a window packs several facts) then need no
+        device sync. An eager step scores exactly the largest count of positions; a compiled one a multiple
+        of 64 (few shapes to compile)."""
+        ids = ids.cpu()
+        pos, mask = additive_attention(ids, self.token_ids[1], self.isolated, self.flat.dtype)
+        out = [ids, pos, mask]
+        if labels is not None:
+            out += scored_targets(labels.cpu(), bucket=64 if self._losses is not self.program.losses else 1)
+        return [None if t is None else t.to(self.device, non_blocking=True) for t in out]
+
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         """``[K, B, T, V]`` logits of every member on its own batch, attention as ``train.attention`` says."""
-        pos, mask = additive_attention(ids, self.token_ids[1], self.isolated, self.flat.dtype)
-        return self.program.logits(self.stacked_params(), self.buffers, ids, pos, mask)
+        return self.program.logits(self.stacked_params(), self.buffers, *self._inputs(ids))
 
     def losses(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``[K]`` training losses (with gradient), member k's equal to ``FactLM.batch_loss`` on its batch."""
-        pos, mask = additive_attention(ids, self.token_ids[1], self.isolated, self.flat.dtype)
+        inputs = self._inputs(ids, labels)
         # bf16-mixed as Lightning runs it: the forward and loss under autocast, the backward outside it
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return self._losses(self.stacked_params(), self.buffers, ids, pos, mask, *scored_targets(labels))
+            return self._losses(self.stacked_params(), self.buffers, *inputs)
 
     # ----- training
     def lrs(self) -> torch.Tensor:
@@ -335,19 +346,18 @@ class Ensemble:
         its labels are masked out (loss 0, no gradient) and the optimizer leaves it untouched."""
         if ids.shape[0] != self.K or labels.shape != ids.shape:
             raise ValueError(f"ids {tuple(ids.shape)} / labels {tuple(labels.shape)}: expected [K={self.K}, B, T]")
+        ids, labels = ids.cpu(), labels.cpu()  # batches are made on the host; what the step needs is too
         host = None if active is None else active.cpu().to(torch.bool)
-        real = (ids.cpu() != self.token_ids[3]).sum((1, 2))
+        real = (ids != self.token_ids[3]).sum((1, 2))
         self.tokens_seen += real if host is None else real * host
-        ids, labels = ids.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         if host is not None:
-            active = host.to(self.device, non_blocking=True)
-            labels = labels.masked_fill(~active[:, None, None], IGNORE)
+            labels = labels.masked_fill(~host[:, None, None], IGNORE)
         self.flat.grad = None
         losses = self.losses(ids, labels)
         losses.sum().backward()  # members are independent: d(sum)/d(member k) = d(loss k)/d(member k)
         self.opt.step(self.lrs(), host)
         losses = losses.detach().float()
-        return losses if host is None else losses.masked_fill(~active, float("nan"))
+        return losses if host is None else losses.masked_fill(~host.to(self.device), float("nan"))
 
     def compile(self, **kwargs) -> None:
         """``torch.compile`` the stacked forward + loss (its backward comes with it), shared by every ensemble
