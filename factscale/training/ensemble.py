@@ -44,7 +44,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from factscale.training.config import ModelConfig, RunConfig
 from factscale.training.models import build_model
-from factscale.training.module import fact_isolation, lr_lambda
+from factscale.training.module import fact_isolation, lr_lambda, packs_facts
 
 IGNORE = -100  # the label of an unscored position (transformers' ignore_index, the data module's)
 
@@ -75,20 +75,20 @@ def scored_targets(labels: torch.Tensor, bucket: int = 64) -> tuple[torch.Tensor
     return sel, targets.gather(1, order), counts
 
 
-def additive_attention(ids: torch.Tensor, bos_id: int, isolated: bool,
-                       dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor | None, torch.Tensor]:
+def additive_attention(ids: torch.Tensor, bos_id: int, isolated: bool, dtype: torch.dtype = torch.float32,
+                       packed: bool | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(position_ids ``[K, B, T]`` or None, additive mask ``[K, B|1, 1, T, T]``) for stacked batches ``ids``.
 
     ``isolated``: ``fact_isolation``'s positions and block-diagonal causal mask; else plain causal
     attention with default positions (``train.attention: packed``). Allowed entries are 0, the rest the
     dtype's most negative number (what transformers' own eager masks hold). Always a mask, even for plain
-    causal attention: eager attention applies no causality of its own.
+    causal attention: eager attention applies no causality of its own. ``packed``: ``fact_isolation``'s.
     """
     K, B, T = ids.shape
     causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril_()
     pos = allowed = None
     if isolated:
-        pos, allowed = fact_isolation(ids.reshape(K * B, T), bos_id)
+        pos, allowed = fact_isolation(ids.reshape(K * B, T), bos_id, packed)
         pos = pos.reshape(K, B, T)
     if allowed is None:  # one fact per window (or packed): causal only, one mask broadcast over K and B
         allowed = causal.expand(K, 1, 1, T, T)
@@ -139,7 +139,8 @@ class StackedAdamW:
         coef = torch.where(self.grad_clip > 0, (self.grad_clip / (norm + 1e-6)).clamp(max=1.0), 1.0)
         g.mul_(coef[:, None])
         self.steps += host.long()
-        t = self.steps.clamp(min=1).to(g.device, g.dtype)  # a member not yet stepped: any finite correction
+        # a member not yet stepped: any finite correction (host to device: never blocking, never a sync)
+        t = self.steps.clamp(min=1).to(g.device, non_blocking=True).to(g.dtype)
         bc1, bc2_sqrt = 1 - self.beta1**t, (1 - self.beta2**t).sqrt()
         lr = lr.to(g.dtype) * a
         p = self.flat.detach()
@@ -287,7 +288,7 @@ class Ensemble:
         self.flat = torch.cat([params[n].detach().reshape(self.K, -1) for n in names], dim=1).to(self.device)
         self.flat.requires_grad_()
         self.program = program_for(self.model_cfg, self.token_ids)
-        self._losses = self.program.losses
+        self._losses, self.compiled = self.program.losses, False
         self.opt = StackedAdamW(self.flat, self.n_decay, [(c.optim.beta1, c.optim.beta2) for c in cfgs],
                                 [c.optim.eps for c in cfgs], [c.optim.weight_decay for c in cfgs],
                                 [c.optim.grad_clip for c in cfgs])
@@ -310,16 +311,19 @@ class Ensemble:
         return {n: c.view(self.K, *s) for n, c, s in zip(self.names, chunks, self.shapes)}
 
     def _inputs(self, ids: torch.Tensor, labels: torch.Tensor | None = None) -> list:
-        """(ids, position ids, additive mask[, sel, targets, counts]) on the device, made on the host: their
-        data-dependent parts (the largest scored count, whether a window packs several facts) then need no
-        device sync. An eager step scores exactly the largest count of positions; a compiled one a multiple
-        of 64 (few shapes to compile)."""
+        """(ids, position ids, additive mask[, sel, targets, counts]) on the device. What is data-dependent
+        (the largest scored count, whether a window packs several facts) is decided on the host, where the
+        batch was made, so a step needs no device sync; the mask is built on the device from the ids (it is
+        ``[K, B, 1, T, T]`` floats: copying it would cost more than the ids). An eager step scores exactly the
+        largest count of positions, a compiled one a multiple of 64 (few shapes to compile)."""
         ids = ids.cpu()
-        pos, mask = additive_attention(ids, self.token_ids[1], self.isolated, self.flat.dtype)
-        out = [ids, pos, mask]
+        packed = packs_facts(ids, self.token_ids[1]) if self.isolated else None
+        out = [ids]
         if labels is not None:
-            out += scored_targets(labels.cpu(), bucket=64 if self._losses is not self.program.losses else 1)
-        return [None if t is None else t.to(self.device, non_blocking=True) for t in out]
+            out += scored_targets(labels.cpu(), bucket=64 if self.compiled else 1)
+        ids, *rest = [t.to(self.device, non_blocking=True) for t in out]
+        pos, mask = additive_attention(ids, self.token_ids[1], self.isolated, self.flat.dtype, packed)
+        return [ids, pos, mask, *rest]
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         """``[K, B, T, V]`` logits of every member on its own batch, attention as ``train.attention`` says."""
@@ -338,7 +342,7 @@ class Ensemble:
         The K schedules are scalar Python functions (cheap); everything per parameter is vectorized."""
         steps = self.opt.steps.tolist()
         return torch.tensor([lr * f(s) for lr, f, s in zip(self.base_lr, self.schedules, steps)],
-                            dtype=self.flat.dtype, device=self.device)
+                            dtype=self.flat.dtype).to(self.device, non_blocking=True)
 
     def train_step(self, ids: torch.Tensor, labels: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         """One optimizer step of every active member on its batch ``ids[k], labels[k]``; returns the ``[K]``
@@ -348,21 +352,21 @@ class Ensemble:
             raise ValueError(f"ids {tuple(ids.shape)} / labels {tuple(labels.shape)}: expected [K={self.K}, B, T]")
         ids, labels = ids.cpu(), labels.cpu()  # batches are made on the host; what the step needs is too
         host = None if active is None else active.cpu().to(torch.bool)
-        real = (ids != self.token_ids[3]).sum((1, 2))
-        self.tokens_seen += real if host is None else real * host
         if host is not None:
             labels = labels.masked_fill(~host[:, None, None], IGNORE)
         self.flat.grad = None
         losses = self.losses(ids, labels)
         losses.sum().backward()  # members are independent: d(sum)/d(member k) = d(loss k)/d(member k)
         self.opt.step(self.lrs(), host)
+        real = (ids != self.token_ids[3]).sum((1, 2))  # counted once the step is taken
+        self.tokens_seen += real if host is None else real * host
         losses = losses.detach().float()
-        return losses if host is None else losses.masked_fill(~host.to(self.device), float("nan"))
+        return losses if host is None else losses.masked_fill(~host.to(self.device, non_blocking=True), float("nan"))
 
     def compile(self, **kwargs) -> None:
         """``torch.compile`` the stacked forward + loss (its backward comes with it), shared by every ensemble
         of this shape (kwargs to torch.compile, the first time); compiles on the next step."""
-        self._losses = self.program.compiled_losses(**kwargs)
+        self._losses, self.compiled = self.program.compiled_losses(**kwargs), True
 
     # ----- members in and out
     @torch.no_grad()
@@ -383,11 +387,11 @@ class Ensemble:
     def keep(self, idx: Sequence[int]) -> None:
         """Members leave: only those at ``idx`` stay, in that order (every per-member tensor and list is
         re-indexed; a compiled step recompiles for the new width)."""
-        i = torch.as_tensor(list(idx), dtype=torch.long, device=self.device)
-        self.flat = self.flat.detach()[i].clone().requires_grad_()
+        i = torch.as_tensor(list(idx), dtype=torch.long)  # on the host: each tensor takes a copy to its device
+        self.flat = self.flat.detach()[i.to(self.device)].clone().requires_grad_()
         self.opt.keep(self.flat, i)
-        self.buffers = {n: b[i].clone() for n, b in self.buffers.items()}
-        self.tokens_seen = self.tokens_seen[i.cpu()].clone()
+        self.buffers = {n: b[i.to(b.device)].clone() for n, b in self.buffers.items()}
+        self.tokens_seen = self.tokens_seen[i].clone()
         self.base_lr = [self.base_lr[k] for k in idx]
         self.schedules = [self.schedules[k] for k in idx]
         self.K = len(idx)

@@ -66,7 +66,13 @@ def fact_positions(ids: torch.Tensor, bos_id: int) -> torch.Tensor:
     return t - start
 
 
-def fact_isolation(ids: torch.Tensor, bos_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def packs_facts(ids: torch.Tensor, bos_id: int) -> bool:
+    """Whether any window of ``ids`` (``[..., seq]``) holds more than one fact (else attention is plain causal)."""
+    fact = (ids == bos_id).cumsum(dim=-1)
+    return bool((fact[..., -1] != fact[..., 0]).any())
+
+
+def fact_isolation(ids: torch.Tensor, bos_id: int, packed: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(position_ids, SDPA attention mask) that make every fact of a packed window attend only to itself.
 
     The mask is the block-diagonal causal one, ``(batch, 1, seq, seq)`` booleans (True = attend), that
@@ -77,11 +83,12 @@ def fact_isolation(ids: torch.Tensor, bos_id: int) -> tuple[torch.Tensor, torch.
     (benchmarks/bench_train.py prints both). Boolean masks are SDPA's convention only: eager attention
     would add them to the scores (FactLM.batch_loss passes the mask to SDPA models only). RoPE / GPT-2's
     ``wpe`` see the positions the fact would have alone. The tests prove the mask equal to transformers'
-    own and the logits equal to those of each fact run alone, for every architecture.
+    own and the logits equal to those of each fact run alone, for every architecture. ``packed``: whether
+    any window packs several facts (``packs_facts``), where the caller knows it without a device sync.
     """
+    if not (packs_facts(ids, bos_id) if packed is None else packed):  # one fact per window: causal (as
+        return fact_positions(ids, bos_id), None                        # transformers decides)
     fact = (ids == bos_id).cumsum(dim=1)  # which fact of its window each token belongs to
-    if not bool((fact[:, -1] != fact[:, 0]).any()):  # one fact per window: causal (as transformers decides)
-        return fact_positions(ids, bos_id), None
     causal = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool, device=ids.device).tril_()
     return fact_positions(ids, bos_id), (fact[:, None, :, None] == fact[:, None, None, :]) & causal
 

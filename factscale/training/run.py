@@ -194,8 +194,13 @@ def use_compile_cache(cfg: RunConfig) -> None:
     """``train.compile``'s on-disk cache (inductor's) at ``<runs_dir>/_compile_cache`` unless the user set
     ``TORCHINDUCTOR_CACHE_DIR``: a sweep's jobs of one shape, on any node of a cluster (the runs directory is
     shared), reuse each other's compiled graphs and a relaunch finds them, where inductor's default is a
-    per-machine temporary directory. Inductor reads the variable at each cache access."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(cfg.runs_dir).resolve() / COMPILE_CACHE))
+    per-machine temporary directory. Inductor reads the variable at each cache access, and writes its default
+    there when torch's compile modules load (importing Lightning does): that value counts as unset."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    now = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if now is None or os.path.abspath(now) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cfg.runs_dir).resolve() / COMPILE_CACHE)
 
 
 def disk_needed_mb(cfg: RunConfig, vocab_size: int) -> int:

@@ -159,7 +159,8 @@ def _save(path: Path, ens: Ensemble, members: list[_Member], epoch: int) -> None
     state = {"epoch": epoch, "flat": ens.flat.detach(), "exp_avg": ens.opt.exp_avg, "exp_avg_sq": ens.opt.exp_avg_sq,
              "steps": ens.opt.steps, "tokens_seen": ens.tokens_seen, "ids": [m.rd.id for m in members],
              "rows": [m.rows for m in members], "losses": [m.losses for m in members],
-             "failed": [m.failed for m in members], "write_failed": [m.write_failed for m in members]}
+             "failed": [m.failed for m in members], "write_failed": [m.write_failed for m in members],
+             "precision": _precision(ens)}
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / ".last.pt.tmp"
     torch.save(state, tmp)
@@ -168,6 +169,10 @@ def _save(path: Path, ens: Ensemble, members: list[_Member], epoch: int) -> None
     os.replace(tmp, path / "last.pt")
     for m in members:
         m.rd.note_progress()
+
+
+def _precision(ens: Ensemble) -> str:
+    return "bf16-mixed" if ens.bf16 else "32-true"
 
 
 def _resume(path: Path, ens: Ensemble, members: list[_Member]) -> int:
@@ -185,6 +190,10 @@ def _resume(path: Path, ens: Ensemble, members: list[_Member]) -> int:
             continue
         if not {m.rd.id for m in members} <= set(s["ids"]):
             continue
+        if s.get("precision", "32-true") != _precision(ens):  # e.g. a bf16 stack relaunched on a node without a GPU
+            raise ConfigError(f"stack checkpoint {p} trained in {s.get('precision', '32-true')}; this job would go on "
+                              f"in {_precision(ens)} on {ens.device}: relaunch where it trained, or set "
+                              "train.accelerator / train.precision to match")
         idx = [s["ids"].index(m.rd.id) for m in members]  # members done since are not in this stack any more
         with torch.no_grad():
             ens.flat.copy_(s["flat"][idx])
@@ -330,7 +339,7 @@ def _train_stack(todo, path: Path, facts, manifest: dict, forks: tuple[int, ...]
                 for m, n in zip(members, per_member):
                     m.i, m.n = i, n
                 losses = ens.train_step(ids, labels, active)
-                sums += torch.where(active.to(device), losses, 0.0)
+                sums += torch.where(active.to(device, non_blocking=True), losses, 0.0)
                 counts += active
             epoch += 1
             for k, m in enumerate(members):

@@ -16,7 +16,6 @@ from factscale.training.models import ARCHS
 from factscale.training.module import FactLM, lr_lambda
 
 BOS, EOS, PAD, VOCAB = 1, 2, 0, 64
-TOL_BF16 = 1.0
 B, T = 4, 32
 
 

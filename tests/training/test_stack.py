@@ -139,7 +139,12 @@ def test_compiled_stack_members_equal_their_compiled_standalone_runs(tiny_corpus
     under the runs directory."""
     from factscale.training.run import COMPILE_CACHE, run
 
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # restored after the test
+    import os
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    # as a fresh job finds it (importing Lightning set inductor's default); restored after the test
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR", default_cache_dir()))
     stacked = members(tiny_corpus, tmp_path / "stack", **{"train.compile": True})
     assert run_stack(stacked)["state"] == "done"
     cache = tmp_path / "stack" / COMPILE_CACHE

@@ -4,6 +4,8 @@ forward and loss under bf16 autocast, as Lightning's bf16-mixed), and records it
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -11,6 +13,7 @@ import torch
 from conftest import tiny_run_config
 
 from factscale.errors import ConfigError
+from factscale.training.ensemble import Ensemble
 from factscale.training.rundir import RunDir
 from factscale.training.stack import check_stackable, run_stack, stack_device
 
@@ -23,14 +26,20 @@ GPU = pytest.param("gpu", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.c
 
 @pytest.mark.slow  # 2 stacked and 2 standalone runs (about 20 s on 2 cores)
 @pytest.mark.parametrize("accelerator", ["cpu", GPU])
-def test_a_bf16_mixed_stack_equals_its_standalone_bf16_mixed_runs(tiny_corpus, tmp_path, accelerator):
+def test_a_bf16_mixed_stack_equals_its_standalone_bf16_mixed_runs(tiny_corpus, tmp_path, accelerator, monkeypatch):
     from factscale.training.run import run
 
+    made = []  # the stack's ensembles: what they really train in, not only what the rows say
+    init = Ensemble.__init__
+    monkeypatch.setattr(Ensemble, "__init__", lambda self, *a, **k: (init(self, *a, **k), made.append(self))[0])
     over = {**OVER, "train.accelerator": accelerator}
-    cfgs = [tiny_run_config(tiny_corpus, tmp_path / "stack", seed=s, **over) for s in (0, 1)]
+    # members of 2 and 3 epochs: the first leaves the stack (Ensemble.keep) on the device
+    cfgs = [tiny_run_config(tiny_corpus, tmp_path / "stack", seed=s, **{**over, "train.epochs": 2 + s}) for s in (0, 1)]
     assert run_stack(cfgs)["state"] == "done"
+    assert len(made) == 1 and made[0].bf16 and made[0].flat.dtype == torch.float32
+    assert made[0].flat.device.type == ("cuda" if accelerator == "gpu" else "cpu") and made[0].K == 1
     for c in cfgs:
-        alone = tiny_run_config(tiny_corpus, tmp_path / "alone", seed=c.seed, **over)
+        alone = tiny_run_config(tiny_corpus, tmp_path / "alone", seed=c.seed, **{**over, "train.epochs": c.train.epochs})
         run(alone)
         a, b = pl.read_parquet(RunDir(alone).results), pl.read_parquet(RunDir(c).results)
         assert a["epoch"].to_list() == b["epoch"].to_list() and b["stack_members"][0] == 2
@@ -42,6 +51,72 @@ def test_a_bf16_mixed_stack_equals_its_standalone_bf16_mixed_runs(tiny_corpus, t
             x, y = (d[col].cast(pl.Float64).to_numpy() for d in (a, b))
             assert np.allclose(x, y, rtol=1e-2), (col, x, y)
         assert np.abs(a["mr"].to_numpy() - b["mr"].to_numpy()).max() <= 0.05
+
+
+def test_a_stack_does_not_resume_in_another_precision(tiny_corpus, tmp_path, monkeypatch):
+    """A bf16 stack relaunched where its config resolves to fp32 (precision auto on a node without a GPU) stops
+    with one line instead of going on in fp32 under the bf16 run's name."""
+    import factscale.training.stack as stack
+
+    cfgs = [tiny_run_config(tiny_corpus, tmp_path, seed=s, **{"model.size": "2k", "train.epochs": 3,
+                                                                 "probe.every_epochs": 1}) for s in (0, 1)]
+    monkeypatch.setattr(stack, "stack_device", lambda cfg: (torch.device("cpu"), "bf16-mixed"))
+    monkeypatch.setenv("FACTSCALE_FAULT", "raise@1")
+    with pytest.raises(RuntimeError, match="injected fault"):
+        run_stack(cfgs)
+    monkeypatch.delenv("FACTSCALE_FAULT")
+    monkeypatch.setattr(stack, "stack_device", lambda cfg: (torch.device("cpu"), "32-true"))
+    with pytest.raises(ConfigError, match="trained in bf16-mixed; this job would go on in 32-true"):
+        run_stack(cfgs)
+    assert all("trained in bf16-mixed" in RunDir(c).error.read_text() for c in cfgs)  # failed, not hidden
+
+
+def test_the_stack_never_mixes_devices(monkeypatch):
+    """The meta device, like CUDA, refuses host tensors in its ops: every step, fork and exit of members runs
+    there (fp32 and bf16; autocast mapped to the CPU's, which knows no meta device)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_ensemble import BOS, EOS, PAD, VOCAB, batches, member_configs
+
+    autocast = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda device_type, **k: autocast("cpu" if device_type == "meta"
+                                                                             else device_type, **k))
+    cfgs = member_configs("qwen2")
+    data = [batches(c, 2) for c in cfgs]
+    ids, labels = (torch.stack([d[0][i] for d in data]) for i in (0, 1))
+    for bf16 in (False, True):
+        ens = Ensemble.from_configs(cfgs, VOCAB, BOS, EOS, PAD, [4] * 3, device="meta", bf16=bf16)
+        assert ens.train_step(ids, labels).device.type == "meta"
+        ens.train_step(ids, labels, torch.tensor([True, False, True]))
+        ens.fork(0, 1, cfgs[1], 4)
+        ens.keep([2, 0])
+        ens.train_step(ids[:2], labels[:2])
+        assert ens.member(1).lm_head.weight.device.type == "meta"
+        assert ens.opt.steps.tolist() == [3, 3] and ens.flat.shape[0] == 2
+
+
+def test_compiled_graphs_are_cached_under_the_runs_directory(tmp_path):
+    """In a fresh process, after Lightning's import wrote inductor's default cache directory into the environment,
+    ``use_compile_cache`` still moves it under the runs directory; a directory the user chose is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import lightning, sys\n"
+            "from factscale.training.config import load_run_config\n"
+            "from factscale.training.run import use_compile_cache\n"
+            "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
+            "use_compile_cache(load_run_config(None, {'corpus.path': 'x', 'runs_dir': sys.argv[1]}))\n"
+            "print(cache_dir())\n")
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str((tmp_path / "runs" / "_compile_cache").resolve())
+    mine = str(tmp_path / "mine")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], capture_output=True, text=True,
+                         env={**env, "TORCHINDUCTOR_CACHE_DIR": mine})
+    assert out.stdout.strip() == mine
 
 
 def test_a_stack_refuses_what_it_cannot_train_before_anything_is_created(tiny_corpus, tmp_path):
