@@ -296,6 +296,7 @@ def test_bad_sharding_in_a_recipe_names_the_field(shared, recipe, message):
         from_dict(CorpusSpec, {**base, **recipe})
 
 
+@pytest.mark.slow  # several parser processes per shard (~3.5 s): the fast tier's margin under 2 minutes
 def test_local_shards_with_several_parser_processes_finish(shared, tmp_path):
     """Regression: a shard job's parser pool forked from submitit's job process inherited its SIGTERM handler
     (it only logs), so ``Pool.terminate()`` left a worker alive and the build hung forever (default --shard-cpus

@@ -96,7 +96,23 @@ def test_the_stack_never_mixes_devices(monkeypatch):
         assert ens.opt.steps.tolist() == [3, 3] and ens.flat.shape[0] == 2
 
 
-def test_compiled_graphs_are_cached_under_the_runs_directory(tmp_path):
+def test_compiled_graphs_are_cached_under_the_runs_directory_unless_the_user_chose(tmp_path, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    from factscale.training.config import load_run_config
+    from factscale.training.run import COMPILE_CACHE, use_compile_cache
+
+    cfg = load_run_config(None, {"corpus.path": "x", "runs_dir": str(tmp_path / "runs")})
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what importing Lightning leaves there
+    use_compile_cache(cfg)
+    assert cache_dir() == str((tmp_path / "runs" / COMPILE_CACHE).resolve())
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    use_compile_cache(cfg)
+    assert cache_dir() == str(tmp_path / "mine")
+
+
+@pytest.mark.slow  # two fresh Python processes importing Lightning (~18 s here)
+def test_compiled_graphs_are_cached_under_the_runs_directory_in_a_fresh_process(tmp_path):
     """In a fresh process, after Lightning's import wrote inductor's default cache directory into the environment,
     ``use_compile_cache`` still moves it under the runs directory; a directory the user chose is kept."""
     import os
