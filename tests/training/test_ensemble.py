@@ -142,12 +142,16 @@ def flat_grads(model, names) -> torch.Tensor:
     return torch.cat([named[n].grad.reshape(-1) for n in names])
 
 
-def test_a_bf16_mixed_step_is_the_standalone_bf16_mixed_step():
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_bf16_mixed_step_is_the_standalone_bf16_mixed_step(arch):
     """bf16-mixed as Lightning runs it (fp32 weights, the forward and loss under bf16 autocast): the stacked
     gradients equal a standalone step's with the same attention kernel to bf16 rounding of summation order
-    (observed 1.8e-4 - 4.1e-4), an order below what bf16 itself changes (fp32 against bf16: 3e-3; SDPA against
-    eager attention, both bf16: 1.9e-3), so a stack that ignored bf16 would fail here."""
-    cfgs = member_configs("qwen2")
+    (observed: qwen2 1.8e-4 - 4.1e-4, llama bit for bit), an order below what bf16 itself changes (fp32 against
+    bf16: 3e-3; SDPA against eager attention, both bf16: 1.9e-3), so a stack that ignored bf16 would fail here.
+    GPT-2 is the exception: under vmap ``addmm`` (its Conv1D) returns fp32 under autocast (the batching rule adds
+    the bias after the bf16 matmul), so a stacked GPT-2 keeps those outputs in fp32 where a standalone one rounds
+    them to bf16: 1.8e-3 - 1.9e-3, as far as the standalone step's own choice of attention kernel moves it."""
+    cfgs = member_configs(arch)
     data = [batches(c, 1)[0] for c in cfgs]
     ids, labels = torch.stack([d[0] for d in data]), torch.stack([d[1] for d in data])
     grads = {}
@@ -163,7 +167,10 @@ def test_a_bf16_mixed_step_is_the_standalone_bf16_mixed_step():
             loss = module.batch_loss(ids[k], labels[k])
         loss.backward()
         want = flat_grads(module.model, ens.names)
-        assert rel_l2(grads[True][k], want) < 1e-3, rel_l2(grads[True][k], want)
+        if arch == "gpt2":  # vmap's addmm rule adds Conv1D's bias after autocast: those outputs stay fp32
+            assert rel_l2(grads[True][k], want) < 2.5e-3  # (observed 1.8e-3 - 1.9e-3; SDPA vs eager: 0.8e-3 - 2e-3)
+            continue
+        assert rel_l2(grads[True][k], want) < 1e-3, rel_l2(grads[True][k], want)  # qwen2 <= 4.1e-4, llama 0
         assert rel_l2(grads[False][k], want) > 2e-3  # fp32 is told apart
 
 
