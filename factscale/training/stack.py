@@ -327,7 +327,7 @@ def _train_stack(todo, path: Path, facts, manifest: dict, forks: tuple[int, ...]
                 raise ValueError("a stack's members all start from fork states, or none does")
             _start_from_forks(ens, members, [m.init[0] for m in members])
         results: list[dict] = []
-        info = {"resumed": resumed, "attempts": attempts, "t0": t0, "width": len(members), "precision": precision,
+        info = {"resumed": resumed, "attempts": attempts, "t0": t0, "width": len(members), "precision": _precision(ens),
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
         results += _leave(ens, members, ended(start), tok, manifest, info)
         epoch = start
