@@ -80,6 +80,8 @@ def spec_from_dict(data: dict, where: str) -> SweepSpec:
             raise ConfigError(f"{where}: {key} must be a mapping (key: value lines), got {type(data[key]).__name__}")
     res = data.pop("resources", None) or {}
     cb = data.pop("corpus_build", None)
+    if data.get("stack") is False:  # YAML 1.1 reads a bare `stack: off` as false
+        data["stack"] = "off"
     spec = from_dict(SweepSpec, data, prefix="")
     spec.resources = from_dict(Resources, {k: v for k, v in res.items() if k != "slurm_by_size"}, "resources.")
     by_size = res.get("slurm_by_size") or {}

@@ -98,6 +98,7 @@ def test_a_stack_is_one_job_of_runs_that_differ_only_in_seed_and_optimizer(tiny_
     assert len(units) == 2 and all(isinstance(u, StackGroup) and len(u.members) == 6 for _, u in units)
     with pytest.raises(ConfigError, match="stack 'all'; allowed values"):
         spec_from_dict({**d, "stack": "all"}, "s")
+    assert spec_from_dict({**d, **yaml.safe_load("stack: off")}, "s").stack == "off"  # YAML 1.1 reads it as false
     with pytest.raises(ConfigError, match="differ only in seed, train.epochs and optim"):
         run_stack([cfgs[0], cfgs[-1]])
 
