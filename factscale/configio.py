@@ -73,12 +73,18 @@ def _check_type(value, tp, where: str):
             return None
         if len(args) == 1:
             return _check_type(value, args[0], where)
-        # the first alternative whose shape fits (a recipe field given as a string, a list or a mapping)
+        # the alternatives whose shape fits (a recipe field given as a string, a list or a mapping), in order:
+        # one fitting alternative gives its own error; of several scalar ones, the first that takes the value
         shaped = {list: list, dict: dict}
-        for a in args:
-            want = shaped.get(typing.get_origin(a))
-            if want is not None and isinstance(value, want) or want is None and not isinstance(value, (list, dict)):
+        fits = [a for a in args if (want := shaped.get(typing.get_origin(a))) is not None and isinstance(value, want)
+                or want is None and not isinstance(value, (list, dict))]
+        if len(fits) == 1:
+            return _check_type(value, fits[0], where)
+        for a in fits:
+            try:
                 return _check_type(value, a, where)
+            except ConfigError:
+                pass
         raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if origin is list:
         if not isinstance(value, list):
@@ -109,6 +115,9 @@ def _check_type(value, tp, where: str):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, bool):  # never "False": YAML 1.1 reads unquoted yes/no/on/off as booleans
+            raise ConfigError(f"{where}: expected a string, got {value!r} (YAML reads unquoted yes, no, on and off "
+                              "as true/false: quote the word)")
         if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)

@@ -1,4 +1,7 @@
-"""Sweeps: a base run config x grid axes, launched through submitit (local, SLURM or in-process).
+"""Sweeps: a base run config x grid axes, launched through submitit (local, SLURM or in-process): the jobs a
+sweep makes (a run, a cooldown-branch group, a stack), what each costs (``plan``), launching them
+(``launch``: on this machine through ``launch.local``, the job itself is ``launch.jobs.RunJob``) and
+their status.
 
 A run's directory comes from its resolved config (``rundir.run_id``), so launching a spec again skips
 finished runs and resumes unfinished ones from ``last.ckpt``. On SLURM the grid is one job array per
@@ -9,16 +12,10 @@ requeue is off (``train.make_trainer``), so only submitit handles the signal.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Literal
-
-import submitit
 
 from factscale.cluster import (
     SlurmResources,  # noqa: F401 (re-exported)
@@ -29,6 +26,8 @@ from factscale.configio import from_dict, to_dict
 from factscale.corpus.build import read_manifest
 from factscale.corpus.sources import build_from_spec as build_corpus_from
 from factscale.errors import ConfigError
+from factscale.launch.jobs import RunJob, job_arg, progress_text, wait_job  # noqa: F401 (progress_text re-exported)
+from factscale.launch.local import launch_local
 from factscale.launch.spec import SweepSpec, expand, grid_fields
 from factscale.training.config import RunConfig
 from factscale.training.models import non_embedding_params, resolve_shape
@@ -111,35 +110,6 @@ def plan(spec: SweepSpec, estimate=None) -> list[dict]:
     return rows
 
 
-class RunJob(submitit.helpers.Checkpointable):
-    """The submitted callable. Takes a plain config dict (small to pickle) and runs or resumes it.
-
-    ``checkpoint()`` is inherited: on USR2 (preemption / time limit) submitit resubmits this same
-    callable with the same argument, and the new attempt resumes from the run's ``last.ckpt``.
-    """
-
-    def __call__(self, cfg_dict: dict) -> dict:
-        from factscale.errors import RunBusy
-        from factscale.training.run import run
-
-        if "branches" in cfg_dict:  # a cooldown-branch group: its trunk, then each branch
-            from factscale.launch.branches import run_group
-
-            return run_group(cfg_dict)
-        if "stack" in cfg_dict or "branch_stack" in cfg_dict:  # runs trained as one stacked model (stack: seeds)
-            from factscale.launch.stacks import run_branch_stack, run_stack_payload
-
-            try:
-                return run_stack_payload(cfg_dict) if "stack" in cfg_dict else run_branch_stack(cfg_dict)
-            except RunBusy as e:
-                return {"state": "busy", "message": str(e)}
-        cfg = from_dict(RunConfig, cfg_dict)
-        try:
-            return run(cfg)
-        except RunBusy as e:
-            return {"run_id": RunDir(cfg).id, "state": "busy", "message": str(e)}
-
-
 def _slurm_groups(spec: SweepSpec, todo: list) -> dict[str, tuple[SlurmResources, list]]:
     groups: dict[str, tuple[SlurmResources, list]] = {}
     base = to_dict(spec.resources.slurm)
@@ -190,161 +160,27 @@ def launch(spec: SweepSpec, cluster: Literal["local", "slurm", "debug"] = "local
         return out
     folder = Path(spec.runs_dir) / "_submitit" / time.strftime("%Y%m%d-%H%M%S")
     if cluster == "local":
-        return out + _launch_local(spec, todo, folder, log)
+        return out + launch_local(spec, todo, folder, log)
     if cluster == "slurm":
         jobs = []
         for r, group in _slurm_groups(spec, todo).values():
             ex = executor("slurm", folder, slurm=r, job_name=f"factscale-{spec.name}",
                           num_nodes=group[0][0].train.num_nodes)
             with ex.batch():
-                group_jobs = [ex.submit(RunJob(), _job_arg(c, rd)) for c, rd in group]
+                group_jobs = [ex.submit(RunJob(), job_arg(c, rd)) for c, rd in group]
             for (_, rd), j in zip(group, group_jobs):
                 rd.record_job(j.job_id, "slurm", folder)
             jobs += [(rd, j) for (_, rd), j in zip(group, group_jobs)]
             log(f"  submitted array {group_jobs[0].job_id.split('_')[0]} ({len(group)} runs)")
     else:
         ex = executor("debug", folder)
-        jobs = [(rd, ex.submit(RunJob(), _job_arg(c, rd))) for c, rd in todo]
+        jobs = [(rd, ex.submit(RunJob(), job_arg(c, rd))) for c, rd in todo]
     for rd, j in jobs:
         rec = {"run_id": rd.id, "job_id": j.job_id, "state": "submitted"}
         if wait:
-            rec.update(_wait(j, rd))
+            rec.update(wait_job(j, rd))
         out.append(rec)
     return out
-
-
-def _job_arg(cfg: RunConfig, rd, **train_over) -> dict:
-    """The submitted argument: a run's config dict, or a cooldown-branch group's payload."""
-    if hasattr(rd, "payload"):
-        return rd.payload(**train_over)
-    d = to_dict(cfg)
-    d["train"].update(train_over)
-    return d
-
-
-def _wait(job, rd: RunDir) -> dict:
-    try:
-        res = job.result()
-        out = {"state": res.get("state", "done"), "result": res}
-        bad = [r for r in res.get("runs", []) if r.get("state") == "failed"]
-        if out["state"] == "failed" and bad:  # a stack: its failed members, each with its own error
-            out["error"] = "; ".join(f"{r['run_id']}: {r.get('error')}" for r in bad)[:600]
-        return out
-    except Exception as e:  # submitit.core.utils.FailedJobError and friends: a failure, never a success
-        st = rd.status()
-        err = st.get("error") or (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
-        return {"state": "failed" if st["state"] != "done" else "done", "error": err}
-
-
-@contextlib.contextmanager
-def _output_to(path: Path):
-    """Point this process's stdout/stderr at a file while submitit forks a local job's controller, so the
-    controller inherits the file: on Ctrl-C it prints a KeyboardInterrupt traceback there, not on the
-    user's terminal (the run's own output already goes to submitit's per-job log files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with open(path, "a") as fh:
-        os.dup2(fh.fileno(), 1)
-        os.dup2(fh.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-
-
-@contextlib.contextmanager
-def _ctrl_c_flag():
-    """Ctrl-C sets a flag instead of raising where it lands. A KeyboardInterrupt raised inside a finalizer
-    (``__del__`` of a submitit job or a file, run by the garbage collector at any allocation) is swallowed
-    by Python, and the launcher then kept polling forever - rarely, depending on timing; the polling loop
-    checks the flag at a known point instead. Outside the main thread signals cannot be set: no flag."""
-    hits: list[int] = []
-    try:
-        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # e.g. a background job: Ctrl-C stays ignored
-            previous = None
-        else:
-            previous = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
-    except ValueError:  # not the main thread
-        previous = None
-    try:
-        yield hits
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-
-
-def _launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
-    """Run on this machine through submitit's LocalExecutor, at most ``max_parallel`` at a time."""
-    r = spec.resources.local
-    ex = executor("local", folder, timeout_min=r.timeout_min)
-    # longest first: with max_parallel workers the last job to start is a short one, not a long one left
-    # running alone (the demo's largest size last kept one core idle for ~2 of its 14 minutes)
-    pending, running, out = sorted(todo, key=lambda u: -work_estimate(u[0]) * len(getattr(u[1], "members", [0]))), [], []
-    try:
-        with _ctrl_c_flag() as ctrl_c:
-            _poll_local(ex, r, pending, running, out, folder, log, ctrl_c)
-            if ctrl_c:  # pressed after the last run finished: still an interruption
-                raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        for _, job in running:
-            job.cancel(check=False)
-        log(f"interrupted: stopped {len(running)} running run(s), {len(pending)} not started; "
-            "launch again to resume them from their last checkpoint")
-        raise
-    return out
-
-
-def work_estimate(cfg: RunConfig) -> float:
-    """A job's relative cost for ordering local jobs: facts x epochs x non-embedding parameters (a trunk's
-    config stands for its branch group; a stack's member for each of its members). Runs on the whole corpus
-    count as larger than any slice; junk mixed in multiplies the tokens."""
-    facts = cfg.corpus.max_facts or 1e12
-    return (facts * cfg.train.epochs * (1 + cfg.train.junk_ratio)
-            * non_embedding_params(cfg.model.arch, resolve_shape(cfg.model)))
-
-
-def _poll_local(ex, r, pending: list, running: list, out: list, folder: Path, log, ctrl_c: list) -> None:
-    """Start runs up to ``max_parallel``, collect finished ones; a Ctrl-C (``ctrl_c`` non-empty) raises here."""
-    seen: dict[str, int] = {}
-    while pending or running:
-        if ctrl_c:
-            raise KeyboardInterrupt
-        while pending and len(running) < r.max_parallel:
-            cfg, rd = pending.pop(0)
-            over = {"progress_bar": False, **({"num_threads": r.threads_per_run} if r.threads_per_run else {})}
-            d = _job_arg(cfg, rd, **over)
-            with _output_to(folder / "controllers.log"):
-                job = ex.submit(RunJob(), d)
-            rd.record_job(job.job_id, "local", folder)
-            running.append((rd, job))
-            log(f"  started {rd.id} (pid {job.job_id})")
-        time.sleep(0.5)  # polling cadence only; no result depends on it
-        for rd, _ in running:  # a line per probe of each running run
-            p = rd.progress()
-            if p and seen.get(rd.id) != p["epoch"]:
-                seen[rd.id] = p["epoch"]
-                log(f"  {rd.id}: {progress_text(p)}")
-        for rd, job in [x for x in running if x[1].done()]:
-            running.remove((rd, job))
-            rec = {"run_id": rd.id, "job_id": job.job_id, **_wait(job, rd)}
-            res = rec.get("result", {})
-            log(f"  {rec['state']:>6} {rd.id}" + (f"  train MR {res['train_mr']:.3f}" if "train_mr" in res
-                                                  else f"  {rec.get('error', '')}"))
-            out.append(rec)
-
-
-def progress_text(p: dict) -> str:
-    """``epoch 40/100, train MR 0.412, heldout MR 0.000, ETA 3m20s``"""
-    eta = p.get("eta_s")
-    eta_text = "" if eta is None else f", ETA {int(eta // 60)}m{int(eta % 60):02d}s"
-    mrs = "".join(f", {s} MR {v:.3f}" for s, v in (p.get("mr") or {}).items())
-    piece = f" ({p['piece']})" if p.get("piece") else ""
-    return f"epoch {p['epoch']}/{p['epochs']}{mrs}{eta_text}{piece}"
 
 
 def axes_label(spec: SweepSpec, cfg: RunConfig) -> str:

@@ -97,7 +97,7 @@ def test_local_jobs_start_longest_first(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     from factscale.demo import demo_spec
-    from factscale.launch import sweep
+    from factscale.launch import local
     from factscale.launch.branches import launch_units
     from factscale.launch.stacks import branch_stack_units
 
@@ -105,12 +105,12 @@ def test_local_jobs_start_longest_first(monkeypatch, tmp_path):
     cfgs = expand(spec)
     rds = [SimpleNamespace(corpus_hash="c")] * len(cfgs)
     seen = []
-    monkeypatch.setattr(sweep, "_poll_local", lambda ex, r, pending, *a: seen.extend(c.model.size for c, _ in pending))
-    sweep._launch_local(spec, launch_units(cfgs, rds), tmp_path / "f", print)  # stack: off
+    monkeypatch.setattr(local, "_poll_local", lambda ex, r, pending, *a: seen.extend(c.model.size for c, _ in pending))
+    local.launch_local(spec, launch_units(cfgs, rds), tmp_path / "f", print)  # stack: off
     assert len(seen) == 12 and seen[:3] == ["5k"] * 3 and seen[-3:] == ["500"] * 3
     seen.clear()
     assert spec.stack == "seeds"  # the demo's own: one job per size (its 3 seeds' trunks and 12 branches)
-    sweep._launch_local(spec, branch_stack_units(cfgs, rds), tmp_path / "f", print)
+    local.launch_local(spec, branch_stack_units(cfgs, rds), tmp_path / "f", print)
     assert seen == ["5k", "2k", "900", "500"]
 
 
@@ -336,7 +336,7 @@ def test_a_ctrl_c_landing_in_a_finalizer_still_stops_the_local_launcher():
     the launcher's flag sees the same Ctrl-C, and the previous handler is restored afterwards."""
     import signal
 
-    from factscale.launch.sweep import _ctrl_c_flag
+    from factscale.launch.local import ctrl_c_flag
 
     class Finalized:
         def __del__(self):
@@ -351,7 +351,7 @@ def test_a_ctrl_c_landing_in_a_finalizer_still_stops_the_local_launcher():
         except KeyboardInterrupt:
             swallowed = False
         assert swallowed  # the failure mode this guards against (Python prints "Exception ignored in ...")
-        with _ctrl_c_flag() as hits:
+        with ctrl_c_flag() as hits:
             Finalized()
             time.sleep(0.05)
         assert hits == [signal.SIGINT]
@@ -359,3 +359,34 @@ def test_a_ctrl_c_landing_in_a_finalizer_still_stops_the_local_launcher():
     finally:
         if before is not None:  # None: a handler installed outside Python, nothing to restore from here
             signal.signal(signal.SIGINT, before)
+
+
+def test_local_jobs_fit_the_machine(monkeypatch):
+    """``max_parallel: auto``: one job per usable core on the CPU (a DDP job's processes counted), one torch
+    thread each; one at a time where the jobs train on a GPU; explicit settings win."""
+    import dataclasses
+
+    from factscale.launch import local
+    from factscale.launch.spec import LocalResources
+    from factscale.training.config import load_run_config
+
+    cfg = load_run_config(None, {"corpus.path": "/x"})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr(local, "_available_gib", lambda: 64)
+    auto = LocalResources()
+    assert auto.max_parallel == "auto"
+    assert local.local_slots(auto, [cfg] * 20) == (8, 1)
+    assert local.local_slots(auto, [cfg] * 3) == (3, 2)  # never more jobs at once than jobs: their cores shared
+    ddp = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, devices=2, accelerator="cpu"))
+    assert local.local_slots(auto, [ddp] * 20) == (4, 2)
+    assert local.local_slots(LocalResources(max_parallel=1), [cfg] * 20) == (1, None)  # torch's default threads
+    assert local.local_slots(LocalResources(max_parallel=2, threads_per_run=3), [cfg] * 20) == (2, 3)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert local.local_slots(auto, [cfg] * 20) == (1, None)  # accelerator auto: they train on the GPU
+    on_cpu = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, accelerator="cpu"))
+    assert local.local_slots(auto, [on_cpu] * 20) == (8, 1)
+    monkeypatch.setattr(local, "_available_gib", lambda: 5)
+    assert local.local_slots(auto, [on_cpu] * 20) == (5, 1)  # at most one per GiB available
+    with pytest.raises(ConfigError, match=r"max_parallel: 'many'; allowed values: an integer >= 1 or 'auto'"):
+        LocalResources(max_parallel="many")

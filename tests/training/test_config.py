@@ -35,6 +35,7 @@ def test_overrides_and_hash(tmp_path):
     ({"optim.grad_clip": -1.0}, "optim.grad_clip must be a finite number >= 0"),
     ({"optim.beta2": 1.0}, r"optim.beta2 must be in \[0, 1\)"),
     ({"seed": -1}, "seed must be an integer >= 0"),
+    ({"corpus.where": False}, r"corpus.where: expected a string, got False \(YAML reads unquoted yes, no"),
     ({"train.logger": "mlflow"},
      r"train.logger: 'mlflow' is not allowed; allowed values: \['csv', 'tensorboard', 'wandb'\]"),
 ])

@@ -1,0 +1,159 @@
+"""Jobs on this machine (``--cluster local``): submitit's LocalExecutor, as many processes at once as fit the
+machine (``local_slots``: ``resources.local.max_parallel: auto`` is one per CPU core, one torch thread each,
+on the CPU), the longest first, a line per probe of each running job, and Ctrl-C that stops them all and
+says so (launching again resumes them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from factscale.cluster import executor
+from factscale.launch.jobs import RunJob, job_arg, progress_text, wait_job
+from factscale.launch.spec import LocalResources, SweepSpec
+from factscale.training.config import RunConfig
+from factscale.training.models import non_embedding_params, resolve_shape
+
+
+@contextlib.contextmanager
+def output_to(path: Path):
+    """Point this process's stdout/stderr at a file while submitit forks a local job's controller, so the
+    controller inherits the file: on Ctrl-C it prints a KeyboardInterrupt traceback there, not on the
+    user's terminal (the run's own output already goes to submitit's per-job log files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "a") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+@contextlib.contextmanager
+def ctrl_c_flag():
+    """Ctrl-C sets a flag instead of raising where it lands. A KeyboardInterrupt raised inside a finalizer
+    (``__del__`` of a submitit job or a file, run by the garbage collector at any allocation) is swallowed
+    by Python, and the launcher then kept polling forever - rarely, depending on timing; the polling loop
+    checks the flag at a known point instead. Outside the main thread signals cannot be set: no flag."""
+    hits: list[int] = []
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # e.g. a background job: Ctrl-C stays ignored
+            previous = None
+        else:
+            previous = signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield hits
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def local_slots(r: LocalResources, cfgs: list[RunConfig]) -> tuple[int, int | None]:
+    """(jobs at once, torch threads per job) for ``resources.local`` ``r`` and the jobs' configs on this
+    machine. ``max_parallel: auto`` is one job per usable core when they train on the CPU (a DDP job's
+    processes counted; at most one per GiB of available memory), one at a time on a GPU. Threads:
+    ``threads_per_run``, else the cores shared among the jobs at once (None with one job at a time: torch's
+    default); a job's own train.num_threads wins over the shared count, not over threads_per_run."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    parallel = r.max_parallel
+    if parallel == "auto":
+        on_gpu = torch.cuda.is_available() and any(c.train.accelerator != "cpu" for c in cfgs)
+        per_job = max(c.train.devices * c.train.num_nodes for c in cfgs)
+        parallel = 1 if on_gpu else max(1, min(len(cfgs), cores // per_job, _available_gib()))
+    threads = r.threads_per_run
+    if threads is None and parallel > 1:
+        threads = max(1, cores // parallel)
+    return parallel, threads
+
+
+def _available_gib() -> int:
+    """GiB of memory available now (Linux's MemAvailable), a floor of one per local job under ``auto`` (not an
+    estimate of what a model needs); a large number where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return max(1, kb // 2**20)
+    except (OSError, StopIteration, ValueError):
+        return 1 << 30
+
+
+def launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
+    """Run on this machine through submitit's LocalExecutor, ``local_slots`` jobs at a time."""
+    r = spec.resources.local
+    parallel, threads = local_slots(r, [c for c, _ in todo])
+    log(f"  {parallel} at a time" + (f", {threads} torch thread(s) each" if threads else ""))
+    ex = executor("local", folder, timeout_min=r.timeout_min)
+    # longest first: with max_parallel workers the last job to start is a short one, not a long one left
+    # running alone (the demo's largest size last kept one core idle for ~2 of its 14 minutes)
+    pending, running, out = sorted(todo, key=lambda u: -work_estimate(u[0]) * len(getattr(u[1], "members", [0]))), [], []
+    try:
+        with ctrl_c_flag() as ctrl_c:
+            _poll_local(ex, (parallel, threads, r.threads_per_run), pending, running, out, folder, log, ctrl_c)
+            if ctrl_c:  # pressed after the last run finished: still an interruption
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        for _, job in running:
+            job.cancel(check=False)
+        log(f"interrupted: stopped {len(running)} running run(s), {len(pending)} not started; "
+            "launch again to resume them from their last checkpoint")
+        raise
+    return out
+
+
+def work_estimate(cfg: RunConfig) -> float:
+    """A job's relative cost for ordering local jobs: facts x epochs x non-embedding parameters (a trunk's
+    config stands for its branch group; a stack's member for each of its members). Runs on the whole corpus
+    count as larger than any slice; junk mixed in multiplies the tokens."""
+    facts = cfg.corpus.max_facts or 1e12
+    return (facts * cfg.train.epochs * (1 + cfg.train.junk_ratio)
+            * non_embedding_params(cfg.model.arch, resolve_shape(cfg.model)))
+
+
+def _poll_local(ex, slots: tuple, pending: list, running: list, out: list, folder: Path, log,
+                ctrl_c: list) -> None:
+    """Start jobs up to ``slots`` (jobs at once, shared threads each, threads_per_run), collect finished ones;
+    a Ctrl-C (``ctrl_c`` non-empty) raises here."""
+    seen: dict[str, int] = {}
+    parallel, threads, r_threads = slots  # r_threads: resources.local.threads_per_run, which wins
+    while pending or running:
+        if ctrl_c:
+            raise KeyboardInterrupt
+        while pending and len(running) < parallel:
+            cfg, rd = pending.pop(0)
+            t = r_threads if r_threads else threads if cfg.train.num_threads is None else None
+            over = {"progress_bar": False, **({"num_threads": t} if t else {})}
+            d = job_arg(cfg, rd, **over)
+            with output_to(folder / "controllers.log"):
+                job = ex.submit(RunJob(), d)
+            rd.record_job(job.job_id, "local", folder)
+            running.append((rd, job))
+            log(f"  started {rd.id} (pid {job.job_id})")
+        time.sleep(0.5)  # polling cadence only; no result depends on it
+        for rd, _ in running:  # a line per probe of each running run
+            p = rd.progress()
+            if p and seen.get(rd.id) != p["epoch"]:
+                seen[rd.id] = p["epoch"]
+                log(f"  {rd.id}: {progress_text(p)}")
+        for rd, job in [x for x in running if x[1].done()]:
+            running.remove((rd, job))
+            rec = {"run_id": rd.id, "job_id": job.job_id, **wait_job(job, rd)}
+            res = rec.get("result", {})
+            log(f"  {rec['state']:>6} {rd.id}" + (f"  train MR {res['train_mr']:.3f}" if "train_mr" in res
+                                                  else f"  {rec.get('error', '')}"))
+            out.append(rec)
