@@ -101,7 +101,7 @@ def launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
     ex = executor("local", folder, timeout_min=r.timeout_min)
     # longest first: with max_parallel workers the last job to start is a short one, not a long one left
     # running alone (the demo's largest size last kept one core idle for ~2 of its 14 minutes)
-    pending, running, out = sorted(todo, key=lambda u: -work_estimate(u[0]) * len(getattr(u[1], "members", [0]))), [], []
+    pending, running, out = sorted(todo, key=lambda u: -work_estimate(u[0]) * job_epochs(*u)), [], []
     try:
         with ctrl_c_flag() as ctrl_c:
             _poll_local(ex, (parallel, threads, r.threads_per_run), pending, running, out, folder, log, ctrl_c)
@@ -117,12 +117,20 @@ def launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
 
 
 def work_estimate(cfg: RunConfig) -> float:
-    """A job's relative cost for ordering local jobs: facts x epochs x non-embedding parameters (a trunk's
-    config stands for its branch group; a stack's member for each of its members). Runs on the whole corpus
-    count as larger than any slice; junk mixed in multiplies the tokens."""
+    """A job's relative cost per member-epoch, for ordering local jobs: facts x non-embedding parameters (runs
+    on the whole corpus count as larger than any slice; junk mixed in multiplies the tokens)."""
     facts = cfg.corpus.max_facts or 1e12
-    return (facts * cfg.train.epochs * (1 + cfg.train.junk_ratio)
-            * non_embedding_params(cfg.model.arch, resolve_shape(cfg.model)))
+    return facts * (1 + cfg.train.junk_ratio) * non_embedding_params(cfg.model.arch, resolve_shape(cfg.model))
+
+
+def job_epochs(cfg: RunConfig, unit) -> int:
+    """The member-epochs a job trains: a run its epochs, a stack its members' epochs, a cooldown-branch group
+    its trunk to the last fork and each branch's decay, a stack of such groups all of theirs."""
+    groups = getattr(unit, "groups", None) or ([unit] if hasattr(unit, "forks") else None)
+    if groups:
+        return sum(max(g.forks) + sum(b.train.epochs - f for b, f in zip(g.branches, g.forks)) for g in groups)
+    members = getattr(unit, "members", None)
+    return sum(c.train.epochs for c in members) if members else cfg.train.epochs
 
 
 def _poll_local(ex, slots: tuple, pending: list, running: list, out: list, folder: Path, log,

@@ -112,6 +112,13 @@ def test_local_jobs_start_longest_first(monkeypatch, tmp_path):
     assert spec.stack == "seeds"  # the demo's own: one job per size (its 3 seeds' trunks and 12 branches)
     local.launch_local(spec, branch_stack_units(cfgs, rds), tmp_path / "f", print)
     assert seen == ["5k", "2k", "900", "500"]
+    # the work counted: a trunk to its last fork (160) and every branch's decay (8 + 16 + 28 + 40), x 3 seeds
+    # stacked; a lone trunk and its branches; a stack of runs
+    assert [local.job_epochs(c, u) for c, u in branch_stack_units(cfgs, rds)] == [756] * 4
+    assert {local.job_epochs(c, u) for c, u in launch_units(cfgs, rds)} == {252}
+    from factscale.launch.stacks import stack_units
+
+    assert local.job_epochs(cfgs[0], stack_units(cfgs[:3], rds[:3])[0][1]) == sum(c.train.epochs for c in cfgs[:3])
 
 
 @pytest.mark.parametrize("grid, match", [
