@@ -70,7 +70,9 @@ def _check_type(value, tp, where: str):
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
-            return None
+            if type(None) in typing.get_args(tp):
+                return None
+            raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got None")
         if len(args) == 1:
             return _check_type(value, args[0], where)
         # the alternatives whose shape fits (a recipe field given as a string, a list or a mapping), in order:
@@ -84,7 +86,8 @@ def _check_type(value, tp, where: str):
             try:
                 return _check_type(value, a, where)
             except ConfigError:
-                pass
+                if a is str and isinstance(value, bool):  # its message says to quote yes/no/on/off
+                    raise
         raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if origin is list:
         if not isinstance(value, list):

@@ -1,5 +1,5 @@
-"""The job a sweep submits (locally, on SLURM or in-process) and what its outcome says: one owner for both
-executors (``launch.sweep`` submits to SLURM and in-process, ``launch.local`` runs on this machine).
+"""The job a sweep submits (locally, on SLURM or in-process) and what its outcome says: one owner for every
+executor (``launch.sweep`` submits to SLURM and in-process, ``launch.local`` runs on this machine).
 
 A job's argument is a run's config dict or a group's payload (cooldown branches, a stack); ``RunJob`` runs or
 resumes it, ``wait_job`` turns its result (or its exception) into the record the launcher prints, never a
@@ -16,7 +16,8 @@ from factscale.training.rundir import RunDir
 
 
 class RunJob(submitit.helpers.Checkpointable):
-    """The submitted callable. Takes a plain config dict (small to pickle) and runs or resumes it.
+    """The submitted callable. Takes a run's plain config dict or a group's payload (small to pickle) and runs
+    or resumes it.
 
     ``checkpoint()`` is inherited: on USR2 (preemption / time limit) submitit resubmits this same
     callable with the same argument, and the new attempt resumes from the run's ``last.ckpt``.

@@ -1,7 +1,7 @@
 """Jobs on this machine (``--cluster local``): submitit's LocalExecutor, as many processes at once as fit the
-machine (``local_slots``: ``resources.local.max_parallel: auto`` is one per CPU core, one torch thread each,
-on the CPU), the longest first, a line per probe of each running job, and Ctrl-C that stops them all and
-says so (launching again resumes them).
+machine (``local_slots``: under ``resources.local.max_parallel: auto``, one job per CPU core on the CPU, the
+cores shared among the jobs at once as torch threads), the longest first, a line per probe of each running
+job, and Ctrl-C that stops them all and says so (launching again resumes them).
 """
 
 from __future__ import annotations
@@ -62,55 +62,79 @@ def ctrl_c_flag():
             signal.signal(signal.SIGINT, previous)
 
 
-def local_slots(r: LocalResources, cfgs: list[RunConfig]) -> tuple[int, int | None]:
-    """(jobs at once, torch threads per job) for ``resources.local`` ``r`` and the jobs' configs on this
-    machine. ``max_parallel: auto`` is one job per usable core when they train on the CPU (a DDP job's
-    processes counted; at most one per GiB of available memory), one at a time on a GPU. Threads:
-    ``threads_per_run``, else the cores shared among the jobs at once (None with one job at a time: torch's
-    default); a job's own train.num_threads wins over the shared count, not over threads_per_run."""
+def local_slots(r: LocalResources, cfgs: list[RunConfig]):
+    """(jobs at once, ``threads(cfg)``: torch threads for a job) for ``resources.local`` ``r`` and the jobs'
+    configs on this machine.
+
+    ``max_parallel: auto``: on the CPU, as many jobs as the usable cores hold, each job counted as its
+    processes (DDP ranks) x its threads (``threads_per_run``, else its ``train.num_threads``, else 1), and at
+    most one per GiB of available memory and one per job; on a GPU, one at a time. A job's threads:
+    ``threads_per_run``, else its own ``train.num_threads``, else the cores shared among the jobs at once
+    (one each when there are at least as many jobs as cores)."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
+    per_job = max(c.train.devices * c.train.num_nodes for c in cfgs)
     parallel = r.max_parallel
     if parallel == "auto":
         on_gpu = torch.cuda.is_available() and any(c.train.accelerator != "cpu" for c in cfgs)
-        per_job = max(c.train.devices * c.train.num_nodes for c in cfgs)
-        parallel = 1 if on_gpu else max(1, min(len(cfgs), cores // per_job, _available_gib()))
-    threads = r.threads_per_run
-    if threads is None and parallel > 1:
-        threads = max(1, cores // parallel)
-    return parallel, threads
+        want = r.threads_per_run or max(c.train.num_threads or 1 for c in cfgs)
+        parallel = 1 if on_gpu else max(1, min(len(cfgs), cores // (per_job * want), available_gib()))
+    shared = max(1, cores // (parallel * per_job))
+    return parallel, lambda cfg: r.threads_per_run or cfg.train.num_threads or shared
 
 
-def _available_gib() -> int:
-    """GiB of memory available now (Linux's MemAvailable), a floor of one per local job under ``auto`` (not an
-    estimate of what a model needs); a large number where it cannot be read."""
+def usable_cores() -> int:
+    """The CPU cores this process may use: its affinity, and a cgroup CPU quota (a container's ``--cpus``)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def available_gib() -> int:
+    """Whole GiB of memory available now: Linux's MemAvailable, and a cgroup's ``memory.max`` less what it
+    uses (a container's limit). ``max_parallel: auto`` starts at most one job per GiB: a cap on the job count,
+    not an estimate of what a model needs. A large number where neither can be read."""
+    avail = []
     try:
         with open("/proc/meminfo") as f:
-            kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
-        return max(1, kb // 2**20)
+            avail.append(next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) * 1024)
     except (OSError, StopIteration, ValueError):
-        return 1 << 30
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            avail.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(1, min(avail) // 2**30) if avail else 1 << 30
 
 
 def launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
     """Run on this machine through submitit's LocalExecutor, ``local_slots`` jobs at a time."""
     r = spec.resources.local
     parallel, threads = local_slots(r, [c for c, _ in todo])
-    log(f"  {parallel} at a time" + (f", {threads} torch thread(s) each" if threads else ""))
+    counts = sorted({threads(c) for c, _ in todo})
+    log(f"  {parallel} at a time (resources.local.max_parallel: {r.max_parallel}), "
+        f"{'-'.join(map(str, counts[::max(1, len(counts) - 1)]))} torch thread(s) each")
     ex = executor("local", folder, timeout_min=r.timeout_min)
     # longest first: with max_parallel workers the last job to start is a short one, not a long one left
     # running alone (the demo's largest size last kept one core idle for ~2 of its 14 minutes)
     pending, running, out = sorted(todo, key=lambda u: -work_estimate(u[0]) * job_epochs(*u)), [], []
     try:
         with ctrl_c_flag() as ctrl_c:
-            _poll_local(ex, (parallel, threads, r.threads_per_run), pending, running, out, folder, log, ctrl_c)
+            _poll_local(ex, parallel, threads, pending, running, out, folder, log, ctrl_c)
             if ctrl_c:  # pressed after the last run finished: still an interruption
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
         for _, job in running:
             job.cancel(check=False)
-        log(f"interrupted: stopped {len(running)} running run(s), {len(pending)} not started; "
+        log(f"interrupted: stopped {len(running)} running job(s), {len(pending)} not started; "
             "launch again to resume them from their last checkpoint")
         raise
     return out
@@ -133,19 +157,17 @@ def job_epochs(cfg: RunConfig, unit) -> int:
     return sum(c.train.epochs for c in members) if members else cfg.train.epochs
 
 
-def _poll_local(ex, slots: tuple, pending: list, running: list, out: list, folder: Path, log,
+def _poll_local(ex, parallel: int, threads, pending: list, running: list, out: list, folder: Path, log,
                 ctrl_c: list) -> None:
-    """Start jobs up to ``slots`` (jobs at once, shared threads each, threads_per_run), collect finished ones;
-    a Ctrl-C (``ctrl_c`` non-empty) raises here."""
+    """Start jobs up to ``parallel`` at once, each with ``threads(cfg)`` torch threads; collect finished ones; a
+    Ctrl-C (``ctrl_c`` non-empty) raises here."""
     seen: dict[str, int] = {}
-    parallel, threads, r_threads = slots  # r_threads: resources.local.threads_per_run, which wins
     while pending or running:
         if ctrl_c:
             raise KeyboardInterrupt
         while pending and len(running) < parallel:
             cfg, rd = pending.pop(0)
-            t = r_threads if r_threads else threads if cfg.train.num_threads is None else None
-            over = {"progress_bar": False, **({"num_threads": t} if t else {})}
+            over = {"progress_bar": False, "num_threads": threads(cfg)}
             d = job_arg(cfg, rd, **over)
             with output_to(folder / "controllers.log"):
                 job = ex.submit(RunJob(), d)
@@ -163,5 +185,6 @@ def _poll_local(ex, slots: tuple, pending: list, running: list, out: list, folde
             rec = {"run_id": rd.id, "job_id": job.job_id, **wait_job(job, rd)}
             res = rec.get("result", {})
             log(f"  {rec['state']:>6} {rd.id}" + (f"  train MR {res['train_mr']:.3f}" if "train_mr" in res
-                                                  else f"  {rec.get('error', '')}"))
+                                                  else f"  {rec['error']}" if rec.get("error")
+                                                  else f"  {len(res['runs'])} runs" if "runs" in res else ""))
             out.append(rec)

@@ -11,7 +11,7 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 from factscale.cluster import SlurmResources, at_least
 from factscale.configio import from_dict, read_yaml_mapping, set_dotted, to_dict
@@ -24,22 +24,19 @@ from factscale.training.rundir import axes_name, identity_hash
 
 @dataclass
 class LocalResources:
-    max_parallel: Union[int, str] = "auto"
-    """Jobs at once on this machine (a job: a run, a stack or a branch group): an integer, or ``auto``, one per
-    CPU core this process may use when the jobs train on the CPU (one process per core with one torch
-    thread each is what tiny models use best: docs/results/ensemble.md; at most one per GiB of memory
-    available at launch), and 1 when they train on a GPU.
-    Each job is a process with its model, corpus and probes in memory: lower it where that many do not fit."""
+    max_parallel: Union[int, Literal["auto"]] = "auto"
+    """Jobs at once on this machine (a job: a run, a stack or a branch group): an integer, or ``auto``: on the
+    CPU as many as the usable cores hold (a job counted as its DDP ranks x its torch threads), at most one per
+    job and one per GiB of memory available at launch; on a GPU one at a time. Separate one-thread processes
+    are what tiny models use best (docs/results/ensemble.md, ninth session). Each job is a process with its
+    model, corpus and probes in memory: set an integer where that many do not fit."""
     threads_per_run: Optional[int] = None
-    """torch threads per local job; null = the job's train.num_threads if set, else this machine's cores
-    shared among the jobs at once (1 each under ``auto``; torch's default with one job at a time)."""
+    """torch threads per local job; null = the job's train.num_threads if set, else the usable cores shared
+    among the jobs at once (one each when there are at least as many jobs as cores)."""
     timeout_min: int = 24 * 60
     """Wall-clock limit of one local run in minutes."""
 
     def __post_init__(self):
-        if isinstance(self.max_parallel, str) and self.max_parallel != "auto":
-            raise ConfigError(f"resources.local.max_parallel: {self.max_parallel!r}; allowed values: an integer "
-                              ">= 1 or 'auto'")
         at_least(self, "resources.local", 1, *(("max_parallel",) if self.max_parallel != "auto" else ()),
                  "threads_per_run", "timeout_min")
 

@@ -105,7 +105,7 @@ def test_local_jobs_start_longest_first(monkeypatch, tmp_path):
     cfgs = expand(spec)
     rds = [SimpleNamespace(corpus_hash="c")] * len(cfgs)
     seen = []
-    monkeypatch.setattr(local, "_poll_local", lambda ex, r, pending, *a: seen.extend(c.model.size for c, _ in pending))
+    monkeypatch.setattr(local, "_poll_local", lambda ex, n, t, pending, *a: seen.extend(c.model.size for c, _ in pending))
     local.launch_local(spec, launch_units(cfgs, rds), tmp_path / "f", print)  # stack: off
     assert len(seen) == 12 and seen[:3] == ["5k"] * 3 and seen[-3:] == ["500"] * 3
     seen.clear()
@@ -369,31 +369,45 @@ def test_a_ctrl_c_landing_in_a_finalizer_still_stops_the_local_launcher():
 
 
 def test_local_jobs_fit_the_machine(monkeypatch):
-    """``max_parallel: auto``: one job per usable core on the CPU (a DDP job's processes counted), one torch
-    thread each; one at a time where the jobs train on a GPU; explicit settings win."""
+    """``max_parallel: auto``: on the CPU as many jobs as the cores hold (a DDP job's processes and a job's own
+    thread count counted), the cores shared among them as threads; one at a time where the jobs train on a
+    GPU; at most one per GiB available; explicit settings win."""
     import dataclasses
 
     from factscale.launch import local
     from factscale.launch.spec import LocalResources
     from factscale.training.config import load_run_config
 
+    def slots(r, cfgs):
+        parallel, threads = local.local_slots(r, cfgs)
+        return parallel, sorted({threads(c) for c in cfgs})
+
+    def train(**kw):
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **kw))
+
     cfg = load_run_config(None, {"corpus.path": "/x"})
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(local, "usable_cores", lambda: 8)
+    monkeypatch.setattr(local, "available_gib", lambda: 64)
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    monkeypatch.setattr(local, "_available_gib", lambda: 64)
     auto = LocalResources()
     assert auto.max_parallel == "auto"
-    assert local.local_slots(auto, [cfg] * 20) == (8, 1)
-    assert local.local_slots(auto, [cfg] * 3) == (3, 2)  # never more jobs at once than jobs: their cores shared
-    ddp = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, devices=2, accelerator="cpu"))
-    assert local.local_slots(auto, [ddp] * 20) == (4, 2)
-    assert local.local_slots(LocalResources(max_parallel=1), [cfg] * 20) == (1, None)  # torch's default threads
-    assert local.local_slots(LocalResources(max_parallel=2, threads_per_run=3), [cfg] * 20) == (2, 3)
+    assert slots(auto, [cfg] * 20) == (8, [1])
+    assert slots(auto, [cfg] * 3) == (3, [2])  # never more jobs at once than jobs: the cores shared
+    assert slots(auto, [cfg]) == (1, [8])
+    assert slots(auto, [train(devices=2, accelerator="cpu")] * 20) == (4, [1])  # 4 jobs x 2 ranks x 1 thread
+    assert slots(auto, [train(num_threads=2)] * 20) == (4, [2])  # a job's own threads count
+    assert slots(LocalResources(threads_per_run=4), [cfg] * 20) == (2, [4])
+    assert slots(LocalResources(max_parallel=1), [cfg] * 20) == (1, [8])
+    assert slots(LocalResources(max_parallel=2, threads_per_run=3), [cfg] * 20) == (2, [3])
+    assert slots(LocalResources(max_parallel=2), [cfg, train(num_threads=3)]) == (2, [3, 4])
+    monkeypatch.setattr(local, "available_gib", lambda: 5)
+    assert slots(auto, [cfg] * 20) == (5, [1])  # at most one per GiB available
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
-    assert local.local_slots(auto, [cfg] * 20) == (1, None)  # accelerator auto: they train on the GPU
-    on_cpu = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, accelerator="cpu"))
-    assert local.local_slots(auto, [on_cpu] * 20) == (8, 1)
-    monkeypatch.setattr(local, "_available_gib", lambda: 5)
-    assert local.local_slots(auto, [on_cpu] * 20) == (5, 1)  # at most one per GiB available
-    with pytest.raises(ConfigError, match=r"max_parallel: 'many'; allowed values: an integer >= 1 or 'auto'"):
-        LocalResources(max_parallel="many")
+    assert slots(auto, [cfg] * 20)[0] == 1  # accelerator auto: they train on the GPU
+    assert slots(auto, [train(accelerator="cpu")] * 20) == (5, [1])
+    from factscale.configio import from_dict
+
+    for bad, message in (("many", "expected int or auto, got 'many'"), (None, "expected int or auto, got None"),
+                         (0, "must be >= 1, got 0")):
+        with pytest.raises(ConfigError, match=f"resources.local.max_parallel:? {message}"):
+            from_dict(LocalResources, {"max_parallel": bad}, "resources.local.")
