@@ -47,6 +47,7 @@ from factscale.training.models import build_model
 from factscale.training.module import fact_isolation, lr_lambda, packs_facts
 
 IGNORE = -100  # the label of an unscored position (transformers' ignore_index, the data module's)
+RECOMPILE_LIMIT = 64  # shapes a compiled stacked step may take in one process before dynamo runs it eager
 
 
 def init_member(cfg: RunConfig, vocab_size: int, bos_id: int, eos_id: int, pad_id: int):
@@ -229,10 +230,13 @@ class StackedProgram:
         with dynamic=True), ~20-50 s each on a 2-core CPU; ensembles of one shape and K share the compiled
         code. Every program compiles the same Python function, so a second shape is a *re*compile of it:
         with automatic dynamic shapes dynamo then makes the changed widths symbolic, which vmap's batched
-        tensors cannot take ("Cannot call sizes() on tensor with symbolic sizes"); hence dynamic=False. A
-        process compiling more than ``torch._dynamo.config.recompile_limit`` (8) shapes x K runs the rest
-        eager (dynamo warns)."""
+        tensors cannot take ("Cannot call sizes() on tensor with symbolic sizes"); hence dynamic=False.
+        Dynamo runs a function eager after ``torch._dynamo.config.recompile_limit`` shapes (8 by default),
+        fewer than one job's stacks may see: each width K x scored-count bucket x mask kind is a shape (a
+        2-member stack of the tests' tiny corpus compiled 3), and a branch stack has a width per branch length.
+        So the limit is raised to ``RECOMPILE_LIMIT`` (never lowered)."""
         if self._compiled is None:
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
             self._compiled = torch.compile(self.losses, **{"dynamic": False, **kwargs})
         return self._compiled
 

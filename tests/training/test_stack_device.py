@@ -111,6 +111,23 @@ def test_compiled_graphs_are_cached_under_the_runs_directory_unless_the_user_cho
     assert cache_dir() == str(tmp_path / "mine")
 
 
+def test_a_compiled_stack_may_take_more_shapes_than_dynamos_default_limit(monkeypatch):
+    """Dynamo runs a function eager after 8 shapes; one job's stacks see more (K x scored-count buckets), so
+    ``compile`` raises the limit, and never lowers a higher one the user set."""
+    import torch._dynamo
+
+    from factscale.training.ensemble import RECOMPILE_LIMIT, StackedProgram
+    from factscale.training.config import ModelConfig
+
+    program = StackedProgram(ModelConfig(size="1k"), (64, 1, 2, 0))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    program.compiled_losses()  # compiles lazily, on the first call
+    assert torch._dynamo.config.recompile_limit == RECOMPILE_LIMIT > 8
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1000)
+    StackedProgram(ModelConfig(size="1k"), (64, 1, 2, 0)).compiled_losses()
+    assert torch._dynamo.config.recompile_limit == 1000
+
+
 @pytest.mark.slow  # two fresh Python processes importing Lightning (~18 s here)
 def test_compiled_graphs_are_cached_under_the_runs_directory_in_a_fresh_process(tmp_path):
     """In a fresh process, after Lightning's import wrote inductor's default cache directory into the environment,
