@@ -74,7 +74,12 @@ def _check_type(value, tp, where: str):
                 return None
             raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got None")
         if len(args) == 1:
-            return _check_type(value, args[0], where)
+            try:
+                return _check_type(value, args[0], where)
+            except ConfigError as e:
+                if isinstance(value, bool) and args[0] is str:  # `off` meant as "none"?
+                    raise ConfigError(f"{e} (or null for none)") from None
+                raise
         # the alternatives whose shape fits (a recipe field given as a string, a list or a mapping), in order:
         # one fitting alternative gives its own error; of several scalar ones, the first that takes the value
         shaped = {list: list, dict: dict}

@@ -80,38 +80,69 @@ def local_slots(r: LocalResources, cfgs: list[RunConfig]):
         on_gpu = torch.cuda.is_available() and any(c.train.accelerator != "cpu" for c in cfgs)
         want = r.threads_per_run or max(c.train.num_threads or 1 for c in cfgs)
         parallel = 1 if on_gpu else max(1, min(len(cfgs), cores // (per_job * want), available_gib()))
-    shared = max(1, cores // (parallel * per_job))
+    shared = max(1, cores // (min(parallel, len(cfgs)) * per_job))  # the jobs that can run at once
     return parallel, lambda cfg: r.threads_per_run or cfg.train.num_threads or shared
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may use: its affinity, and a cgroup CPU quota (a container's ``--cpus``)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+# where the kernel shows this process's control groups and which one it is in (constants: tests move them)
+CGROUP, PROC_CGROUP = Path("/sys/fs/cgroup"), Path("/proc/self/cgroup")
+
+
+def _cgroup_dirs() -> list[Path]:
+    """This process's cgroup v2 directory and its parents (``/proc/self/cgroup``'s ``0::/path``; a container
+    with its own namespace sees ``/``), then the v1 controllers' roots: where CPU and memory limits live."""
+    dirs = []
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
+        path = next(line.split("::", 1)[1].strip() for line in PROC_CGROUP.read_text().splitlines()
+                    if line.startswith("0::"))
+        d = CGROUP / path.lstrip("/")
+        while True:
+            dirs.append(d)
+            if d == CGROUP or CGROUP not in d.parents:
+                break
+            d = d.parent
+    except (OSError, StopIteration):
+        dirs.append(CGROUP)
+    return dirs + [CGROUP / "cpu", CGROUP / "cpu,cpuacct", CGROUP / "memory"]
+
+
+def _read_ints(path: Path) -> list[int] | None:
+    try:
+        return [int(x) for x in path.read_text().split()[:2]]
+    except (OSError, ValueError):  # absent, or "max" (no limit)
+        return None
+
+
+def usable_cores() -> int:
+    """The logical CPUs this process may use: its affinity, and the tightest cgroup CPU quota over its cgroup
+    and their parents (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``: a container's ``--cpus``, a systemd slice)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for d in _cgroup_dirs():
+        quota = _read_ints(d / "cpu.max")
+        v1 = (_read_ints(d / "cpu.cfs_quota_us"), _read_ints(d / "cpu.cfs_period_us"))
+        if quota is None and v1[0] and v1[1] and v1[0][0] > 0:
+            quota = [v1[0][0], v1[1][0]]
+        if quota and len(quota) == 2 and quota[1] > 0:
+            cores = min(cores, max(1, quota[0] // quota[1]))
     return cores
 
 
 def available_gib() -> int:
-    """Whole GiB of memory available now: Linux's MemAvailable, and a cgroup's ``memory.max`` less what it
-    uses (a container's limit). ``max_parallel: auto`` starts at most one job per GiB: a cap on the job count,
-    not an estimate of what a model needs. A large number where neither can be read."""
+    """Whole GiB of memory available now: Linux's MemAvailable, and the tightest cgroup limit less its usage
+    (v2 ``memory.max`` - ``memory.current``, v1 ``memory.limit_in_bytes`` - ``memory.usage_in_bytes``).
+    ``max_parallel: auto`` starts at most one job per GiB: a cap on the job count, not an estimate of what a
+    model needs. A large number where nothing can be read."""
     avail = []
     try:
         with open("/proc/meminfo") as f:
             avail.append(next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) * 1024)
     except (OSError, StopIteration, ValueError):
         pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            avail.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
+    for d in _cgroup_dirs():
+        for limit, used in (("memory.max", "memory.current"), ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+            lim, cur = _read_ints(d / limit), _read_ints(d / used)
+            if lim and cur and lim[0] < 1 << 60:  # v1 writes a huge number for "no limit"
+                avail.append(lim[0] - cur[0])
     return max(1, min(avail) // 2**30) if avail else 1 << 30
 
 
@@ -120,8 +151,10 @@ def launch_local(spec: SweepSpec, todo: list, folder: Path, log) -> list[dict]:
     r = spec.resources.local
     parallel, threads = local_slots(r, [c for c, _ in todo])
     counts = sorted({threads(c) for c, _ in todo})
-    log(f"  {parallel} at a time (resources.local.max_parallel: {r.max_parallel}), "
-        f"{'-'.join(map(str, counts[::max(1, len(counts) - 1)]))} torch thread(s) each")
+    ranks = max(c.train.devices * c.train.num_nodes for c, _ in todo)
+    log(f"  {min(parallel, len(todo))} at a time (resources.local.max_parallel: {r.max_parallel}), "
+        f"{'-'.join(map(str, counts[::max(1, len(counts) - 1)]))} torch thread(s) each"
+        + (f" of up to {ranks} processes per job" if ranks > 1 else ""))
     ex = executor("local", folder, timeout_min=r.timeout_min)
     # longest first: with max_parallel workers the last job to start is a short one, not a long one left
     # running alone (the demo's largest size last kept one core idle for ~2 of its 14 minutes)

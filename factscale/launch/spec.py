@@ -25,16 +25,17 @@ from factscale.training.rundir import axes_name, identity_hash
 @dataclass
 class LocalResources:
     max_parallel: Union[int, Literal["auto"]] = "auto"
-    """Jobs at once on this machine (a job: a run, a stack or a branch group): an integer, or ``auto``: on the
-    CPU as many as the usable cores hold (a job counted as its DDP ranks x its torch threads), at most one per
-    job and one per GiB of memory available at launch; on a GPU one at a time. Separate one-thread processes
-    are what tiny models use best (docs/results/ensemble.md, ninth session). Each job is a process with its
-    model, corpus and probes in memory: set an integer where that many do not fit."""
+    """Jobs at once on this machine (a job: a run, a stack or a branch group): an integer, or ``auto``: on
+    the CPU as many as the usable logical CPUs hold (affinity and cgroup quotas; a job counted as its DDP
+    ranks x its torch threads), at most one per job and one per GiB of memory available at launch (cgroup
+    limits included); on a GPU one at a time. Separate one-thread processes are what tiny models use best
+    (docs/results/ensemble.md, ninth session). Each job is a process with its model, corpus and probes in
+    memory, and ``auto`` does not estimate how much: set an integer where that many do not fit."""
     threads_per_run: Optional[int] = None
-    """torch threads per local job; null = the job's train.num_threads if set, else the usable cores shared
-    among the jobs at once (one each when there are at least as many jobs as cores)."""
+    """torch threads per local job (per process of a DDP job); null = the job's train.num_threads if set,
+    else the usable CPUs shared among the jobs that run at once (one each when the jobs outnumber them)."""
     timeout_min: int = 24 * 60
-    """Wall-clock limit of one local run in minutes."""
+    """Wall-clock limit of one local job in minutes (a run, or a whole stack or branch group)."""
 
     def __post_init__(self):
         at_least(self, "resources.local", 1, *(("max_parallel",) if self.max_parallel != "auto" else ()),

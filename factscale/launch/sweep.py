@@ -154,8 +154,8 @@ def launch(spec: SweepSpec, cluster: Literal["local", "slurm", "debug"] = "local
             out.append({"run_id": rd.id, "state": st["state"], "skipped": True, "job_id": st.get("job_id")})
         else:
             todo.append((cfg, rd))
-    n_jobs = f"{len(units)} job{'s' * (len(units) != 1)}"
-    log(f"sweep {spec.name}: {len(cfgs)} runs in {n_jobs}, {len(units) - len(todo)} done, running or "
+    n_runs, n_jobs = f"{len(cfgs)} run{'s' * (len(cfgs) != 1)}", f"{len(units)} job{'s' * (len(units) != 1)}"
+    log(f"sweep {spec.name}: {n_runs} in {n_jobs}, {len(units) - len(todo)} done, running or "
         f"queued, launching {len(todo)} on {cluster}")
     if not todo:
         return out

@@ -234,10 +234,17 @@ class StackedProgram:
         Dynamo runs a function eager after ``torch._dynamo.config.recompile_limit`` shapes (8 by default),
         fewer than one job's stacks may see: each width K x scored-count bucket x mask kind is a shape (a
         2-member stack of the tests' tiny corpus compiled 3), and a branch stack has a width per branch length.
-        So the limit is raised to ``RECOMPILE_LIMIT`` (never lowered)."""
+        So the limit is ``RECOMPILE_LIMIT`` (or the process's, if higher) while the stacked step runs; other
+        compiled code in the process keeps its own."""
         if self._compiled is None:
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-            self._compiled = torch.compile(self.losses, **{"dynamic": False, **kwargs})
+            compiled = torch.compile(self.losses, **{"dynamic": False, **kwargs})
+
+            def losses(*args):
+                limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+                with torch._dynamo.config.patch(recompile_limit=limit):
+                    return compiled(*args)
+
+            self._compiled = losses
         return self._compiled
 
 

@@ -133,11 +133,20 @@ def test_bad_linked_axes_are_named(tmp_path, tiny_corpus, grid, match):
 
 @pytest.mark.slow  # > 20 s on the shared 2-core CPU
 def test_local_launch_skips_done_runs_and_collects(tmp_path, tiny_corpus):
+    """With no resources section (``max_parallel: auto``) the launch says how many jobs run at once with how
+    many threads, and each run gets that thread count."""
+    from factscale.launch import local
+
     p = tmp_path / "s.yaml"
-    p.write_text(yaml.safe_dump(_spec(tmp_path, tiny_corpus)))
+    p.write_text(yaml.safe_dump(_spec(tmp_path, tiny_corpus, resources={})))
     r = cli("sweep", "launch", p, "--cluster", "local")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "launching 2 on local" in r.stdout
+    n = min(2, local.usable_cores(), local.available_gib())
+    threads = max(1, local.usable_cores() // n)
+    assert f"{n} at a time (resources.local.max_parallel: auto), {threads} torch thread(s) each" in r.stdout
+    for run in (tmp_path / "runs").glob("qwen2-*"):
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["num_threads"] == threads
     again = cli("sweep", "launch", p)
     assert "2 done, running or queued, launching 0" in again.stdout
     st = cli("sweep", "status", p)
@@ -411,3 +420,32 @@ def test_local_jobs_fit_the_machine(monkeypatch):
                          (0, "must be >= 1, got 0")):
         with pytest.raises(ConfigError, match=f"resources.local.max_parallel:? {message}"):
             from_dict(LocalResources, {"max_parallel": bad}, "resources.local.")
+
+
+def test_cgroup_limits_cap_the_cores_and_memory(tmp_path, monkeypatch):
+    """A container's or a slice's CPU quota and memory limit, at this process's cgroup or a parent (v2) or at
+    the v1 controllers' roots, cap what ``max_parallel: auto`` sees; "max" and absent files mean no limit."""
+    from factscale.launch import local
+
+    monkeypatch.setattr(local, "CGROUP", tmp_path)
+    monkeypatch.setattr(local, "PROC_CGROUP", tmp_path / "self")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    (tmp_path / "self").write_text("0::/slice/job\n")
+    (tmp_path / "slice" / "job").mkdir(parents=True)
+    assert local.usable_cores() == 16 and local.available_gib() > 0  # no limit files: affinity and the host
+    (tmp_path / "slice" / "job" / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "slice" / "cpu.max").write_text("400000 100000\n")  # a parent's quota binds its children
+    assert local.usable_cores() == 4
+    (tmp_path / "slice" / "job" / "memory.max").write_text(str(6 * 2**30))
+    (tmp_path / "slice" / "job" / "memory.current").write_text(str(2 * 2**30))
+    assert local.available_gib() == 4
+    (tmp_path / "self").write_text("4:memory:/\n")  # cgroup v1: the controllers' own roots
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("250000")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text(str(9223372036854771712))  # v1's "no limit"
+    (tmp_path / "memory" / "memory.usage_in_bytes").write_text("0")
+    assert local.usable_cores() == 2 and local.available_gib() > 4
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1")  # v1's "no quota"
+    assert local.usable_cores() == 16

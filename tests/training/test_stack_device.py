@@ -111,21 +111,37 @@ def test_compiled_graphs_are_cached_under_the_runs_directory_unless_the_user_cho
     assert cache_dir() == str(tmp_path / "mine")
 
 
+@pytest.mark.slow  # dynamo traces the stacked step 10 times (~15 s here)
 def test_a_compiled_stack_may_take_more_shapes_than_dynamos_default_limit(monkeypatch):
-    """Dynamo runs a function eager after 8 shapes; one job's stacks see more (K x scored-count buckets), so
-    ``compile`` raises the limit, and never lowers a higher one the user set."""
+    """Dynamo runs a function eager after ``recompile_limit`` shapes (8 by default); one job's stacks may see
+    more (K x scored-count buckets x mask kinds), so the stacked step compiles up to ``RECOMPILE_LIMIT``
+    shapes, with the process's own limit left as it was. Dynamo's ``eager`` backend: tracing, no inductor."""
+    import sys
+
     import torch._dynamo
+    from torch._dynamo.utils import counters
 
     from factscale.training.ensemble import RECOMPILE_LIMIT, StackedProgram
-    from factscale.training.config import ModelConfig
 
-    program = StackedProgram(ModelConfig(size="1k"), (64, 1, 2, 0))
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_ensemble import BOS, EOS, PAD, VOCAB, config
+
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    program.compiled_losses()  # compiles lazily, on the first call
-    assert torch._dynamo.config.recompile_limit == RECOMPILE_LIMIT > 8
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1000)
-    StackedProgram(ModelConfig(size="1k"), (64, 1, 2, 0)).compiled_losses()
-    assert torch._dynamo.config.recompile_limit == 1000
+    torch._dynamo.reset()
+    cfgs = [config(seed=s) for s in (0, 1)]
+    ens = Ensemble.from_configs(cfgs, VOCAB, BOS, EOS, PAD, [20, 20])
+    ens.program = StackedProgram(ens.model_cfg, ens.token_ids)  # its own compiled step (backend: eager)
+    ens._losses, ens.compiled = ens.program.compiled_losses(backend="eager"), True
+    counters.clear()
+    shapes = 10  # more than dynamo's default limit: windows of 6 to 15 tokens
+    for t in range(6, 6 + shapes):
+        ids = torch.randint(3, VOCAB, (2, 2, t))
+        ids[..., 0] = BOS
+        labels = ids.clone()
+        labels[..., : t // 2] = -100
+        ens.train_step(ids, labels)
+    assert counters["stats"]["unique_graphs"] == shapes  # every shape compiled, none left to run eager
+    assert torch._dynamo.config.recompile_limit == 8 < shapes < RECOMPILE_LIMIT
 
 
 @pytest.mark.slow  # two fresh Python processes importing Lightning (~18 s here)
