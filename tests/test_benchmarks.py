@@ -87,3 +87,15 @@ def test_bench_noise_runs_and_its_first_epochs_agree():
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [x.split() for x in out.stdout.splitlines() if x.split()[:1] in (["1"], ["2"])]
     assert len(rows) == 2 and all(float(r[3]) < 1e-6 for r in rows)  # the same function, summed in another order
+
+
+@pytest.mark.slow  # ~15-25 s: 4 subprocesses importing torch + transformers, a few stacked steps each
+def test_bench_local_times_processes_and_threads():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_local.py"), "--sizes", "500", "--steps",
+                          "3", "--repeats", "1"], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines() if line.split()[:1] == ["500"]]
+    assert len(rows) == 1, out.stdout
+    one, threads, procs = map(float, rows[0][1:4])
+    assert min(one, threads, procs) > 0 and rows[0][4].endswith("x") and rows[0][5].endswith("x")
