@@ -80,6 +80,11 @@ class BranchGroup:
     def id(self) -> str:
         return f"{RunDir(self.trunk, self.corpus_hash).id} (+{len(self.branches)} branches)"
 
+    @property
+    def epochs(self) -> int:
+        """Epochs the group trains: its trunk to the last fork, then each branch's decay."""
+        return max(self.forks) + sum(b.train.epochs - f for b, f in zip(self.branches, self.forks))
+
     def trunk_dir(self) -> RunDir:
         return RunDir(self.trunk, self.corpus_hash)
 
@@ -167,7 +172,7 @@ def epochs_trained(cfgs: list[RunConfig]) -> tuple[int, int]:
     branched = 0
     for g in groups(cfgs):
         if isinstance(g, BranchGroup):
-            branched += max(g.forks) + sum(b.train.epochs - f for b, f in zip(g.branches, g.forks))
+            branched += g.epochs
         else:
             branched += g.train.epochs
     return branched, standalone

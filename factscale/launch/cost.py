@@ -164,7 +164,7 @@ def job_costs(spec, rows: list[dict], mfu: float, peak_tflops: float) -> list[di
     jobs = []
     def group_cost(g):  # a trunk to its last fork, then each branch's decay
         f = [per_epoch[id(b)] for b in g.branches]
-        epochs = max(g.forks) + sum(b.train.epochs - k for b, k in zip(g.branches, g.forks))
+        epochs = g.epochs
         flops = None if None in f else f[0] * max(g.forks) + sum(
             x * (b.train.epochs - k) for x, b, k in zip(f, g.branches, g.forks))
         return epochs, flops

@@ -185,7 +185,7 @@ def job_epochs(cfg: RunConfig, unit) -> int:
     its trunk to the last fork and each branch's decay, a stack of such groups all of theirs."""
     groups = getattr(unit, "groups", None) or ([unit] if hasattr(unit, "forks") else None)
     if groups:
-        return sum(max(g.forks) + sum(b.train.epochs - f for b, f in zip(g.branches, g.forks)) for g in groups)
+        return sum(g.epochs for g in groups)
     members = getattr(unit, "members", None)
     return sum(c.train.epochs for c in members) if members else cfg.train.epochs
 
